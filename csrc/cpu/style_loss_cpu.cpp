@@ -1,0 +1,63 @@
+// CPU kernels: the Gram matrix and residual in the accumulation dtype through
+// BLAS, and the backward as a single GEMM D F instead of autograd's two.
+#include <torch/library.h>
+#include <ATen/ATen.h>
+
+#include "../style_loss.h"
+
+namespace nst_fast {
+namespace {
+
+bool is_channels_last(const at::Tensor& f) { return f.stride(1) == 1 && f.size(2) > 1; }
+
+// Features in the accumulation dtype, keeping a channels-last layout if given.
+at::Tensor accum_features(const at::Tensor& features) {
+  auto f = features.to(accum_dtype(features.scalar_type()));
+  if (f.stride(2) == 1 || is_channels_last(f)) return f;
+  return f.contiguous();
+}
+
+at::Tensor gram_cpu(const at::Tensor& features) {
+  check_features(features);
+  auto f = accum_features(features);
+  return at::bmm(f, f.transpose(1, 2));
+}
+
+std::tuple<at::Tensor, at::Tensor> style_loss_forward_cpu(const at::Tensor& features,
+                                                          const at::Tensor& target, double scale) {
+  check_features(features);
+  check_gram_like("target", target, features);
+  auto residual = gram_cpu(features);
+  residual.sub_(target);
+  auto flat = residual.reshape(-1);
+  auto loss = at::dot(flat, flat).mul_(scale);
+  return {loss, residual};
+}
+
+at::Tensor style_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& residual,
+                                   const at::Tensor& features, double scale) {
+  check_features(features);
+  check_gram_like("residual", residual, features);
+  TORCH_CHECK(grad_loss.numel() == 1, "nst_fast: grad_loss must hold one value");
+  const double alpha = 4.0 * scale * grad_loss.item<double>();
+  auto f = accum_features(features);
+  auto d = residual.contiguous();
+  at::Tensor grad;
+  if (is_channels_last(f)) {
+    // (F^T D)^T = D F since D is symmetric; this keeps the channels-last layout.
+    grad = at::bmm(f.transpose(1, 2), d).mul_(alpha).transpose(1, 2);
+  } else {
+    grad = at::bmm(d, f).mul_(alpha);
+  }
+  return grad.to(features.scalar_type());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(nst_fast, CPU, m) {
+  m.impl("gram", &gram_cpu);
+  m.impl("style_loss_forward", &style_loss_forward_cpu);
+  m.impl("style_loss_backward", &style_loss_backward_cpu);
+}
+
+}  // namespace nst_fast

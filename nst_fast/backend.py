@@ -1,0 +1,76 @@
+"""Which implementation of the fused ops runs: the compiled extension or the reference.
+
+NST_FAST_BACKEND=auto (default) uses the extension wherever it has a kernel for
+the tensor's device and the reference elsewhere; "extension" insists on the
+extension (an error where it is missing); "reference" never uses it.
+"""
+import os
+
+import torch
+
+BACKENDS = ("auto", "extension", "reference")
+
+try:
+    from . import _C  # noqa: F401  (registers torch.ops.nst_fast.*)
+
+    EXTENSION_ERROR = None
+except ImportError as exc:  # pure-Python install, or a build for another torch
+    EXTENSION_ERROR = exc
+
+_forced = None
+
+
+def extension_loaded() -> bool:
+    return EXTENSION_ERROR is None
+
+
+def set_backend(name):
+    """Force "extension" or "reference" for every device, or go back to "auto" (or None)."""
+    global _forced
+    if name is not None and name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    _forced = name
+
+
+def get_backend() -> str:
+    name = _forced or os.environ.get("NST_FAST_BACKEND", "auto").strip().lower() or "auto"
+    if name not in BACKENDS:
+        raise ValueError(f"NST_FAST_BACKEND must be one of {BACKENDS}, got {name!r}")
+    return name
+
+
+def _has_kernel(device_type: str) -> bool:
+    if not extension_loaded():
+        return False
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+    if key is None:
+        return False
+    return torch._C._dispatch_has_kernel_for_dispatch_key("nst_fast::style_loss_forward", key)
+
+
+def uses_extension(device) -> bool:
+    """True where the fused ops for `device` run the compiled kernels."""
+    device = torch.device(device)
+    name = get_backend()
+    if name == "reference":
+        return False
+    available = _has_kernel(device.type)
+    if name == "extension" and not available:
+        reason = f" ({EXTENSION_ERROR})" if EXTENSION_ERROR else ""
+        raise RuntimeError(
+            f"NST_FAST_BACKEND=extension but the nst_fast extension has no {device.type} kernel"
+            f"{reason}; reinstall with `pip install --no-build-isolation .` or use auto"
+        )
+    return available
+
+
+def describe() -> dict:
+    """The path each device uses, e.g. {"cpu": "extension", "cuda": "reference"}."""
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    out = {}
+    for d in devices:
+        try:
+            out[d] = "extension" if uses_extension(d) else "reference"
+        except RuntimeError as exc:
+            out[d] = f"unavailable: {exc}"
+    return out

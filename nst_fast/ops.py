@@ -1,0 +1,83 @@
+"""The fused style-loss ops as differentiable Python functions.
+
+`style_loss` and `gram` call torch.ops.nst_fast.* where the extension has a
+kernel for the device, and the pure-PyTorch reference elsewhere (backend.py).
+"""
+import torch
+
+from . import backend, reference
+
+
+def _flatten(features: torch.Tensor) -> torch.Tensor:
+    # (B, C, H, W) -> (B, C, H*W); a view for both contiguous and channels-last input.
+    if features.dim() == 4:
+        return features.flatten(2)
+    if features.dim() == 3:
+        return features
+    raise ValueError(f"features must be (B, C, M) or (B, C, H, W), got shape {tuple(features.shape)}")
+
+
+def _batched_target(target: torch.Tensor, batch: int) -> torch.Tensor:
+    if target.dim() == 2:
+        target = target.unsqueeze(0)
+    if target.size(0) == 1 and batch != 1:
+        target = target.expand(batch, -1, -1)
+    return target
+
+
+if backend.extension_loaded():
+
+    @torch.library.register_fake("nst_fast::gram")
+    def _gram_fake(features):
+        b, c, _ = features.shape
+        return features.new_empty((b, c, c), dtype=reference.accum_dtype(features.dtype))
+
+    @torch.library.register_fake("nst_fast::style_loss_forward")
+    def _style_loss_forward_fake(features, target, scale):
+        b, c, _ = features.shape
+        dtype = reference.accum_dtype(features.dtype)
+        return features.new_empty((), dtype=dtype), features.new_empty((b, c, c), dtype=dtype)
+
+    @torch.library.register_fake("nst_fast::style_loss_backward")
+    def _style_loss_backward_fake(grad_loss, residual, features, scale):
+        return torch.empty_like(features)
+
+    def _setup_context(ctx, inputs, output):
+        features, _target, scale = inputs
+        ctx.save_for_backward(features, output[1])
+        ctx.scale = scale
+
+    def _backward(ctx, grad_loss, _grad_residual):
+        features, residual = ctx.saved_tensors
+        grad = None
+        if ctx.needs_input_grad[0]:
+            grad = torch.ops.nst_fast.style_loss_backward(grad_loss, residual, features, ctx.scale)
+        return grad, None, None
+
+    torch.library.register_autograd(
+        "nst_fast::style_loss_forward", _backward, setup_context=_setup_context
+    )
+
+
+def gram(features: torch.Tensor) -> torch.Tensor:
+    """G = F F^T per batch item, (B, C, C) in float32 (float64 for float64 input)."""
+    f = _flatten(features)
+    if backend.uses_extension(f.device):
+        return torch.ops.nst_fast.gram(f)
+    return reference.gram(f)
+
+
+def style_loss(features: torch.Tensor, target: torch.Tensor, scale: float) -> torch.Tensor:
+    """scale * sum((gram(features) - target)^2), differentiable in `features`.
+
+    `target` is a Gram matrix (symmetric), (C, C), (1, C, C) or (B, C, C), in the
+    accumulation dtype (float32; float64 for float64 features). The
+    residual stays in float32 even for bfloat16 features or under autocast.
+    """
+    f = _flatten(features)
+    target = _batched_target(target, f.size(0))
+    if backend.uses_extension(f.device):
+        loss, _residual = torch.ops.nst_fast.style_loss_forward(f, target, float(scale))
+        return loss
+    loss, _residual = reference.style_loss_forward(f, target, float(scale))
+    return loss

@@ -1,0 +1,26 @@
+"""Pure-PyTorch versions of every nst_fast op: the fallback and the test oracle.
+
+They follow the same contract as the compiled ops (see csrc/style_loss.h):
+features (B, C, M); Gram, residual and loss in float32 (float64 for float64
+features), whatever the feature dtype.
+"""
+import torch
+
+
+def accum_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def gram(features: torch.Tensor) -> torch.Tensor:
+    f = features.to(accum_dtype(features.dtype))
+    return torch.bmm(f, f.transpose(1, 2))
+
+
+def style_loss_forward(features, target, scale: float):
+    residual = gram(features) - target
+    return scale * residual.square().sum(), residual
+
+
+def style_loss_backward(grad_loss, residual, features, scale: float):
+    f = features.to(residual.dtype)
+    return (4.0 * scale * grad_loss * torch.bmm(residual, f)).to(features.dtype)

@@ -1,0 +1,58 @@
+"""Builds nst_fast and its C++/CUDA extension nst_fast._C.
+
+NST_FAST_NO_EXTENSION=1  pure-Python install (the reference ops only)
+NST_FAST_FORCE_CUDA=1    compile the CUDA kernels even if no toolkit is detected
+NST_FAST_NO_CUDA=1       skip the CUDA kernels
+TORCH_CUDA_ARCH_LIST     the CUDA architectures to build for (torch's own variable)
+"""
+import glob
+import os
+
+from setuptools import find_packages, setup
+
+
+def _flag(name):
+    return os.environ.get(name, "") not in ("", "0")
+
+
+def extension_modules():
+    if _flag("NST_FAST_NO_EXTENSION"):
+        return [], {}
+    from torch.utils import cpp_extension
+
+    sources = glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp")
+    cuda_sources = glob.glob("csrc/cuda/*.cu")
+    use_cuda = not _flag("NST_FAST_NO_CUDA") and (
+        _flag("NST_FAST_FORCE_CUDA") or cpp_extension.CUDA_HOME is not None
+    )
+    extra = {"cxx": ["-O3"]}
+    if use_cuda and cuda_sources:
+        extra["nvcc"] = ["-O3", "--use_fast_math", "-lineinfo"]
+        ext = cpp_extension.CUDAExtension(
+            "nst_fast._C", sources + cuda_sources, extra_compile_args=extra, py_limited_api=False
+        )
+    else:
+        ext = cpp_extension.CppExtension(
+            "nst_fast._C", sources, extra_compile_args=extra, py_limited_api=False
+        )
+    build_ext = cpp_extension.BuildExtension.with_options(no_python_abi_suffix=False)
+    return [ext], {"build_ext": build_ext}
+
+
+ext_modules, cmdclass = extension_modules()
+
+setup(
+    name="nst_fast",
+    version="0.1.0",
+    description="Fast Gatys neural style transfer with fused C++/CUDA style-loss kernels",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["nst_fast", "nst_fast.*"]),
+    package_data={"nst_fast": ["examples/*.png", "examples/*.jpg"]},
+    python_requires=">=3.9",
+    install_requires=["torch>=2.4", "torchvision", "pillow", "numpy"],
+    extras_require={"test": ["pytest", "pytest-benchmark"], "plot": ["matplotlib"]},
+    entry_points={"console_scripts": ["nst-fast=nst_fast.cli:main"]},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)
