@@ -1,0 +1,158 @@
+"""nst-fast: the command line. Errors are one line on stderr and a non-zero exit."""
+import argparse
+import os
+import sys
+import time
+
+EXAMPLES = os.path.join(os.path.dirname(__file__), "examples")
+EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
+
+
+def _csv_floats(text):
+    return [float(t) for t in text.replace(",", " ").split()]
+
+
+def _csv_ints(text):
+    return [int(t) for t in text.replace(",", " ").split()]
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="nst-fast",
+        description="Repaint CONTENT in the style of STYLE (Gatys et al. neural style transfer).",
+        epilog="`nst-fast --demo -o out.png` stylizes the bundled example images.",
+    )
+    p.add_argument("content", nargs="?", help="content image")
+    p.add_argument("style", nargs="*", help="style image(s)")
+    p.add_argument("-o", "--output", default="out.png", help="output image (default out.png)")
+    p.add_argument("--demo", action="store_true", help="use the bundled example images")
+    p.add_argument("--size", type=int, default=512, help="long side of the output in pixels (512)")
+    p.add_argument("--steps", type=int, default=500, help="forward+backward passes per scale (500)")
+    p.add_argument("--content-weight", type=float, default=1.0, help="alpha (1)")
+    p.add_argument("--style-weight", type=float, default=None,
+                   help="beta (1e4 for Caffe-convention weights, 5e7 for torchvision's)")
+    p.add_argument("--tv-weight", type=float, default=0.0, help="total-variation weight (0)")
+    p.add_argument("--content-layers", default="relu4_2", help="name[:weight],... (relu4_2)")
+    p.add_argument("--style-layers", default="relu1_1,relu2_1,relu3_1,relu4_1,relu5_1",
+                   help="name[:weight],...; weights are normalised to sum to 1 (equal)")
+    p.add_argument("--init", default="content", help="noise | content | style | an image path (content)")
+    p.add_argument("--optimizer", default="lbfgs", choices=["lbfgs", "adam"], help="(lbfgs)")
+    p.add_argument("--lr", type=float, default=None, help="step size (lbfgs 1, adam 0.02)")
+    p.add_argument("--pooling", default="max", choices=["max", "avg"], help="(max)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"], help="(fp32)")
+    p.add_argument("--weights", default=None,
+                   help="imagenet | random | PATH to a VGG-19 state dict (default $NST_FAST_WEIGHTS or imagenet)")
+    p.add_argument("--weights-convention", default="auto", choices=["auto", "torchvision", "caffe"],
+                   help="input convention of the weights (auto: a 'caffe' file name means caffe)")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    p.add_argument("--style-blend", type=_csv_floats, default=None, help="one weight per style image")
+    p.add_argument("--style-scale", type=float, default=1.0, help="style image size relative to the output (1)")
+    p.add_argument("--scales", type=_csv_ints, default=None, help="coarse-to-fine sizes, e.g. 256,512")
+    p.add_argument("--report-every", type=int, default=None,
+                   help="read the losses back every N steps (1 on the CPU, 20 on a GPU)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+class Progress:
+    """A one-line progress bar with the current losses, on stderr."""
+
+    def __init__(self, enabled, every):
+        self.enabled, self.every, self.start = enabled, every, time.time()
+
+    def __call__(self, info):
+        if not self.enabled or (info.step % self.every and info.step != info.steps):
+            return
+        width = 24
+        done = int(width * info.step / max(1, info.steps))
+        losses = info.losses
+        elapsed = time.time() - self.start
+        line = (f"\r[{'#' * done}{'.' * (width - done)}] {info.step}/{info.steps} "
+                f"{info.size[1]}x{info.size[0]} total {float(losses['total']):.4g} "
+                f"content {float(losses['content']):.3g} style {float(losses['style']):.3g} "
+                f"{elapsed:.0f}s")
+        sys.stderr.write(line)
+        if info.step == info.steps:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def _error(message, code=EXIT_ERROR):
+    sys.stderr.write(f"nst-fast: error: {message}\n")
+    return code
+
+
+def run(args) -> int:
+    import torch
+
+    from . import images
+    from .errors import Interrupted, NonFiniteLoss, NstError, WeightsUnavailable
+    from .stylize import StyleTransfer
+
+    if args.demo:
+        content = os.path.join(EXAMPLES, "content.png")
+        styles = [os.path.join(EXAMPLES, "style.png")]
+    else:
+        if not args.content or not args.style:
+            return _error("give a CONTENT and at least one STYLE image (or --demo)", 2)
+        content, styles = args.content, args.style
+    out_ext = os.path.splitext(args.output)[1].lower()
+    if out_ext not in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"):
+        return _error(f"output must end in .png or .jpg, got {args.output!r}")
+    out_dir = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(out_dir):
+        return _error(f"output directory does not exist: {out_dir}")
+
+    try:
+        try:
+            transfer = StyleTransfer(args.weights, args.device, args.pooling, args.weights_convention, args.seed)
+        except WeightsUnavailable as exc:
+            if not args.demo:
+                raise
+            sys.stderr.write(
+                f"nst-fast: WARNING: {exc}.\nnst-fast: WARNING: the demo falls back to RANDOM weights: "
+                "the output shows the pipeline working, not a real stylization.\n")
+            transfer = StyleTransfer("random", args.device, args.pooling, "auto", args.seed)
+        if transfer.weights == "random":
+            sys.stderr.write("nst-fast: WARNING: using RANDOM VGG-19 weights; the result is not a real stylization\n")
+        report_every = args.report_every or (1 if transfer.device.type == "cpu" else 20)
+        progress = Progress(not args.quiet, report_every)
+        options = dict(
+            size=args.size, steps=args.steps, content_weight=args.content_weight, style_weight=args.style_weight,
+            tv_weight=args.tv_weight, content_layers=args.content_layers, style_layers=args.style_layers,
+            init=args.init,
+            optimizer=args.optimizer, lr=args.lr, seed=args.seed, precision=args.precision,
+            style_blend=args.style_blend, style_scale=args.style_scale, scales=args.scales,
+            report_every=report_every, callback=progress,
+        )
+        try:
+            result = transfer.stylize_tensor(content, styles, **options)
+        except (Interrupted, NonFiniteLoss) as exc:
+            if exc.image is not None:
+                images.save_atomic(images.to_pil(exc.image), args.output)
+                sys.stderr.write(f"\nnst-fast: saved the image so far to {args.output}\n")
+            code = EXIT_INTERRUPTED if isinstance(exc, Interrupted) else EXIT_ERROR
+            return _error(str(exc), code)
+        images.save_atomic(images.to_pil(result), args.output)
+    except NstError as exc:
+        return _error(str(exc))
+    except torch.cuda.OutOfMemoryError:
+        return _error("out of GPU memory; try a smaller --size or --precision bf16")
+    except KeyboardInterrupt:
+        return _error("interrupted", EXIT_INTERRUPTED)
+    if not args.quiet:
+        sys.stderr.write(f"nst-fast: wrote {args.output}\n")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        return _error("interrupted", EXIT_INTERRUPTED)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

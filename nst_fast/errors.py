@@ -1,0 +1,27 @@
+"""Errors a user can act on: the CLI prints their message on one line and exits non-zero."""
+
+
+class NstError(Exception):
+    """Bad input or options, or a missing resource."""
+
+
+class WeightsUnavailable(NstError):
+    """The requested VGG-19 weights cannot be had (offline, or no such file)."""
+
+
+class NonFiniteLoss(NstError):
+    """The loss became NaN or infinite; `image` holds the last finite image."""
+
+    def __init__(self, message, image=None, step=None):
+        super().__init__(message)
+        self.image = image
+        self.step = step
+
+
+class Interrupted(NstError):
+    """The run was interrupted (Ctrl-C); `image` holds the image so far."""
+
+    def __init__(self, message, image=None, step=None):
+        super().__init__(message)
+        self.image = image
+        self.step = step

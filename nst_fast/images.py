@@ -1,0 +1,97 @@
+"""Image input and output: any common image mode in, RGB float tensors inside, atomic writes out."""
+import os
+import tempfile
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from .errors import NstError
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit (or 32-bit integer) greyscale: scale the full range down to 8 bits.
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        # Composite transparent areas over white rather than dropping alpha.
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img.convert("RGBA"))
+    return img.convert("RGB")
+
+
+def open_image(path) -> Image.Image:
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise NstError(f"no such file: {path}")
+    if os.path.isdir(path):
+        raise NstError(f"{path} is a directory, not an image")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return _to_rgb(img)
+    except UnidentifiedImageError:
+        raise NstError(f"{path} is not an image file PIL can read") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise NstError(f"cannot read image {path}: {exc}") from None
+
+
+def to_tensor(image) -> torch.Tensor:
+    """A path, PIL image or tensor -> float32 (1, 3, H, W) RGB in [0, 1]."""
+    if isinstance(image, torch.Tensor):
+        t = image.detach().float()
+        if t.dim() == 3:
+            t = t.unsqueeze(0)
+        if t.dim() != 4 or t.size(0) != 1 or t.size(1) not in (1, 3):
+            raise NstError(f"an image tensor must be (3, H, W) or (1, 3, H, W), got {tuple(image.shape)}")
+        if not torch.isfinite(t).all():
+            raise NstError("the image tensor holds NaN or infinite values")
+        return t.expand(1, 3, -1, -1).clamp(0, 1).cpu().contiguous()
+    if isinstance(image, Image.Image):
+        img = _to_rgb(image)
+    elif isinstance(image, (str, os.PathLike)):
+        img = open_image(image)
+    else:
+        raise NstError(f"expected an image path, PIL image or tensor, got {type(image).__name__}")
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).unsqueeze(0)
+
+
+def resize_long_side(image: torch.Tensor, long_side: int) -> torch.Tensor:
+    h, w = image.shape[-2:]
+    scale = long_side / max(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    if size == (h, w):
+        return image
+    return F.interpolate(image, size=size, mode="bicubic", align_corners=False, antialias=scale < 1).clamp(0, 1)
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    arr = image.detach().float().clamp(0, 1).squeeze(0).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray((arr * 255.0 + 0.5).astype(np.uint8), "RGB")
+
+
+def save_atomic(image: Image.Image, path) -> None:
+    """Write to a temporary file beside `path`, then rename: never half an image."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise NstError(f"output directory does not exist: {directory}")
+    ext = os.path.splitext(path)[1].lower()
+    fmt = Image.registered_extensions().get(ext)
+    if fmt is None:
+        raise NstError(f"unknown output image type {ext or '(no extension)'!r}; use .png or .jpg")
+    fd, tmp = tempfile.mkstemp(prefix=".nst_fast-", suffix=ext, dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format=fmt)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

@@ -1,0 +1,69 @@
+"""The Gatys losses (DESIGN.md):
+
+  content  L_c = 1/2 * sum (F - P)^2                       at each content layer
+  style    E_l = 1 / (4 N_l^2 M_l^2) * sum (G_l - A_l)^2   N_l channels, M_l = H_l * W_l
+  total    alpha * sum_c v_c L_c + beta * sum_l w_l E_l + tv_weight * TV(x)
+
+A_l is the style image's Gram matrix rescaled by M_l / M_style, so a style
+image of another size than the output gives the same per-position statistics.
+"""
+import torch
+from torch import nn
+
+from . import ops
+
+
+def style_scale(channels: int, positions: int) -> float:
+    return 1.0 / (4.0 * channels**2 * positions**2)
+
+
+def content_loss(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (features.float() - target).square().sum()
+
+
+def tv_loss(image: torch.Tensor) -> torch.Tensor:
+    """Sum of squared differences between neighbouring pixels."""
+    dh = image[..., 1:, :] - image[..., :-1, :]
+    dw = image[..., :, 1:] - image[..., :, :-1]
+    return dh.float().square().sum() + dw.float().square().sum()
+
+
+def gram_target(style_features: torch.Tensor, output_positions: int) -> torch.Tensor:
+    """The style image's Gram matrix, rescaled to the output's number of positions."""
+    positions = style_features.shape[-2] * style_features.shape[-1]
+    return ops.gram(style_features.float()) * (output_positions / positions)
+
+
+class GatysLoss(nn.Module):
+    """Total loss of an image against fixed content features and style Gram targets."""
+
+    def __init__(self, vgg, content_targets: dict, style_targets: dict, content_weights: dict,
+                 style_weights: dict, alpha: float, beta: float, tv_weight: float):
+        super().__init__()
+        self.vgg = vgg
+        self.content_targets = content_targets
+        self.style_targets = style_targets
+        self.content_weights = content_weights
+        self.style_weights = style_weights
+        self.alpha, self.beta, self.tv_weight = alpha, beta, tv_weight
+
+    def forward(self, image: torch.Tensor):
+        """-> (total, {"content": .., "style": .., "tv": .., "style:relu1_1": .., ...})"""
+        feats = self.vgg(image)
+        parts = {}
+        content = image.new_zeros((), dtype=torch.float32)
+        for name, target in self.content_targets.items():
+            term = content_loss(feats[name], target)
+            parts[f"content:{name}"] = term
+            content = content + self.content_weights[name] * term
+        style = image.new_zeros((), dtype=torch.float32)
+        for name, target in self.style_targets.items():
+            f = feats[name]
+            scale = style_scale(f.shape[1], f.shape[2] * f.shape[3])
+            term = ops.style_loss(f, target, scale)
+            parts[f"style:{name}"] = term
+            style = style + self.style_weights[name] * term
+        tv = tv_loss(image) if self.tv_weight else image.new_zeros((), dtype=torch.float32)
+        total = self.alpha * content + self.beta * style + self.tv_weight * tv
+        parts.update(content=content, style=style, tv=tv, total=total)
+        return total, parts

@@ -1,0 +1,164 @@
+"""Optimisers for the image being stylised.
+
+Each `step(x, loss, grad)` consumes exactly one evaluation (loss and grad at the
+current x) and moves x in place to the next point to evaluate. Steps are
+sync-free: only tensor ops on x's device, no `.item()` and no Python branch on a
+device value, with all state allocated up front, so a whole step (together with
+the forward and backward) can be captured in a CUDA graph.
+"""
+import torch
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+class _Stateful:
+    _STATE: tuple = ()
+
+    def state_dict(self) -> dict:
+        return {name: getattr(self, name).clone() for name in self._STATE}
+
+    def load_state_dict(self, state: dict) -> None:
+        missing = [name for name in self._STATE if name not in state]
+        if missing:
+            raise KeyError(f"state_dict is missing {missing}")
+        # In place, so tensors already captured in a CUDA graph stay valid.
+        for name in self._STATE:
+            getattr(self, name).copy_(state[name])
+
+
+class LBFGS(_Stateful):
+    """L-BFGS with one evaluation per step and a device-side backtracking safeguard.
+
+    Each step evaluates the proposal x = x_a + t * d made by the previous step.
+    A finite proposal meeting the Armijo condition is accepted: it becomes x_a,
+    the curvature pair (s, y) enters the history, and a new direction d comes
+    from the two-loop recursion. Otherwise x_a is kept and t shrinks by
+    `backtrack`, so huge or non-finite losses never get past x_a. `max_step`
+    bounds the largest element of a proposed move t * d (a trust region: for
+    an image in [0, 1] a move of more than ~1 per pixel is never useful).
+    """
+
+    _STATE = ("x_a", "f_a", "g_a", "d", "t", "S", "Y", "rho", "valid", "idx", "steps", "accepted")
+
+    def __init__(self, x: torch.Tensor, lr: float = 1.0, history: int = 10, c1: float = 1e-4,
+                 backtrack: float = 0.5, eps: float = 1e-10, max_step: float = float("inf")):
+        if history < 1:
+            raise ValueError(f"history must be >= 1, got {history}")
+        self.lr, self.history, self.c1 = float(lr), int(history), float(c1)
+        self.backtrack, self.eps, self.max_step = float(backtrack), float(eps), float(max_step)
+        dtype, device, n = _compute_dtype(x), x.device, x.numel()
+
+        def zeros(*shape, dtype=dtype):
+            return torch.zeros(shape, dtype=dtype, device=device)
+
+        # Last accepted point: x_a starts at x so a non-finite first loss leaves x where it is.
+        self.x_a = x.detach().reshape(-1).to(dtype, copy=True)
+        self.f_a, self.g_a = zeros(), zeros(n)
+        self.d, self.t = zeros(n), zeros()
+        # Ring buffer of curvature pairs; idx is the next slot to write.
+        self.S, self.Y, self.rho = zeros(self.history, n), zeros(self.history, n), zeros(self.history)
+        self.valid = zeros(self.history, dtype=torch.bool)
+        self.idx = zeros(dtype=torch.long)
+        self.steps = zeros(dtype=torch.long)      # evaluations consumed
+        self.accepted = zeros(dtype=torch.long)   # evaluations accepted; 0 means "first step"
+        self._slots = torch.arange(self.history, device=device)
+
+    @torch.no_grad()
+    def step(self, x: torch.Tensor, loss: torch.Tensor, grad: torch.Tensor) -> None:
+        """loss (0-dim) and grad were evaluated at the current x; updates x in place to the next point to evaluate."""
+        dtype = self.x_a.dtype
+        xf = x.detach().reshape(-1).to(dtype)
+        g = grad.detach().reshape(-1).to(dtype)
+        f = loss.detach().reshape(()).to(dtype)
+
+        first = self.accepted == 0
+        finite = torch.isfinite(f) & torch.isfinite(g).all()
+        armijo = f <= self.f_a + self.c1 * self.t * torch.dot(self.g_a, self.d)
+        ok = finite & (first | armijo)
+
+        # torch.where rather than multiplying by a mask: a rejected point may carry NaNs.
+        s, y = xf - self.x_a, g - self.g_a
+        ys = torch.dot(y, s)
+        push = ok & ~first & (ys > self.eps)
+        slot = self.idx.view(1)
+        self.S.index_copy_(0, slot, torch.where(push, s, self.S.index_select(0, slot)))
+        self.Y.index_copy_(0, slot, torch.where(push, y, self.Y.index_select(0, slot)))
+        hit = push & (self._slots == self.idx)
+        self.rho.copy_(torch.where(hit, 1.0 / ys, self.rho))
+        self.valid.logical_or_(hit)
+        self.idx.copy_(torch.where(push, (self.idx + 1) % self.history, self.idx))
+
+        self.x_a.copy_(torch.where(ok, xf, self.x_a))
+        self.f_a.copy_(torch.where(ok, f, self.f_a))
+        self.g_a.copy_(torch.where(ok, g, self.g_a))
+
+        # New direction from the accepted gradient (g_a is finite even when this point was rejected).
+        g = self.g_a
+        d = self._direction(g)
+        t0 = torch.clamp(1.0 / g.abs().sum(), max=1.0) * self.lr
+        reset = ~(torch.dot(g, d) < 0)  # not a descent direction (or NaN): fall back to steepest descent
+        new_d = torch.where(reset, -g, d)
+        new_t = torch.where(first | reset, t0, self.lr)
+        new_t = torch.minimum(new_t, self.max_step / new_d.abs().max())
+        self.d.copy_(torch.where(ok, new_d, self.d))
+        self.t.copy_(torch.where(ok, new_t, self.t * self.backtrack))
+        self.steps.add_(1)
+        self.accepted.add_(ok.long())
+
+        x.copy_((self.x_a + self.t * self.d).reshape(x.shape))
+
+    def _direction(self, g: torch.Tensor) -> torch.Tensor:
+        """-H g by the two-loop recursion over the valid pairs, newest first."""
+        order = (self.idx - 1 - self._slots) % self.history
+        S, Y = self.S.index_select(0, order), self.Y.index_select(0, order)
+        rho, valid = self.rho.index_select(0, order), self.valid.index_select(0, order)
+
+        q, alphas = g, []
+        for i in range(self.history):
+            a = torch.where(valid[i], rho[i] * torch.dot(S[i], q), 0.0)
+            q = q - a * Y[i]
+            alphas.append(a)
+        gamma = torch.where(valid[0], torch.dot(S[0], Y[0]) / torch.dot(Y[0], Y[0]), 1.0)
+        r = gamma * q
+        for i in reversed(range(self.history)):
+            b = rho[i] * torch.dot(Y[i], r)
+            r = r + torch.where(valid[i], alphas[i] - b, 0.0) * S[i]
+        return -r
+
+
+class Adam(_Stateful):
+    """Adam (as torch.optim.Adam, no weight decay) with its step count kept on the device."""
+
+    _STATE = ("m", "v", "steps")
+
+    def __init__(self, x: torch.Tensor, lr: float = 0.02, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.lr, self.eps = float(lr), float(eps)
+        self.beta1, self.beta2 = (float(b) for b in betas)
+        self.m = torch.zeros_like(x, memory_format=torch.preserve_format)
+        self.v = torch.zeros_like(x, memory_format=torch.preserve_format)
+        self.steps = torch.zeros((), dtype=_compute_dtype(x), device=x.device)
+
+    @torch.no_grad()
+    def step(self, x: torch.Tensor, loss: torch.Tensor, grad: torch.Tensor) -> None:
+        """loss is unused; grad was evaluated at the current x, which is updated in place."""
+        g = grad.detach().reshape(x.shape).to(x.dtype)
+        self.steps.add_(1)
+        self.m.lerp_(g, 1 - self.beta1)
+        self.v.mul_(self.beta2).addcmul_(g, g, value=1 - self.beta2)
+        step_size = self.lr / (1 - self.beta1 ** self.steps)
+        denom = self.v.sqrt() / (1 - self.beta2 ** self.steps).sqrt() + self.eps
+        x.sub_((step_size * self.m / denom).to(x.dtype))
+
+
+_OPTIMIZERS = {"lbfgs": LBFGS, "adam": Adam}
+
+
+def make_optimizer(name: str, x: torch.Tensor, **kwargs):
+    """Build the optimiser called `name` ("lbfgs" or "adam") for x."""
+    try:
+        cls = _OPTIMIZERS[name.lower()]
+    except (KeyError, AttributeError):
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {sorted(_OPTIMIZERS)}") from None
+    return cls(x, **kwargs)

@@ -1,0 +1,128 @@
+"""Options of a stylize run: defaults, parsing of layer specs, validation."""
+import dataclasses
+import math
+from typing import Callable, Optional, Sequence
+
+from .errors import NstError
+from .vgg import check_layer_names
+
+DEFAULT_CONTENT_LAYERS = {"relu4_2": 1.0}
+DEFAULT_STYLE_LAYERS = {name: 0.2 for name in ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")}
+# beta per weights convention: Caffe-convention activations are ~60x larger (0..255
+# input), and the style term grows with their 4th power, the content term with the 2nd.
+DEFAULT_STYLE_WEIGHT = {"caffe": 1e4, "torchvision": 5e7}
+INITS = ("noise", "content", "style")
+OPTIMIZERS = ("lbfgs", "adam")
+PRECISIONS = ("fp32", "tf32", "bf16")
+PRESERVE_COLORS = (None, "luminance", "match")
+
+
+def parse_layers(spec, what: str) -> dict:
+    """"relu1_1:0.2,relu2_1" / a list of names / a {name: weight} dict -> {name: weight}.
+
+    Names without a weight share the weight equally with each other.
+    """
+    if isinstance(spec, dict):
+        items = [(str(k), v) for k, v in spec.items()]
+    else:
+        if isinstance(spec, str):
+            spec = [s for s in spec.split(",") if s.strip()]
+        items = []
+        for entry in spec:
+            name, _, weight = str(entry).strip().partition(":")
+            items.append((name.strip(), weight.strip() or None))
+    if not items:
+        raise NstError(f"no {what} layers given")
+    check_layer_names([n for n, _ in items], f"{what} layer")
+    out = {}
+    for name, weight in items:
+        if weight is None:
+            weight = 1.0 / len(items)
+        try:
+            weight = float(weight)
+        except ValueError:
+            raise NstError(f"{what} layer weight for {name} is not a number: {weight!r}") from None
+        _check_weight(f"{what} layer weight for {name}", weight)
+        out[name] = weight
+    if sum(out.values()) <= 0:
+        raise NstError(f"{what} layer weights must not all be zero")
+    return out
+
+
+def _check_weight(name, value, positive=False):
+    if not isinstance(value, (int, float)) or math.isnan(value) or math.isinf(value):
+        raise NstError(f"{name} must be a finite number, got {value!r}")
+    if value < 0 or (positive and value == 0):
+        raise NstError(f"{name} must be {'positive' if positive else 'non-negative'}, got {value!r}")
+
+
+@dataclasses.dataclass
+class Options:
+    size: int = 512
+    steps: int = 500
+    content_weight: float = 1.0
+    style_weight: Optional[float] = None  # DEFAULT_STYLE_WEIGHT for the weights' convention
+    tv_weight: float = 0.0
+    content_layers: object = dataclasses.field(default_factory=lambda: dict(DEFAULT_CONTENT_LAYERS))
+    style_layers: object = dataclasses.field(default_factory=lambda: dict(DEFAULT_STYLE_LAYERS))
+    init: object = "content"
+    optimizer: str = "lbfgs"
+    lr: Optional[float] = None
+    seed: int = 0
+    precision: str = "fp32"
+    style_blend: Optional[Sequence[float]] = None
+    style_scale: float = 1.0
+    preserve_colors: Optional[str] = None
+    scales: Optional[Sequence[int]] = None
+    report_every: Optional[int] = None
+    callback: Optional[Callable] = None
+
+    def validate(self, n_styles: int = 1, convention: str = "torchvision") -> "Options":
+        if self.style_weight is None:
+            self.style_weight = DEFAULT_STYLE_WEIGHT[convention]
+        for name in ("size", "steps", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise NstError(f"{name} must be an integer, got {value!r}")
+        if self.size < 16:
+            raise NstError(f"size must be at least 16 pixels, got {self.size}")
+        if self.steps < 0:
+            raise NstError(f"steps must be 0 or more, got {self.steps}")
+        for name in ("content_weight", "style_weight", "tv_weight"):
+            _check_weight(name, getattr(self, name))
+        _check_weight("style_scale", self.style_scale, positive=True)
+        if self.lr is not None:
+            _check_weight("lr", self.lr, positive=True)
+        self.content_layers = parse_layers(self.content_layers, "content")
+        self.style_layers = parse_layers(self.style_layers, "style")
+        total = sum(self.style_layers.values())
+        self.style_layers = {k: v / total for k, v in self.style_layers.items()}
+        if isinstance(self.init, str) and self.init not in INITS:
+            raise NstError(f"init must be one of {', '.join(INITS)} or an image, got {self.init!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise NstError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.precision not in PRECISIONS:
+            raise NstError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.preserve_colors not in PRESERVE_COLORS:
+            raise NstError(f"preserve_colors must be luminance or match, got {self.preserve_colors!r}")
+        if self.style_blend is None:
+            self.style_blend = [1.0 / n_styles] * n_styles
+        blend = [float(b) for b in self.style_blend]
+        if len(blend) != n_styles:
+            raise NstError(f"{len(blend)} style blend weights given for {n_styles} style images")
+        for b in blend:
+            _check_weight("style blend weight", b)
+        if sum(blend) <= 0:
+            raise NstError("style blend weights must not all be zero")
+        self.style_blend = [b / sum(blend) for b in blend]
+        if self.scales is not None:
+            scales = [int(s) for s in self.scales]
+            if not scales or any(s < 16 for s in scales) or scales != sorted(scales):
+                raise NstError(f"scales must be increasing sizes of at least 16 pixels, got {list(self.scales)}")
+            self.scales = scales
+        if self.report_every is not None and self.report_every < 1:
+            raise NstError(f"report_every must be at least 1, got {self.report_every}")
+        return self
+
+    def sizes(self):
+        return self.scales if self.scales else [self.size]

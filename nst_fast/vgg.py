@@ -1,0 +1,205 @@
+"""VGG-19 feature extractor: layer names, weights, input conventions.
+
+Weights come from torchvision ("imagenet"), a local state dict, or a seeded
+random initialisation ("random"). Two input conventions exist:
+  torchvision: RGB in [0, 1], normalised by the ImageNet mean and std;
+  caffe:       BGR in [0, 255] minus the per-channel mean (Gatys, jcjohnson).
+"""
+import os
+import re
+
+import torch
+from torch import nn
+
+from .errors import NstError, WeightsUnavailable
+
+# torchvision's vgg19().features: (kind, block, index within block) per module.
+_CONFIG = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"]
+
+
+def _layer_names():
+    names, block, conv = [], 1, 0
+    for item in _CONFIG:
+        if item == "M":
+            names.append(f"pool{block}")
+            block, conv = block + 1, 0
+        else:
+            conv += 1
+            names += [f"conv{block}_{conv}", f"relu{block}_{conv}"]
+    return names
+
+
+LAYER_NAMES = _layer_names()
+LAYER_INDEX = {name: i for i, name in enumerate(LAYER_NAMES)}
+CONVENTIONS = ("torchvision", "caffe")
+_TORCHVISION_MEAN, _TORCHVISION_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
+def layer_channels(name: str) -> int:
+    block = int(re.match(r"[a-z]+(\d)", name).group(1))
+    return min(64 * 2 ** (block - 1), 512)
+
+
+def layer_downsampling(name: str) -> int:
+    """How many times smaller than the input each side of this layer's output is."""
+    pools = sum(1 for n in LAYER_NAMES[: LAYER_INDEX[name] + 1] if n.startswith("pool"))
+    return 2**pools
+
+
+def check_layer_names(names, what="layer"):
+    for name in names:
+        if name not in LAYER_INDEX:
+            raise NstError(f"unknown {what} {name!r}; VGG-19 layers are conv1_1, relu1_1, ... relu5_4, pool1..pool5")
+
+
+def _build(depth: int, pooling: str) -> nn.Sequential:
+    layers, in_channels = [], 3
+    for item in _CONFIG:
+        if item == "M":
+            layers.append(nn.MaxPool2d(2, 2) if pooling == "max" else nn.AvgPool2d(2, 2))
+        else:
+            layers += [nn.Conv2d(in_channels, item, 3, padding=1), nn.ReLU(inplace=True)]
+            in_channels = item
+    return nn.Sequential(*layers[:depth])
+
+
+def _features_only(state: dict) -> dict:
+    """Keys as in vgg19().features ("0.weight"), from a full or features-only state dict."""
+    if "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    out = {}
+    for key, value in state.items():
+        key = key.removeprefix("module.")
+        if key.startswith("features."):
+            out[key.removeprefix("features.")] = value
+        elif re.fullmatch(r"\d+\.(weight|bias)", key):
+            out[key] = value
+    return out
+
+
+def _read_state_file(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise WeightsUnavailable(f"weights file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsUnavailable(f"cannot read weights file {path}: {exc}".splitlines()[0]) from None
+    if not isinstance(state, dict):
+        raise WeightsUnavailable(f"weights file {path} does not hold a state dict")
+    return state
+
+
+def _imagenet_state() -> dict:
+    from torchvision.models import VGG19_Weights
+
+    try:
+        return VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
+    except Exception as exc:
+        raise WeightsUnavailable(
+            f"cannot download torchvision's VGG-19 weights ({type(exc).__name__}). Pass --weights "
+            "PATH (or set NST_FAST_WEIGHTS) to a VGG-19 state dict, or --weights random for a smoke run"
+        ) from None
+
+
+def resolve_weights(weights=None) -> str:
+    return weights or os.environ.get("NST_FAST_WEIGHTS") or "imagenet"
+
+
+def guess_convention(weights: str, state: dict) -> str:
+    """A file's own "convention" entry wins; else "caffe" if its name says so."""
+    stated = state.get("convention") if isinstance(state.get("convention"), str) else None
+    if stated in CONVENTIONS:
+        return stated
+    if weights not in ("imagenet", "random") and "caffe" in os.path.basename(weights).lower():
+        return "caffe"
+    return "torchvision"
+
+
+def random_state(seed: int = 0) -> dict:
+    """A seeded Kaiming-normal VGG-19 (as torchvision initialises it), for smoke runs and tests."""
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for i, m in enumerate(_build(len(_CONFIG) * 2, "max")):
+        if isinstance(m, nn.Conv2d):
+            std = (2.0 / (m.out_channels * 9)) ** 0.5
+            state[f"{i}.weight"] = torch.randn(m.weight.shape, generator=gen) * std
+            state[f"{i}.bias"] = torch.zeros(m.out_channels)
+    return state
+
+
+def load_weights(weights=None, convention="auto", seed=0):
+    """-> (features state dict, input convention, a name for messages).
+
+    weights: "imagenet", "random", a path, or None for $NST_FAST_WEIGHTS / "imagenet".
+    """
+    weights = resolve_weights(weights)
+    if convention not in ("auto",) + CONVENTIONS:
+        raise NstError(f"weights convention must be auto, torchvision or caffe, got {convention!r}")
+    if weights == "random":
+        return random_state(seed), "torchvision" if convention == "auto" else convention, "random"
+    state = _imagenet_state() if weights == "imagenet" else _read_state_file(weights)
+    if convention == "auto":
+        convention = guess_convention(weights, state)
+    features = _features_only(state)
+    if not features:
+        raise WeightsUnavailable(f"weights file {weights} holds no VGG-19 features (keys like features.0.weight)")
+    return features, convention, weights
+
+
+class VGGFeatures(nn.Module):
+    """VGG-19 truncated after the deepest requested layer; returns {name: activation}."""
+
+    def __init__(self, layers, state: dict, convention: str = "torchvision", pooling="max", source="weights"):
+        super().__init__()
+        if pooling not in ("max", "avg"):
+            raise NstError(f"pooling must be 'max' or 'avg', got {pooling!r}")
+        layers = list(dict.fromkeys(layers))
+        check_layer_names(layers)
+        self.layers = layers
+        self.convention = convention
+        depth = max(LAYER_INDEX[n] for n in layers) + 1
+        self.net = _build(depth, pooling)
+        # A requested conv output would be overwritten by the in-place ReLU after it.
+        for name in layers:
+            i = LAYER_INDEX[name]
+            if name.startswith("conv") and i + 1 < depth:
+                self.net[i + 1].inplace = False
+        self._load(state, source)
+        self.requires_grad_(False)
+        self.eval()
+        mean, std = _TORCHVISION_MEAN, _TORCHVISION_STD
+        if convention == "caffe":
+            # 255 * x - mean, written as (x - mean / 255) / (1 / 255); RGB order, flipped later.
+            mean, std = [m / 255.0 for m in _CAFFE_MEAN_BGR[::-1]], (1 / 255.0,) * 3
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+
+    def _load(self, state: dict, source: str):
+        wanted = {f"{i}.{p}" for i, m in enumerate(self.net) if isinstance(m, nn.Conv2d) for p in ("weight", "bias")}
+        missing = wanted - state.keys()
+        if missing:
+            have = [LAYER_NAMES[i] for i, m in enumerate(self.net) if isinstance(m, nn.Conv2d) and f"{i}.weight" in state]
+            deepest = f"its deepest layer is {have[-1]}" if have else "it holds no VGG-19 conv layers"
+            raise WeightsUnavailable(
+                f"weights {source} lack layers needed for {', '.join(self.layers)}: {deepest}"
+            )
+        try:
+            self.net.load_state_dict({k: state[k] for k in wanted})
+        except RuntimeError as exc:
+            raise WeightsUnavailable(f"weights {source} do not fit VGG-19: {str(exc).splitlines()[-1].strip()}") from None
+
+    def preprocess(self, image: torch.Tensor) -> torch.Tensor:
+        """RGB in [0, 1] -> the network's input convention."""
+        x = (image - self.mean.to(image.dtype)) / self.std.to(image.dtype)
+        return x.flip(1) if self.convention == "caffe" else x
+
+    def forward(self, image: torch.Tensor) -> dict:
+        x = self.preprocess(image)
+        wanted = {LAYER_INDEX[n]: n for n in self.layers}
+        out = {}
+        for i, module in enumerate(self.net):
+            x = module(x)
+            if i in wanted:
+                out[wanted[i]] = x
+        return out

@@ -1,0 +1,51 @@
+import os
+import pathlib
+
+import pytest
+import torch
+
+from nst_fast import backend
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "nst_fast" / "examples"
+SHARED_WEIGHTS = ROOT.parent / "shared" / "weights" / "vgg19_caffe_conv1_1-conv3_4.pth"
+
+
+@pytest.fixture(params=["extension", "reference"])
+def op_backend(request):
+    """Runs a test once through the compiled ops and once through the reference."""
+    if request.param == "extension" and not backend.extension_loaded():
+        pytest.skip(f"extension not built: {backend.EXTENSION_ERROR}")
+    backend.set_backend(request.param)
+    yield request.param
+    backend.set_backend(None)
+
+
+@pytest.fixture(scope="session")
+def random_weights_file(tmp_path_factory):
+    """A seeded random VGG-19 saved as torchvision's full state dict."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.vgg19()
+    path = tmp_path_factory.mktemp("weights") / "vgg19_random.pth"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_images(tmp_path_factory):
+    """A 64x48 content image and a 40x40 style image with structure (never flat)."""
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("images")
+    content = Image.open(EXAMPLES / "content.png").resize((64, 48))
+    style = Image.open(EXAMPLES / "style.png").resize((40, 40))
+    content.save(d / "content.png")
+    style.save(d / "style.png")
+    return d / "content.png", d / "style.png"
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("NST_FAST_REQUIRE_EXTENSION") and not backend.extension_loaded():
+        raise RuntimeError(f"NST_FAST_REQUIRE_EXTENSION is set but the extension failed: {backend.EXTENSION_ERROR}")
