@@ -1,0 +1,63 @@
+"""Exercise the CUDA ops at small test shapes, for compute-sanitizer (memcheck, racecheck).
+
+    compute-sanitizer --tool memcheck python3 tests/sanitizer_run.py
+    compute-sanitizer --tool racecheck python3 tests/sanitizer_run.py --quick
+
+Not a pytest module (no test_ prefix). Prints the worst relative error against
+the float64 reference and exits non-zero if it exceeds the dtype's bound.
+"""
+import argparse
+import sys
+
+import torch
+
+from nst_fast import reference
+
+
+def rel(out, ref):
+    out, ref = out.double(), ref.double()
+    return ((out - ref).norm() / ref.norm().clamp_min(1e-300)).item()
+
+
+def layouts(b, c, m, dtype):
+    base = torch.rand(b, c, m, device="cuda").to(dtype)
+    yield "contiguous", base
+    yield "channels-last", torch.rand(b, m, c, device="cuda").to(dtype).transpose(1, 2)
+    yield "offset", torch.rand(b, c, m + 1, device="cuda").to(dtype)[:, :, 1:]
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--quick", action="store_true", help="fewer shapes (racecheck is slow)")
+    args = p.parse_args()
+    torch.manual_seed(0)
+    shapes = [(1, 3, 97), (2, 65, 130), (1, 130, 1025), (2, 64, 4096)]
+    dtypes = [torch.float32, torch.bfloat16]
+    if args.quick:
+        shapes = [(1, 65, 130), (2, 64, 1024)]
+    worst = {}
+    for dtype in dtypes:
+        for b, c, m in shapes:
+            for name, f in layouts(b, c, m, dtype):
+                a = reference.gram(torch.rand(b, c, m, device="cuda", dtype=torch.float64)).float()
+                s = 1.0 / (c * c * m * m)
+                loss, res = torch.ops.nst_fast.style_loss_forward(f, a, s)
+                g = torch.ops.nst_fast.gram(f)
+                gl = torch.tensor(0.5, device="cuda")
+                df = torch.ops.nst_fast.style_loss_backward(gl, res, f, s)
+                torch.cuda.synchronize()
+                lr, rr = reference.style_loss_forward(f.double(), a.double(), s)
+                dr = reference.style_loss_backward(gl.double(), rr, f.double(), s)
+                errs = [rel(loss, lr), rel(res, rr), rel(g, reference.gram(f.double())), rel(df, dr)]
+                key = str(dtype)
+                worst[key] = max(worst.get(key, 0.0), *errs)
+                print(f"{dtype} {name:14s} B={b} C={c} M={m}: loss {errs[0]:.2e} res {errs[1]:.2e} "
+                      f"gram {errs[2]:.2e} grad {errs[3]:.2e}", flush=True)
+    bounds = {str(torch.float32): 1e-5, str(torch.bfloat16): 4e-3}
+    ok = all(worst[k] <= bounds[k] for k in worst)
+    print("sanitizer_run:", "OK" if ok else "FAILED", worst)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""The nst-fast command: output files, one-line errors, exit codes, Ctrl-C."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from PIL import Image
+
+from nst_fast import cli
+
+SMALL = ["--weights", "random", "--device", "cpu", "--size", "32"]
+
+
+def run_cli(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "nst_fast.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_writes_a_png_and_exits_zero(tmp_path, small_images):
+    content, style = small_images
+    out = tmp_path / "out.png"
+    proc = run_cli(str(content), str(style), "-o", str(out), *SMALL, "--steps", "3")
+    assert proc.returncode == 0, proc.stderr
+    with Image.open(out) as img:
+        img.verify()
+    assert Image.open(out).size == (32, 24)
+    assert "RANDOM" in proc.stderr and "3/3" in proc.stderr  # the warning and the progress bar
+    assert os.listdir(tmp_path) == ["out.png"]
+
+
+def _one_line_error(capsys, argv, expected):
+    code = cli.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0
+    assert err[-1].startswith("nst-fast: error:") and expected in err[-1], err
+    assert "Traceback" not in "\n".join(err)
+    return code
+
+
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (lambda d, c, s: [str(d / "missing.png"), str(s)], "no such file"),
+        (lambda d, c, s: [str(c), str(d / "text.png")], "not an image file"),
+        (lambda d, c, s: [str(d / "cut.jpg"), str(s)], "cannot read image"),
+        (lambda d, c, s: [str(d / "tiny.png"), str(s)], "need at least 16 pixels"),
+        (lambda d, c, s: [str(c), str(s), "--steps", "-5"], "steps must be 0 or more"),
+        (lambda d, c, s: [str(c), str(s), "--style-layers", "relu1_1,relu9_1"], "unknown style layer"),
+        (lambda d, c, s: [str(c), str(s), "--style-weight", "nan"], "finite number"),
+        (lambda d, c, s: [str(c), str(s), "--weights", str(d / "none.pth")], "weights file not found"),
+    ],
+)
+def test_bad_input_one_line_error_no_output(tmp_path, small_images, capsys, make, expected):
+    content, style = small_images
+    (tmp_path / "text.png").write_text("not an image")
+    data = open(content, "rb").read()
+    Image.open(content).save(tmp_path / "cut.jpg", quality=95)
+    cut = (tmp_path / "cut.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(cut[: len(cut) // 2])
+    Image.new("RGB", (40, 6), (200, 10, 10)).save(tmp_path / "tiny.png")
+    assert data
+    out = tmp_path / "out.png"
+    argv = ["-o", str(out), *SMALL[:4], "--size", "64", "--steps", "2", "-q"] + make(tmp_path, content, style)
+    _one_line_error(capsys, argv, expected)
+    assert not out.exists()
+
+
+def test_bad_output_path(tmp_path, small_images, capsys):
+    content, style = small_images
+    _one_line_error(capsys, [str(content), str(style), "-o", str(tmp_path / "no" / "dir.png"), *SMALL],
+                    "output directory does not exist")
+    _one_line_error(capsys, [str(content), str(style), "-o", str(tmp_path / "out.txt"), *SMALL], "output must end")
+
+
+def test_missing_arguments(capsys):
+    assert _one_line_error(capsys, [], "CONTENT") == 2
+
+
+def test_offline_imagenet_weights_say_what_to_do(tmp_path, small_images, capsys, monkeypatch):
+    from nst_fast import vgg
+    from nst_fast.errors import WeightsUnavailable
+
+    def offline():
+        raise WeightsUnavailable("cannot download torchvision's VGG-19 weights (URLError). Pass --weights PATH "
+                                 "(or set NST_FAST_WEIGHTS) to a VGG-19 state dict, or --weights random")
+
+    monkeypatch.setattr(vgg, "_imagenet_state", offline)
+    monkeypatch.delenv("NST_FAST_WEIGHTS", raising=False)
+    content, style = small_images
+    _one_line_error(capsys, [str(content), str(style), "-o", str(tmp_path / "o.png"), "--device", "cpu"],
+                    "--weights PATH")
+    # The demo falls back to random weights, loudly.
+    code = cli.main(["--demo", "-o", str(tmp_path / "demo.png"), "--device", "cpu", "--size", "32", "--steps", "1"])
+    err = capsys.readouterr().err
+    assert code == 0 and "falls back to RANDOM weights" in err
+    assert (tmp_path / "demo.png").exists()
+
+
+def test_ctrl_c_saves_image_so_far_and_exits_130(tmp_path, small_images):
+    content, style = small_images
+    out = tmp_path / "out.png"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nst_fast.cli", str(content), str(style), "-o", str(out), *SMALL,
+         "--size", "48", "--steps", "100000"],
+        stderr=subprocess.PIPE, text=True,
+    )
+    seen = ""
+    deadline = time.time() + 120
+    while "/100000" not in seen and time.time() < deadline:  # wait for the first progress line
+        seen += proc.stderr.read(1)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130, rest
+    assert "saved the image so far" in rest and "Traceback" not in rest
+    assert Image.open(out).size == (48, 36)

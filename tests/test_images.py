@@ -1,0 +1,105 @@
+"""Image input in every common mode, clear errors for bad files, atomic output."""
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from nst_fast import images
+from nst_fast.errors import NstError
+
+
+def _rgb(seed=0, size=(20, 14)):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8), "RGB")
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "I;16", "LA", "1"])
+def test_modes_are_converted_to_rgb(tmp_path, mode):
+    base = _rgb()
+    if mode == "I;16":
+        arr = (np.asarray(base.convert("L"), dtype=np.uint16) * 257)
+        img = Image.fromarray(arr)
+    else:
+        img = base.convert(mode)
+    ext = ".tif" if mode in ("CMYK", "I;16") else ".png"
+    path = tmp_path / f"img{ext}"
+    img.save(path)
+    t = images.to_tensor(path)
+    assert t.shape == (1, 3, 14, 20) and t.dtype == torch.float32
+    assert 0 <= t.min() and t.max() <= 1 and t.std() > 0.05
+
+
+def test_sixteen_bit_keeps_full_range(tmp_path):
+    arr = np.linspace(0, 65535, 20 * 14).reshape(14, 20).astype(np.uint16)
+    Image.fromarray(arr).save(tmp_path / "deep.png")
+    t = images.to_tensor(tmp_path / "deep.png")
+    assert t.max() > 0.99 and t.min() < 0.01
+
+
+def test_transparent_pixels_become_white():
+    img = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
+    assert torch.allclose(images.to_tensor(img), torch.ones(1, 3, 4, 4))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(NstError, match="no such file"):
+        images.to_tensor(tmp_path / "absent.png")
+
+
+def test_not_an_image(tmp_path):
+    path = tmp_path / "notes.png"
+    path.write_text("hello, I am text")
+    with pytest.raises(NstError, match="not an image file"):
+        images.to_tensor(path)
+
+
+def test_truncated_jpeg(tmp_path):
+    path = tmp_path / "cut.jpg"
+    _rgb(size=(64, 64)).save(path, quality=95)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(NstError, match="cannot read image"):
+        images.to_tensor(path)
+
+
+def test_directory_is_not_an_image(tmp_path):
+    with pytest.raises(NstError, match="directory"):
+        images.to_tensor(tmp_path)
+
+
+def test_tensor_inputs():
+    t = torch.rand(3, 5, 6)
+    assert images.to_tensor(t).shape == (1, 3, 5, 6)
+    with pytest.raises(NstError, match="must be"):
+        images.to_tensor(torch.rand(2, 3, 5, 6))
+    with pytest.raises(NstError, match="NaN"):
+        images.to_tensor(torch.full((3, 4, 4), float("nan")))
+
+
+def test_resize_long_side():
+    t = torch.rand(1, 3, 30, 60)
+    assert images.resize_long_side(t, 20).shape[-2:] == (10, 20)
+
+
+def test_save_atomic_leaves_no_partial_file(tmp_path, monkeypatch):
+    out = tmp_path / "out.png"
+    images.save_atomic(_rgb(), out)
+    assert Image.open(out).size == (20, 14)
+
+    def broken_save(self, fp, format=None, **kw):
+        fp.write(b"half an ima")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Image.Image, "save", broken_save)
+    target = tmp_path / "second.png"
+    with pytest.raises(OSError):
+        images.save_atomic(_rgb(), target)
+    assert not target.exists()
+    assert os.listdir(tmp_path) == ["out.png"]
+
+
+def test_save_atomic_rejects_unknown_extension(tmp_path):
+    with pytest.raises(NstError, match="unknown output image type"):
+        images.save_atomic(_rgb(), tmp_path / "out.xyz")

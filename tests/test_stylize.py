@@ -1,0 +1,143 @@
+"""End to end on small images with a seeded random VGG-19: behaviour, not beauty."""
+import math
+
+import pytest
+import torch
+
+import nst_fast
+from nst_fast import NonFiniteLoss, NstError, StyleTransfer
+from nst_fast.stylize import Interrupted
+
+
+@pytest.fixture(scope="module")
+def transfer():
+    return StyleTransfer(weights="random", device="cpu")
+
+
+def _losses(transfer, content, style, **kw):
+    seen = []
+    img = transfer.stylize(content, style, callback=lambda i: seen.append(i), **kw)
+    return img, seen
+
+
+@pytest.mark.parametrize("optimizer,factor", [("lbfgs", 100), ("adam", 20)])
+def test_loss_falls_and_output_has_content_size(transfer, small_images, optimizer, factor):
+    content, style = small_images
+    img, seen = _losses(transfer, content, style, size=64, steps=30, init="noise", optimizer=optimizer)
+    totals = [float(i.losses["total"]) for i in seen]
+    assert len(seen) == 30 and [i.step for i in seen] == list(range(1, 31))  # one callback per step
+    assert totals[0] / min(totals) > factor
+    assert img.size == (64, 48)
+
+
+def test_same_seed_same_image(transfer, small_images):
+    content, style = small_images
+    a = transfer.stylize(content, style, size=48, steps=5, init="noise", seed=7)
+    b = transfer.stylize(content, style, size=48, steps=5, init="noise", seed=7)
+    c = transfer.stylize(content, style, size=48, steps=5, init="noise", seed=8)
+    assert a.tobytes() == b.tobytes()
+    assert a.tobytes() != c.tobytes()
+
+
+def test_inputs_as_pil_and_tensor(transfer, small_images):
+    from PIL import Image
+
+    content, style = small_images
+    img = transfer.stylize(Image.open(content), nst_fast.images.to_tensor(style)[0], size=32, steps=2)
+    assert img.size == (32, 24)
+
+
+def test_parts_and_weights(transfer, small_images):
+    content, style = small_images
+    _, seen = _losses(transfer, content, style, size=32, steps=1, init="noise", tv_weight=2.0,
+                      content_weight=3.0, style_weight=5.0, style_layers="relu1_1:3,relu2_1:1")
+    parts = {k: float(v) for k, v in seen[0].losses.items()}
+    style = 0.75 * parts["style:relu1_1"] + 0.25 * parts["style:relu2_1"]  # weights normalised to 1
+    assert math.isclose(parts["style"], style, rel_tol=1e-5)
+    assert math.isclose(parts["total"], 3 * parts["content"] + 5 * parts["style"] + 2 * parts["tv"], rel_tol=1e-5)
+    assert parts["tv"] > 0
+
+
+@pytest.mark.parametrize("init", ["content", "style", "noise", "image"])
+def test_inits(transfer, small_images, init):
+    content, style = small_images
+    out = transfer.stylize_tensor(content, style, size=32, steps=0, init=style if init == "image" else init)
+    c = nst_fast.images.resize_long_side(nst_fast.images.to_tensor(content), 32)
+    if init == "content":
+        assert torch.allclose(out, c)
+    else:
+        assert not torch.allclose(out, c, atol=0.05)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"steps": -1}, "steps must be 0 or more"),
+        ({"style_layers": "relu1_1,relu7_1"}, "unknown style layer 'relu7_1'"),
+        ({"content_layers": "conv9"}, "unknown content layer"),
+        ({"style_weight": float("nan")}, "style_weight must be a finite number"),
+        ({"content_weight": -1.0}, "content_weight must be non-negative"),
+        ({"optimizer": "sgd"}, "optimizer must be one of"),
+        ({"init": "zeros"}, "init must be one of"),
+        ({"size": 8}, "at least 16"),
+        ({"style_layers": "relu1_1:abc"}, "not a number"),
+        ({"precision": "fp8"}, "precision must be"),
+    ],
+)
+def test_bad_options(transfer, small_images, kwargs, message):
+    content, style = small_images
+    with pytest.raises(NstError, match=message):
+        transfer.stylize(content, style, **{"size": 32, "steps": 1, **kwargs})
+
+
+def test_image_too_small_for_the_network(transfer, tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (200, 10), (10, 200, 30)).save(tmp_path / "thin.png")
+    with pytest.raises(NstError, match="need at least 16 pixels"):
+        transfer.stylize(tmp_path / "thin.png", tmp_path / "thin.png", size=64, steps=1)
+
+
+def test_non_finite_loss_stops_and_keeps_last_finite_image(transfer, small_images, monkeypatch):
+    content, style = small_images
+    from nst_fast import losses
+
+    real = losses.GatysLoss.forward
+    calls = []
+
+    def poisoned(self, image):
+        total, parts = real(self, image)
+        calls.append(1)
+        return (total * float("nan") if len(calls) > 3 else total), parts
+
+    monkeypatch.setattr(losses.GatysLoss, "forward", poisoned)
+    with pytest.raises(NonFiniteLoss, match="did not recover") as info:
+        transfer.stylize(content, style, size=32, steps=40, init="noise")
+    assert info.value.image is not None and torch.isfinite(info.value.image).all()
+    assert info.value.step < 40
+
+
+def test_interrupt_returns_image_so_far(transfer, small_images):
+    content, style = small_images
+
+    def interrupt(info):
+        if info.step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted) as info:
+        transfer.stylize(content, style, size=32, steps=20, callback=interrupt)
+    assert info.value.step == 3 and info.value.image.shape == (1, 3, 24, 32)
+
+
+def test_module_level_stylize_reuses_the_network(small_images):
+    content, style = small_images
+    img = nst_fast.stylize(content, style, weights="random", device="cpu", size=32, steps=1)
+    first = nst_fast.stylize.__globals__["_default"]
+    nst_fast.stylize(content, style, weights="random", device="cpu", size=32, steps=1)
+    assert nst_fast.stylize.__globals__["_default"] is first
+    assert img.size == (32, 24)
+
+
+def test_unknown_device():
+    with pytest.raises(NstError, match="unknown device"):
+        StyleTransfer(weights="random", device="toaster")

@@ -1,0 +1,123 @@
+"""Loading VGG-19 weights through the real paths: files, conventions, partial files, errors."""
+import pytest
+import torch
+import torchvision
+
+from nst_fast import vgg
+from nst_fast.errors import NstError, WeightsUnavailable
+
+from conftest import SHARED_WEIGHTS
+
+
+def _reference_relu3_1(model, image):
+    x = (image - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
+        [0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    return model.features[:12](x)
+
+
+def test_full_state_dict_round_trip(random_weights_file):
+    state, convention, _ = vgg.load_weights(str(random_weights_file))
+    assert convention == "torchvision"
+    net = vgg.VGGFeatures(["relu3_1"], state, convention)
+    model = torchvision.models.vgg19()
+    model.load_state_dict(torch.load(random_weights_file))
+    image = torch.rand(1, 3, 32, 40)
+    torch.testing.assert_close(net(image)["relu3_1"], _reference_relu3_1(model, image))
+
+
+def test_features_only_state_dict(tmp_path, random_weights_file):
+    full = torch.load(random_weights_file)
+    features = {k.removeprefix("features."): v for k, v in full.items() if k.startswith("features.")}
+    path = tmp_path / "features.pth"
+    torch.save(features, path)
+    state, _, _ = vgg.load_weights(str(path))
+    net = vgg.VGGFeatures(["relu2_1"], state)
+    assert torch.equal(net.net[0].weight, full["features.0.weight"])
+
+
+def test_partial_file_names_its_deepest_layer(tmp_path, random_weights_file):
+    full = torch.load(random_weights_file)
+    keep = {k: v for k, v in full.items() if k.startswith("features.") and int(k.split(".")[1]) <= 7}
+    path = tmp_path / "partial.pth"
+    torch.save(keep, path)
+    state, _, _ = vgg.load_weights(str(path))
+    vgg.VGGFeatures(["relu2_2"], state)  # every requested layer present: fine
+    with pytest.raises(WeightsUnavailable, match="deepest layer is conv2_2"):
+        vgg.VGGFeatures(["relu3_1"], state, source=str(path))
+
+
+def test_missing_and_wrong_files(tmp_path):
+    with pytest.raises(WeightsUnavailable, match="not found"):
+        vgg.load_weights(str(tmp_path / "nope.pth"))
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(WeightsUnavailable, match="cannot read"):
+        vgg.load_weights(str(junk))
+    other = tmp_path / "other.pth"
+    torch.save({"fc.weight": torch.zeros(2, 2)}, other)
+    with pytest.raises(WeightsUnavailable, match="no VGG-19 features"):
+        vgg.load_weights(str(other))
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"features.0.weight": torch.zeros(8, 3, 3, 3), "features.0.bias": torch.zeros(8)}, wrong)
+    state, _, _ = vgg.load_weights(str(wrong))
+    with pytest.raises(WeightsUnavailable, match="do not fit"):
+        vgg.VGGFeatures(["relu1_1"], state)
+
+
+def test_environment_variable_chooses_weights(monkeypatch, random_weights_file):
+    monkeypatch.setenv("NST_FAST_WEIGHTS", str(random_weights_file))
+    assert vgg.resolve_weights(None) == str(random_weights_file)
+    assert vgg.resolve_weights("random") == "random"
+
+
+def test_random_weights_are_seeded():
+    a, _, _ = vgg.load_weights("random", seed=3)
+    b, _, _ = vgg.load_weights("random", seed=3)
+    c, _, _ = vgg.load_weights("random", seed=4)
+    assert torch.equal(a["0.weight"], b["0.weight"])
+    assert not torch.equal(a["0.weight"], c["0.weight"])
+
+
+def test_unknown_layer_and_pooling():
+    state, _, _ = vgg.load_weights("random")
+    with pytest.raises(NstError, match="unknown layer 'relu9_9'"):
+        vgg.VGGFeatures(["relu9_9"], state)
+    with pytest.raises(NstError, match="pooling"):
+        vgg.VGGFeatures(["relu1_1"], state, pooling="median")
+
+
+def test_caffe_convention_preprocessing(tmp_path, random_weights_file):
+    """A Caffe-convention file sees BGR 0..255 minus the mean: the same net as a
+    torchvision-convention one whose first conv absorbs that transform."""
+    full = torch.load(random_weights_file)
+    path = tmp_path / "vgg19_caffe_test.pth"
+    torch.save(full, path)
+    state, convention, _ = vgg.load_weights(str(path))
+    assert convention == "caffe"
+    net = vgg.VGGFeatures(["conv1_1"], state, convention)
+    image = torch.rand(1, 3, 8, 8)
+    mean_bgr = torch.tensor([103.939, 116.779, 123.68]).view(1, 3, 1, 1)
+    caffe_input = image.flip(1) * 255 - mean_bgr
+    want = torch.nn.functional.conv2d(caffe_input, full["features.0.weight"], full["features.0.bias"], padding=1)
+    torch.testing.assert_close(net(image)["conv1_1"], want, rtol=1e-4, atol=1e-3)
+
+
+def test_conv_layer_output_is_not_overwritten_by_inplace_relu():
+    state, _, _ = vgg.load_weights("random")
+    net = vgg.VGGFeatures(["conv1_1", "relu1_2"], state)
+    out = net(torch.rand(1, 3, 16, 16))
+    assert (out["conv1_1"] < 0).any()
+
+
+def test_layer_names():
+    assert vgg.LAYER_NAMES[:5] == ["conv1_1", "relu1_1", "conv1_2", "relu1_2", "pool1"]
+    assert vgg.LAYER_NAMES[-1] == "pool5" and len(vgg.LAYER_NAMES) == 37
+    assert vgg.layer_downsampling("relu5_1") == 16 and vgg.layer_channels("relu3_1") == 256
+
+
+@pytest.mark.skipif(not SHARED_WEIGHTS.exists(), reason="shared pretrained weights absent")
+def test_shared_caffe_weights_load():
+    state, convention, _ = vgg.load_weights(str(SHARED_WEIGHTS))
+    assert convention == "caffe"
+    with pytest.raises(WeightsUnavailable, match="deepest layer is conv3_4"):
+        vgg.VGGFeatures(["relu4_2"], state)
