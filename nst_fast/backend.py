@@ -39,6 +39,11 @@ def get_backend() -> str:
     return name
 
 
+def cuda_compiled() -> bool:
+    """True if the extension was built with its CUDA kernels (whether or not a GPU is here)."""
+    return _has_kernel("cuda")
+
+
 def _has_kernel(device_type: str) -> bool:
     if not extension_loaded():
         return False

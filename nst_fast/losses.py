@@ -47,6 +47,11 @@ class GatysLoss(nn.Module):
         self.style_weights = style_weights
         self.alpha, self.beta, self.tv_weight = alpha, beta, tv_weight
 
+    def part_names(self):
+        """The keys of forward()'s parts, in a fixed order (the loss-history columns)."""
+        return ([f"content:{n}" for n in self.content_targets] + [f"style:{n}" for n in self.style_targets]
+                + ["content", "style", "tv", "total"])
+
     def forward(self, image: torch.Tensor):
         """-> (total, {"content": .., "style": .., "tv": .., "style:relu1_1": .., ...})"""
         feats = self.vgg(image)

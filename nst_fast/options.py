@@ -75,6 +75,8 @@ class Options:
     preserve_colors: Optional[str] = None
     scales: Optional[Sequence[int]] = None
     report_every: Optional[int] = None
+    cuda_graph: Optional[bool] = None  # None: capture the step in a CUDA graph where possible
+    checkpoint_every: int = 0
     callback: Optional[Callable] = None
 
     def validate(self, n_styles: int = 1, convention: str = "torchvision") -> "Options":
@@ -120,6 +122,9 @@ class Options:
             if not scales or any(s < 16 for s in scales) or scales != sorted(scales):
                 raise NstError(f"scales must be increasing sizes of at least 16 pixels, got {list(self.scales)}")
             self.scales = scales
+        if isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) \
+                or self.checkpoint_every < 0:
+            raise NstError(f"checkpoint_every must be 0 (off) or a number of steps, got {self.checkpoint_every!r}")
         if self.report_every is not None and self.report_every < 1:
             raise NstError(f"report_every must be at least 1, got {self.report_every}")
         return self

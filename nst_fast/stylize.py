@@ -25,7 +25,7 @@ class StepInfo:
     steps: int  # total steps of the run
     size: tuple  # (H, W) being optimised
     losses: dict
-    image: torch.Tensor  # the image just evaluated, (1, 3, H, W) in [0, 1] (not clamped)
+    image: torch.Tensor  # the best image so far, (1, 3, H, W), not yet clamped to [0, 1]
 
 
 def _device(device) -> torch.device:
@@ -59,6 +59,7 @@ class StyleTransfer:
     """Holds VGG-19's weights between runs: build once, call stylize() many times."""
 
     def __init__(self, weights=None, device=None, pooling="max", convention="auto", seed=0):
+        self.history, self.last_run = [], {}
         self.device = _device(device)
         self.pooling = pooling
         self.state, self.convention, self.weights = vgg.load_weights(weights, convention, seed)
@@ -101,8 +102,16 @@ class StyleTransfer:
                 )
             loss_fn = self._loss(net, content_t, style_imgs, opts, (h, w), min_side)
             x = self._initial_image(opts, content_t, style_imgs[0], x)
-            x = self._optimise(loss_fn, x, opts, scale_index * opts.steps, total_steps)
+            state = self._optimise(loss_fn, x, opts, scale_index * opts.steps, total_steps)
+            self.history = self._history_rows(loss_fn, state, self.history if scale_index else [])
+            x = state.best
         return x.detach().clamp(0, 1).cpu()
+
+    @staticmethod
+    def _history_rows(loss_fn, state, rows):
+        names = loss_fn.part_names()
+        values = state.history[: state.step].cpu().tolist()
+        return rows + [dict(zip(names, v), size=list(state.best.shape[-2:])) for v in values]
 
     def _loss(self, net, content_t, style_imgs, opts, size, min_side) -> GatysLoss:
         dev = self.device
@@ -140,43 +149,143 @@ class StyleTransfer:
             start = torch.nn.functional.interpolate(images.to_tensor(opts.init), size=(h, w), mode="bicubic")
         return start.to(self.device, torch.float32).contiguous()
 
-    def _optimise(self, loss_fn, x0, opts, step_offset, total_steps) -> torch.Tensor:
+    def _optimise(self, loss_fn, x0, opts, step_offset, total_steps, resume=None, on_checkpoint=None):
+        """Run opts.steps steps from x0 (or from `resume`, a LoopState) -> the LoopState at the end."""
         dev = self.device
         x = x0.clone().requires_grad_(True)
         if opts.optimizer == "lbfgs":
             opt = make_optimizer("lbfgs", x, lr=opts.lr or 1.0, history=LBFGS_HISTORY, max_step=LBFGS_MAX_STEP)
         else:
             opt = make_optimizer("adam", x, lr=opts.lr or 0.02)
-        best = x.detach().clone()
-        best_loss = torch.full((), float("inf"), device=dev)
-        # L-BFGS backtracks from a non-finite trial point; only a run of them is fatal.
-        bad_streak = torch.zeros((), dtype=torch.int32, device=dev)
+        state = LoopState.start(x, opts.steps, len(loss_fn.part_names()))
+        if resume is not None:
+            state.load(resume, x, opt)
         report_every = opts.report_every or (1 if dev.type == "cpu" else 20)
-        step = 0
+
+        def one_step():
+            with precision_mode(opts.precision, dev):
+                total, parts = loss_fn(x)
+            (grad,) = torch.autograd.grad(total, x)
+            with torch.no_grad():
+                state.record(x, total.detach(), [parts[n].detach() for n in loss_fn.part_names()])
+                opt.step(x, total.detach(), grad)
+            return {k: v.detach() for k, v in parts.items()}
+
+        runner = _StepRunner(one_step, dev, opts.cuda_graph)
+        step = state.step
         try:
-            for step in range(1, opts.steps + 1):
-                with precision_mode(opts.precision, dev):
-                    total, parts = loss_fn(x)
-                (grad,) = torch.autograd.grad(total, x)
-                with torch.no_grad():
-                    improved = total < best_loss  # False for NaN
-                    best.copy_(torch.where(improved, x, best))
-                    best_loss.copy_(torch.where(improved, total, best_loss))
-                    bad_streak.copy_(torch.where(torch.isfinite(total), 0, bad_streak + 1))
-                    if opts.callback is not None:
-                        opts.callback(StepInfo(step_offset + step, total_steps, tuple(x.shape[-2:]),
-                                               {k: v.detach() for k, v in parts.items()}, x.detach()))
-                    if step % report_every == 0 or step == opts.steps:
-                        if bad_streak >= MAX_NONFINITE or not torch.isfinite(best_loss):
-                            raise NonFiniteLoss(
-                                f"the loss became {float(total)} at step {step_offset + step} and did not "
-                                "recover; lower the loss weights or the learning rate",
-                                image=best.clamp(0, 1).cpu(), step=step_offset + step)
-                    opt.step(x, total.detach(), grad)
+            for step in range(state.step + 1, opts.steps + 1):
+                parts = runner()
+                state.step = step
+                if opts.callback is not None:
+                    opts.callback(StepInfo(step_offset + step, total_steps, tuple(x.shape[-2:]), parts, state.best))
+                if step % report_every == 0 or step == opts.steps:
+                    if state.bad_streak >= MAX_NONFINITE or not torch.isfinite(state.best_loss):
+                        raise NonFiniteLoss(
+                            f"the loss became {float(parts['total'])} at step {step_offset + step} and did "
+                            "not recover; lower the loss weights or the learning rate",
+                            image=state.best.clamp(0, 1).cpu(), step=step_offset + step)
+                if on_checkpoint is not None and opts.checkpoint_every and step % opts.checkpoint_every == 0:
+                    on_checkpoint(state, x, opt)
         except KeyboardInterrupt:
-            raise Interrupted(f"interrupted at step {step_offset + step}", image=best.clamp(0, 1).cpu(),
+            if on_checkpoint is not None:
+                on_checkpoint(state, x, opt)
+            raise Interrupted(f"interrupted at step {step_offset + step}", image=state.best.clamp(0, 1).cpu(),
                               step=step_offset + step) from None
-        return best if opts.steps else x.detach()
+        self.last_run = {"cuda_graph": runner.graphed, "why_not": runner.why_not}
+        if on_checkpoint is not None:
+            on_checkpoint(state, x, opt)
+        return state
+
+
+class LoopState:
+    """Device-side bookkeeping of a run: best image so far, non-finite streak, loss history."""
+
+    def __init__(self, best, best_loss, bad_streak, history, cursor, step=0):
+        self.best, self.best_loss, self.bad_streak = best, best_loss, bad_streak
+        self.history, self.cursor, self.step = history, cursor, step
+
+    @classmethod
+    def start(cls, x, steps, n_parts):
+        dev = x.device
+        return cls(
+            best=x.detach().clone(),
+            best_loss=torch.full((), float("inf"), device=dev),
+            # L-BFGS backtracks from a non-finite trial point; only a run of them is fatal.
+            bad_streak=torch.zeros((), dtype=torch.int32, device=dev),
+            history=torch.full((max(steps, 1), n_parts), float("nan"), device=dev),
+            cursor=torch.zeros((1,), dtype=torch.long, device=dev),
+        )
+
+    def record(self, x, total, parts):
+        improved = total < self.best_loss  # False for NaN
+        self.best.copy_(torch.where(improved, x, self.best))
+        self.best_loss.copy_(torch.where(improved, total, self.best_loss))
+        self.bad_streak.copy_(torch.where(torch.isfinite(total), 0, self.bad_streak + 1))
+        row = torch.stack([p.float() for p in parts]).unsqueeze(0)
+        self.history.index_copy_(0, self.cursor.clamp(max=self.history.size(0) - 1), row)
+        self.cursor.add_(1)
+
+    def tensors(self):
+        return {"best": self.best, "best_loss": self.best_loss, "bad_streak": self.bad_streak,
+                "history": self.history[: self.step], "step": self.step}
+
+    def load(self, saved, x, opt):
+        """Continue from a checkpoint's tensors (in place: a captured graph stays valid)."""
+        with torch.no_grad():
+            x.copy_(saved["x"])
+            self.best.copy_(saved["best"])
+            self.best_loss.copy_(saved["best_loss"])
+            self.bad_streak.copy_(saved["bad_streak"])
+            done = saved["history"].size(0)
+            self.history[:done].copy_(saved["history"])
+            self.cursor.fill_(done)
+        self.step = saved["step"]
+        opt.load_state_dict({k: v.to(x.device) for k, v in saved["optimizer"].items()})
+
+
+class _StepRunner:
+    """Runs a step eagerly, or on CUDA replays it from a CUDA graph captured after warm-up.
+
+    Falls back to eager execution (and says why in `why_not`) if capture fails.
+    """
+
+    WARMUP = 3
+
+    def __init__(self, step_fn, device, cuda_graph):
+        self.step_fn, self.calls, self.graph, self.static = step_fn, 0, None, None
+        self.enabled = device.type == "cuda" and cuda_graph is not False
+        self.why_not = None if self.enabled else ("not a CUDA device" if device.type != "cuda" else "disabled")
+        self.graphed = False
+        if self.enabled:
+            self.stream = torch.cuda.Stream(device)
+
+    def __call__(self):
+        self.calls += 1
+        if self.graph is not None:
+            self.graph.replay()
+            return self.static
+        if not self.enabled:
+            return self.step_fn()
+        # Warm-up steps are real steps, run on a side stream as capture requires.
+        self.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.stream):
+            out = self.step_fn()
+        torch.cuda.current_stream().wait_stream(self.stream)
+        if self.calls == self.WARMUP:
+            self._capture()
+        return out
+
+    def _capture(self):
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph, stream=self.stream):
+                static = self.step_fn()
+        except Exception as exc:  # an op that cannot be captured: stay eager
+            self.enabled, self.why_not = False, f"capture failed: {type(exc).__name__}: {exc}".splitlines()[0]
+            torch.cuda.synchronize()
+            return
+        self.graph, self.static, self.graphed = graph, static, True
 
 
 _default: Optional[StyleTransfer] = None

@@ -1,0 +1,221 @@
+"""How much memory a run needs, before it starts.
+
+`estimate_bytes` is a sum over what is alive at the peak of one optimisation
+step of StyleTransfer._optimise (the backward of GatysLoss), not a simulation:
+
+  weights      the truncated VGG-19's conv weights and biases (fp32; bf16
+               autocast adds a bf16 copy of each, kept for the backward)
+  saved        what autograd keeps from the forward: each conv's input and
+               output (the in-place ReLU writes into the conv output, so one
+               buffer serves both and the next conv's input), each max pool's
+               output and its int64 indices, the normalised input image, and
+               the content loss's (F - P) residual; the style loss keeps only
+               the features (already counted) and a C x C residual (below);
+               but the reference style loss (no fused kernel for the device)
+               under bf16 keeps an fp32 copy of each style layer's features
+  backward     transient gradient buffers: BACKWARD_BUFFERS times the largest
+               activation (the gradient arriving at a layer, the one leaving
+               it, and the sum at a layer that also feeds a loss)
+  targets      content targets (fp32, layer size), style Gram targets and the
+               style losses' residuals (C x C fp32 each, per layer and batch item)
+  image        x, its gradient, the best-image copy, the content image and
+               IMAGE_COPIES - 4 transients of the same size (torch.where)
+  optimiser    L-BFGS: the S and Y history (history x image, fp32 each), x_a,
+               g_a, d; Adam: m and v
+  runtime      a constant for what the framework itself allocates on first use
+               (CPU: oneDNN primitives and code pages; CUDA: cuBLAS/cuDNN
+               workspaces), measured, not derived
+  allocator    CPU only: glibc malloc serves tensors under its dynamic mmap
+               threshold (up to 32 MiB) from heaps that keep freed chunks, so
+               the resident peak exceeds the live tensors. Measured on the
+               2-core CPU box at 256-1024 px as 1-20% of saved + backward,
+               and varying from run to run; we add ALLOCATOR_SLACK of it.
+               (With MALLOC_MMAP_THRESHOLD_ fixed, the other terms alone match
+               the measured peak to ~3%.) CUDA's max_memory_allocated counts
+               tensors only, so no slack there.
+
+Activations are in the compute dtype: 4 bytes for fp32 and tf32, 2 for bf16.
+The targets, losses, image and optimiser state are always fp32.
+"""
+import os
+
+import torch
+
+from . import backend, vgg
+
+BACKWARD_BUFFERS = 2
+IMAGE_COPIES = 5  # x, grad, best, content image, one transient
+RUNTIME_BYTES = {"cpu": 32 << 20, "cuda": 64 << 20}
+ALLOCATOR_SLACK = {"cpu": 0.10, "cuda": 0.0}
+_POOL_INDEX_BYTES = 8  # max_pool2d_with_indices keeps int64 indices for the backward
+PRECISIONS = ("fp32", "tf32", "bf16")
+OPTIMIZERS = ("lbfgs", "adam")
+
+
+def _layers(layers) -> list:
+    names = list(layers.keys()) if isinstance(layers, dict) else list(layers)
+    vgg.check_layer_names(names)
+    return names
+
+
+def _net_walk(height: int, width: int, depth: int):
+    """Yield (kind, in_channels, out_channels, in_h, in_w, out_h, out_w) per module of the truncated VGG-19."""
+    h, w, c = height, width, 3
+    for name in vgg.LAYER_NAMES[:depth]:
+        if name.startswith("conv"):
+            c_out = vgg.layer_channels(name)
+            yield "conv", c, c_out, h, w, h, w
+            c = c_out
+        elif name.startswith("pool"):
+            yield "pool", c, c, h, w, h // 2, w // 2
+            h, w = h // 2, w // 2
+        else:
+            yield "relu", c, c, h, w, h, w
+
+
+def _layer_shape(name: str, height: int, width: int):
+    down = vgg.layer_downsampling(name)
+    return vgg.layer_channels(name), height // down, width // down
+
+
+def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs", precision="fp32",
+                   history=10, batch_styles=1, device="cpu", pooling="max", fused_style=None) -> dict:
+    """The terms of `estimate_bytes`, in bytes, by name (see the module docstring).
+
+    fused_style: whether the style loss runs the extension's kernel (None: as
+    nst_fast.backend would choose for the device now).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+    content_layers, style_layers = _layers(content_layers), _layers(style_layers)
+    requested = set(content_layers) | set(style_layers)
+    depth = max(vgg.LAYER_INDEX[n] for n in requested) + 1
+    act = 2 if precision == "bf16" else 4
+    batch = int(batch_styles)
+
+    weights = saved = largest = 0
+    for i, (kind, c_in, c_out, h, w, oh, ow) in enumerate(_net_walk(height, width, depth)):
+        out = c_out * oh * ow
+        largest = max(largest, out)
+        if kind == "conv":
+            weights += c_in * c_out * 9 + c_out
+            saved += out * act
+            # The ReLU after a requested conv is not in place: a second buffer.
+            if vgg.LAYER_NAMES[i] in requested and i + 1 < depth:
+                saved += out * act
+        elif kind == "pool":
+            saved += out * (act + (_POOL_INDEX_BYTES if pooling == "max" else 0))
+    pixels = 3 * height * width
+    saved += pixels * 4  # the normalised input (conv1_1's input)
+    weight_bytes = weights * 4
+    if precision == "bf16":
+        saved += pixels * 2  # conv1_1's bf16 input
+        weight_bytes += weights * 2  # autocast's bf16 copies of the weights
+    content_sizes = [c * h * w for c, h, w in (_layer_shape(n, height, width) for n in content_layers)]
+    saved += sum(content_sizes) * 4  # (F - P) kept by square()
+    if fused_style is None:
+        try:
+            fused_style = backend.uses_extension(device)
+        except RuntimeError:
+            fused_style = False
+    if precision == "bf16" and not fused_style:
+        saved += sum(c * h * w for c, h, w in (_layer_shape(n, height, width) for n in style_layers)) * 4
+    grams = sum(vgg.layer_channels(n) ** 2 for n in style_layers) * 4
+
+    n = batch * pixels
+    dev_type = torch.device(device).type
+    if optimizer == "lbfgs":
+        opt_bytes = (2 * history + 3) * n * 4
+    else:
+        opt_bytes = 2 * n * 4
+    saved, backward = batch * saved, batch * BACKWARD_BUFFERS * largest * act
+    return {
+        "weights": weight_bytes,
+        "saved": saved,
+        "backward": backward,
+        "targets": sum(content_sizes) * 4 + 2 * batch * grams,  # content targets, Gram targets, residuals
+        "image": IMAGE_COPIES * n * 4,
+        "optimizer": opt_bytes,
+        "runtime": RUNTIME_BYTES.get(dev_type, RUNTIME_BYTES["cuda"]),
+        "allocator": int(ALLOCATOR_SLACK.get(dev_type, 0.0) * (saved + backward)),
+    }
+
+
+def estimate_bytes(height, width, content_layers, style_layers, optimizer="lbfgs", precision="fp32",
+                   history=10, batch_styles=1, device="cpu", pooling="max", fused_style=None) -> int:
+    """Estimated peak memory (bytes) of one optimisation step at height x width.
+
+    content_layers / style_layers: names or {name: weight} dicts (the weights are ignored).
+    batch_styles: images optimised together in one batch; everything but the
+    network's weights and the content targets scales with it.
+    """
+    return int(sum(estimate_parts(height, width, content_layers, style_layers, optimizer, precision,
+                                  history, batch_styles, device, pooling, fused_style).values()))
+
+
+def _shape(long_side: int, aspect: float):
+    """(height, width) with the given long side; aspect is width / height."""
+    if aspect >= 1:
+        return max(1, round(long_side / aspect)), long_side
+    return long_side, max(1, round(long_side * aspect))
+
+
+def largest_size(budget_bytes, aspect, content_layers, style_layers, optimizer="lbfgs", precision="fp32",
+                 history=10, batch_styles=1, device="cpu", pooling="max", fused_style=None) -> int:
+    """The largest long side (pixels) whose estimate fits in budget_bytes; 0 if none does.
+
+    aspect is width / height of the content image.
+    """
+    if not aspect > 0:
+        raise ValueError(f"aspect must be positive, got {aspect!r}")
+    requested = _layers(content_layers) + _layers(style_layers)
+    smallest = max(vgg.layer_downsampling(n) for n in requested)
+
+    def fits(side):
+        h, w = _shape(side, aspect)
+        if min(h, w) < smallest:
+            return True  # too small to run at all; not a memory question
+        return estimate_bytes(h, w, content_layers, style_layers, optimizer, precision, history,
+                              batch_styles, device, pooling, fused_style) <= budget_bytes
+
+    lo, hi = 0, 1
+    while fits(hi):  # the estimate grows with the side: find a side that does not fit
+        lo, hi = hi, hi * 2
+        if hi > 1 << 20:
+            return lo
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    h, w = _shape(lo, aspect) if lo else (0, 0)
+    return lo if lo and min(h, w) >= smallest else 0
+
+
+def _meminfo_available():
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def available_bytes(device="cpu") -> int:
+    """Free memory for a run on `device`: free GPU memory, or available RAM on the CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    found = _meminfo_available()
+    if found is not None:
+        return found
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
