@@ -152,3 +152,19 @@ def test_reference_is_used_where_the_extension_is_forced_off(monkeypatch):
     finally:
         backend.set_backend(None)
     assert calls == [1]
+
+
+def test_autocast_keeps_residual_and_loss_in_float32(op_backend):
+    """G close to A: rounding G to bf16 before G - A (a plain mm under autocast) destroys
+    the residual; the fused op keeps it."""
+    f = _features((1, 32, 400), torch.float32, 14)
+    target = reference.gram(f.double()).float() * 1.0001  # a residual 1e-4 of G
+    scale = 1.0 / (4 * 32 * 32 * 400 * 400)
+    exact = reference.style_loss_forward(f.double(), target.double(), scale)[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = ops.style_loss(f, target, scale)
+        flat = f.flatten(2)
+        plain = scale * (torch.bmm(flat, flat.transpose(1, 2)) - target).float().square().sum()
+    assert loss.dtype == torch.float32
+    assert _rel(loss, exact) <= 1e-3
+    assert _rel(plain, exact) > 0.1  # the failure the fused op avoids is real

@@ -2,11 +2,16 @@
 // BLAS, and the backward as a single GEMM D F instead of autograd's two.
 #include <torch/library.h>
 #include <ATen/ATen.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include "../style_loss.h"
 
 namespace nst_fast {
 namespace {
+
+// The ATen calls below must not be autocast: the Gram matrix, residual and loss stay
+// in the accumulation dtype under torch.autocast.
+using NoAutocast = c10::impl::ExcludeDispatchKeyGuard;
 
 bool is_channels_last(const at::Tensor& f) { return f.stride(1) == 1 && f.size(2) > 1; }
 
@@ -18,6 +23,7 @@ at::Tensor accum_features(const at::Tensor& features) {
 }
 
 at::Tensor gram_cpu(const at::Tensor& features) {
+  NoAutocast no_autocast(c10::autocast_dispatch_keyset);
   check_features(features);
   auto f = accum_features(features);
   return at::bmm(f, f.transpose(1, 2));
@@ -25,6 +31,7 @@ at::Tensor gram_cpu(const at::Tensor& features) {
 
 std::tuple<at::Tensor, at::Tensor> style_loss_forward_cpu(const at::Tensor& features,
                                                           const at::Tensor& target, double scale) {
+  NoAutocast no_autocast(c10::autocast_dispatch_keyset);
   check_features(features);
   check_gram_like("target", target, features);
   auto residual = gram_cpu(features);
@@ -36,6 +43,7 @@ std::tuple<at::Tensor, at::Tensor> style_loss_forward_cpu(const at::Tensor& feat
 
 at::Tensor style_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& residual,
                                    const at::Tensor& features, double scale) {
+  NoAutocast no_autocast(c10::autocast_dispatch_keyset);
   check_features(features);
   check_gram_like("residual", residual, features);
   TORCH_CHECK(grad_loss.numel() == 1, "nst_fast: grad_loss must hold one value");

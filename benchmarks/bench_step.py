@@ -1,0 +1,180 @@
+"""Whole optimisation step: nst_fast (fp32 / tf32 / bf16) vs a naive tutorial-style loop.
+
+    python benchmarks/bench_step.py [--device cpu|cuda] [--sizes 256,512] [--md out.md]
+
+Per size, in one run: ms per step (one forward + backward + optimiser update) of
+the naive loop (benchmarks/naive.py: torch.mm Gram, F.mse_loss, torch.optim.LBFGS,
+fp32) and of nst_fast in each precision mode; the speed-up over naive; peak GPU
+memory; and the compute floor (conv FLOPs of the forward and the input-gradient
+backward over the matmul rate measured here in that precision). A step's time is
+(T(n2 steps) - T(n1 steps)) / (n2 - n1), so set-up work cancels out.
+With --quality, also the final loss after --quality-steps steps per precision
+mode, each image re-scored in fp32, relative to the fp32 run.
+"""
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, ".."))
+import naive  # noqa: E402
+from nst_fast import StyleTransfer, images, vgg  # noqa: E402
+from nst_fast.options import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS  # noqa: E402
+
+EXAMPLES = os.path.join(HERE, "..", "nst_fast", "examples")
+STYLE_WEIGHT = 5e7
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def conv_flops(height, width, layers):
+    """Multiply-adds x 2 of every conv up to the deepest layer, forward only."""
+    deepest = max(vgg.LAYER_INDEX[n] for n in layers)
+    flops, h, w, c_in = 0, height, width, 3
+    for i, name in enumerate(vgg.LAYER_NAMES[: deepest + 1]):
+        if name.startswith("conv"):
+            c_out = vgg.layer_channels(name)
+            flops += 2 * h * w * c_out * c_in * 9
+            c_in = c_out
+        elif name.startswith("pool"):
+            h, w = h // 2, w // 2
+    return flops
+
+
+def matmul_tflops(device, precision, n=4096):
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    try:
+        n = n if device.type == "cuda" else 1024
+        a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+        for _ in range(3):
+            a @ b
+        sync(device)
+        reps = 20 if device.type == "cuda" else 5
+        t = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        sync(device)
+        return 2 * n**3 * reps / (time.perf_counter() - t) / 1e12
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def inputs(size):
+    content = images.resize_long_side(images.to_tensor(os.path.join(EXAMPLES, "content.png")), size)
+    style = torch.nn.functional.interpolate(images.to_tensor(os.path.join(EXAMPLES, "style.png")),
+                                            size=content.shape[-2:], mode="bilinear").clamp(0, 1)
+    return content, style
+
+
+def per_step_ms(run, device, n1, n2, repeats):
+    """Median over repeats of (T(n2) - T(n1)) / (n2 - n1)."""
+    run(2)  # warm-up: kernels, allocator, cuDNN algorithm choice
+    results = []
+    for _ in range(repeats):
+        times = []
+        for n in (n1, n2):
+            sync(device)
+            t = time.perf_counter()
+            run(n)
+            sync(device)
+            times.append(time.perf_counter() - t)
+        results.append((times[1] - times[0]) / (n2 - n1) * 1e3)
+    results.sort()
+    return results[len(results) // 2]
+
+
+def peak_memory_mb(run, device):
+    if device.type != "cuda":
+        return None
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    run(3)
+    sync(device)
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--sizes", default=None, help="long sides in pixels (cpu: 128,256,512; cuda: 512,1024)")
+    p.add_argument("--modes", default=None, help="naive,fp32,tf32,bf16 (tf32 only on cuda)")
+    p.add_argument("--steps", default=None, help="n1,n2 step counts for the difference (cpu 3,8; cuda 20,70)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--quality", action="store_true", help="also compare final losses across precisions")
+    p.add_argument("--quality-size", type=int, default=512)
+    p.add_argument("--quality-steps", type=int, default=100)
+    p.add_argument("--md", default=None, help="also write the tables to this markdown file")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    sizes = [int(s) for s in (args.sizes or ("512,1024" if cuda else "128,256,512")).split(",")]
+    modes = (args.modes or ("naive,fp32,tf32,bf16" if cuda else "naive,fp32,bf16")).split(",")
+    n1, n2 = (int(s) for s in (args.steps or ("20,70" if cuda else "3,8")).split(","))
+
+    transfer = StyleTransfer(weights=os.environ.get("NST_FAST_WEIGHTS", "random"), device=device)
+    layers = list(DEFAULT_CONTENT_LAYERS) + list(DEFAULT_STYLE_LAYERS)
+    name = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
+    rates = {m: matmul_tflops(device, m) for m in modes if m != "naive"}
+    rates["naive"] = rates.get("fp32") or matmul_tflops(device, "fp32")
+    lines = [f"{name}, torch {torch.__version__}, weights {transfer.weights}; "
+             f"matmul TFLOP/s measured: " + ", ".join(f"{m} {r:.1f}" for m, r in rates.items()), "",
+             "| size | mode | ms / step | speed-up vs naive | floor ms | x floor | peak MiB |",
+             "|---|---|---|---|---|---|---|"]
+    print(lines[0], flush=True)
+    for size in sizes:
+        content, style = inputs(size)
+        h, w = content.shape[-2:]
+        floor_flops = 2 * conv_flops(h, w, layers)  # forward + input-gradient backward
+        base = None
+        for mode in modes:
+            if mode == "naive":
+                def run(n):
+                    naive.run(transfer.state, content, style, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS,
+                              1.0, STYLE_WEIGHT, n, device)
+            else:
+                def run(n, mode=mode):
+                    transfer.stylize_tensor(content, style, size=size, steps=n, precision=mode,
+                                            style_weight=STYLE_WEIGHT, report_every=10**9)
+            ms = per_step_ms(run, device, n1, n2, args.repeats)
+            base = ms if mode == "naive" else base
+            floor = floor_flops / (rates[mode] * 1e12) * 1e3
+            peak = peak_memory_mb(run, device)
+            graph = ""
+            if mode != "naive" and cuda:
+                graph = " (graph)" if transfer.last_run.get("cuda_graph") else " (eager)"
+            speedup = f"{base / ms:.2f}x" if base and mode != "naive" else "1.00x" if mode == "naive" else "-"
+            lines.append(f"| {w}x{h} | {mode}{graph} | {ms:.2f} | {speedup} | {floor:.2f} | {ms / floor:.1f} | "
+                         f"{'-' if peak is None else f'{peak:.0f}'} |")
+            print(lines[-1], flush=True)
+    if args.quality:
+        lines += ["", f"Final loss after {args.quality_steps} steps at {args.quality_size} px, "
+                  "each output re-scored in fp32:", "", "| mode | final loss | vs fp32 |", "|---|---|---|"]
+        content, style = inputs(args.quality_size)
+        scores = {}
+        for mode in [m for m in modes if m != "naive"]:
+            out = transfer.stylize_tensor(content, style, size=args.quality_size, steps=args.quality_steps,
+                                          precision=mode, style_weight=STYLE_WEIGHT, report_every=10**9)
+            score = transfer.stylize_tensor(content, style, size=args.quality_size, steps=1, init=out,
+                                            style_weight=STYLE_WEIGHT, callback=lambda i: scores.__setitem__(
+                                                mode, float(i.losses["total"])))
+            del score
+            ref = scores.get("fp32", scores[mode])
+            lines.append(f"| {mode} | {scores[mode]:.5g} | {100 * (scores[mode] / ref - 1):+.2f}% |")
+            print(lines[-1], flush=True)
+    if args.md:
+        with open(args.md, "w") as f:
+            f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

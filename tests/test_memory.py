@@ -1,0 +1,178 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from nst_fast import memory
+from nst_fast.options import DEFAULT_STYLE_LAYERS
+
+MiB = 1 << 20
+CONTENT = ["relu4_2"]
+STYLE = list(DEFAULT_STYLE_LAYERS)
+
+# Runs a few real steps in a fresh interpreter and reports its resident memory.
+# The baseline is the current resident set (VmRSS) just before stylize_tensor:
+# ru_maxrss at that point is ~75 MiB higher, a high-water mark left by building
+# the random VGG-19 (its module and its state dict exist together for a moment),
+# which would hide that much of the run's own increase.
+_MEASURE = r"""
+import json, resource, sys
+import torch
+import nst_fast
+
+h, w, steps, optimizer = (int(a) if a.isdigit() else a for a in sys.argv[1:5])
+st = nst_fast.StyleTransfer(weights="random", device="cpu")
+gen = torch.Generator().manual_seed(0)
+content = torch.rand(1, 3, h, w, generator=gen)
+style = torch.rand(1, 3, h // 2, w // 2, generator=gen)
+
+def rss_kib():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+before_rss = rss_kib()
+before_max = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+st.stylize_tensor(content, style, size=max(h, w), steps=steps, optimizer=optimizer,
+                  content_layers="relu4_2", style_scale=0.5)
+after_max = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"before_rss": before_rss, "before_max": before_max, "after_max": after_max}))
+"""
+
+
+def _measure_cpu(h, w, steps, optimizer):
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-c", _MEASURE, str(h), str(w), str(steps), optimizer],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
+def test_cpu_estimate_matches_measured_peak():
+    h, w = 576, 768  # activations are ~60% of the estimate at this size
+    r = _measure_cpu(h, w, steps=2, optimizer="lbfgs")
+    measured = (r["after_max"] - r["before_rss"]) * 1024  # ru_maxrss and VmRSS are in KiB on Linux
+    measured_hwm = (r["after_max"] - r["before_max"]) * 1024
+    parts = memory.estimate_parts(h, w, CONTENT, STYLE, "lbfgs", "fp32", device="cpu")
+    estimate = memory.estimate_bytes(h, w, CONTENT, STYLE, "lbfgs", "fp32", device="cpu")
+    report = (f"{w}x{h} lbfgs: estimate {estimate / MiB:.0f} MiB, measured {measured / MiB:.0f} MiB "
+              f"(over ru_maxrss baseline: {measured_hwm / MiB:.0f}), ratio {estimate / measured:.3f}; "
+              + ", ".join(f"{k} {v / MiB:.0f}" for k, v in parts.items()))
+    print(report)
+    assert abs(estimate - measured) <= 0.2 * measured, report
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("optimizer,precision", [("lbfgs", "fp32"), ("adam", "bf16")])
+def test_cuda_estimate_matches_measured_peak(optimizer, precision):
+    import nst_fast
+
+    h, w = 768, 1024
+    st = nst_fast.StyleTransfer(weights="random", device="cuda")
+    gen = torch.Generator().manual_seed(0)
+    content = torch.rand(1, 3, h, w, generator=gen)
+    style = torch.rand(1, 3, h // 2, w // 2, generator=gen)
+    st.stylize_tensor(content, style, size=64, steps=1, content_layers="relu4_2")  # warm up cuDNN/cuBLAS
+    st._nets.clear()  # so the run below counts the network's weights again
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    st.stylize_tensor(content, style, size=w, steps=3, optimizer=optimizer, precision=precision,
+                      content_layers="relu4_2", style_scale=0.5)
+    measured = torch.cuda.max_memory_allocated() - before
+    estimate = memory.estimate_bytes(h, w, CONTENT, STYLE, optimizer, precision, device="cuda")
+    report = (f"cuda {w}x{h} {optimizer} {precision}: estimate {estimate / MiB:.0f} MiB, "
+              f"measured {measured / MiB:.0f} MiB, ratio {estimate / measured:.3f}")
+    print(report)
+    assert abs(estimate - measured) <= 0.2 * measured, report
+
+
+def test_activation_part_scales_with_the_area():
+    def activations(h, w, precision="fp32"):
+        p = memory.estimate_parts(h, w, CONTENT, STYLE, precision=precision)
+        return p["saved"] + p["backward"]
+
+    small, large = activations(384, 512), activations(768, 1024)
+    assert large / small == pytest.approx(4.0, rel=1e-3)
+    # The whole estimate grows less than 4x: the weights and runtime stay the same.
+    whole = memory.estimate_bytes(768, 1024, CONTENT, STYLE) / memory.estimate_bytes(384, 512, CONTENT, STYLE)
+    assert 3.0 < whole < 4.0
+    # bf16 halves the activation buffers; max pool's int64 indices and the content residual stay.
+    fp32, bf16 = (memory.estimate_parts(384, 512, CONTENT, STYLE, precision=p, fused_style=True)
+                  for p in ("fp32", "bf16"))
+    assert bf16["backward"] * 2 == fp32["backward"]
+    assert 0.5 < bf16["saved"] / fp32["saved"] < 0.6
+
+
+def test_estimate_counts_what_it_says():
+    p = memory.estimate_parts(256, 256, CONTENT, STYLE, "lbfgs", history=10)
+    n = 3 * 256 * 256
+    assert p["optimizer"] == (2 * 10 + 3) * n * 4
+    assert memory.estimate_parts(256, 256, CONTENT, STYLE, "adam")["optimizer"] == 2 * n * 4
+    # weights: VGG-19 convs up to conv5_1 (the deepest default style layer)
+    assert p["weights"] == 4 * sum(
+        cin * cout * 9 + cout for cin, cout in
+        [(3, 64), (64, 64), (64, 128), (128, 128), (128, 256)] + [(256, 256)] * 3 + [(256, 512)]
+        + [(512, 512)] * 3 + [(512, 512)])
+    shallow = memory.estimate_bytes(256, 256, ["relu2_2"], ["relu1_1", "relu2_1"])
+    assert shallow < memory.estimate_bytes(256, 256, CONTENT, STYLE)
+    more_history = memory.estimate_bytes(256, 256, CONTENT, STYLE, history=20)
+    assert more_history - memory.estimate_bytes(256, 256, CONTENT, STYLE) == 20 * n * 4
+    assert memory.estimate_bytes(256, 256, CONTENT, STYLE, batch_styles=2) > memory.estimate_bytes(
+        256, 256, CONTENT, STYLE)
+    # weights dicts are accepted as layer lists
+    assert memory.estimate_bytes(256, 256, {"relu4_2": 1.0}, DEFAULT_STYLE_LAYERS) == memory.estimate_bytes(
+        256, 256, CONTENT, STYLE)
+
+
+def test_estimate_refuses_bad_arguments():
+    with pytest.raises(ValueError, match="lbfgs, adam"):
+        memory.estimate_bytes(64, 64, CONTENT, STYLE, optimizer="sgd")
+    with pytest.raises(ValueError, match="fp32, tf32, bf16"):
+        memory.estimate_bytes(64, 64, CONTENT, STYLE, precision="fp16")
+    with pytest.raises(Exception, match="relu9_9"):
+        memory.estimate_bytes(64, 64, ["relu9_9"], STYLE)
+
+
+def test_largest_size_is_monotonic_and_fits():
+    budgets = [b * MiB for b in (200, 300, 500, 800, 1200, 2000, 4000, 8000, 16000)]
+    sides = [memory.largest_size(b, 4 / 3, CONTENT, STYLE, "lbfgs", "fp32", 10) for b in budgets]
+    assert sides == sorted(sides) and sides[0] < sides[-1]
+    for budget, side in zip(budgets, sides):
+        if side == 0:
+            continue
+        h, w = round(side * 3 / 4), side
+        assert memory.estimate_bytes(h, w, CONTENT, STYLE) <= budget
+        assert memory.estimate_bytes(round((side + 1) * 3 / 4), side + 1, CONTENT, STYLE) > budget
+    # portrait: aspect < 1 means the long side is the height
+    assert memory.largest_size(2000 * MiB, 3 / 4, CONTENT, STYLE) == sides[5]
+    # more budget for Adam (no history) than for L-BFGS at the same size
+    assert memory.largest_size(2000 * MiB, 4 / 3, CONTENT, STYLE, "adam") >= sides[5]
+    # a budget below the weights fits nothing
+    assert memory.largest_size(10 * MiB, 1.0, CONTENT, STYLE) == 0
+
+
+def test_available_bytes_cpu():
+    free = memory.available_bytes("cpu")
+    assert free > 0
+    if os.path.exists("/proc/meminfo"):
+        with open("/proc/meminfo") as f:
+            total = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemTotal:"))
+        assert free <= total
+
+
+def test_available_bytes_fallback(monkeypatch):
+    monkeypatch.setattr(memory, "_meminfo_available", lambda: None)
+    assert memory.available_bytes("cpu") > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_available_bytes_cuda():
+    free = memory.available_bytes("cuda")
+    assert 0 < free <= torch.cuda.get_device_properties(0).total_memory
