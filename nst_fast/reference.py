@@ -13,7 +13,8 @@ def accum_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def gram(features: torch.Tensor) -> torch.Tensor:
     f = features.to(accum_dtype(features.dtype))
-    return torch.bmm(f, f.transpose(1, 2))
+    with torch.autocast(f.device.type, enabled=False):  # G - A must not be rounded to bf16
+        return torch.bmm(f, f.transpose(1, 2))
 
 
 def style_loss_forward(features, target, scale: float):
@@ -23,4 +24,5 @@ def style_loss_forward(features, target, scale: float):
 
 def style_loss_backward(grad_loss, residual, features, scale: float):
     f = features.to(residual.dtype)
-    return (4.0 * scale * grad_loss * torch.bmm(residual, f)).to(features.dtype)
+    with torch.autocast(f.device.type, enabled=False):
+        return (4.0 * scale * grad_loss * torch.bmm(residual, f)).to(features.dtype)

@@ -158,7 +158,7 @@ def test_autocast_keeps_residual_and_loss_in_float32(op_backend):
     """G close to A: rounding G to bf16 before G - A (a plain mm under autocast) destroys
     the residual; the fused op keeps it."""
     f = _features((1, 32, 400), torch.float32, 14)
-    target = reference.gram(f.double()).float() * 1.0001  # a residual 1e-4 of G
+    target = reference.gram(f.double()).float() * 1.001  # a residual 0.1% of G
     scale = 1.0 / (4 * 32 * 32 * 400 * 400)
     exact = reference.style_loss_forward(f.double(), target.double(), scale)[0]
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -166,5 +166,5 @@ def test_autocast_keeps_residual_and_loss_in_float32(op_backend):
         flat = f.flatten(2)
         plain = scale * (torch.bmm(flat, flat.transpose(1, 2)) - target).float().square().sum()
     assert loss.dtype == torch.float32
-    assert _rel(loss, exact) <= 1e-3
-    assert _rel(plain, exact) > 0.1  # the failure the fused op avoids is real
+    assert _rel(loss, exact) <= 1e-2  # fp32 Gram rounding, relative to a 0.1% residual
+    assert _rel(plain, exact) > 0.5  # the failure the fused op avoids is real  # the failure the fused op avoids is real
