@@ -49,6 +49,20 @@ def build_parser():
     p.add_argument("--style-blend", type=_csv_floats, default=None, help="one weight per style image")
     p.add_argument("--style-scale", type=float, default=1.0, help="style image size relative to the output (1)")
     p.add_argument("--scales", type=_csv_ints, default=None, help="coarse-to-fine sizes, e.g. 256,512")
+    p.add_argument("--preserve-colors", default=None, choices=["luminance", "match", "histogram"],
+                   help="keep the content's colours: stylize luminance only, or recolour the style "
+                        "to the content's colour statistics (match: mean+covariance; histogram)")
+    p.add_argument("--save-every", type=int, default=0, help="save a snapshot OUT.stepNNNN.png every N steps")
+    p.add_argument("--history", default=None, help="write the loss history (per step, per layer) as JSON")
+    p.add_argument("--plot", default=None, help="write a PNG plot of the loss curves (needs matplotlib)")
+    p.add_argument("--checkpoint", default=None,
+                   help="save a resumable checkpoint here (every --checkpoint-every steps and at the end); "
+                        "Ctrl-C always saves one, to OUT.ckpt if this is not given")
+    p.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (0: end only)")
+    p.add_argument("--resume", default=None, help="continue from a checkpoint (more steps, or a larger --size)")
+    p.add_argument("--fit-memory", action="store_true",
+                   help="if the run cannot fit in memory, shrink --size to the largest that fits")
+    p.add_argument("--no-cuda-graph", action="store_true", help="run each step eagerly on a GPU")
     p.add_argument("--report-every", type=int, default=None,
                    help="read the losses back every N steps (1 on the CPU, 20 on a GPU)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -86,7 +100,7 @@ def _error(message, code=EXIT_ERROR):
 def run(args) -> int:
     import torch
 
-    from . import images
+    from . import history, images
     from .errors import Interrupted, NonFiniteLoss, NstError, WeightsUnavailable
     from .stylize import StyleTransfer
 
@@ -118,23 +132,39 @@ def run(args) -> int:
             sys.stderr.write("nst-fast: WARNING: using RANDOM VGG-19 weights; the result is not a real stylization\n")
         report_every = args.report_every or (1 if transfer.device.type == "cpu" else 20)
         progress = Progress(not args.quiet, report_every)
+        stem = os.path.splitext(args.output)[0]
+        checkpoint = args.checkpoint or stem + ".ckpt"
+
+        def snapshot(step, image):
+            images.save_atomic(images.to_pil(image), f"{stem}.step{step:04d}.png")
+
         options = dict(
             size=args.size, steps=args.steps, content_weight=args.content_weight, style_weight=args.style_weight,
             tv_weight=args.tv_weight, content_layers=args.content_layers, style_layers=args.style_layers,
-            init=args.init,
-            optimizer=args.optimizer, lr=args.lr, seed=args.seed, precision=args.precision,
+            init=args.init, optimizer=args.optimizer, lr=args.lr, seed=args.seed, precision=args.precision,
             style_blend=args.style_blend, style_scale=args.style_scale, scales=args.scales,
-            report_every=report_every, callback=progress,
+            preserve_colors=args.preserve_colors, report_every=report_every, callback=progress,
+            checkpoint_every=args.checkpoint_every, fit_memory=args.fit_memory,
+            cuda_graph=False if args.no_cuda_graph else None,
         )
         try:
-            result = transfer.stylize_tensor(content, styles, **options)
+            result = transfer.stylize_tensor(content, styles, checkpoint=checkpoint, resume=args.resume,
+                                             save_every=args.save_every, snapshot=snapshot, **options)
         except (Interrupted, NonFiniteLoss) as exc:
             if exc.image is not None:
                 images.save_atomic(images.to_pil(exc.image), args.output)
                 sys.stderr.write(f"\nnst-fast: saved the image so far to {args.output}\n")
+            if isinstance(exc, Interrupted) and os.path.exists(checkpoint):
+                sys.stderr.write(f"nst-fast: continue with --resume {checkpoint}\n")
             code = EXIT_INTERRUPTED if isinstance(exc, Interrupted) else EXIT_ERROR
             return _error(str(exc), code)
         images.save_atomic(images.to_pil(result), args.output)
+        if not args.checkpoint and os.path.exists(checkpoint):
+            os.remove(checkpoint)  # only an asked-for checkpoint outlives a finished run
+        if args.history:
+            history.write_json(transfer.history, args.history)
+        if args.plot:
+            history.plot(transfer.history, args.plot)
     except NstError as exc:
         return _error(str(exc))
     except torch.cuda.OutOfMemoryError:

@@ -14,7 +14,7 @@ DEFAULT_STYLE_WEIGHT = {"caffe": 1e4, "torchvision": 5e7}
 INITS = ("noise", "content", "style")
 OPTIMIZERS = ("lbfgs", "adam")
 PRECISIONS = ("fp32", "tf32", "bf16")
-PRESERVE_COLORS = (None, "luminance", "match")
+PRESERVE_COLORS = (None, "luminance", "match", "histogram")
 
 
 def parse_layers(spec, what: str) -> dict:
@@ -77,6 +77,8 @@ class Options:
     report_every: Optional[int] = None
     cuda_graph: Optional[bool] = None  # None: capture the step in a CUDA graph where possible
     checkpoint_every: int = 0
+    memory_limit: Optional[int] = None  # bytes; None: what the device has free
+    fit_memory: bool = False  # shrink the size to what fits instead of refusing
     callback: Optional[Callable] = None
 
     def validate(self, n_styles: int = 1, convention: str = "torchvision") -> "Options":
@@ -106,7 +108,7 @@ class Options:
         if self.precision not in PRECISIONS:
             raise NstError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.preserve_colors not in PRESERVE_COLORS:
-            raise NstError(f"preserve_colors must be luminance or match, got {self.preserve_colors!r}")
+            raise NstError(f"preserve_colors must be luminance, match or histogram, got {self.preserve_colors!r}")
         if self.style_blend is None:
             self.style_blend = [1.0 / n_styles] * n_styles
         blend = [float(b) for b in self.style_blend]

@@ -5,7 +5,8 @@ from typing import Optional
 
 import torch
 
-from . import images, vgg
+from . import checkpoint as checkpoint_io
+from . import color, images, memory, vgg
 from .errors import Interrupted, NonFiniteLoss, NstError
 from .losses import GatysLoss, gram_target
 from .optim import make_optimizer
@@ -79,19 +80,53 @@ class StyleTransfer:
         """
         return images.to_pil(self.stylize_tensor(content, style, **kwargs))
 
-    def stylize_tensor(self, content, style, **kwargs) -> torch.Tensor:
+    def stylize_tensor(self, content, style, *, checkpoint=None, resume=None, save_every=0,
+                       snapshot=None, **kwargs) -> torch.Tensor:
+        """As stylize(), returning a (1, 3, H, W) tensor in [0, 1] on the CPU.
+
+        checkpoint: a path to save the run's state to (every `checkpoint_every`
+        steps, at the end of each scale, and on Ctrl-C); resume: a checkpoint of
+        the same images and options to continue from (same size: exactly where it
+        stopped; a larger size: from its image, upscaled). save_every/snapshot:
+        call snapshot(step, image) with the best image so far every N steps.
+        """
         styles = list(style) if isinstance(style, (list, tuple)) else [style]
         if not styles:
             raise NstError("at least one style image is needed")
         opts = Options(**kwargs).validate(n_styles=len(styles), convention=self.convention)
         content_img = images.to_tensor(content)
         style_imgs = [images.to_tensor(s) for s in styles]
+        fp = checkpoint_io.fingerprint(content_img, style_imgs, opts, self)
+        saved = checkpoint_io.load(resume, fp) if resume else None
+        color_target = content_img
+        if opts.preserve_colors in ("match", "histogram"):
+            method = "covariance" if opts.preserve_colors == "match" else "histogram"
+            style_imgs = [color.match_color(s, content_img, method) for s in style_imgs]
+        elif opts.preserve_colors == "luminance":
+            content_img = color.luminance_image(content_img)
+            style_imgs = [color.luminance_image(color.match_luminance(color.luminance_image(s), content_img))
+                          for s in style_imgs]
         net = self.network(list(opts.content_layers) + list(opts.style_layers))
         min_side = max(vgg.layer_downsampling(n) for n in net.layers)
+        sizes = self._sizes_that_fit(opts, content_img.shape[-2:])
 
-        sizes = opts.sizes()
+        def finish(img):  # what the user sees: colours restored in luminance mode
+            img = img.detach().float().clamp(0, 1).cpu()
+            if opts.preserve_colors == "luminance":
+                img = color.combine_luminance(img, images.resize_long_side(color_target, max(img.shape[-2:])))
+            return img
+
+        callback = opts.callback
+        if save_every and snapshot is not None:
+            def callback(info, user=opts.callback):
+                if user is not None:
+                    user(info)
+                if info.step % save_every == 0:
+                    snapshot(info.step, finish(info.image))
+        opts.callback = callback
+
         total_steps = opts.steps * len(sizes)
-        x = None
+        self.history, x = [], None
         for scale_index, size in enumerate(sizes):
             content_t = images.resize_long_side(content_img, size)
             h, w = content_t.shape[-2:]
@@ -100,18 +135,63 @@ class StyleTransfer:
                     f"the content image is {w}x{h} pixels at size {size}; layers down to "
                     f"{net.layers[-1]} need at least {min_side} pixels per side"
                 )
+            resume_state = None
+            if saved is not None:
+                if tuple(saved["size"]) == (h, w):
+                    resume_state, self.history, saved = saved, saved["rows_before"], None
+                elif max(h, w) <= max(saved["size"]):
+                    continue  # this scale was done before the checkpoint
+                else:  # continue upscaled from the checkpoint's image
+                    x, self.history, saved = saved["best"], saved["history_rows"], None
             loss_fn = self._loss(net, content_t, style_imgs, opts, (h, w), min_side)
             x = self._initial_image(opts, content_t, style_imgs[0], x)
-            state = self._optimise(loss_fn, x, opts, scale_index * opts.steps, total_steps)
-            self.history = self._history_rows(loss_fn, state, self.history if scale_index else [])
+            rows_before = self.history
+
+            def save_checkpoint(state, x_now, opt, scale_index=scale_index, rows_before=rows_before,
+                                loss_fn=loss_fn):
+                checkpoint_io.save(checkpoint, {
+                    "fingerprint": fp, "size": [h, w], "scale_index": scale_index,
+                    "x": x_now.detach().cpu(), "optimizer": {k: v.cpu() for k, v in opt.state_dict().items()},
+                    "rows_before": rows_before, "history_rows": self._history_rows(loss_fn, state, rows_before),
+                    **{k: (v.cpu() if torch.is_tensor(v) else v) for k, v in state.tensors().items()},
+                })
+
+            state = self._optimise(loss_fn, x, opts, scale_index * opts.steps, total_steps,
+                                   resume=resume_state, on_checkpoint=save_checkpoint if checkpoint else None)
+            self.history = self._history_rows(loss_fn, state, rows_before)
             x = state.best
-        return x.detach().clamp(0, 1).cpu()
+        if x is None:
+            raise NstError(f"checkpoint {resume} is larger than the requested size; ask for its size or more")
+        return finish(x)
 
     @staticmethod
     def _history_rows(loss_fn, state, rows):
         names = loss_fn.part_names()
         values = state.history[: state.step].cpu().tolist()
         return rows + [dict(zip(names, v), size=list(state.best.shape[-2:])) for v in values]
+
+    def _sizes_that_fit(self, opts, content_hw):
+        """opts.sizes(), refused (or, with fit_memory, shrunk) when the largest cannot fit in memory."""
+        sizes = opts.sizes()
+        h, w = content_hw
+        long_side = sizes[-1]
+        height, width = (long_side, round(long_side * w / h)) if h >= w else (round(long_side * h / w), long_side)
+        args = dict(content_layers=list(opts.content_layers), style_layers=list(opts.style_layers),
+                    optimizer=opts.optimizer, precision=opts.precision, history=LBFGS_HISTORY,
+                    device=self.device.type, pooling=self.pooling)
+        need = memory.estimate_bytes(height, width, **args)
+        budget = opts.memory_limit if opts.memory_limit is not None else memory.available_bytes(self.device)
+        if need <= budget:
+            return sizes
+        fits = memory.largest_size(budget, w / h, **args)
+        if fits < 16:
+            raise NstError(f"not enough memory on {self.device} for even a 16-pixel run")
+        if not opts.fit_memory:
+            raise NstError(
+                f"a {width}x{height} run needs about {need / 2**30:.1f} GiB but {budget / 2**30:.1f} GiB is "
+                f"available on {self.device}; the largest size that fits is {fits} (use --size {fits}, "
+                "or --fit-memory to pick it)")
+        return [s for s in sizes if s < fits] + [fits]
 
     def _loss(self, net, content_t, style_imgs, opts, size, min_side) -> GatysLoss:
         dev = self.device

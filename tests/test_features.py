@@ -1,0 +1,177 @@
+"""Style blends, style scale, colour preservation, multi-scale, snapshots, history,
+resumable runs and memory-safe sizes, through the API and the CLI."""
+import json
+
+import pytest
+import torch
+
+from nst_fast import NstError, StyleTransfer, cli, color, images
+from nst_fast.losses import gram_target
+from nst_fast.options import Options
+
+
+@pytest.fixture(scope="module")
+def transfer():
+    return StyleTransfer(weights="random", device="cpu")
+
+
+def _targets(transfer, content, styles, **kw):
+    opts = Options(**kw).validate(n_styles=len(styles))
+    net = transfer.network(list(opts.content_layers) + list(opts.style_layers))
+    c = images.resize_long_side(images.to_tensor(content), opts.size)
+    return transfer._loss(net, c, [images.to_tensor(s) for s in styles], opts, c.shape[-2:], 16), net, c
+
+
+def test_blend_target_is_the_weighted_sum(transfer, small_images, tmp_path):
+    content, style = small_images
+    other = tmp_path / "other.png"
+    images.to_pil(torch.rand(1, 3, 40, 40, generator=torch.Generator().manual_seed(1))).save(other)
+    loss, net, c = _targets(transfer, content, [style, other], size=32, style_blend=[0.7, 0.3])
+    with torch.no_grad():
+        h, w = c.shape[-2:]
+        for name, target in loss.style_targets.items():
+            m = net(c)[name].shape[-2] * net(c)[name].shape[-1]
+            grams = [gram_target(net(images.resize_long_side(images.to_tensor(s), 32))[name], m)
+                     for s in (style, other)]
+            torch.testing.assert_close(target, 0.7 * grams[0] + 0.3 * grams[1])
+
+
+def test_blend_weights_must_match_the_styles(transfer, small_images):
+    content, style = small_images
+    with pytest.raises(NstError, match="3 style blend weights given for 2 style images"):
+        transfer.stylize(content, [style, style], size=32, steps=1, style_blend=[1, 1, 1])
+
+
+def test_style_scale_changes_the_target(transfer, small_images):
+    content, style = small_images
+    a, _, _ = _targets(transfer, content, [style], size=48)
+    b, _, _ = _targets(transfer, content, [style], size=48, style_scale=0.5)
+    assert not torch.allclose(a.style_targets["relu1_1"], b.style_targets["relu1_1"], rtol=1e-2)
+    with pytest.raises(NstError, match="style_scale must be non-negative|style_scale must be positive"):
+        transfer.stylize(content, style, size=32, steps=1, style_scale=-1.0)
+
+
+def _coloured(rgb, seed, size=(48, 64)):
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.tensor(rgb).view(1, 3, 1, 1)
+    return (base + 0.15 * torch.randn(1, 3, *size, generator=gen)).clamp(0, 1)
+
+
+def test_luminance_transfer_keeps_content_chroma(transfer):
+    content, style = _coloured([0.7, 0.3, 0.2], 1), _coloured([0.1, 0.2, 0.8], 2, (40, 40))
+    out = transfer.stylize_tensor(content, style, size=64, steps=15, preserve_colors="luminance")
+    iq_out, iq_content = color.rgb_to_yiq(out)[:, 1:], color.rgb_to_yiq(content)[:, 1:]
+    assert (iq_out - iq_content).abs().mean() < 0.03
+    plain = transfer.stylize_tensor(content, style, size=64, steps=15, init="style")
+    assert (color.rgb_to_yiq(plain)[:, 1:] - iq_content).abs().mean() > 0.05
+
+
+@pytest.mark.parametrize("mode", ["match", "histogram"])
+def test_colour_matching_brings_the_content_palette(transfer, mode):
+    content, style = _coloured([0.8, 0.2, 0.1], 3), _coloured([0.1, 0.2, 0.9], 4, (40, 40))
+    out = transfer.stylize_tensor(content, style, size=64, steps=10, init="style", preserve_colors=mode)
+    mean = out.mean(dim=(0, 2, 3))
+    assert mean[0] > mean[2] + 0.3  # red like the content, not blue like the style
+
+
+def test_multiscale_reaches_the_final_size(transfer, small_images):
+    content, style = small_images
+    seen = []
+    out = transfer.stylize_tensor(content, style, scales=[32, 48, 64], steps=3, callback=seen.append)
+    assert out.shape[-2:] == (48, 64)
+    assert [i.size for i in seen] == [(24, 32)] * 3 + [(36, 48)] * 3 + [(48, 64)] * 3
+    assert [i.step for i in seen] == list(range(1, 10)) and seen[-1].steps == 9
+    with pytest.raises(NstError, match="scales must be increasing"):
+        transfer.stylize(content, style, scales=[64, 32], steps=1)
+
+
+def test_snapshots_and_history(transfer, small_images):
+    content, style = small_images
+    shots = []
+    transfer.stylize_tensor(content, style, size=32, steps=6, save_every=2,
+                            snapshot=lambda step, img: shots.append((step, img.shape)))
+    assert [s for s, _ in shots] == [2, 4, 6] and all(shape == (1, 3, 24, 32) for _, shape in shots)
+    rows = transfer.history
+    assert len(rows) == 6 and {"total", "content", "style", "tv", "style:relu1_1", "content:relu4_2"} <= set(rows[0])
+    assert rows[-1]["total"] < rows[0]["total"]
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+def test_resume_equals_an_uninterrupted_run(transfer, small_images, tmp_path, optimizer):
+    content, style = small_images
+    kw = dict(size=32, init="noise", seed=3, optimizer=optimizer)
+    whole = transfer.stylize_tensor(content, style, steps=16, **kw)
+    whole_history = [r["total"] for r in transfer.history]
+    ckpt = tmp_path / "run.ckpt"
+    transfer.stylize_tensor(content, style, steps=8, checkpoint=ckpt, **kw)
+    resumed = transfer.stylize_tensor(content, style, steps=16, resume=ckpt, **kw)
+    assert torch.equal(resumed, whole)
+    assert [r["total"] for r in transfer.history] == whole_history
+
+
+def test_resume_upscaled_and_from_another_run(transfer, small_images, tmp_path):
+    content, style = small_images
+    ckpt = tmp_path / "run.ckpt"
+    transfer.stylize_tensor(content, style, size=32, steps=4, checkpoint=ckpt)
+    bigger = transfer.stylize_tensor(content, style, size=48, steps=2, resume=ckpt)
+    assert bigger.shape[-2:] == (36, 48)
+    with pytest.raises(NstError, match="from another run"):
+        transfer.stylize_tensor(content, style, size=32, steps=4, resume=ckpt, style_weight=123.0)
+    (tmp_path / "junk.ckpt").write_text("nope")
+    with pytest.raises(NstError, match="cannot read checkpoint"):
+        transfer.stylize_tensor(content, style, size=32, steps=4, resume=tmp_path / "junk.ckpt")
+
+
+def test_interrupt_saves_a_checkpoint_that_resumes(transfer, small_images, tmp_path):
+    content, style = small_images
+    ckpt = tmp_path / "run.ckpt"
+    kw = dict(size=32, init="noise", seed=5)
+    whole = transfer.stylize_tensor(content, style, steps=10, **kw)
+
+    def stop(info):
+        if info.step == 4:
+            raise KeyboardInterrupt
+
+    from nst_fast import Interrupted
+
+    with pytest.raises(Interrupted):
+        transfer.stylize_tensor(content, style, steps=10, checkpoint=ckpt, callback=stop, **kw)
+    assert torch.equal(transfer.stylize_tensor(content, style, steps=10, resume=ckpt, **kw), whole)
+
+
+def test_memory_estimate_refuses_an_oversized_run_before_allocating(transfer, small_images, monkeypatch):
+    content, style = small_images
+    monkeypatch.setattr(transfer, "_loss", lambda *a, **k: pytest.fail("allocated before refusing"))
+    with pytest.raises(NstError, match=r"GiB is available on cpu; the largest size that fits is \d+"):
+        transfer.stylize(content, style, size=200_000, steps=1)
+
+
+def test_fit_memory_picks_the_largest_size_that_fits(transfer, small_images):
+    from nst_fast import memory
+    from nst_fast.options import DEFAULT_STYLE_LAYERS
+
+    content, style = small_images
+    budget = memory.estimate_bytes(60, 80, ["relu4_2"], list(DEFAULT_STYLE_LAYERS))
+    out = transfer.stylize_tensor(content, style, size=512, steps=1, memory_limit=budget, fit_memory=True)
+    assert 64 <= max(out.shape[-2:]) <= 96
+    with pytest.raises(NstError, match="largest size that fits"):
+        transfer.stylize_tensor(content, style, size=512, steps=1, memory_limit=budget)
+
+
+def test_cli_features(tmp_path, small_images, capsys):
+    content, style = small_images
+    out = tmp_path / "out.png"
+    base = [str(content), str(style), str(style), "-o", str(out), "--weights", "random", "--device", "cpu",
+            "--size", "32", "--steps", "4", "-q"]
+    code = cli.main(base + ["--style-blend", "0.7,0.3", "--style-layers", "relu1_1:0.5,relu2_1:0.5",
+                            "--preserve-colors", "luminance", "--save-every", "2", "--history",
+                            str(tmp_path / "h.json"), "--checkpoint", str(tmp_path / "c.ckpt")])
+    assert code == 0, capsys.readouterr().err
+    assert (tmp_path / "out.step0002.png").exists() and (tmp_path / "out.step0004.png").exists()
+    rows = json.loads((tmp_path / "h.json").read_text())
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and "style:relu2_1" in rows[0]
+    code = cli.main(base + ["--style-blend", "0.7,0.3", "--style-layers", "relu1_1:0.5,relu2_1:0.5",
+                            "--preserve-colors", "luminance", "--steps", "6", "--resume", str(tmp_path / "c.ckpt")])
+    assert code == 0, capsys.readouterr().err
+    code = cli.main(base + ["--style-blend", "1,2,3"])
+    assert code == 1 and "3 style blend weights given for 2 style images" in capsys.readouterr().err
