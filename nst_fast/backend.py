@@ -44,13 +44,19 @@ def cuda_compiled() -> bool:
     return _has_kernel("cuda")
 
 
-def _has_kernel(device_type: str) -> bool:
+def _query_kernel(device_type: str) -> bool:
     if not extension_loaded():
         return False
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
-    if key is None:
-        return False
+    key = {"cpu": "CPU", "cuda": "CUDA"}[device_type]
     return torch._C._dispatch_has_kernel_for_dispatch_key("nst_fast::style_loss_forward", key)
+
+
+# Asked once at import: the dispatcher query is not traceable by torch.compile.
+_KERNELS = {device_type: _query_kernel(device_type) for device_type in ("cpu", "cuda")}
+
+
+def _has_kernel(device_type: str) -> bool:
+    return _KERNELS.get(device_type, False)
 
 
 def uses_extension(device) -> bool:

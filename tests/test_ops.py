@@ -168,3 +168,18 @@ def test_autocast_keeps_residual_and_loss_in_float32(op_backend):
     assert loss.dtype == torch.float32
     assert _rel(loss, exact) <= 1e-2  # fp32 Gram rounding, relative to a 0.1% residual
     assert _rel(plain, exact) > 0.5  # the failure the fused op avoids is real  # the failure the fused op avoids is real
+
+
+def test_traces_under_torch_compile_fullgraph(op_backend):
+    f = _features((1, 8, 30), torch.float32, 15).requires_grad_(True)
+    target = _target(1, 8, 30, 16).float()
+
+    def step(x):
+        loss = ops.style_loss(x, target, 1e-3)
+        return loss, torch.autograd.grad(loss, x)[0]
+
+    want_loss, want_grad = step(f)
+    compiled = torch.compile(lambda x: ops.style_loss(x, target, 1e-3), fullgraph=True, backend="aot_eager")
+    loss = compiled(f)
+    (grad,) = torch.autograd.grad(loss, f)
+    assert _rel(loss, want_loss) <= 1e-6 and _rel(grad, want_grad) <= 1e-6
