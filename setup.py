@@ -18,6 +18,9 @@ def _flag(name):
 def extension_modules():
     if _flag("NST_FAST_NO_EXTENSION"):
         return [], {}
+    if "CUDA_HOME" not in os.environ and os.path.exists("/usr/local/cuda/bin/nvcc"):
+        # torch may guess a CUDA_HOME that cannot link -lcudart; the toolkit's own folder can.
+        os.environ["CUDA_HOME"] = "/usr/local/cuda"
     from torch.utils import cpp_extension
 
     sources = glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp")
