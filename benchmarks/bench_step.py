@@ -22,7 +22,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, ".."))
 import naive  # noqa: E402
-from nst_fast import StyleTransfer, images, vgg  # noqa: E402
+from nst_fast import StyleTransfer, images, memory, vgg  # noqa: E402
 from nst_fast.options import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS  # noqa: E402
 
 EXAMPLES = os.path.join(HERE, "..", "nst_fast", "examples")
@@ -112,6 +112,8 @@ def main(argv=None):
     p.add_argument("--quality", action="store_true", help="also compare final losses across precisions")
     p.add_argument("--quality-size", type=int, default=512)
     p.add_argument("--quality-steps", type=int, default=100)
+    p.add_argument("--probe", type=int, default=None,
+                   help="also run 3 bf16 steps at this size and report time and peak memory (GPU)")
     p.add_argument("--md", default=None, help="also write the tables to this markdown file")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -155,6 +157,29 @@ def main(argv=None):
             lines.append(f"| {w}x{h} | {mode}{graph} | {ms:.2f} | {speedup} | {floor:.2f} | {ms / floor:.1f} | "
                          f"{'-' if peak is None else f'{peak:.0f}'} |")
             print(lines[-1], flush=True)
+    if cuda:
+        budget = 80 * 10**9
+        lines += ["", "Largest square size whose estimated peak (nst_fast.memory) fits 80 GB:", "",
+                  "| mode | largest size |", "|---|---|"]
+        for mode in [m for m in modes if m != "naive"]:
+            largest = memory.largest_size(budget, 1.0, list(DEFAULT_CONTENT_LAYERS), list(DEFAULT_STYLE_LAYERS),
+                                          precision=mode, device="cuda")
+            lines.append(f"| {mode} | {largest} |")
+    if args.probe and cuda:
+        content, style = inputs(args.probe)
+        h, w = content.shape[-2:]
+
+        def probe_run(n):
+            transfer.stylize_tensor(content, style, size=args.probe, steps=n, precision="bf16",
+                                    style_weight=STYLE_WEIGHT, report_every=10**9, memory_limit=budget)
+
+        estimate = memory.estimate_bytes(h, w, list(DEFAULT_CONTENT_LAYERS), list(DEFAULT_STYLE_LAYERS),
+                                         precision="bf16", device="cuda") / 2**20
+        peak = peak_memory_mb(probe_run, device)
+        ms = per_step_ms(probe_run, device, 2, 5, 1)
+        lines += ["", f"Probe {w}x{h} bf16: {ms:.1f} ms/step, peak {peak:.0f} MiB measured, "
+                  f"{estimate:.0f} MiB estimated"]
+        print(lines[-1], flush=True)
     if args.quality:
         lines += ["", f"Final loss after {args.quality_steps} steps at {args.quality_size} px, "
                   "each output re-scored in fp32:", "", "| mode | final loss | vs fp32 |", "|---|---|---|"]

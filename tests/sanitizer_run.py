@@ -7,11 +7,13 @@ Not a pytest module (no test_ prefix). Prints the worst relative error against
 the float64 reference and exits non-zero if it exceeds the dtype's bound.
 """
 import argparse
+import os
 import sys
 
 import torch
 
-from nst_fast import reference
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from nst_fast import reference  # noqa: E402
 
 
 def rel(out, ref):

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# The one script the GPU machine runs, from the repository root:
+#   bash benchmarks/device_check.sh
+# Builds the extension from source for sm_90, runs the CUDA tests, compute-sanitizer
+# (memcheck + racecheck) over tests/sanitizer_run.py, the per-layer benchmark, and
+# prints a short table last. Logs go to $OUT (default /tmp/out).
+#
+# Knobs (environment):
+#   QUICK=1          reduced run (subset of tests, memcheck quick, no racecheck, no sweep)
+#   SKIP_BUILD=1     reuse an existing build
+#   BENCH_SIZES=...  image sizes for the layer table (default 512,1024)
+#   SWEEP=0          skip the split-K sweep and the cp.async A/B in the benchmark
+#   PYTEST_LIMIT, SAN_LIMIT, BENCH_LIMIT   per-stage time limits in seconds
+# Each stage has its own time limit so the final table always prints; the whole
+# script stays well inside 8 minutes.
+set -u
+OUT="${OUT:-/tmp/out}"
+mkdir -p "$OUT"
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
+export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
+export MAX_JOBS="${MAX_JOBS:-16}"
+QUICK="${QUICK:-0}"
+BENCH_SIZES="${BENCH_SIZES:-512,1024}"
+SANITIZER="$CUDA_HOME/bin/compute-sanitizer"
+declare -A STATUS
+T0=$(date +%s)
+stamp() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
+
+stamp "== versions"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv 2>&1 | tee "$OUT/summary.txt"
+python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())" 2>&1 | tee -a "$OUT/summary.txt"
+"$CUDA_HOME/bin/nvcc" --version | tail -2
+
+if [ "${SKIP_BUILD:-0}" != "1" ]; then
+  stamp "== build (sm_90)"
+  rm -f nst_fast/_C*.so
+  if timeout 300 python3 setup.py build_ext --inplace >"$OUT/build.log" 2>&1; then
+    STATUS[build]=ok
+  else
+    STATUS[build]="FAILED (see build.log)"
+    tail -40 "$OUT/build.log"
+  fi
+  stamp "build: ${STATUS[build]}"
+fi
+python3 -c "from nst_fast import backend; print('backends:', backend.describe())" 2>&1 | tee -a "$OUT/summary.txt"
+
+stamp "== pytest tests/test_cuda_ops.py"
+if [ "$QUICK" = "1" ]; then
+  PYTEST_ARGS=(-k "not 1024 and not layer_shapes_bf16 and not compile and not (opcheck and (bf16 or fp64))")
+  PYTEST_LIMIT="${PYTEST_LIMIT:-80}"
+else
+  PYTEST_ARGS=()
+  PYTEST_LIMIT="${PYTEST_LIMIT:-150}"
+fi
+set -o pipefail
+timeout "$PYTEST_LIMIT" python3 -m pytest -q -rfE -s -p no:cacheprovider tests/test_cuda_ops.py tests/test_cuda_loop.py tests/test_optim.py "${PYTEST_ARGS[@]}" 2>&1 | tee "$OUT/pytest.log" | tail -40
+rc=$?
+STATUS[pytest]=$([ $rc = 0 ] && echo ok || echo "FAILED rc=$rc")
+STATUS[pytest]+=" ($(grep -E '[0-9]+ (passed|failed)' "$OUT/pytest.log" | tail -1))"
+stamp "pytest: ${STATUS[pytest]}"
+
+stamp "== compute-sanitizer memcheck"
+MC_ARGS=()
+[ "$QUICK" = "1" ] && MC_ARGS=(--quick)
+timeout "${SAN_LIMIT:-60}" "$SANITIZER" --tool memcheck --error-exitcode 9 python3 tests/sanitizer_run.py "${MC_ARGS[@]}" >"$OUT/sanitizer.log" 2>&1
+rc=$?
+STATUS[memcheck]=$([ $rc = 0 ] && echo ok || echo "FAILED rc=$rc")
+grep -E "ERROR SUMMARY|sanitizer_run:" "$OUT/sanitizer.log" | tail -3
+stamp "memcheck: ${STATUS[memcheck]}"
+
+if [ "$QUICK" != "1" ]; then
+  stamp "== compute-sanitizer racecheck"
+  echo "----- racecheck -----" >>"$OUT/sanitizer.log"
+  timeout "${SAN_LIMIT:-60}" "$SANITIZER" --tool racecheck --error-exitcode 9 python3 tests/sanitizer_run.py --quick >>"$OUT/sanitizer.log" 2>&1
+  rc=$?
+  STATUS[racecheck]=$([ $rc = 0 ] && echo ok || echo "FAILED rc=$rc")
+  grep -E "RACECHECK SUMMARY|ERROR SUMMARY|sanitizer_run:" "$OUT/sanitizer.log" | tail -3
+  stamp "racecheck: ${STATUS[racecheck]}"
+fi
+
+stamp "== layer benchmark"
+BENCH_ARGS=(--sizes "$BENCH_SIZES" --md "$OUT/layers.md")
+[ "${SWEEP:-1}" = "1" ] && BENCH_ARGS+=(--sweep-splitk --ab-async)
+timeout "${BENCH_LIMIT:-110}" python3 benchmarks/bench_cuda_layers.py "${BENCH_ARGS[@]}" >"$OUT/bench.log" 2>&1
+rc=$?
+STATUS[bench]=$([ $rc = 0 ] && echo ok || echo "FAILED rc=$rc")
+[ $rc = 0 ] || tail -20 "$OUT/bench.log"
+stamp "bench: ${STATUS[bench]}"
+
+# --- whole-step benchmark (added by issue 4) ---
+stamp "== whole-step benchmark"
+timeout "${STEP_LIMIT:-120}" python3 benchmarks/bench_step.py --device cuda --sizes "${STEP_SIZES:-512,1024}" \
+  --steps "${STEP_STEPS:-10,40}" --repeats 2 --quality --quality-steps 100 --probe "${PROBE_SIZE:-4096}" \
+  --md "$OUT/step.md" >"$OUT/step.log" 2>&1
+rc=$?
+STATUS[step]=$([ $rc = 0 ] && echo ok || echo "FAILED rc=$rc")
+[ $rc = 0 ] || tail -20 "$OUT/step.log"
+stamp "step: ${STATUS[step]}"
+
+stamp "== summary"
+{
+  echo "| stage | result |"
+  echo "|---|---|"
+  for k in build pytest memcheck racecheck bench step; do
+    [ -n "${STATUS[$k]:-}" ] && echo "| $k | ${STATUS[$k]} |"
+  done
+  echo
+  [ -f "$OUT/layers.md" ] && cat "$OUT/layers.md"
+  echo
+  [ -f "$OUT/step.md" ] && cat "$OUT/step.md"
+} | tee -a "$OUT/summary.txt"
+stamp "done"
