@@ -55,7 +55,8 @@ def build(state, content, style, content_layers, style_layers, alpha, beta, devi
     deepest = max(vgg.LAYER_INDEX[n] for n in list(content_layers) + list(style_layers))
     features = vgg._build(deepest + 1, "max")
     features.load_state_dict({k: v for k, v in state.items() if int(k.split(".")[0]) <= deepest})
-    model = nn.Sequential(Normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))
+    features.to(device)
+    model = nn.Sequential(Normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)).to(device))
     content_losses, style_losses = [], []
     for i, layer in enumerate(features):
         name = vgg.LAYER_NAMES[i]

@@ -22,26 +22,13 @@ inline at::ScalarType accum_dtype(at::ScalarType features_dtype) {
   return features_dtype == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-inline void check_features(const at::Tensor& features) {
-  TORCH_CHECK(features.dim() == 3,
-              "nst_fast: features must be (B, C, M), got ", features.dim(), " dims");
-  auto t = features.scalar_type();
-  TORCH_CHECK(t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf,
-              "nst_fast: features must be float32, float64, bfloat16 or float16, got ", t);
-}
-
-inline void check_gram_like(const char* name, const at::Tensor& gram, const at::Tensor& features) {
-  TORCH_CHECK(gram.device() == features.device(), "nst_fast: ", name, " is on ", gram.device(),
-              " but features are on ", features.device());
-  TORCH_CHECK(gram.dim() == 3 && gram.size(1) == features.size(1) && gram.size(2) == features.size(1),
-              "nst_fast: ", name, " must be (B, C, C) with C = ", features.size(1), ", got ",
-              gram.sizes());
-  TORCH_CHECK(gram.size(0) == features.size(0),
-              "nst_fast: ", name, " batch ", gram.size(0), " does not match features batch ",
-              features.size(0));
-  TORCH_CHECK(gram.scalar_type() == accum_dtype(features.scalar_type()),
-              "nst_fast: ", name, " must be ", accum_dtype(features.scalar_type()), ", got ",
-              gram.scalar_type());
-}
+// Argument checks, defined in checks.cpp. They live in a host-compiler translation
+// unit on purpose: on torch 2.11 a failing TORCH_CHECK whose message was built in
+// the nvcc-compiled file crashed the process, so the CUDA kernels call these.
+void check_features(const at::Tensor& features);
+void check_gram_like(const char* name, const at::Tensor& gram, const at::Tensor& features);
+void check_grad_loss(const at::Tensor& grad_loss, const at::Tensor& features);
+void check_cuda_features(const char* op, const at::Tensor& features);
+[[noreturn]] void fail_unsupported_dtype(const char* op, at::ScalarType type);
 
 }  // namespace nst_fast

@@ -46,7 +46,7 @@ at::Tensor style_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor
   NoAutocast no_autocast(c10::autocast_dispatch_keyset);
   check_features(features);
   check_gram_like("residual", residual, features);
-  TORCH_CHECK(grad_loss.numel() == 1, "nst_fast: grad_loss must hold one value");
+  check_grad_loss(grad_loss, features);
   const double alpha = 4.0 * scale * grad_loss.item<double>();
   auto f = accum_features(features);
   auto d = residual.contiguous();

@@ -624,7 +624,7 @@ struct CudaType<at::Half> { using type = __half; };
         return __VA_ARGS__();                                                  \
       }                                                                        \
       default:                                                                 \
-        TORCH_CHECK(false, "nst_fast: ", NAME, ": unsupported dtype ", TYPE); \
+        fail_unsupported_dtype(NAME, TYPE);                                    \
     }                                                                          \
   }()
 
@@ -647,39 +647,6 @@ bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p
 
 bool vec_ok(const void* p, size_t elem, long long sb, long long ld, long long cols, long long B) {
   return aligned(p, 4 * elem) && ld % 4 == 0 && (B == 1 || sb % 4 == 0) && cols % 4 == 0;
-}
-
-std::string shape_str(const at::Tensor& t) {
-  std::string s = "[";
-  for (int64_t d = 0; d < t.dim(); ++d) s += (d ? ", " : "") + std::to_string(t.size(d));
-  return s + "]";
-}
-
-void check_cuda_inputs(const char* op, const at::Tensor& features) {
-  TORCH_CHECK(features.is_cuda(), "nst_fast.", op, ": features must be a CUDA tensor, got ",
-              features.device());
-  check_features(features);
-  TORCH_CHECK(features.size(1) < (1LL << 31) && features.size(2) < (1LL << 31) &&
-                  features.size(0) <= 65535,
-              "nst_fast.", op, ": features too large: ", shape_str(features));
-}
-
-// The checks of check_gram_like (style_loss.h), with messages built from plain
-// integers and strings. On the device machine (torch 2.11) a failing
-// check_gram_like called from this nvcc-compiled translation unit, whose message
-// streams Tensor::sizes(), crashed the process (benchmarks/cuda_notes.md), so this
-// file does not instantiate that streaming code at all.
-void check_gram_like_cuda(const char* op, const char* name, const at::Tensor& g,
-                          const at::Tensor& f) {
-  TORCH_CHECK(g.device() == f.device(), "nst_fast.", op, ": ", name, " is on ", g.device(),
-              " but features are on ", f.device());
-  const int64_t C = f.size(1);
-  TORCH_CHECK(g.dim() == 3 && g.size(1) == C && g.size(2) == C, "nst_fast.", op, ": ", name,
-              " must be (B, C, C) with C = ", C, ", got ", shape_str(g));
-  TORCH_CHECK(g.size(0) == f.size(0), "nst_fast.", op, ": ", name, " batch ", g.size(0),
-              " does not match features batch ", f.size(0));
-  TORCH_CHECK(g.scalar_type() == accum_dtype(f.scalar_type()), "nst_fast.", op, ": ", name,
-              " must be ", accum_dtype(f.scalar_type()), ", got ", g.scalar_type());
 }
 
 int splitk_blocks_per_sm() {
@@ -809,7 +776,7 @@ using NoAutocast = c10::impl::ExcludeDispatchKeyGuard;
 
 at::Tensor gram_cuda(const at::Tensor& features) {
   NoAutocast no_autocast(c10::autocast_dispatch_keyset);
-  check_cuda_inputs("gram", features);
+  check_cuda_features("gram", features);
   c10::cuda::CUDAGuard guard(features.device());
   if (features.scalar_type() == at::kDouble) return at::bmm(features, features.transpose(1, 2));
   const int64_t B = features.size(0), C = features.size(1);
@@ -822,8 +789,8 @@ at::Tensor gram_cuda(const at::Tensor& features) {
 std::tuple<at::Tensor, at::Tensor> style_loss_forward_cuda(const at::Tensor& features,
                                                            const at::Tensor& target, double scale) {
   NoAutocast no_autocast(c10::autocast_dispatch_keyset);
-  check_cuda_inputs("style_loss_forward", features);
-  check_gram_like_cuda("style_loss_forward", "target", target, features);
+  check_cuda_features("style_loss_forward", features);
+  check_gram_like("target", target, features);
   c10::cuda::CUDAGuard guard(features.device());
   if (features.scalar_type() == at::kDouble) {
     auto residual = at::bmm(features, features.transpose(1, 2)).sub_(target);
@@ -844,12 +811,9 @@ std::tuple<at::Tensor, at::Tensor> style_loss_forward_cuda(const at::Tensor& fea
 at::Tensor style_loss_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& residual,
                                     const at::Tensor& features, double scale) {
   NoAutocast no_autocast(c10::autocast_dispatch_keyset);
-  check_cuda_inputs("style_loss_backward", features);
-  check_gram_like_cuda("style_loss_backward", "residual", residual, features);
-  TORCH_CHECK(grad_loss.numel() == 1, "nst_fast.style_loss_backward: grad_loss must hold one value, got ",
-              grad_loss.numel());
-  TORCH_CHECK(grad_loss.device() == features.device(), "nst_fast.style_loss_backward: grad_loss is on ",
-              grad_loss.device(), " but features are on ", features.device());
+  check_cuda_features("style_loss_backward", features);
+  check_gram_like("residual", residual, features);
+  check_grad_loss(grad_loss, features);
   c10::cuda::CUDAGuard guard(features.device());
   auto out = at::empty_like(features);
   if (out.numel() == 0) return out;
