@@ -4,12 +4,23 @@
 #include <c10/util/Exception.h>
 
 #include <cstdlib>
+#include <string>
 
 namespace nst_fast {
+namespace {
+// Integers go into messages as strings: streaming int64_t through c10::str crashed
+// the process on the torch 2.11 device build.
+std::string num(int64_t v) { return std::to_string(v); }
+std::string dims(const at::Tensor& t) {
+  std::string s = "[";
+  for (int64_t d = 0; d < t.dim(); ++d) s += (d ? ", " : "") + num(t.size(d));
+  return s + "]";
+}
+}  // namespace
 
 void check_features(const at::Tensor& features) {
   TORCH_CHECK(features.dim() == 3,
-              "nst_fast: features must be (B, C, M), got ", features.dim(), " dims");
+              "nst_fast: features must be (B, C, M), got ", num(features.dim()), " dims");
   auto t = features.scalar_type();
   TORCH_CHECK(t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf,
               "nst_fast: features must be float32, float64, bfloat16 or float16, got ", t);
@@ -19,18 +30,18 @@ void check_gram_like(const char* name, const at::Tensor& gram, const at::Tensor&
   TORCH_CHECK(gram.device() == features.device(), "nst_fast: ", name, " is on ", gram.device(),
               " but features are on ", features.device());
   TORCH_CHECK(gram.dim() == 3 && gram.size(1) == features.size(1) && gram.size(2) == features.size(1),
-              "nst_fast: ", name, " must be (B, C, C) with C = ", features.size(1), ", got ",
-              gram.sizes());
+              "nst_fast: ", name, " must be (B, C, C) with C = ", num(features.size(1)), ", got ",
+              dims(gram));
   TORCH_CHECK(gram.size(0) == features.size(0),
-              "nst_fast: ", name, " batch ", gram.size(0), " does not match features batch ",
-              features.size(0));
+              "nst_fast: ", name, " batch ", num(gram.size(0)), " does not match features batch ",
+              num(features.size(0)));
   TORCH_CHECK(gram.scalar_type() == accum_dtype(features.scalar_type()),
               "nst_fast: ", name, " must be ", accum_dtype(features.scalar_type()), ", got ",
               gram.scalar_type());
 }
 
 void check_grad_loss(const at::Tensor& grad_loss, const at::Tensor& features) {
-  TORCH_CHECK(grad_loss.numel() == 1, "nst_fast: grad_loss must hold one value, got ", grad_loss.numel());
+  TORCH_CHECK(grad_loss.numel() == 1, "nst_fast: grad_loss must hold one value, got ", num(grad_loss.numel()));
   TORCH_CHECK(grad_loss.device() == features.device(), "nst_fast: grad_loss is on ", grad_loss.device(),
               " but features are on ", features.device());
 }
@@ -40,7 +51,7 @@ void check_cuda_features(const char* op, const at::Tensor& features) {
               features.device());
   check_features(features);
   TORCH_CHECK(features.size(1) < (1LL << 31) && features.size(2) < (1LL << 31) && features.size(0) <= 65535,
-              "nst_fast.", op, ": features too large: ", features.sizes());
+              "nst_fast.", op, ": features too large: ", dims(features));
 }
 
 void fail_unsupported_dtype(const char* op, at::ScalarType type) {
