@@ -98,23 +98,10 @@ class StyleTransfer:
         style_imgs = [images.to_tensor(s) for s in styles]
         fp = checkpoint_io.fingerprint(content_img, style_imgs, opts, self)
         saved = checkpoint_io.load(resume, fp) if resume else None
-        color_target = content_img
-        if opts.preserve_colors in ("match", "histogram"):
-            method = "covariance" if opts.preserve_colors == "match" else "histogram"
-            style_imgs = [color.match_color(s, content_img, method) for s in style_imgs]
-        elif opts.preserve_colors == "luminance":
-            content_img = color.luminance_image(content_img)
-            style_imgs = [color.luminance_image(color.match_luminance(color.luminance_image(s), content_img))
-                          for s in style_imgs]
+        content_img, style_imgs, finish = _preserve_colors(opts.preserve_colors, content_img, style_imgs)
         net = self.network(list(opts.content_layers) + list(opts.style_layers))
         min_side = max(vgg.layer_downsampling(n) for n in net.layers)
         sizes = self._sizes_that_fit(opts, content_img.shape[-2:])
-
-        def finish(img):  # what the user sees: colours restored in luminance mode
-            img = img.detach().float().clamp(0, 1).cpu()
-            if opts.preserve_colors == "luminance":
-                img = color.combine_luminance(img, images.resize_long_side(color_target, max(img.shape[-2:])))
-            return img
 
         callback = opts.callback
         if save_every and snapshot is not None:
@@ -156,8 +143,12 @@ class StyleTransfer:
                     **{k: (v.cpu() if torch.is_tensor(v) else v) for k, v in state.tensors().items()},
                 })
 
-            state = self._optimise(loss_fn, x, opts, scale_index * opts.steps, total_steps,
-                                   resume=resume_state, on_checkpoint=save_checkpoint if checkpoint else None)
+            try:
+                state = self._optimise(loss_fn, x, opts, scale_index * opts.steps, total_steps, resume=resume_state,
+                                       on_checkpoint=save_checkpoint if checkpoint else None)
+            except (Interrupted, NonFiniteLoss) as exc:
+                exc.image = finish(exc.image)
+                raise
             self.history = self._history_rows(loss_fn, state, rows_before)
             x = state.best
         if x is None:
@@ -276,6 +267,30 @@ class StyleTransfer:
         if on_checkpoint is not None:
             on_checkpoint(state, x, opt)
         return state
+
+
+def _preserve_colors(mode, content, styles):
+    """-> (content, styles) to optimise with, and finish(image) giving what the user sees.
+
+    luminance: optimise grey images (the style's luminance matched to the content's)
+    and put the content's chroma back at the end; match/histogram: recolour the
+    styles to the content's colour statistics first.
+    """
+    if mode in ("match", "histogram"):
+        method = "covariance" if mode == "match" else "histogram"
+        styles = [color.match_color(s, content, method) for s in styles]
+    original = content
+    if mode == "luminance":
+        content = color.luminance_image(content)
+        styles = [color.luminance_image(color.match_luminance(color.luminance_image(s), content)) for s in styles]
+
+    def finish(image):
+        image = image.detach().float().clamp(0, 1).cpu()
+        if mode == "luminance":
+            image = color.combine_luminance(image, images.resize_long_side(original, max(image.shape[-2:])))
+        return image
+
+    return content, styles, finish
 
 
 class LoopState:
