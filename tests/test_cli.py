@@ -116,3 +116,4 @@ def test_ctrl_c_saves_image_so_far_and_exits_130(tmp_path, small_images):
     assert proc.returncode == 130, rest
     assert "saved the image so far" in rest and "Traceback" not in rest
     assert Image.open(out).size == (48, 36)
+    assert f"--resume {tmp_path / 'out.ckpt'}" in rest and (tmp_path / "out.ckpt").exists()

@@ -175,3 +175,32 @@ def test_cli_features(tmp_path, small_images, capsys):
     assert code == 0, capsys.readouterr().err
     code = cli.main(base + ["--style-blend", "1,2,3"])
     assert code == 1 and "3 style blend weights given for 2 style images" in capsys.readouterr().err
+
+
+def test_loss_plot(transfer, small_images, tmp_path):
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    from nst_fast import history
+
+    content, style = small_images
+    transfer.stylize_tensor(content, style, size=32, steps=5)
+    history.plot(transfer.history, tmp_path / "loss.png")
+    assert Image.open(tmp_path / "loss.png").size[0] > 100
+
+
+def test_loss_plot_without_matplotlib_is_a_clear_error(monkeypatch, tmp_path):
+    import builtins
+
+    from nst_fast import history
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    with pytest.raises(NstError, match="pip install matplotlib"):
+        history.plot([{"total": 1.0, "size": [2, 2]}], tmp_path / "loss.png")
