@@ -1,5 +1,6 @@
 """nst_fast: Gatys neural style transfer with fused C++/CUDA style-loss kernels."""
-from .backend import describe as backend_info, set_backend
+from .backend import describe as backend_info
+from .backend import set_backend
 from .errors import Interrupted, NonFiniteLoss, NstError, WeightsUnavailable
 from .options import Options
 from .stylize import StepInfo, StyleTransfer, stylize

@@ -2,11 +2,11 @@
 loop's bookkeeping, tied by a fingerprint to the inputs and options that made them."""
 import hashlib
 import os
-import tempfile
 
 import torch
 
 from .errors import NstError
+from .files import atomic_write
 
 VERSION = 1
 # Options that change what is optimised; steps and sizes may differ on resume.
@@ -26,18 +26,7 @@ def fingerprint(content, styles, opts, transfer) -> str:
 
 
 def save(path, data: dict) -> None:
-    """torch.save to a temporary file, then rename: a checkpoint is whole or absent."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".nst_fast-", suffix=".ckpt", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"version": VERSION, **data}, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda f: torch.save({"version": VERSION, **data}, f), suffix=".ckpt")
 
 
 def load(path, expected_fingerprint: str) -> dict:

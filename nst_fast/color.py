@@ -86,7 +86,9 @@ def combine_luminance(stylized: torch.Tensor, content: torch.Tensor) -> torch.Te
         batched = F.interpolate(batched.float(), size=stylized.shape[-2:], mode="bicubic",
                                 align_corners=False, antialias=scale_down)
         content = batched if content.dim() == 4 else batched.squeeze(0)
-    yiq = torch.cat([rgb_to_yiq(stylized).narrow(-3, 0, 1), rgb_to_yiq(content.to(stylized.device)).narrow(-3, 1, 2)], -3)
+    luma = rgb_to_yiq(stylized).narrow(-3, 0, 1)
+    chroma = rgb_to_yiq(content.to(stylized.device)).narrow(-3, 1, 2)
+    yiq = torch.cat([luma, chroma], -3)
     return yiq_to_rgb(yiq).clamp(0, 1)
 
 

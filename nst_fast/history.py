@@ -1,28 +1,14 @@
 """The loss history of a run: JSON for tools, a PNG plot for people."""
 import json
-import os
-import tempfile
 
 from .errors import NstError
-
-
-def _atomic_write(path, write):
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".nst_fast-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+from .files import atomic_write
 
 
 def write_json(rows, path):
     """rows: StyleTransfer.history, one dict per step ({"total": .., "style:relu1_1": .., "size": [h, w]})."""
     data = [{"step": i + 1, **row} for i, row in enumerate(rows)]
-    _atomic_write(path, lambda f: f.write(json.dumps(data, indent=1, allow_nan=True).encode()))
+    atomic_write(path, lambda f: f.write(json.dumps(data, indent=1, allow_nan=True).encode()))
 
 
 def plot(rows, path):
@@ -47,5 +33,5 @@ def plot(rows, path):
     ax.set_ylabel("loss")
     ax.legend(fontsize="small", ncol=2)
     fig.tight_layout()
-    _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)

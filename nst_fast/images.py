@@ -1,6 +1,5 @@
 """Image input and output: any common image mode in, RGB float tensors inside, atomic writes out."""
 import os
-import tempfile
 
 import numpy as np
 import torch
@@ -8,6 +7,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from .errors import NstError
+from .files import atomic_write
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -86,12 +86,4 @@ def save_atomic(image: Image.Image, path) -> None:
     fmt = Image.registered_extensions().get(ext)
     if fmt is None:
         raise NstError(f"unknown output image type {ext or '(no extension)'!r}; use .png or .jpg")
-    fd, tmp = tempfile.mkstemp(prefix=".nst_fast-", suffix=ext, dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format=fmt)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda f: image.save(f, format=fmt), suffix=ext)

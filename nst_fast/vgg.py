@@ -182,7 +182,8 @@ class VGGFeatures(nn.Module):
         wanted = {f"{i}.{p}" for i, m in enumerate(self.net) if isinstance(m, nn.Conv2d) for p in ("weight", "bias")}
         missing = wanted - state.keys()
         if missing:
-            have = [LAYER_NAMES[i] for i, m in enumerate(self.net) if isinstance(m, nn.Conv2d) and f"{i}.weight" in state]
+            convs = [i for i, m in enumerate(self.net) if isinstance(m, nn.Conv2d)]
+            have = [LAYER_NAMES[i] for i in convs if f"{i}.weight" in state]
             deepest = f"its deepest layer is {have[-1]}" if have else "it holds no VGG-19 conv layers"
             raise WeightsUnavailable(
                 f"weights {source} lack layers needed for {', '.join(self.layers)}: {deepest}"
@@ -190,7 +191,8 @@ class VGGFeatures(nn.Module):
         try:
             self.net.load_state_dict({k: state[k] for k in wanted})
         except RuntimeError as exc:
-            raise WeightsUnavailable(f"weights {source} do not fit VGG-19: {str(exc).splitlines()[-1].strip()}") from None
+            reason = str(exc).splitlines()[-1].strip()
+            raise WeightsUnavailable(f"weights {source} do not fit VGG-19: {reason}") from None
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         """RGB in [0, 1] -> the network's input convention."""

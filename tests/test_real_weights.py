@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from nst_fast import StyleTransfer, images, vgg
+from nst_fast import StyleTransfer, images
 from nst_fast.losses import gram_target, style_scale
 
 from conftest import EXAMPLES, SHARED_WEIGHTS
