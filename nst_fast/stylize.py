@@ -43,13 +43,9 @@ def _device(device) -> torch.device:
 
 @contextlib.contextmanager
 def precision_mode(precision: str, device: torch.device):
-    """fp32: exact; tf32: TF32 matmuls and convolutions; bf16: autocast to bfloat16.
-
-    cuDNN may time its convolution algorithms (benchmark mode): a run's shapes are fixed.
-    """
-    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    """fp32: exact; tf32: TF32 matmuls and convolutions; bf16: autocast to bfloat16."""
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
-    torch.backends.cudnn.benchmark = True
     try:
         if precision == "bf16":
             with torch.autocast(device.type, dtype=torch.bfloat16):
@@ -57,8 +53,7 @@ def precision_mode(precision: str, device: torch.device):
         else:
             yield
     finally:
-        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-         torch.backends.cudnn.benchmark) = old
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 class StyleTransfer:
