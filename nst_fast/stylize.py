@@ -66,12 +66,16 @@ class StyleTransfer:
         self.state, self.convention, self.weights = vgg.load_weights(weights, convention, seed)
         self._nets = {}
 
-    def network(self, layers) -> vgg.VGGFeatures:
-        key = tuple(sorted(set(layers), key=vgg.LAYER_INDEX.get))
-        if key not in self._nets:
-            net = vgg.VGGFeatures(key, self.state, self.convention, self.pooling, self.weights)
-            self._nets[key] = net.to(self.device)
-        return self._nets[key]
+    def network(self, layers, precision="fp32") -> vgg.VGGFeatures:
+        """VGG-19 up to the deepest of `layers`. For bf16 its weights are stored in
+        bf16: autocast gives the same arithmetic but re-casts fp32 weights every step."""
+        layers = tuple(sorted(set(layers), key=vgg.LAYER_INDEX.get))
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        if (layers, dtype) not in self._nets:
+            net = vgg.VGGFeatures(layers, self.state, self.convention, self.pooling, self.weights).to(self.device)
+            net.net.to(dtype)  # the convolutions; preprocessing stays in fp32
+            self._nets[layers, dtype] = net
+        return self._nets[layers, dtype]
 
     def stylize(self, content, style, **kwargs):
         """Repaint `content` in the style of `style` (one image or a list); returns a PIL image.
@@ -99,7 +103,7 @@ class StyleTransfer:
         fp = checkpoint_io.fingerprint(content_img, style_imgs, opts, self)
         saved = checkpoint_io.load(resume, fp) if resume else None
         content_img, style_imgs, finish = _preserve_colors(opts.preserve_colors, content_img, style_imgs)
-        net = self.network(list(opts.content_layers) + list(opts.style_layers))
+        net = self.network(list(opts.content_layers) + list(opts.style_layers), opts.precision)
         min_side = max(vgg.layer_downsampling(n) for n in net.layers)
         sizes = self._sizes_that_fit(opts, content_img.shape[-2:])
 

@@ -141,3 +141,15 @@ def test_module_level_stylize_reuses_the_network(small_images):
 def test_unknown_device():
     with pytest.raises(NstError, match="unknown device"):
         StyleTransfer(weights="random", device="toaster")
+
+
+def test_bf16_precision_keeps_bf16_weights_and_tracks_fp32(transfer, small_images):
+    content, style = small_images
+    _, fp32 = _losses(transfer, content, style, size=48, steps=20, init="noise")
+    _, bf16 = _losses(transfer, content, style, size=48, steps=20, init="noise", precision="bf16")
+    net = transfer.network(["relu4_2", "relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"], "bf16")
+    assert net.net[0].weight.dtype == torch.bfloat16
+    assert transfer.network(["relu1_1"]).net[0].weight.dtype == torch.float32
+    first, last = float(bf16[0].losses["total"]), float(bf16[-1].losses["total"])
+    assert last < first / 10
+    assert abs(last / float(fp32[-1].losses["total"]) - 1) < 0.1
