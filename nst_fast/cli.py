@@ -133,7 +133,7 @@ def run(args) -> int:
         report_every = args.report_every or (1 if transfer.device.type == "cpu" else 20)
         progress = Progress(not args.quiet, report_every)
         stem = os.path.splitext(args.output)[0]
-        checkpoint = args.checkpoint or stem + ".ckpt"
+        interrupt_checkpoint = args.checkpoint or stem + ".ckpt"
 
         def snapshot(step, image):
             images.save_atomic(images.to_pil(image), f"{stem}.step{step:04d}.png")
@@ -148,19 +148,18 @@ def run(args) -> int:
             cuda_graph=False if args.no_cuda_graph else None,
         )
         try:
-            result = transfer.stylize_tensor(content, styles, checkpoint=checkpoint, resume=args.resume,
+            result = transfer.stylize_tensor(content, styles, checkpoint=args.checkpoint,
+                                             interrupt_checkpoint=interrupt_checkpoint, resume=args.resume,
                                              save_every=args.save_every, snapshot=snapshot, **options)
         except (Interrupted, NonFiniteLoss) as exc:
             if exc.image is not None:
                 images.save_atomic(images.to_pil(exc.image), args.output)
                 sys.stderr.write(f"\nnst-fast: saved the image so far to {args.output}\n")
-            if isinstance(exc, Interrupted) and os.path.exists(checkpoint):
-                sys.stderr.write(f"nst-fast: continue with --resume {checkpoint}\n")
+            if isinstance(exc, Interrupted) and os.path.exists(interrupt_checkpoint):
+                sys.stderr.write(f"nst-fast: continue with --resume {interrupt_checkpoint}\n")
             code = EXIT_INTERRUPTED if isinstance(exc, Interrupted) else EXIT_ERROR
             return _error(str(exc), code)
         images.save_atomic(images.to_pil(result), args.output)
-        if not args.checkpoint and os.path.exists(checkpoint):
-            os.remove(checkpoint)  # only an asked-for checkpoint outlives a finished run
         if args.history:
             history.write_json(transfer.history, args.history)
         if args.plot:

@@ -85,12 +85,13 @@ class StyleTransfer:
         """
         return images.to_pil(self.stylize_tensor(content, style, **kwargs))
 
-    def stylize_tensor(self, content, style, *, checkpoint=None, resume=None, save_every=0,
-                       snapshot=None, **kwargs) -> torch.Tensor:
+    def stylize_tensor(self, content, style, *, checkpoint=None, interrupt_checkpoint=None, resume=None,
+                       save_every=0, snapshot=None, **kwargs) -> torch.Tensor:
         """As stylize(), returning a (1, 3, H, W) tensor in [0, 1] on the CPU.
 
         checkpoint: a path to save the run's state to (every `checkpoint_every`
-        steps, at the end of each scale, and on Ctrl-C); resume: a checkpoint of
+        steps, at the end of each scale, and on Ctrl-C); interrupt_checkpoint: where
+        Ctrl-C saves one if `checkpoint` is not given; resume: a checkpoint of
         the same images and options to continue from (same size: exactly where it
         stopped; a larger size: from its image, upscaled). save_every/snapshot:
         call snapshot(step, image) with the best image so far every N steps.
@@ -139,9 +140,9 @@ class StyleTransfer:
             x = self._initial_image(opts, content_t, style_imgs[0], x)
             rows_before = self.history
 
-            def save_checkpoint(state, x_now, opt, scale_index=scale_index, rows_before=rows_before,
+            def save_checkpoint(state, x_now, opt, path, scale_index=scale_index, rows_before=rows_before,
                                 loss_fn=loss_fn):
-                checkpoint_io.save(checkpoint, {
+                checkpoint_io.save(path, {
                     "fingerprint": fp, "size": [h, w], "scale_index": scale_index,
                     "x": x_now.detach().cpu(), "optimizer": {k: v.cpu() for k, v in opt.state_dict().items()},
                     "rows_before": rows_before, "history_rows": self._history_rows(loss_fn, state, rows_before),
@@ -150,7 +151,8 @@ class StyleTransfer:
 
             try:
                 state = self._optimise(loss_fn, x, opts, scale_index * opts.steps, total_steps, resume=resume_state,
-                                       on_checkpoint=save_checkpoint if checkpoint else None)
+                                       checkpoint=checkpoint, interrupt_checkpoint=interrupt_checkpoint,
+                                       save_checkpoint=save_checkpoint)
             except (Interrupted, NonFiniteLoss) as exc:
                 exc.image = finish(exc.image)
                 raise
@@ -225,8 +227,14 @@ class StyleTransfer:
             start = torch.nn.functional.interpolate(images.to_tensor(opts.init), size=(h, w), mode="bicubic")
         return start.to(self.device, torch.float32).contiguous()
 
-    def _optimise(self, loss_fn, x0, opts, step_offset, total_steps, resume=None, on_checkpoint=None):
-        """Run opts.steps steps from x0 (or from `resume`, a LoopState) -> the LoopState at the end."""
+    def _optimise(self, loss_fn, x0, opts, step_offset, total_steps, resume=None, checkpoint=None,
+                  interrupt_checkpoint=None, save_checkpoint=None):
+        """Run opts.steps steps from x0 (or from `resume`, a checkpoint) -> the LoopState at the end.
+
+        save_checkpoint(state, x, optimiser, path) writes `checkpoint` every
+        opts.checkpoint_every steps and at the end, and on Ctrl-C (or to
+        `interrupt_checkpoint` when there is no `checkpoint`).
+        """
         dev = self.device
         x = x0.clone().requires_grad_(True)
         if opts.optimizer == "lbfgs":
@@ -261,16 +269,16 @@ class StyleTransfer:
                             f"the loss became {float(parts['total'])} at step {step_offset + step} and did "
                             "not recover; lower the loss weights or the learning rate",
                             image=state.best.clamp(0, 1).cpu(), step=step_offset + step)
-                if on_checkpoint is not None and opts.checkpoint_every and step % opts.checkpoint_every == 0:
-                    on_checkpoint(state, x, opt)
+                if checkpoint and opts.checkpoint_every and step % opts.checkpoint_every == 0:
+                    save_checkpoint(state, x, opt, checkpoint)
         except KeyboardInterrupt:
-            if on_checkpoint is not None:
-                on_checkpoint(state, x, opt)
+            if checkpoint or interrupt_checkpoint:
+                save_checkpoint(state, x, opt, checkpoint or interrupt_checkpoint)
             raise Interrupted(f"interrupted at step {step_offset + step}", image=state.best.clamp(0, 1).cpu(),
                               step=step_offset + step) from None
         self.last_run = {"cuda_graph": runner.graphed, "why_not": runner.why_not}
-        if on_checkpoint is not None:
-            on_checkpoint(state, x, opt)
+        if checkpoint:
+            save_checkpoint(state, x, opt, checkpoint)
         return state
 
 
