@@ -171,6 +171,10 @@ def run(args) -> int:
     except KeyboardInterrupt:
         return _error("interrupted", EXIT_INTERRUPTED)
     if not args.quiet:
+        if transfer.device.type == "cuda":
+            run = transfer.last_run
+            how = "CUDA-graph replays" if run.get("cuda_graph") else f"eager steps ({run.get('why_not')})"
+            sys.stderr.write(f"nst-fast: the steps ran as {how}\n")
         sys.stderr.write(f"nst-fast: wrote {args.output}\n")
     return 0
 
