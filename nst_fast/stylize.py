@@ -276,7 +276,8 @@ class StyleTransfer:
                 save_checkpoint(state, x, opt, checkpoint or interrupt_checkpoint)
             raise Interrupted(f"interrupted at step {step_offset + step}", image=state.best.clamp(0, 1).cpu(),
                               step=step_offset + step) from None
-        self.last_run = {"cuda_graph": runner.graphed, "why_not": runner.why_not}
+        why_not = runner.why_not or (None if runner.graphed else "fewer steps than the warm-up before capture")
+        self.last_run = {"cuda_graph": runner.graphed, "why_not": why_not}
         if checkpoint:
             save_checkpoint(state, x, opt, checkpoint)
         return state
