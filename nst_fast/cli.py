@@ -26,8 +26,8 @@ def build_parser():
     p.add_argument("style", nargs="*", help="style image(s)")
     p.add_argument("-o", "--output", default="out.png", help="output image (default out.png)")
     p.add_argument("--demo", action="store_true", help="use the bundled example images")
-    p.add_argument("--size", type=int, default=512, help="long side of the output in pixels (512)")
-    p.add_argument("--steps", type=int, default=500, help="forward+backward passes per scale (500)")
+    p.add_argument("--size", type=int, default=None, help="long side of the output in pixels (512; demo 256)")
+    p.add_argument("--steps", type=int, default=None, help="forward+backward passes per scale (500; demo 100)")
     p.add_argument("--content-weight", type=float, default=1.0, help="alpha (1)")
     p.add_argument("--style-weight", type=float, default=None,
                    help="beta (1e4 for Caffe-convention weights, 5e7 for torchvision's)")
@@ -104,6 +104,10 @@ def run(args) -> int:
     from .errors import Interrupted, NonFiniteLoss, NstError, WeightsUnavailable
     from .stylize import StyleTransfer
 
+    if args.size is None:
+        args.size = 256 if args.demo else 512
+    if args.steps is None:
+        args.steps = 100 if args.demo else 500
     if args.demo:
         content = os.path.join(EXAMPLES, "content.png")
         styles = [os.path.join(EXAMPLES, "style.png")]
@@ -127,8 +131,11 @@ def run(args) -> int:
             sys.stderr.write(
                 f"nst-fast: WARNING: {exc}.\nnst-fast: WARNING: the demo falls back to RANDOM weights: "
                 "the output shows the pipeline working, not a real stylization.\n")
+            fell_back = True
             transfer = StyleTransfer("random", args.device, args.pooling, "auto", args.seed)
-        if transfer.weights == "random":
+        else:
+            fell_back = False
+        if transfer.weights == "random" and not fell_back:
             sys.stderr.write("nst-fast: WARNING: using RANDOM VGG-19 weights; the result is not a real stylization\n")
         report_every = args.report_every or (1 if transfer.device.type == "cpu" else 20)
         progress = Progress(not args.quiet, report_every)
