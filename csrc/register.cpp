@@ -15,4 +15,5 @@ TORCH_LIBRARY(nst_fast, m) {
   m.def("gram(Tensor features) -> Tensor");
   m.def("style_loss_forward(Tensor features, Tensor target, float scale) -> (Tensor, Tensor)");
   m.def("style_loss_backward(Tensor grad_loss, Tensor residual, Tensor features, float scale) -> Tensor");
+  m.def("conv3x3_winograd(Tensor input, Tensor weight_transform, Tensor? bias) -> Tensor");
 }

@@ -1,5 +1,6 @@
 #pragma once
-// Shared declarations for the nst_fast style-loss ops.
+// Shared declarations for the nst_fast ops (the style loss; the Winograd convolution
+// of cpu/winograd_cpu.cpp is described there).
 //
 // Shapes: features F is (B, C, M) with M = H * W, either dense row layout
 // (stride(2) == 1) or channels-last (stride(1) == 1); other layouts are made
@@ -29,6 +30,8 @@ void check_features(const at::Tensor& features);
 void check_gram_like(const char* name, const at::Tensor& gram, const at::Tensor& features);
 void check_grad_loss(const at::Tensor& grad_loss, const at::Tensor& features);
 void check_cuda_features(const char* op, const at::Tensor& features);
+void check_winograd_args(const at::Tensor& input, const at::Tensor& weight_transform,
+                         const c10::optional<at::Tensor>& bias);
 [[noreturn]] void fail_unsupported_dtype(const char* op, at::ScalarType type);
 
 }  // namespace nst_fast

@@ -44,19 +44,28 @@ def cuda_compiled() -> bool:
     return _has_kernel("cuda")
 
 
-def _query_kernel(device_type: str) -> bool:
+def _query_kernel(op: str, device_type: str) -> bool:
     if not extension_loaded():
         return False
     key = {"cpu": "CPU", "cuda": "CUDA"}[device_type]
-    return torch._C._dispatch_has_kernel_for_dispatch_key("nst_fast::style_loss_forward", key)
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"nst_fast::{op}", key)
 
 
 # Asked once at import: the dispatcher query is not traceable by torch.compile.
-_KERNELS = {device_type: _query_kernel(device_type) for device_type in ("cpu", "cuda")}
+_KERNELS = {
+    (op, device_type): _query_kernel(op, device_type)
+    for op in ("style_loss_forward", "conv3x3_winograd")
+    for device_type in ("cpu", "cuda")
+}
+
+
+def has_op_kernel(op: str, device_type: str) -> bool:
+    """True if the extension has a kernel of nst_fast::`op` for this device type."""
+    return _KERNELS.get((op, device_type), False)
 
 
 def _has_kernel(device_type: str) -> bool:
-    return _KERNELS.get(device_type, False)
+    return has_op_kernel("style_loss_forward", device_type)
 
 
 def uses_extension(device) -> bool:

@@ -4,7 +4,9 @@
 step of StyleTransfer._optimise (the backward of GatysLoss), not a simulation:
 
   weights      the truncated VGG-19's conv weights and biases (fp32; bf16
-               autocast adds a bf16 copy of each, kept for the backward)
+               autocast adds a bf16 copy of each, kept for the backward; on
+               the CPU in fp32 each Winograd layer adds two 36/9 = 4x weight
+               transforms, forward and input gradient)
   saved        what autograd keeps from the forward: each conv's input and
                output (the in-place ReLU writes into the conv output, so one
                buffer serves both and the next conv's input), each max pool's
@@ -41,7 +43,7 @@ import os
 
 import torch
 
-from . import backend, vgg
+from . import backend, vgg, winograd
 
 BACKWARD_BUFFERS = 2
 IMAGE_COPIES = 5  # x, grad, best, content image, one transient
@@ -95,12 +97,16 @@ def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs
     act = 2 if precision == "bf16" else 4
     batch = int(batch_styles)
 
-    weights = saved = largest = 0
+    dev_type = torch.device(device).type
+    transformed = precision != "bf16" and winograd.uses_winograd(device, torch.float32)
+    weights = saved = largest = transforms = 0
     for i, (kind, c_in, c_out, h, w, oh, ow) in enumerate(_net_walk(height, width, depth)):
         out = c_out * oh * ow
         largest = max(largest, out)
         if kind == "conv":
             weights += c_in * c_out * 9 + c_out
+            if transformed and c_in > 3:  # vgg.VGGFeatures keeps conv1_1 direct
+                transforms += winograd.transform_bytes(c_in, c_out)
             saved += out * act
             # The ReLU after a requested conv is not in place: a second buffer.
             if vgg.LAYER_NAMES[i] in requested and i + 1 < depth:
@@ -109,7 +115,7 @@ def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs
             saved += out * (act + (_POOL_INDEX_BYTES if pooling == "max" else 0))
     pixels = 3 * height * width
     saved += pixels * 4  # the normalised input (conv1_1's input)
-    weight_bytes = weights * 4
+    weight_bytes = weights * 4 + transforms
     if precision == "bf16":
         saved += pixels * 2  # conv1_1's bf16 input
         weight_bytes += weights * 2  # autocast's bf16 copies of the weights
@@ -125,7 +131,6 @@ def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs
     grams = sum(vgg.layer_channels(n) ** 2 for n in style_layers) * 4
 
     n = batch * pixels
-    dev_type = torch.device(device).type
     if optimizer == "lbfgs":
         opt_bytes = (2 * history + 3) * n * 4
     else:

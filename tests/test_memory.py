@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from nst_fast import memory
+from nst_fast import memory, winograd
 from nst_fast.options import DEFAULT_STYLE_LAYERS
 
 MiB = 1 << 20
@@ -101,8 +101,10 @@ def test_activation_part_scales_with_the_area():
     small, large = activations(384, 512), activations(768, 1024)
     assert large / small == pytest.approx(4.0, rel=1e-3)
     # The whole estimate grows less than 4x: the weights and runtime stay the same.
+    small_parts, large_parts = (memory.estimate_parts(h, w, CONTENT, STYLE) for h, w in ((384, 512), (768, 1024)))
+    assert small_parts["weights"] == large_parts["weights"] and small_parts["runtime"] == large_parts["runtime"]
     whole = memory.estimate_bytes(768, 1024, CONTENT, STYLE) / memory.estimate_bytes(384, 512, CONTENT, STYLE)
-    assert 3.0 < whole < 4.0
+    assert 2.0 < whole < 4.0
     # bf16 halves the activation buffers; max pool's int64 indices and the content residual stay.
     fp32, bf16 = (memory.estimate_parts(384, 512, CONTENT, STYLE, precision=p, fused_style=True)
                   for p in ("fp32", "bf16"))
@@ -115,11 +117,14 @@ def test_estimate_counts_what_it_says():
     n = 3 * 256 * 256
     assert p["optimizer"] == (2 * 10 + 3) * n * 4
     assert memory.estimate_parts(256, 256, CONTENT, STYLE, "adam")["optimizer"] == 2 * n * 4
-    # weights: VGG-19 convs up to conv5_1 (the deepest default style layer)
-    assert p["weights"] == 4 * sum(
-        cin * cout * 9 + cout for cin, cout in
-        [(3, 64), (64, 64), (64, 128), (128, 128), (128, 256)] + [(256, 256)] * 3 + [(256, 512)]
-        + [(512, 512)] * 3 + [(512, 512)])
+    # weights: VGG-19 convs up to conv5_1 (the deepest default style layer), and in
+    # fp32 on the CPU two Winograd transforms (36 values per 3x3 filter) of each but conv1_1
+    convs = ([(3, 64), (64, 64), (64, 128), (128, 128), (128, 256)] + [(256, 256)] * 3 + [(256, 512)]
+             + [(512, 512)] * 3 + [(512, 512)])
+    plain = 4 * sum(cin * cout * 9 + cout for cin, cout in convs)
+    transforms = 4 * sum(2 * 36 * cin * cout for cin, cout in convs[1:])
+    assert p["weights"] == plain + (transforms if winograd.uses_winograd("cpu", torch.float32) else 0)
+    assert memory.estimate_parts(256, 256, CONTENT, STYLE, precision="bf16")["weights"] == plain * 3 // 2
     shallow = memory.estimate_bytes(256, 256, ["relu2_2"], ["relu1_1", "relu2_1"])
     assert shallow < memory.estimate_bytes(256, 256, CONTENT, STYLE)
     more_history = memory.estimate_bytes(256, 256, CONTENT, STYLE, history=20)

@@ -167,7 +167,7 @@ def test_autocast_keeps_residual_and_loss_in_float32(op_backend):
         plain = scale * (torch.bmm(flat, flat.transpose(1, 2)) - target).float().square().sum()
     assert loss.dtype == torch.float32
     assert _rel(loss, exact) <= 1e-2  # fp32 Gram rounding, relative to a 0.1% residual
-    assert _rel(plain, exact) > 0.5  # the failure the fused op avoids is real  # the failure the fused op avoids is real
+    assert _rel(plain, exact) > 0.5  # the failure the fused op avoids is real
 
 
 def test_traces_under_torch_compile_fullgraph(op_backend):
