@@ -7,6 +7,7 @@ TORCH_CUDA_ARCH_LIST     the CUDA architectures to build for (torch's own variab
 """
 import glob
 import os
+import sys
 
 from setuptools import find_packages, setup
 
@@ -29,14 +30,21 @@ def extension_modules():
         _flag("NST_FAST_FORCE_CUDA") or cpp_extension.CUDA_HOME is not None
     )
     extra = {"cxx": ["-O3"]}
+    link = []
+    if sys.platform.startswith("linux"):
+        # at::parallel_for is inlined into the extension and runs on one thread unless
+        # it is compiled with OpenMP; the libgomp torch already loaded is the one used.
+        extra["cxx"].append("-fopenmp")
+        link.append("-fopenmp")
     if use_cuda and cuda_sources:
         extra["nvcc"] = ["-O3", "--use_fast_math", "-lineinfo"]
         ext = cpp_extension.CUDAExtension(
-            "nst_fast._C", sources + cuda_sources, extra_compile_args=extra, py_limited_api=False
+            "nst_fast._C", sources + cuda_sources, extra_compile_args=extra, extra_link_args=link,
+            py_limited_api=False,
         )
     else:
         ext = cpp_extension.CppExtension(
-            "nst_fast._C", sources, extra_compile_args=extra, py_limited_api=False
+            "nst_fast._C", sources, extra_compile_args=extra, extra_link_args=link, py_limited_api=False
         )
     build_ext = cpp_extension.BuildExtension.with_options(no_python_abi_suffix=False)
     return [ext], {"build_ext": build_ext}

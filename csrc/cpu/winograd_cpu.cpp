@@ -87,7 +87,8 @@ struct Geometry {
   int64_t tiles() const { return n * tiles_y * tiles_x; }
 };
 
-// Input tiles [first, first + count) of x (N, H, W, C) -> rows 0..count of v (36, plane, C).
+// Input tiles [first, first + count) of x (N, H, W, C) -> rows 0..count of v, whose
+// 36 planes of (rows, C) lie `plane` values apart.
 // Inlined into each target_clones copy below, so each gets its own instruction set.
 template <typename T>
 inline __attribute__((always_inline)) void transform_input(const T* x, const Geometry& g, int64_t first,
@@ -122,15 +123,16 @@ inline __attribute__((always_inline)) void transform_input(const T* x, const Geo
       }
       T* dst = v + i * g.c + c0;
       if (lanes == kLanes) {
-        for (int64_t p = 0; p < kPoints; ++p) copy_lanes(out[p], dst + p * plane * g.c);
+        for (int64_t p = 0; p < kPoints; ++p) copy_lanes(out[p], dst + p * plane);
       } else {
-        for (int64_t p = 0; p < kPoints; ++p) std::copy(out[p], out[p] + lanes, dst + p * plane * g.c);
+        for (int64_t p = 0; p < kPoints; ++p) std::copy(out[p], out[p] + lanes, dst + p * plane);
       }
     }
   }
 }
 
-// Rows 0..count of m (36, plane, K) -> output tiles [first, first + count) of y (N, H, W, K), plus bias.
+// Rows 0..count of m (36 planes of (rows, K), `plane` values apart) -> output tiles
+// [first, first + count) of y (N, H, W, K), plus bias.
 template <typename T>
 inline __attribute__((always_inline)) void transform_output(const T* m, int64_t plane, const T* bias,
                                                             const Geometry& g, int64_t first, int64_t count, T* y) {
@@ -144,9 +146,9 @@ inline __attribute__((always_inline)) void transform_output(const T* m, int64_t 
       const int64_t lanes = std::min(kLanes, g.k - k0);
       const T* src = m + i * g.k + k0;
       if (lanes == kLanes) {
-        for (int64_t p = 0; p < kPoints; ++p) copy_lanes(src + p * plane * g.k, in[p]);
+        for (int64_t p = 0; p < kPoints; ++p) copy_lanes(src + p * plane, in[p]);
       } else {
-        for (int64_t p = 0; p < kPoints; ++p) copy_some(src + p * plane * g.k, in[p], lanes);
+        for (int64_t p = 0; p < kPoints; ++p) copy_some(src + p * plane, in[p], lanes);
       }
       // t[r][j] = sum_s in[r][s] A[s][j] (6 x 4), out = A^T t (4 x 4).
       for (int64_t r = 0; r < kIn; ++r) {
@@ -202,13 +204,12 @@ void output_tiles(const T* m, int64_t plane, const T* bias, const Geometry& g, i
   }
 }
 
-// Tiles per block, measured on a 2-core Zen 4 at VGG-19's shapes: taller blocks make
-// the per-point GEMMs faster until V and M fall out of L2; and every thread needs
-// blocks of its own on the small deep layers.
+// Tiles per block: 64 was the fastest of 32..256 at every VGG-19 layer shape on a
+// 2-core Zen 4 (the per-point GEMMs want tall blocks, V and M want to stay in L2),
+// but every thread needs blocks of its own on the small deep layers.
 int64_t block_tiles(const Geometry& g) {
-  const int64_t tall = g.c + g.k <= 256 ? 128 : 64;
   const int64_t threads = at::get_num_threads();
-  return std::max<int64_t>(1, std::min(tall, (g.tiles() + threads - 1) / threads));
+  return std::max<int64_t>(1, std::min<int64_t>(64, (g.tiles() + threads - 1) / threads));
 }
 
 at::Tensor conv3x3_winograd_cpu(const at::Tensor& input, const at::Tensor& weight_transform,
@@ -235,16 +236,15 @@ at::Tensor conv3x3_winograd_cpu(const at::Tensor& input, const at::Tensor& weigh
       // Few tiles (the deepest layers): one block for all of them, so that U is read
       // once and the batched GEMM, not the block loop, splits across threads.
       const int64_t tiles = g.tiles();
-      auto v = at::empty({kPoints, tiles, g.c}, scratch);
-      auto m = at::empty({kPoints, tiles, g.k}, scratch);
+      auto v = at::empty({kPoints, tiles, g.c}, scratch), m = at::empty({kPoints, tiles, g.k}, scratch);
       scalar_t* vp = v.mutable_data_ptr<scalar_t>();
       at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
-        input_tiles(xp, g, begin, end - begin, tiles, vp + begin * g.c, zeros.data());
+        input_tiles(xp, g, begin, end - begin, v.stride(0), vp + begin * g.c, zeros.data());
       });
       at::bmm_out(m, v, u);
       const scalar_t* mp = m.const_data_ptr<scalar_t>();
       at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
-        output_tiles(mp + begin * g.k, tiles, bp, g, begin, end - begin, yp);
+        output_tiles(mp + begin * g.k, m.stride(0), bp, g, begin, end - begin, yp);
       });
       return;
     }
@@ -255,11 +255,11 @@ at::Tensor conv3x3_winograd_cpu(const at::Tensor& input, const at::Tensor& weigh
       for (int64_t block = begin; block < end; ++block) {
         const int64_t first = block * per_block;
         const int64_t count = std::min(per_block, g.tiles() - first);
-        // A short last block uses the first `count` rows of each point's plane.
+        // A short last block uses the first `count` rows of each plane.
         auto vb = v.narrow(1, 0, count), mb = m.narrow(1, 0, count);
-        input_tiles(xp, g, first, count, per_block, v.mutable_data_ptr<scalar_t>(), zeros.data());
+        input_tiles(xp, g, first, count, v.stride(0), v.mutable_data_ptr<scalar_t>(), zeros.data());
         at::bmm_out(mb, vb, u);
-        output_tiles(m.const_data_ptr<scalar_t>(), per_block, bp, g, first, count, yp);
+        output_tiles(m.const_data_ptr<scalar_t>(), m.stride(0), bp, g, first, count, yp);
       }
     });
   });
