@@ -69,8 +69,13 @@ def main(argv=None):
             m = (size // down) ** 2
             lines.append(f"| {name} | {size} | {c} x {m} | {fused:.2f} | {naive:.2f} | {naive / fused:.2f}x |")
             print(lines[-1], flush=True)
-    if args.md:
-        with open(args.md, "w") as f:
+    finish(lines, args.md)
+
+
+def finish(lines, md=None):
+    """Print the whole table again, and write it to the markdown file `md` if given."""
+    if md:
+        with open(md, "w") as f:
             f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -9,9 +9,12 @@ pytestmark = pytest.mark.skipif(
     not backend.has_op_kernel("conv3x3_winograd", "cpu"), reason="extension not built"
 )
 
-# (N, C, K, H, W): odd sizes (partial tiles), a 1x1 image, batch 2, the blocked path
-# with a short last block (50x50 -> 169 tiles), and the few-tiles path.
-SHAPES = [(1, 5, 7, 9, 11), (2, 17, 33, 13, 6), (1, 3, 5, 1, 1), (1, 64, 64, 50, 50), (1, 40, 24, 8, 8)]
+# (N, C, K, H, W): odd sizes (partial tiles), a 1x1 image, batch 2; the blocked path
+# with a short last block (50x50 -> 169 tiles) through the AVX-512 GEMM; the one-pass
+# path (few tiles) through BLAS (K not a multiple of 32, or C K large) and through the
+# AVX-512 GEMM with every row remainder (9 tiles = 8 + 1).
+SHAPES = [(1, 5, 7, 9, 11), (2, 17, 33, 13, 6), (1, 3, 5, 1, 1), (1, 64, 64, 50, 50), (1, 40, 24, 8, 8),
+          (1, 64, 96, 12, 12), (1, 384, 384, 6, 5)]
 
 
 def _case(shape, dtype, seed=0):
@@ -147,7 +150,8 @@ def test_stylize_with_winograd_tracks_direct_convolutions(small_images, monkeypa
     """Early on the images agree closely; later L-BFGS amplifies rounding differences
     (measured on 64-pixel runs: mean pixel difference 2e-8 after 3 steps, 1e-6 to
     2e-4 after 5, 7e-4 after 10, 0.05 after 40), so the long run is compared by its
-    final loss."""
+    final loss. Perturbing the content image by 1e-6 moves that loss over a 2% range
+    (8.05-8.21 for both convolutions), so 3% is the bound."""
     from nst_fast import StyleTransfer
 
     content, style = small_images
@@ -168,4 +172,4 @@ def test_stylize_with_winograd_tracks_direct_convolutions(small_images, monkeypa
     _, direct = run(40)
     assert (fast_short - direct_short).abs().mean() <= 1e-4
     assert direct[0] / direct[-1] > 10  # the runs did optimise
-    assert abs(fast[-1] - direct[-1]) / direct[-1] <= 0.01
+    assert abs(fast[-1] - direct[-1]) / direct[-1] <= 0.03

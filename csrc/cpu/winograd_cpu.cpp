@@ -12,7 +12,8 @@
 //
 // Tiles of the output are processed in blocks small enough to stay in cache: per
 // block, transform the input tiles (V = B^T d B), multiply V by U for each of the
-// 36 points (one batched GEMM), and transform back (Y = A^T M A) with the bias.
+// 36 points (a batched GEMM: point_gemm.cpp, or BLAS), and transform back
+// (Y = A^T M A) with the bias. The deep layers run as one block (see one_pass()).
 #include <torch/library.h>
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -22,6 +23,7 @@
 #include <vector>
 
 #include "../style_loss.h"
+#include "point_gemm.h"
 
 // Runtime CPU dispatch for the transforms without building the whole extension
 // for one instruction set.
@@ -38,7 +40,7 @@ constexpr int64_t kOut = 4;      // output tile side
 constexpr int64_t kIn = 6;       // input tile side
 constexpr int64_t kPoints = 36;  // kIn * kIn
 constexpr int64_t kLanes = 16;   // channels transformed together
-constexpr int64_t kMinBlock = 32;  // fewer tiles per thread than this: one unblocked pass
+constexpr int64_t kMinBlock = 32;  // fewer tiles per thread than this: one pass (see one_pass())
 
 // d[6][L] -> t[6][L] with B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0;
 //                                 0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1].
@@ -205,11 +207,31 @@ void output_tiles(const T* m, int64_t plane, const T* bias, const Geometry& g, i
 }
 
 // Tiles per block: 64 was the fastest of 32..256 at every VGG-19 layer shape on a
-// 2-core Zen 4 (the per-point GEMMs want tall blocks, V and M want to stay in L2),
-// but every thread needs blocks of its own on the small deep layers.
+// 2-core Zen 4 (the per-point GEMMs want tall blocks, V and M want to stay in L2).
 int64_t block_tiles(const Geometry& g) {
   const int64_t threads = at::get_num_threads();
   return std::max<int64_t>(1, std::min<int64_t>(64, (g.tiles() + threads - 1) / threads));
+}
+
+// Every block reads all of U (36 C K values). Where a thread's tiles hold fewer
+// values of V and M than that (the deep layers: few tiles, many channels), one block
+// for all tiles reads U once, and the GEMM over the 36 points is what is split
+// across threads.
+bool one_pass(const Geometry& g) {
+  const int64_t threads = at::get_num_threads();
+  const int64_t tiles_per_thread = (g.tiles() + threads - 1) / threads;
+  return tiles_per_thread < kMinBlock || tiles_per_thread * (g.c + g.k) <= g.c * g.k;
+}
+
+// m_p = v_p u_p for each point p of these (points, rows, C), (points, C, K) and
+// (points, rows, K) views: by point_gemm (float32 only), else BLAS.
+void multiply_points(const at::Tensor& v, const at::Tensor& u, at::Tensor m, bool fast) {
+  if (fast) {
+    point_gemm(v.size(0), v.size(1), v.size(2), u.size(2), v.const_data_ptr<float>(), v.stride(0),
+               u.const_data_ptr<float>(), m.mutable_data_ptr<float>(), m.stride(0));
+  } else {
+    at::bmm_out(m, v, u);
+  }
 }
 
 at::Tensor conv3x3_winograd_cpu(const at::Tensor& input, const at::Tensor& weight_transform,
@@ -232,16 +254,24 @@ at::Tensor conv3x3_winograd_cpu(const at::Tensor& input, const at::Tensor& weigh
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     const std::vector<scalar_t> zeros(g.c, scalar_t(0));
     const auto scratch = x.options().memory_format(at::MemoryFormat::Contiguous);
-    if (per_block < kMinBlock) {
-      // Few tiles (the deepest layers): one block for all of them, so that U is read
-      // once and the batched GEMM, not the block loop, splits across threads.
+    const bool fast_gemm = std::is_same_v<scalar_t, float> && point_gemm_supported(g.k);
+    if (one_pass(g)) {
       const int64_t tiles = g.tiles();
       auto v = at::empty({kPoints, tiles, g.c}, scratch), m = at::empty({kPoints, tiles, g.k}, scratch);
       scalar_t* vp = v.mutable_data_ptr<scalar_t>();
       at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
         input_tiles(xp, g, begin, end - begin, v.stride(0), vp + begin * g.c, zeros.data());
       });
-      at::bmm_out(m, v, u);
+      // BLAS (threaded itself) was faster on the 512 x 512 points, point_gemm on the
+      // smaller ones.
+      if (fast_gemm && g.c * g.k <= 256 * 512) {
+        at::parallel_for(0, kPoints, 1, [&](int64_t begin, int64_t end) {
+          const int64_t n = end - begin;
+          multiply_points(v.narrow(0, begin, n), u.narrow(0, begin, n), m.narrow(0, begin, n), true);
+        });
+      } else {
+        multiply_points(v, u, m, false);
+      }
       const scalar_t* mp = m.const_data_ptr<scalar_t>();
       at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
         output_tiles(mp + begin * g.k, m.stride(0), bp, g, begin, end - begin, yp);
@@ -256,9 +286,8 @@ at::Tensor conv3x3_winograd_cpu(const at::Tensor& input, const at::Tensor& weigh
         const int64_t first = block * per_block;
         const int64_t count = std::min(per_block, g.tiles() - first);
         // A short last block uses the first `count` rows of each plane.
-        auto vb = v.narrow(1, 0, count), mb = m.narrow(1, 0, count);
         input_tiles(xp, g, first, count, v.stride(0), v.mutable_data_ptr<scalar_t>(), zeros.data());
-        at::bmm_out(mb, vb, u);
+        multiply_points(v.narrow(1, 0, count), u, m.narrow(1, 0, count), fast_gemm);
         output_tiles(m.const_data_ptr<scalar_t>(), m.stride(0), bp, g, first, count, yp);
       }
     });
