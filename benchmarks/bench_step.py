@@ -1,6 +1,7 @@
 """Whole optimisation step: nst_fast (fp32 / tf32 / bf16) vs a naive tutorial-style loop.
 
     python benchmarks/bench_step.py [--device cpu|cuda] [--sizes 256,512] [--md out.md]
+    python -m pytest benchmarks/bench_step.py    (pytest-benchmark: 5-step CPU runs)
 
 Per size, in one run: ms per step (one forward + backward + optimiser update) of
 the naive loop (benchmarks/naive.py: torch.mm Gram, F.mse_loss, torch.optim.LBFGS,
@@ -228,3 +229,30 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+
+
+if "pytest" in sys.modules:  # collected by pytest-benchmark
+    import pytest
+
+    BENCH_STEPS = 5
+
+    @pytest.fixture(scope="module")
+    def transfer():
+        return StyleTransfer(weights=os.environ.get("NST_FAST_WEIGHTS", "random"), device="cpu")
+
+    @pytest.mark.parametrize("mode", ["naive", "fp32", "bf16"])
+    @pytest.mark.parametrize("size", [128, 256, 512])
+    def test_step(benchmark, transfer, mode, size):
+        """A 5-step run on the CPU, set-up included (both loops compute their targets
+        once): compare within a group; bench_step.py as a script gives ms per step."""
+        benchmark.group = f"{BENCH_STEPS}-step run, {size} px, cpu"
+        content, style = inputs(size)
+        if mode == "naive":
+            def run():
+                naive.run(transfer.state, content, style, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS,
+                          1.0, STYLE_WEIGHT, BENCH_STEPS, torch.device("cpu"))
+        else:
+            def run():
+                transfer.stylize_tensor(content, style, size=size, steps=BENCH_STEPS, precision=mode,
+                                        style_weight=STYLE_WEIGHT, report_every=10**9)
+        benchmark.pedantic(run, rounds=3, warmup_rounds=1)

@@ -7,6 +7,8 @@ step of StyleTransfer._optimise (the backward of GatysLoss), not a simulation:
                autocast adds a bf16 copy of each, kept for the backward; on
                the CPU in fp32 each Winograd layer adds two 36/9 = 4x weight
                transforms, forward and input gradient)
+  scratch      CPU fp32: the transformed tiles a Winograd convolution holds
+               while it runs, at most WINOGRAD_SCRATCH_BYTES
   saved        what autograd keeps from the forward: each conv's input and
                output (the in-place ReLU writes into the conv output, so one
                buffer serves both and the next conv's input), each max pool's
@@ -48,6 +50,7 @@ from . import backend, vgg, winograd
 BACKWARD_BUFFERS = 2
 IMAGE_COPIES = 5  # x, grad, best, content image, one transient
 RUNTIME_BYTES = {"cpu": 32 << 20, "cuda": 64 << 20}
+WINOGRAD_SCRATCH_BYTES = 64 << 20  # kMaxOnePassBytes in csrc/cpu/winograd_cpu.cpp
 ALLOCATOR_SLACK = {"cpu": 0.10, "cuda": 0.0}
 _POOL_INDEX_BYTES = 8  # max_pool2d_with_indices keeps int64 indices for the backward
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -143,6 +146,7 @@ def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs
         "targets": sum(content_sizes) * 4 + 2 * batch * grams,  # content targets, Gram targets, residuals
         "image": IMAGE_COPIES * n * 4,
         "optimizer": opt_bytes,
+        "scratch": WINOGRAD_SCRATCH_BYTES if transforms else 0,
         "runtime": RUNTIME_BYTES.get(dev_type, RUNTIME_BYTES["cuda"]),
         "allocator": int(ALLOCATOR_SLACK.get(dev_type, 0.0) * (saved + backward)),
     }

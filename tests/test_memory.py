@@ -124,7 +124,9 @@ def test_estimate_counts_what_it_says():
     plain = 4 * sum(cin * cout * 9 + cout for cin, cout in convs)
     transforms = 4 * sum(2 * 36 * cin * cout for cin, cout in convs[1:])
     assert p["weights"] == plain + (transforms if winograd.uses_winograd("cpu", torch.float32) else 0)
-    assert memory.estimate_parts(256, 256, CONTENT, STYLE, precision="bf16")["weights"] == plain * 3 // 2
+    assert p["scratch"] == (memory.WINOGRAD_SCRATCH_BYTES if winograd.uses_winograd("cpu", torch.float32) else 0)
+    bf16 = memory.estimate_parts(256, 256, CONTENT, STYLE, precision="bf16")
+    assert bf16["weights"] == plain * 3 // 2 and bf16["scratch"] == 0
     shallow = memory.estimate_bytes(256, 256, ["relu2_2"], ["relu1_1", "relu2_1"])
     assert shallow < memory.estimate_bytes(256, 256, CONTENT, STYLE)
     more_history = memory.estimate_bytes(256, 256, CONTENT, STYLE, history=20)

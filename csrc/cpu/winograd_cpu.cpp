@@ -41,6 +41,8 @@ constexpr int64_t kIn = 6;       // input tile side
 constexpr int64_t kPoints = 36;  // kIn * kIn
 constexpr int64_t kLanes = 16;   // channels transformed together
 constexpr int64_t kMinBlock = 32;  // fewer tiles per thread than this: one pass (see one_pass())
+constexpr int64_t kMaxOnePassBytes = 64 << 20;  // V and M of a one-pass layer; kept in step with
+                                                // WINOGRAD_SCRATCH_BYTES in nst_fast/memory.py
 
 // d[6][L] -> t[6][L] with B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0;
 //                                 0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1].
@@ -216,11 +218,12 @@ int64_t block_tiles(const Geometry& g) {
 // Every block reads all of U (36 C K values). Where a thread's tiles hold fewer
 // values of V and M than that (the deep layers: few tiles, many channels), one block
 // for all tiles reads U once, and the GEMM over the 36 points is what is split
-// across threads.
-bool one_pass(const Geometry& g) {
+// across threads; unless V and M would take more than kMaxOnePassBytes.
+bool one_pass(const Geometry& g, int64_t itemsize) {
   const int64_t threads = at::get_num_threads();
   const int64_t tiles_per_thread = (g.tiles() + threads - 1) / threads;
-  return tiles_per_thread < kMinBlock || tiles_per_thread * (g.c + g.k) <= g.c * g.k;
+  const bool fits = kPoints * g.tiles() * (g.c + g.k) * itemsize <= kMaxOnePassBytes;
+  return fits && (tiles_per_thread < kMinBlock || tiles_per_thread * (g.c + g.k) <= g.c * g.k);
 }
 
 // m_p = v_p u_p for each point p of these (points, rows, C), (points, C, K) and
@@ -255,7 +258,7 @@ at::Tensor conv3x3_winograd_cpu(const at::Tensor& input, const at::Tensor& weigh
     const std::vector<scalar_t> zeros(g.c, scalar_t(0));
     const auto scratch = x.options().memory_format(at::MemoryFormat::Contiguous);
     const bool fast_gemm = std::is_same_v<scalar_t, float> && point_gemm_supported(g.k);
-    if (one_pass(g)) {
+    if (one_pass(g, x.element_size())) {
       const int64_t tiles = g.tiles();
       auto v = at::empty({kPoints, tiles, g.c}, scratch), m = at::empty({kPoints, tiles, g.k}, scratch);
       scalar_t* vp = v.mutable_data_ptr<scalar_t>();
