@@ -1,4 +1,5 @@
 """The nst-fast command: output files, one-line errors, exit codes, Ctrl-C."""
+import io
 import os
 import signal
 import subprocess
@@ -6,6 +7,7 @@ import sys
 import time
 
 import pytest
+import torch
 from PIL import Image
 
 from nst_fast import cli
@@ -117,3 +119,39 @@ def test_ctrl_c_saves_image_so_far_and_exits_130(tmp_path, small_images):
     assert "saved the image so far" in rest and "Traceback" not in rest
     assert Image.open(out).size == (48, 36)
     assert f"--resume {tmp_path / 'out.ckpt'}" in rest and (tmp_path / "out.ckpt").exists()
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty):
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self):
+        return self.tty
+
+
+def _steps(n):
+    from nst_fast.stylize import StepInfo
+
+    losses = {"total": torch.tensor(2.0), "content": torch.tensor(1.0), "style": torch.tensor(1.0)}
+    return [StepInfo(step=i, steps=n, size=(24, 32), losses=losses, image=None) for i in range(1, n + 1)]
+
+
+def test_progress_in_a_log_is_one_line_per_report():
+    stream = _Stream(tty=False)
+    progress = cli.Progress(True, every=1, stream=stream)
+    for info in _steps(200):
+        progress(info)
+    lines = stream.getvalue().splitlines()
+    assert "\r" not in stream.getvalue()
+    assert [line.split()[1] for line in lines] == ["1/200"] + [f"{i}/200" for i in range(10, 201, 10)]
+    assert "left" in lines[0] and "left" not in lines[-1]
+
+
+def test_progress_on_a_terminal_redraws_one_line():
+    stream = _Stream(tty=True)
+    progress = cli.Progress(True, every=5, stream=stream)
+    for info in _steps(12):
+        progress(info)
+    text = stream.getvalue()
+    assert text.count("\r") == 3 and text.endswith("\n") and text.count("\n") == 1  # steps 5, 10, 12
