@@ -168,6 +168,7 @@ def bench_layer(name, c, down, size, bw_gbs, batch=1):
     timed("naive", lambda f, a: naive_step(f, a, s), inputs)
     set_tf32(True)
     timed("naive_tf32", lambda f, a: naive_step(f, a, s), inputs)
+    timed("fused_tf32", lambda f, a: fused_step(f, a, s), inputs)  # one TF32 product per pair
     set_tf32(False)
     del inputs, res, bwd_inputs
     binputs, _ = make_inputs(c, m, torch.bfloat16, batch=batch)
@@ -233,25 +234,27 @@ def format_table(rows, bw_gbs):
              "fwd+bwd per style layer, float32 features, batch 1, median ms per call: CUDA-graph "
              "replays (GPU time) unless marked *; 'eager' = fused fwd+bwd called from Python", "",
              "| layer | px | C | M | fused | fwd | bwd | naive fp32 | naive tf32 | x fp32 | x tf32 "
-             "| fused bf16 | fused eager | floor | fused/floor |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| fused tf32 | tf32 x tf32 | fused bf16 | fused eager | floor | fused/floor |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         mark = "" if r["graph"] else "*"
         lines.append(
             f"| {r['layer']}{mark} | {r['size']} | {r['C']} | {r['M']} | {r['fused']:.4f} | {r['fwd']:.4f} "
             f"| {r['bwd']:.4f} | {r['naive']:.4f} | {r['naive_tf32']:.4f} "
             f"| {r['naive'] / r['fused']:.2f} | {r['naive_tf32'] / r['fused']:.2f} "
+            f"| {r['fused_tf32']:.4f} | {r['naive_tf32'] / r['fused_tf32']:.2f} "
             f"| {r['fused_bf16']:.4f} | {r['fused_eager']:.4f} | {r['floor']:.4f} "
             f"| {r['fused'] / r['floor']:.2f} |")
     lines.append("")
     for size in sorted({r["size"] for r in rows}):
         sel = [r for r in rows if r["size"] == size]
-        keys = ("fused", "naive", "naive_tf32", "fused_bf16", "fused_eager", "floor")
+        keys = ("fused", "naive", "naive_tf32", "fused_tf32", "fused_bf16", "fused_eager", "floor")
         tot = {k: sum(r[k] for r in sel) for k in keys}
         lines.append(
             f"All five layers at {size} px: fused {tot['fused']:.4f} ms, naive fp32 {tot['naive']:.4f} ms "
             f"(x{tot['naive'] / tot['fused']:.2f}), naive tf32 {tot['naive_tf32']:.4f} ms "
-            f"(x{tot['naive_tf32'] / tot['fused']:.2f}), fused bf16 {tot['fused_bf16']:.4f} ms, "
+            f"(x{tot['naive_tf32'] / tot['fused']:.2f}), fused tf32 {tot['fused_tf32']:.4f} ms "
+            f"(naive tf32 x{tot['naive_tf32'] / tot['fused_tf32']:.2f}), fused bf16 {tot['fused_bf16']:.4f} ms, "
             f"fused eager {tot['fused_eager']:.4f} ms, "
             f"floor {tot['floor']:.4f} ms (fused/floor {tot['fused'] / tot['floor']:.2f})")
     return "\n".join(lines)
@@ -315,6 +318,11 @@ if pytest is not None:
     def test_fused(benchmark, name, c, down, size):
         benchmark.group = f"{name}@{size}"
         _bench(benchmark, fused_step, *layer_shape(c, down, size))
+
+    @pytest.mark.parametrize("name,c,down,size", _PARAMS, ids=_IDS)
+    def test_fused_tf32(benchmark, name, c, down, size):
+        benchmark.group = f"{name}@{size}"
+        _bench(benchmark, fused_step, *layer_shape(c, down, size), tf32=True)
 
     @pytest.mark.parametrize("name,c,down,size", _PARAMS, ids=_IDS)
     def test_fused_bf16(benchmark, name, c, down, size):

@@ -96,9 +96,9 @@ STATUS[bench]=$([ $rc = 0 ] && echo ok || echo "FAILED rc=$rc")
 stamp "bench: ${STATUS[bench]}"
 fi
 
-# --- whole-step benchmark (added by issue 4) ---
+# --- whole-step benchmark ---
 stamp "== whole-step benchmark"
-timeout "${STEP_LIMIT:-120}" python3 benchmarks/bench_step.py --device cuda --sizes "${STEP_SIZES:-512,1024}" \
+timeout "${STEP_LIMIT:-150}" python3 benchmarks/bench_step.py --device cuda --sizes "${STEP_SIZES:-512,1024,2048}" \
   --steps "${STEP_STEPS:-10,40}" --repeats 2 --quality --quality-steps 100 --probe "${PROBE_SIZE:-4096}" \
   --md "$OUT/step.md" >"$OUT/step.log" 2>&1
 rc=$?

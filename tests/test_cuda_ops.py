@@ -8,6 +8,9 @@ on the same input values):
   bfloat16 features: loss, residual and Gram <= 2e-5 (bf16 products are exact in
     tf32, fp32 accumulation); gradient <= 4e-3 (the gradient is rounded to bf16,
     2^-9 relative per element at most).
+  float32 features with TF32 matmuls allowed (one TF32 product per pair): <= 5e-3
+    (each operand rounded to 10 mantissa bits, 2^-11 relative; the loss squares
+    the residual, doubling it; margin for the sum over M).
 """
 import pytest
 import torch
@@ -33,6 +36,7 @@ FP16 = pytest.param(torch.float16, id="fp16")
 FP64 = pytest.param(torch.float64, id="fp64")
 FP32_TOL = 1e-5
 BF16_TOL = {"loss": 2e-5, "residual": 2e-5, "grad": 4e-3}
+TF32_TOL = 5e-3
 
 # VGG-19 style layers: (name, channels, downsampling of the image side).
 LAYERS = [("relu1_1", 64, 1), ("relu2_1", 128, 2), ("relu3_1", 256, 4), ("relu4_1", 512, 8),
@@ -112,6 +116,30 @@ def test_layer_shapes_bf16(b, c, m):
     f = features(b, c, m, torch.bfloat16, seed=b * 1000 + c + 1)
     a = target_for(f, seed=9 + c)
     check_op(f, a, scale_for(c, m), BF16_TOL["loss"], BF16_TOL["residual"], BF16_TOL["grad"])
+
+
+@pytest.fixture
+def allow_tf32():
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = old
+
+
+@pytest.mark.parametrize("c,m", list(layer_shapes((512,))) + [pytest.param(65, 97, id="odd")])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_layer_shapes_tf32_when_allowed(allow_tf32, c, m, channels_last):
+    f = features(1, c, m, seed=c + 5)
+    if channels_last:
+        f = f.transpose(1, 2).contiguous().transpose(1, 2)
+    a, s = target_for(f, seed=13 + c), scale_for(c, m)
+    check_op(f, a, s, TF32_TOL, TF32_TOL, TF32_TOL)
+    _, res_tf32 = torch.ops.nst_fast.style_loss_forward(f, a, s)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    _, res_exact = torch.ops.nst_fast.style_loss_forward(f, a, s)
+    ref = ref_all(f, a, s)[1]
+    # The switch took effect: TF32 rounding is far above the exact kernel's error.
+    assert rel(res_tf32, res_exact) > 10 * rel(res_exact, ref)
 
 
 # ---------------------------------------------------------------- odd shapes and layouts

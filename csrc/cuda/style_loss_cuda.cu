@@ -11,6 +11,9 @@
 //   * bfloat16 / float16 values are exactly representable in tf32 (8 / 10 mantissa
 //     bits), so they need one product per pair; the fp32 residual D is still split
 //     in the backward (2 products).
+//   * where the user allowed TF32 matmuls (torch.backends.cuda.matmul.allow_tf32, as
+//     nst_fast's tf32 precision mode does), float32 operands are rounded to tf32 and
+//     take one product, as cuBLAS's TF32 GEMMs do.
 //
 // Forward (gram / style_loss_forward): grid = (upper-triangle tile, split, batch).
 // Each block reduces its slice of M for one 64x64 tile with ti <= tj and adds the
@@ -103,15 +106,35 @@ __device__ __forceinline__ uint32_t to_tf32(float x) {
   return r;
 }
 
-template <bool SPLIT>
+// How an operand enters the tf32 products.
+enum Tf32Mode : int {
+  kExact = 0,  // already a tf32 value (from bf16 / fp16): one product
+  kRound = 1,  // float32 rounded to tf32 (TF32 allowed): one product
+  kSplit = 2,  // float32 as hi + lo (3xTF32): three products per pair
+};
+
+template <int MODE>
 __device__ __forceinline__ void split_tf32(float x, uint32_t& hi, uint32_t& lo) {
-  if (SPLIT) {
+  if (MODE == kSplit) {
     hi = to_tf32(x);
     lo = to_tf32(x - __uint_as_float(hi));
+  } else if (MODE == kRound) {
+    hi = to_tf32(x);
+    lo = 0u;
   } else {
     hi = __float_as_uint(x);  // exactly representable (bf16 / fp16 value)
     lo = 0u;
   }
+}
+
+// The mode of a features operand of type T, and of the float32 residual D.
+template <typename T, bool TF32>
+constexpr int features_mode() {
+  return IsFloat<T>::value ? (TF32 ? kRound : kSplit) : kExact;
+}
+template <bool TF32>
+constexpr int residual_mode() {
+  return TF32 ? kRound : kSplit;
 }
 
 __device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
@@ -124,7 +147,7 @@ __device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], 
 
 // One BK-deep stage of the warp's 32x32 product. A is (rows x k), B is (k x cols).
 // A_KC: sA is [row][k] (LD_KC); else [k][row] (LD_NC). B_KC: sB is [col][k]; else [k][col].
-template <bool A_KC, bool B_KC, bool SPLIT_A, bool SPLIT_B>
+template <bool A_KC, bool B_KC, int MODE_A, int MODE_B>
 __device__ __forceinline__ void mma_stage(const float* __restrict__ sA, const float* __restrict__ sB,
                                           float (&acc)[2][4][4], int wm, int wn, int lane) {
   const int g = lane >> 2, t = lane & 3;
@@ -147,7 +170,7 @@ __device__ __forceinline__ void mma_stage(const float* __restrict__ sA, const fl
         a[3] = sA[(kk + t + 4) * LD_NC + r + 8];
       }
 #pragma unroll
-      for (int q = 0; q < 4; ++q) split_tf32<SPLIT_A>(a[q], ah[mt][q], al[mt][q]);
+      for (int q = 0; q < 4; ++q) split_tf32<MODE_A>(a[q], ah[mt][q], al[mt][q]);
     }
 #pragma unroll
     for (int nt = 0; nt < 4; ++nt) {
@@ -161,14 +184,14 @@ __device__ __forceinline__ void mma_stage(const float* __restrict__ sA, const fl
         b[1] = sB[(kk + t + 4) * LD_NC + n];
       }
 #pragma unroll
-      for (int q = 0; q < 2; ++q) split_tf32<SPLIT_B>(b[q], bh[nt][q], bl[nt][q]);
+      for (int q = 0; q < 2; ++q) split_tf32<MODE_B>(b[q], bh[nt][q], bl[nt][q]);
     }
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt) {
 #pragma unroll
       for (int nt = 0; nt < 4; ++nt) {
-        if (SPLIT_A) mma_tf32(acc[mt][nt], al[mt], bh[nt]);
-        if (SPLIT_B) mma_tf32(acc[mt][nt], ah[mt], bl[nt]);
+        if (MODE_A == kSplit) mma_tf32(acc[mt][nt], al[mt], bh[nt]);
+        if (MODE_B == kSplit) mma_tf32(acc[mt][nt], ah[mt], bl[nt]);
         mma_tf32(acc[mt][nt], ah[mt], bh[nt]);
       }
     }
@@ -292,7 +315,7 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
 // ---------------------------------------------------------------- forward kernel
 // F: standard -> rows C, cols M, row stride ld; channels-last (CL) -> rows M, cols C.
 // target == nullptr: plain Gram (out = G, no loss).
-template <typename T, bool CL, bool ASYNC>
+template <typename T, bool CL, bool ASYNC, bool TF32>
 __global__ void __launch_bounds__(THREADS)
     gram_splitk_kernel(const T* __restrict__ F, long long sFb, long long ld, int C, int M, int ntile,
                        int chunk, bool vec, float* __restrict__ gacc, int* __restrict__ tile_cnt,
@@ -354,7 +377,7 @@ __global__ void __launch_bounds__(THREADS)
     if (active) {
       const float* sA = sbuf(buf, 0);
       const float* sB = diag ? sbuf(buf, 0) : sbuf(buf, 1);
-      mma_stage<!CL, !CL, IsFloat<T>::value, IsFloat<T>::value>(sA, sB, stage, wm, wn, lane);
+      mma_stage<!CL, !CL, features_mode<T, TF32>(), features_mode<T, TF32>()>(sA, sB, stage, wm, wn, lane);
       flush_stage(acc, stage);
     }
   };
@@ -478,7 +501,7 @@ __global__ void __launch_bounds__(THREADS)
 //           read as [n][k] (D is symmetric).
 // out element (row r, col c) of the tile orientation lives at
 // out + b * sOb + r * oRow + c * oCol.
-template <typename T, bool CL, bool ASYNC>
+template <typename T, bool CL, bool ASYNC, bool TF32>
 __global__ void __launch_bounds__(THREADS)
     style_bwd_kernel(const float* __restrict__ D, bool vecD, const T* __restrict__ F, long long sFb,
                      long long ld, bool vecF, int C, int M, T* __restrict__ out, long long sOb,
@@ -528,9 +551,11 @@ __global__ void __launch_bounds__(THREADS)
   };
   auto compute = [&](int buf) {
     if (CL)
-      mma_stage<true, true, IsFloat<T>::value, true>(sbuf(buf, 0), sbuf(buf, 1), stage, wm, wn, lane);
+      mma_stage<true, true, residual_mode<TF32>(), features_mode<T, TF32>()>(sbuf(buf, 0), sbuf(buf, 1), stage,
+                                                                            wm, wn, lane);
     else
-      mma_stage<true, false, true, IsFloat<T>::value>(sbuf(buf, 0), sbuf(buf, 1), stage, wm, wn, lane);
+      mma_stage<true, false, residual_mode<TF32>(), features_mode<T, TF32>()>(sbuf(buf, 0), sbuf(buf, 1), stage,
+                                                                             wm, wn, lane);
     flush_stage(acc, stage);
   };
 
@@ -680,29 +705,56 @@ void ensure_smem(const void* fn, int bytes) {
 constexpr int SMEM_SYNC_BYTES = 2 * 2 * SMEM_TILE * (int)sizeof(float);
 constexpr int SMEM_ASYNC_BYTES = NSTAGE * 2 * SMEM_TILE * (int)sizeof(float);
 
-template <typename cuda_t, bool CLV, typename... Args>
-void launch_gram_kernel(dim3 grid, cudaStream_t stream, bool async_ok, Args... args) {
-  if constexpr (std::is_same<cuda_t, float>::value) {
-    if (async_ok) {
-      ensure_smem((const void*)gram_splitk_kernel<cuda_t, CLV, true>, SMEM_ASYNC_BYTES);
-      gram_splitk_kernel<cuda_t, CLV, true><<<grid, THREADS, SMEM_ASYNC_BYTES, stream>>>(args...);
-      return;
-    }
+// float32 features take the async pipeline where aligned and TF32 where allowed;
+// other dtypes take neither.
+template <typename cuda_t, bool CLV, bool TF32, typename... Args>
+void launch_gram_float(dim3 grid, cudaStream_t stream, bool async_ok, Args... args) {
+  if (async_ok) {
+    ensure_smem((const void*)gram_splitk_kernel<cuda_t, CLV, true, TF32>, SMEM_ASYNC_BYTES);
+    gram_splitk_kernel<cuda_t, CLV, true, TF32><<<grid, THREADS, SMEM_ASYNC_BYTES, stream>>>(args...);
+  } else {
+    gram_splitk_kernel<cuda_t, CLV, false, TF32><<<grid, THREADS, SMEM_SYNC_BYTES, stream>>>(args...);
   }
-  gram_splitk_kernel<cuda_t, CLV, false><<<grid, THREADS, SMEM_SYNC_BYTES, stream>>>(args...);
 }
 
 template <typename cuda_t, bool CLV, typename... Args>
-void launch_bwd_kernel(dim3 grid, cudaStream_t stream, bool async_ok, Args... args) {
+void launch_gram_kernel(dim3 grid, cudaStream_t stream, bool async_ok, bool tf32, Args... args) {
   if constexpr (std::is_same<cuda_t, float>::value) {
-    if (async_ok) {
-      ensure_smem((const void*)style_bwd_kernel<cuda_t, CLV, true>, SMEM_ASYNC_BYTES);
-      style_bwd_kernel<cuda_t, CLV, true><<<grid, THREADS, SMEM_ASYNC_BYTES, stream>>>(args...);
-      return;
+    if (tf32) {
+      launch_gram_float<cuda_t, CLV, true>(grid, stream, async_ok, args...);
+    } else {
+      launch_gram_float<cuda_t, CLV, false>(grid, stream, async_ok, args...);
     }
+  } else {
+    gram_splitk_kernel<cuda_t, CLV, false, false><<<grid, THREADS, SMEM_SYNC_BYTES, stream>>>(args...);
   }
-  style_bwd_kernel<cuda_t, CLV, false><<<grid, THREADS, SMEM_SYNC_BYTES, stream>>>(args...);
 }
+
+template <typename cuda_t, bool CLV, bool TF32, typename... Args>
+void launch_bwd_float(dim3 grid, cudaStream_t stream, bool async_ok, Args... args) {
+  if (async_ok) {
+    ensure_smem((const void*)style_bwd_kernel<cuda_t, CLV, true, TF32>, SMEM_ASYNC_BYTES);
+    style_bwd_kernel<cuda_t, CLV, true, TF32><<<grid, THREADS, SMEM_ASYNC_BYTES, stream>>>(args...);
+  } else {
+    style_bwd_kernel<cuda_t, CLV, false, TF32><<<grid, THREADS, SMEM_SYNC_BYTES, stream>>>(args...);
+  }
+}
+
+template <typename cuda_t, bool CLV, typename... Args>
+void launch_bwd_kernel(dim3 grid, cudaStream_t stream, bool async_ok, bool tf32, Args... args) {
+  if constexpr (std::is_same<cuda_t, float>::value) {
+    if (tf32) {
+      launch_bwd_float<cuda_t, CLV, true>(grid, stream, async_ok, args...);
+    } else {
+      launch_bwd_float<cuda_t, CLV, false>(grid, stream, async_ok, args...);
+    }
+  } else {
+    style_bwd_kernel<cuda_t, CLV, false, false><<<grid, THREADS, SMEM_SYNC_BYTES, stream>>>(args...);
+  }
+}
+
+// TF32 products for float32 features where the user allowed TF32 matmuls.
+bool tf32_allowed() { return at::globalContext().allowTF32CuBLAS(); }
 
 // Cached per device. ATen/cuda/CUDAContext.h would give it too, but pulls in the
 // cuSPARSE/cuBLAS headers, which a bare CUDA toolkit may lack.
@@ -756,13 +808,14 @@ void launch_gram(const at::Tensor& features, const at::Tensor* target, at::Tenso
     const cuda_t* F = reinterpret_cast<const cuda_t*>(fv.f.data_ptr<scalar_t>());
     const bool vec = vec_ok(F, sizeof(cuda_t), fv.sb, fv.ld, fv.cl ? C : M, B);
     const bool async_ok = vec && async_enabled();
+    const bool tf32 = tf32_allowed();
     if (fv.cl) {
-      launch_gram_kernel<cuda_t, true>(grid, stream, async_ok, F, fv.sb, fv.ld, (int)C, (int)M,
+      launch_gram_kernel<cuda_t, true>(grid, stream, async_ok, tf32, F, fv.sb, fv.ld, (int)C, (int)M,
                                        ntile, (int)chunk, vec, gacc, tile_cnt, done_cnt, loss_part,
                                        A, sAb, sA1, sA2, out.data_ptr<float>(), loss_ptr,
                                        (float)scale);
     } else {
-      launch_gram_kernel<cuda_t, false>(grid, stream, async_ok, F, fv.sb, fv.ld, (int)C, (int)M,
+      launch_gram_kernel<cuda_t, false>(grid, stream, async_ok, tf32, F, fv.sb, fv.ld, (int)C, (int)M,
                                         ntile, (int)chunk, vec, gacc, tile_cnt, done_cnt, loss_part,
                                         A, sAb, sA1, sA2, out.data_ptr<float>(), loss_ptr,
                                         (float)scale);
@@ -847,13 +900,14 @@ at::Tensor style_loss_backward_cuda(const at::Tensor& grad_loss, const at::Tenso
                          (B == 1 || sOb % 2 == 0) && cols % 2 == 0;
     const float coef = (float)(4.0 * scale);
     const bool async_ok = vecD && vecF && async_enabled();
+    const bool tf32 = tf32_allowed();
     const float* Dp = d.data_ptr<float>();
     const float* glp = gl.data_ptr<float>();
     if (fv.cl) {
-      launch_bwd_kernel<cuda_t, true>(grid, stream, async_ok, Dp, vecD, F, fv.sb, fv.ld, vecF,
+      launch_bwd_kernel<cuda_t, true>(grid, stream, async_ok, tf32, Dp, vecD, F, fv.sb, fv.ld, vecF,
                                       (int)C, (int)M, O, sOb, oRow, oCol, vec_out, glp, coef);
     } else {
-      launch_bwd_kernel<cuda_t, false>(grid, stream, async_ok, Dp, vecD, F, fv.sb, fv.ld, vecF,
+      launch_bwd_kernel<cuda_t, false>(grid, stream, async_ok, tf32, Dp, vecD, F, fv.sb, fv.ld, vecF,
                                        (int)C, (int)M, O, sOb, oRow, oCol, vec_out, glp, coef);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
