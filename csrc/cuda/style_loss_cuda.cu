@@ -705,38 +705,33 @@ void ensure_smem(const void* fn, int bytes) {
 constexpr int SMEM_SYNC_BYTES = 2 * 2 * SMEM_TILE * (int)sizeof(float);
 constexpr int SMEM_ASYNC_BYTES = NSTAGE * 2 * SMEM_TILE * (int)sizeof(float);
 
-// float32 features take the async pipeline where aligned and TF32 where allowed;
-// other dtypes take neither.
-template <typename cuda_t, bool CLV, bool TF32, typename... Args>
-void launch_gram_float(dim3 grid, cudaStream_t stream, bool async_ok, Args... args) {
+// The cp.async kernel where the operands allow it, else the register-staged one.
+template <typename... Params, typename... Args>
+void launch_variant(void (*async_kernel)(Params...), void (*sync_kernel)(Params...), dim3 grid,
+                    cudaStream_t stream, bool async_ok, Args... args) {
   if (async_ok) {
-    ensure_smem((const void*)gram_splitk_kernel<cuda_t, CLV, true, TF32>, SMEM_ASYNC_BYTES);
-    gram_splitk_kernel<cuda_t, CLV, true, TF32><<<grid, THREADS, SMEM_ASYNC_BYTES, stream>>>(args...);
+    ensure_smem((const void*)async_kernel, SMEM_ASYNC_BYTES);
+    async_kernel<<<grid, THREADS, SMEM_ASYNC_BYTES, stream>>>(args...);
   } else {
-    gram_splitk_kernel<cuda_t, CLV, false, TF32><<<grid, THREADS, SMEM_SYNC_BYTES, stream>>>(args...);
+    sync_kernel<<<grid, THREADS, SMEM_SYNC_BYTES, stream>>>(args...);
   }
 }
 
+// float32 features take the async pipeline where aligned and TF32 where allowed;
+// other dtypes take neither.
 template <typename cuda_t, bool CLV, typename... Args>
 void launch_gram_kernel(dim3 grid, cudaStream_t stream, bool async_ok, bool tf32, Args... args) {
   if constexpr (std::is_same<cuda_t, float>::value) {
     if (tf32) {
-      launch_gram_float<cuda_t, CLV, true>(grid, stream, async_ok, args...);
+      launch_variant(gram_splitk_kernel<cuda_t, CLV, true, true>, gram_splitk_kernel<cuda_t, CLV, false, true>,
+                     grid, stream, async_ok, args...);
     } else {
-      launch_gram_float<cuda_t, CLV, false>(grid, stream, async_ok, args...);
+      launch_variant(gram_splitk_kernel<cuda_t, CLV, true, false>, gram_splitk_kernel<cuda_t, CLV, false, false>,
+                     grid, stream, async_ok, args...);
     }
   } else {
-    gram_splitk_kernel<cuda_t, CLV, false, false><<<grid, THREADS, SMEM_SYNC_BYTES, stream>>>(args...);
-  }
-}
-
-template <typename cuda_t, bool CLV, bool TF32, typename... Args>
-void launch_bwd_float(dim3 grid, cudaStream_t stream, bool async_ok, Args... args) {
-  if (async_ok) {
-    ensure_smem((const void*)style_bwd_kernel<cuda_t, CLV, true, TF32>, SMEM_ASYNC_BYTES);
-    style_bwd_kernel<cuda_t, CLV, true, TF32><<<grid, THREADS, SMEM_ASYNC_BYTES, stream>>>(args...);
-  } else {
-    style_bwd_kernel<cuda_t, CLV, false, TF32><<<grid, THREADS, SMEM_SYNC_BYTES, stream>>>(args...);
+    auto kernel = gram_splitk_kernel<cuda_t, CLV, false, false>;
+    launch_variant(kernel, kernel, grid, stream, false, args...);
   }
 }
 
@@ -744,12 +739,15 @@ template <typename cuda_t, bool CLV, typename... Args>
 void launch_bwd_kernel(dim3 grid, cudaStream_t stream, bool async_ok, bool tf32, Args... args) {
   if constexpr (std::is_same<cuda_t, float>::value) {
     if (tf32) {
-      launch_bwd_float<cuda_t, CLV, true>(grid, stream, async_ok, args...);
+      launch_variant(style_bwd_kernel<cuda_t, CLV, true, true>, style_bwd_kernel<cuda_t, CLV, false, true>,
+                     grid, stream, async_ok, args...);
     } else {
-      launch_bwd_float<cuda_t, CLV, false>(grid, stream, async_ok, args...);
+      launch_variant(style_bwd_kernel<cuda_t, CLV, true, false>, style_bwd_kernel<cuda_t, CLV, false, false>,
+                     grid, stream, async_ok, args...);
     }
   } else {
-    style_bwd_kernel<cuda_t, CLV, false, false><<<grid, THREADS, SMEM_SYNC_BYTES, stream>>>(args...);
+    auto kernel = style_bwd_kernel<cuda_t, CLV, false, false>;
+    launch_variant(kernel, kernel, grid, stream, false, args...);
   }
 }
 
