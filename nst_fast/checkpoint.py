@@ -11,7 +11,8 @@ from .files import atomic_write
 VERSION = 1
 # Options that change what is optimised; steps and sizes may differ on resume.
 FINGERPRINT_OPTIONS = ("content_weight", "style_weight", "tv_weight", "content_layers", "style_layers",
-                       "optimizer", "lr", "precision", "style_blend", "style_scale", "preserve_colors")
+                       "optimizer", "lr", "lbfgs_history", "normalize_gradients", "precision", "style_blend",
+                       "style_scale", "preserve_colors")
 
 
 def fingerprint(content, styles, opts, transfer) -> str:

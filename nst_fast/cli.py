@@ -38,6 +38,9 @@ def build_parser():
     p.add_argument("--init", default="content", help="noise | content | style | an image path (content)")
     p.add_argument("--optimizer", default="lbfgs", choices=["lbfgs", "adam"], help="(lbfgs)")
     p.add_argument("--lr", type=float, default=None, help="step size (lbfgs 1, adam 0.02)")
+    p.add_argument("--lbfgs-history", type=int, default=10, help="curvature pairs L-BFGS keeps (10)")
+    p.add_argument("--normalize-gradients", action="store_true",
+                   help="scale each loss layer's gradient to unit L1 norm times its weight")
     p.add_argument("--pooling", default="max", choices=["max", "avg"], help="(max)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"], help="(fp32)")
     p.add_argument("--weights", default=None,
@@ -166,7 +169,8 @@ def run(args) -> int:
         options = dict(
             size=args.size, steps=args.steps, content_weight=args.content_weight, style_weight=args.style_weight,
             tv_weight=args.tv_weight, content_layers=args.content_layers, style_layers=args.style_layers,
-            init=args.init, optimizer=args.optimizer, lr=args.lr, seed=args.seed, precision=args.precision,
+            init=args.init, optimizer=args.optimizer, lr=args.lr, seed=args.seed,
+            lbfgs_history=args.lbfgs_history, normalize_gradients=args.normalize_gradients, precision=args.precision,
             style_blend=args.style_blend, style_scale=args.style_scale, scales=args.scales,
             preserve_colors=args.preserve_colors, report_every=report_every, callback=progress,
             checkpoint_every=args.checkpoint_every, fit_memory=args.fit_memory,

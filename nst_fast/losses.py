@@ -34,12 +34,37 @@ def gram_target(style_features: torch.Tensor, output_positions: int) -> torch.Te
     return ops.gram(style_features.float()) * (output_positions / positions)
 
 
+class _NormalizeGrad(torch.autograd.Function):
+    """Identity forward; backward rescales the gradient of one weighted loss term so
+    that its unweighted part has unit L1 norm: weight * dE / (|dE|_1 + 1e-8), as
+    jcjohnson/neural-style's -normalize_gradients does per loss layer."""
+
+    @staticmethod
+    def forward(ctx, x, weight):
+        ctx.weight = weight
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        norm = grad.float().abs().sum() / ctx.weight  # |dE|_1, the loss weight taken out
+        return (grad / (norm + 1e-8)).to(grad.dtype), None
+
+
+def normalized_gradient(features: torch.Tensor, weight: float) -> torch.Tensor:
+    """`features`, with the gradient of a loss term weighted by `weight` normalised."""
+    return _NormalizeGrad.apply(features, weight) if weight > 0 else features
+
+
 class GatysLoss(nn.Module):
-    """Total loss of an image against fixed content features and style Gram targets."""
+    """Total loss of an image against fixed content features and style Gram targets.
+    normalize_gradients: rescale each layer's loss gradient to unit L1 norm (times
+    its weight) before it enters the network's backward."""
 
     def __init__(self, vgg, content_targets: dict, style_targets: dict, content_weights: dict,
-                 style_weights: dict, alpha: float, beta: float, tv_weight: float):
+                 style_weights: dict, alpha: float, beta: float, tv_weight: float,
+                 normalize_gradients: bool = False):
         super().__init__()
+        self.normalize_gradients = normalize_gradients
         self.vgg = vgg
         self.content_targets = content_targets
         self.style_targets = style_targets
@@ -52,18 +77,21 @@ class GatysLoss(nn.Module):
         return ([f"content:{n}" for n in self.content_targets] + [f"style:{n}" for n in self.style_targets]
                 + ["content", "style", "tv", "total"])
 
+    def _features(self, features, weight):
+        return normalized_gradient(features, weight) if self.normalize_gradients else features
+
     def forward(self, image: torch.Tensor):
         """-> (total, {"content": .., "style": .., "tv": .., "style:relu1_1": .., ...})"""
         feats = self.vgg(image)
         parts = {}
         content = image.new_zeros((), dtype=torch.float32)
         for name, target in self.content_targets.items():
-            term = content_loss(feats[name], target)
+            term = content_loss(self._features(feats[name], self.alpha * self.content_weights[name]), target)
             parts[f"content:{name}"] = term
             content = content + self.content_weights[name] * term
         style = image.new_zeros((), dtype=torch.float32)
         for name, target in self.style_targets.items():
-            f = feats[name]
+            f = self._features(feats[name], self.beta * self.style_weights[name])
             scale = style_scale(f.shape[1], f.shape[2] * f.shape[3])
             term = ops.style_loss(f, target, scale)
             parts[f"style:{name}"] = term

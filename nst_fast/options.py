@@ -68,6 +68,8 @@ class Options:
     init: object = "content"
     optimizer: str = "lbfgs"
     lr: Optional[float] = None
+    lbfgs_history: int = 10  # curvature pairs L-BFGS keeps (jcjohnson's -lbfgs_num_correction)
+    normalize_gradients: bool = False  # each loss's gradient over its L1 norm (jcjohnson's option)
     seed: int = 0
     precision: str = "fp32"
     style_blend: Optional[Sequence[float]] = None
@@ -84,7 +86,7 @@ class Options:
     def validate(self, n_styles: int = 1, convention: str = "torchvision") -> "Options":
         if self.style_weight is None:
             self.style_weight = DEFAULT_STYLE_WEIGHT[convention]
-        for name in ("size", "steps", "seed"):
+        for name in ("size", "steps", "seed", "lbfgs_history"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise NstError(f"{name} must be an integer, got {value!r}")
@@ -92,6 +94,10 @@ class Options:
             raise NstError(f"size must be at least 16 pixels, got {self.size}")
         if self.steps < 0:
             raise NstError(f"steps must be 0 or more, got {self.steps}")
+        if self.lbfgs_history < 1:
+            raise NstError(f"lbfgs_history must be at least 1, got {self.lbfgs_history}")
+        if not isinstance(self.normalize_gradients, bool):
+            raise NstError(f"normalize_gradients must be True or False, got {self.normalize_gradients!r}")
         for name in ("content_weight", "style_weight", "tv_weight"):
             _check_weight(name, getattr(self, name))
         _check_weight("style_scale", self.style_scale, positive=True)

@@ -13,7 +13,6 @@ from .optim import make_optimizer
 from .options import Options
 from .steps import LoopState, StepRunner
 
-LBFGS_HISTORY = 10
 LBFGS_MAX_STEP = 0.1  # largest change of any pixel value (in [0, 1]) per L-BFGS step
 MAX_NONFINITE = 8  # consecutive NaN/inf evaluations that end a run
 
@@ -175,7 +174,7 @@ class StyleTransfer:
         long_side = sizes[-1]
         height, width = (long_side, round(long_side * w / h)) if h >= w else (round(long_side * h / w), long_side)
         args = dict(content_layers=list(opts.content_layers), style_layers=list(opts.style_layers),
-                    optimizer=opts.optimizer, precision=opts.precision, history=LBFGS_HISTORY,
+                    optimizer=opts.optimizer, precision=opts.precision, history=opts.lbfgs_history,
                     device=self.device.type, pooling=self.pooling)
         need = memory.estimate_bytes(height, width, **args)
         budget = opts.memory_limit if opts.memory_limit is not None else memory.available_bytes(self.device)
@@ -210,7 +209,7 @@ class StyleTransfer:
                     out_positions = content_feats[n].shape[-2] * content_feats[n].shape[-1]
                     style_targets[n] = style_targets[n] + blend * gram_target(feats[n], out_positions)
         return GatysLoss(net, content_targets, style_targets, opts.content_layers, opts.style_layers,
-                         opts.content_weight, opts.style_weight, opts.tv_weight)
+                         opts.content_weight, opts.style_weight, opts.tv_weight, opts.normalize_gradients)
 
     def _initial_image(self, opts, content_t, style_img, previous) -> torch.Tensor:
         h, w = content_t.shape[-2:]
@@ -238,7 +237,7 @@ class StyleTransfer:
         dev = self.device
         x = x0.clone().requires_grad_(True)
         if opts.optimizer == "lbfgs":
-            opt = make_optimizer("lbfgs", x, lr=opts.lr or 1.0, history=LBFGS_HISTORY, max_step=LBFGS_MAX_STEP)
+            opt = make_optimizer("lbfgs", x, lr=opts.lr or 1.0, history=opts.lbfgs_history, max_step=LBFGS_MAX_STEP)
         else:
             opt = make_optimizer("adam", x, lr=opts.lr or 0.02)
         state = LoopState.start(x, opts.steps, len(loss_fn.part_names()))

@@ -204,3 +204,56 @@ def test_loss_plot_without_matplotlib_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     with pytest.raises(NstError, match="pip install matplotlib"):
         history.plot([{"total": 1.0, "size": [2, 2]}], tmp_path / "loss.png")
+
+
+def test_normalized_gradient_has_unit_l1_norm_times_the_weight():
+    from nst_fast.losses import normalized_gradient
+
+    x = torch.randn(2, 5, 4, 4, dtype=torch.float64, requires_grad=True)
+    weight = 7.5
+    (weight * x.pow(3).sum()).backward()
+    plain = x.grad.clone()
+    x.grad = None
+    (weight * normalized_gradient(x, weight).pow(3).sum()).backward()
+    unweighted = plain / weight
+    torch.testing.assert_close(x.grad, weight * unweighted / (unweighted.abs().sum() + 1e-8))
+    assert x.grad.abs().sum().item() == pytest.approx(weight, rel=1e-6)
+
+
+def test_normalize_gradients_and_lbfgs_history_change_the_run(transfer, small_images, tmp_path):
+    content, style = small_images
+    kw = dict(size=32, steps=12, init="noise", seed=5)
+    seen = {}
+
+    def run(name, **extra):
+        totals = []
+        img = transfer.stylize_tensor(content, style, callback=lambda i: totals.append(float(i.losses["total"])),
+                                      **kw, **extra)
+        seen[name] = totals
+        return img
+
+    base = run("base")
+    normalized = run("normalized", normalize_gradients=True)
+    short = run("short", lbfgs_history=2)
+    assert not torch.equal(base, normalized) and not torch.equal(base, short)
+    for totals in seen.values():
+        assert totals[0] / totals[-1] > 5  # every variant still optimises
+    ckpt = tmp_path / "run.ckpt"
+    transfer.stylize_tensor(content, style, checkpoint=ckpt, lbfgs_history=2, **kw)
+    with pytest.raises(NstError, match="from another run"):
+        transfer.stylize_tensor(content, style, resume=ckpt, lbfgs_history=3, **kw)
+    with pytest.raises(NstError, match="lbfgs_history must be at least 1"):
+        transfer.stylize_tensor(content, style, lbfgs_history=0, **kw)
+
+
+def test_cli_lbfgs_history_and_normalize_gradients(tmp_path, small_images, capsys):
+    content, style = small_images
+    out = tmp_path / "out.png"
+    code = cli.main([str(content), str(style), "-o", str(out), "--weights", "random", "--device", "cpu",
+                     "--size", "32", "--steps", "3", "-q", "--lbfgs-history", "4", "--normalize-gradients"])
+    assert code == 0, capsys.readouterr().err
+    assert out.exists()
+    code = cli.main([str(content), str(style), "-o", str(tmp_path / "bad.png"), "--weights", "random",
+                     "--device", "cpu", "--size", "32", "--steps", "3", "-q", "--lbfgs-history", "0"])
+    assert code != 0 and "lbfgs_history must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "bad.png").exists()
