@@ -21,7 +21,7 @@ def fingerprint(content, styles, opts, transfer) -> str:
         h.update(str(tuple(t.shape)).encode())
         h.update(t.contiguous().numpy().tobytes())
     settings = [repr(getattr(opts, name)) for name in FINGERPRINT_OPTIONS]
-    settings += [transfer.weights, transfer.convention, transfer.pooling]
+    settings += [transfer.weights, transfer.convention, transfer.pooling, transfer.architecture]
     h.update("|".join(map(str, settings)).encode())
     return h.hexdigest()
 

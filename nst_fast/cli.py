@@ -42,6 +42,8 @@ def build_parser():
     p.add_argument("--normalize-gradients", action="store_true",
                    help="scale each loss layer's gradient to unit L1 norm times its weight")
     p.add_argument("--pooling", default="max", choices=["max", "avg"], help="(max)")
+    p.add_argument("--network", default="vgg19", choices=["vgg19", "vgg16"],
+                   help="the CNN whose features are matched (vgg19, the paper's)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"], help="(fp32)")
     p.add_argument("--weights", default=None,
                    help="imagenet | random | PATH to a VGG-19 state dict (default $NST_FAST_WEIGHTS or imagenet)")
@@ -121,7 +123,7 @@ def _error(message, code=EXIT_ERROR):
 def run(args) -> int:
     import torch
 
-    from . import history, images
+    from . import history, images, vgg
     from .errors import Interrupted, NonFiniteLoss, NstError, WeightsUnavailable
     from .stylize import StyleTransfer
 
@@ -145,7 +147,8 @@ def run(args) -> int:
 
     try:
         try:
-            transfer = StyleTransfer(args.weights, args.device, args.pooling, args.weights_convention, args.seed)
+            transfer = StyleTransfer(args.weights, args.device, args.pooling, args.weights_convention, args.seed,
+                                     network=args.network)
         except WeightsUnavailable as exc:
             if not args.demo:
                 raise
@@ -153,11 +156,12 @@ def run(args) -> int:
                 f"nst-fast: WARNING: {exc}.\nnst-fast: WARNING: the demo falls back to RANDOM weights: "
                 "the output shows the pipeline working, not a real stylization.\n")
             fell_back = True
-            transfer = StyleTransfer("random", args.device, args.pooling, "auto", args.seed)
+            transfer = StyleTransfer("random", args.device, args.pooling, "auto", args.seed, network=args.network)
         else:
             fell_back = False
         if transfer.weights == "random" and not fell_back:
-            sys.stderr.write("nst-fast: WARNING: using RANDOM VGG-19 weights; the result is not a real stylization\n")
+            title = vgg.NETWORK_TITLES[transfer.architecture]
+            sys.stderr.write(f"nst-fast: WARNING: using RANDOM {title} weights; the result is not a real stylization\n")
         report_every = args.report_every or (1 if transfer.device.type == "cpu" else 20)
         progress = Progress(not args.quiet, report_every)
         stem = os.path.splitext(args.output)[0]

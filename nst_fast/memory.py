@@ -3,7 +3,7 @@
 `estimate_bytes` is a sum over what is alive at the peak of one optimisation
 step of StyleTransfer._optimise (the backward of GatysLoss), not a simulation:
 
-  weights      the truncated VGG-19's conv weights and biases (fp32; bf16
+  weights      the truncated VGG's conv weights and biases (fp32; bf16
                autocast adds a bf16 copy of each, kept for the backward; on
                the CPU in fp32 each Winograd layer adds two 36/9 = 4x weight
                transforms, forward and input gradient)
@@ -57,16 +57,16 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 OPTIMIZERS = ("lbfgs", "adam")
 
 
-def _layers(layers) -> list:
+def _layers(layers, network="vgg19") -> list:
     names = list(layers.keys()) if isinstance(layers, dict) else list(layers)
-    vgg.check_layer_names(names)
+    vgg.check_layer_names(names, network=network)
     return names
 
 
-def _net_walk(height: int, width: int, depth: int):
-    """Yield (kind, in_channels, out_channels, in_h, in_w, out_h, out_w) per module of the truncated VGG-19."""
+def _net_walk(height: int, width: int, depth: int, network: str):
+    """Yield (kind, in_channels, out_channels, in_h, in_w, out_h, out_w) per module of the truncated VGG."""
     h, w, c = height, width, 3
-    for name in vgg.LAYER_NAMES[:depth]:
+    for name in vgg.layer_names(network)[:depth]:
         if name.startswith("conv"):
             c_out = vgg.layer_channels(name)
             yield "conv", c, c_out, h, w, h, w
@@ -84,7 +84,8 @@ def _layer_shape(name: str, height: int, width: int):
 
 
 def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs", precision="fp32",
-                   history=10, batch_styles=1, device="cpu", pooling="max", fused_style=None) -> dict:
+                   history=10, batch_styles=1, device="cpu", pooling="max", fused_style=None,
+                   network="vgg19") -> dict:
     """The terms of `estimate_bytes`, in bytes, by name (see the module docstring).
 
     fused_style: whether the style loss runs the extension's kernel (None: as
@@ -94,16 +95,17 @@ def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-    content_layers, style_layers = _layers(content_layers), _layers(style_layers)
+    content_layers, style_layers = _layers(content_layers, network), _layers(style_layers, network)
     requested = set(content_layers) | set(style_layers)
-    depth = max(vgg.LAYER_INDEX[n] for n in requested) + 1
+    names = vgg.layer_names(network)
+    depth = max(vgg.layer_index(n, network) for n in requested) + 1
     act = 2 if precision == "bf16" else 4
     batch = int(batch_styles)
 
     dev_type = torch.device(device).type
     transformed = precision != "bf16" and winograd.uses_winograd(device, torch.float32)
     weights = saved = largest = transforms = 0
-    for i, (kind, c_in, c_out, h, w, oh, ow) in enumerate(_net_walk(height, width, depth)):
+    for i, (kind, c_in, c_out, h, w, oh, ow) in enumerate(_net_walk(height, width, depth, network)):
         out = c_out * oh * ow
         largest = max(largest, out)
         if kind == "conv":
@@ -112,7 +114,7 @@ def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs
                 transforms += winograd.transform_bytes(c_in, c_out)
             saved += out * act
             # The ReLU after a requested conv is not in place: a second buffer.
-            if vgg.LAYER_NAMES[i] in requested and i + 1 < depth:
+            if names[i] in requested and i + 1 < depth:
                 saved += out * act
         elif kind == "pool":
             saved += out * (act + (_POOL_INDEX_BYTES if pooling == "max" else 0))
@@ -153,7 +155,8 @@ def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs
 
 
 def estimate_bytes(height, width, content_layers, style_layers, optimizer="lbfgs", precision="fp32",
-                   history=10, batch_styles=1, device="cpu", pooling="max", fused_style=None) -> int:
+                   history=10, batch_styles=1, device="cpu", pooling="max", fused_style=None,
+                   network="vgg19") -> int:
     """Estimated peak memory (bytes) of one optimisation step at height x width.
 
     content_layers / style_layers: names or {name: weight} dicts (the weights are ignored).
@@ -161,7 +164,7 @@ def estimate_bytes(height, width, content_layers, style_layers, optimizer="lbfgs
     network's weights and the content targets scales with it.
     """
     return int(sum(estimate_parts(height, width, content_layers, style_layers, optimizer, precision,
-                                  history, batch_styles, device, pooling, fused_style).values()))
+                                  history, batch_styles, device, pooling, fused_style, network).values()))
 
 
 def _shape(long_side: int, aspect: float):
@@ -172,14 +175,15 @@ def _shape(long_side: int, aspect: float):
 
 
 def largest_size(budget_bytes, aspect, content_layers, style_layers, optimizer="lbfgs", precision="fp32",
-                 history=10, batch_styles=1, device="cpu", pooling="max", fused_style=None) -> int:
+                 history=10, batch_styles=1, device="cpu", pooling="max", fused_style=None,
+                 network="vgg19") -> int:
     """The largest long side (pixels) whose estimate fits in budget_bytes; 0 if none does.
 
     aspect is width / height of the content image.
     """
     if not aspect > 0:
         raise ValueError(f"aspect must be positive, got {aspect!r}")
-    requested = _layers(content_layers) + _layers(style_layers)
+    requested = _layers(content_layers, network) + _layers(style_layers, network)
     smallest = max(vgg.layer_downsampling(n) for n in requested)
 
     def fits(side):
@@ -187,7 +191,7 @@ def largest_size(budget_bytes, aspect, content_layers, style_layers, optimizer="
         if min(h, w) < smallest:
             return True  # too small to run at all; not a memory question
         return estimate_bytes(h, w, content_layers, style_layers, optimizer, precision, history,
-                              batch_styles, device, pooling, fused_style) <= budget_bytes
+                              batch_styles, device, pooling, fused_style, network) <= budget_bytes
 
     lo, hi = 0, 1
     while fits(hi):  # the estimate grows with the side: find a side that does not fit

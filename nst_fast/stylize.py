@@ -57,22 +57,27 @@ def precision_mode(precision: str, device: torch.device):
 
 
 class StyleTransfer:
-    """Holds VGG-19's weights between runs: build once, call stylize() many times."""
+    """Holds the network's weights between runs: build once, call stylize() many times.
 
-    def __init__(self, weights=None, device=None, pooling="max", convention="auto", seed=0):
+    network: "vgg19" (the paper's, default) or "vgg16"."""
+
+    def __init__(self, weights=None, device=None, pooling="max", convention="auto", seed=0, network="vgg19"):
         self.history, self.last_run = [], {}
         self.device = _device(device)
         self.pooling = pooling
-        self.state, self.convention, self.weights = vgg.load_weights(weights, convention, seed)
+        self.architecture = vgg.check_network(network)
+        self.state, self.convention, self.weights = vgg.load_weights(weights, convention, seed, network)
         self._nets = {}
 
     def network(self, layers, precision="fp32") -> vgg.VGGFeatures:
-        """VGG-19 up to the deepest of `layers`. For bf16 its weights are stored in
+        """The VGG up to the deepest of `layers`. For bf16 its weights are stored in
         bf16: autocast gives the same arithmetic but re-casts fp32 weights every step."""
-        layers = tuple(sorted(set(layers), key=vgg.LAYER_INDEX.get))
+        vgg.check_layer_names(layers, network=self.architecture)
+        layers = tuple(sorted(set(layers), key=lambda n: vgg.layer_index(n, self.architecture)))
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         if (layers, dtype) not in self._nets:
-            net = vgg.VGGFeatures(layers, self.state, self.convention, self.pooling, self.weights).to(self.device)
+            net = vgg.VGGFeatures(layers, self.state, self.convention, self.pooling, self.weights,
+                                  self.architecture).to(self.device)
             net.net.to(dtype)  # the convolutions; preprocessing stays in fp32
             self._nets[layers, dtype] = net
         return self._nets[layers, dtype]
@@ -175,7 +180,7 @@ class StyleTransfer:
         height, width = (long_side, round(long_side * w / h)) if h >= w else (round(long_side * h / w), long_side)
         args = dict(content_layers=list(opts.content_layers), style_layers=list(opts.style_layers),
                     optimizer=opts.optimizer, precision=opts.precision, history=opts.lbfgs_history,
-                    device=self.device.type, pooling=self.pooling)
+                    device=self.device.type, pooling=self.pooling, network=self.architecture)
         need = memory.estimate_bytes(height, width, **args)
         budget = opts.memory_limit if opts.memory_limit is not None else memory.available_bytes(self.device)
         if need <= budget:
@@ -309,16 +314,18 @@ def _preserve_colors(mode, content, styles):
 _default: Optional[StyleTransfer] = None
 
 
-def stylize(content, style, *, weights=None, device=None, pooling="max", convention="auto", **options):
+def stylize(content, style, *, weights=None, device=None, pooling="max", convention="auto", network="vgg19",
+            **options):
     """Repaint `content` in the style of `style`; returns a PIL image.
 
     content/style: paths, PIL images or (3, H, W) tensors in [0, 1] (style may be a list).
     weights: "imagenet" (default, or $NST_FAST_WEIGHTS), "random", or a state-dict path.
-    The network is kept between calls with the same weights, device and pooling.
+    network: "vgg19" (default) or "vgg16".
+    The network is kept between calls with the same weights, device, pooling and network.
     """
     global _default
-    key = (vgg.resolve_weights(weights), str(_device(device)), pooling, convention)
+    key = (vgg.resolve_weights(weights), str(_device(device)), pooling, convention, network)
     if _default is None or _default._key != key:
-        _default = StyleTransfer(weights, device, pooling, convention)
+        _default = StyleTransfer(weights, device, pooling, convention, network=network)
         _default._key = key
     return _default.stylize(content, style, **options)

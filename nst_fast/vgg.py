@@ -1,4 +1,4 @@
-"""VGG-19 feature extractor: layer names, weights, input conventions.
+"""VGG-19 (and VGG-16) feature extractor: layer names, weights, input conventions.
 
 Weights come from torchvision ("imagenet"), a local state dict, or a seeded
 random initialisation ("random"). Two input conventions exist:
@@ -14,13 +14,24 @@ from torch import nn
 from .errors import NstError, WeightsUnavailable
 from .winograd import WinogradConv2d
 
-# torchvision's vgg19().features: (kind, block, index within block) per module.
-_CONFIG = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"]
+# torchvision's vgg19().features and vgg16().features: output channels per conv, "M" per pool.
+CONFIGS = {
+    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+}
+NETWORK_TITLES = {"vgg19": "VGG-19", "vgg16": "VGG-16"}
 
 
-def _layer_names():
+def check_network(network: str) -> str:
+    if network not in CONFIGS:
+        raise NstError(f"network must be one of {', '.join(CONFIGS)}, got {network!r}")
+    return network
+
+
+def layer_names(network: str = "vgg19") -> list:
+    """Module names of the network's features, e.g. conv1_1, relu1_1, ..., pool5."""
     names, block, conv = [], 1, 0
-    for item in _CONFIG:
+    for item in CONFIGS[check_network(network)]:
         if item == "M":
             names.append(f"pool{block}")
             block, conv = block + 1, 0
@@ -30,8 +41,13 @@ def _layer_names():
     return names
 
 
-LAYER_NAMES = _layer_names()
+LAYER_NAMES = layer_names("vgg19")
 LAYER_INDEX = {name: i for i, name in enumerate(LAYER_NAMES)}
+_INDEX = {network: {name: i for i, name in enumerate(layer_names(network))} for network in CONFIGS}
+
+
+def layer_index(name: str, network: str = "vgg19") -> int:
+    return _INDEX[check_network(network)][name]
 CONVENTIONS = ("torchvision", "caffe")
 _TORCHVISION_MEAN, _TORCHVISION_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -43,20 +59,24 @@ def layer_channels(name: str) -> int:
 
 
 def layer_downsampling(name: str) -> int:
-    """How many times smaller than the input each side of this layer's output is."""
-    pools = sum(1 for n in LAYER_NAMES[: LAYER_INDEX[name] + 1] if n.startswith("pool"))
-    return 2**pools
+    """How many times smaller than the input each side of this layer's output is
+    (the same in VGG-16 and VGG-19: a pool ends each block)."""
+    block = int(re.match(r"[a-z]+(\d)", name).group(1))
+    return 2 ** (block if name.startswith("pool") else block - 1)
 
 
-def check_layer_names(names, what="layer"):
+def check_layer_names(names, what="layer", network="vgg19"):
+    index = _INDEX[check_network(network)]
     for name in names:
-        if name not in LAYER_INDEX:
-            raise NstError(f"unknown {what} {name!r}; VGG-19 layers are conv1_1, relu1_1, ... relu5_4, pool1..pool5")
+        if name not in index:
+            last = layer_names(network)[-2]  # the last ReLU
+            raise NstError(f"unknown {what} {name!r}; {NETWORK_TITLES[network]} layers are conv1_1, relu1_1, "
+                           f"... {last}, pool1..pool5")
 
 
-def _build(depth: int, pooling: str) -> nn.Sequential:
+def _build(depth: int, pooling: str, network: str = "vgg19") -> nn.Sequential:
     layers, in_channels = [], 3
-    for item in _CONFIG:
+    for item in CONFIGS[network]:
         if item == "M":
             layers.append(nn.MaxPool2d(2, 2) if pooling == "max" else nn.AvgPool2d(2, 2))
         else:
@@ -91,15 +111,17 @@ def _read_state_file(path: str) -> dict:
     return state
 
 
-def _imagenet_state() -> dict:
-    from torchvision.models import VGG19_Weights
+def _imagenet_state(network: str) -> dict:
+    from torchvision.models import VGG16_Weights, VGG19_Weights
 
+    weights = {"vgg19": VGG19_Weights, "vgg16": VGG16_Weights}[network].IMAGENET1K_V1
+    title = NETWORK_TITLES[network]
     try:
-        return VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
+        return weights.get_state_dict(progress=False)
     except Exception as exc:
         raise WeightsUnavailable(
-            f"cannot download torchvision's VGG-19 weights ({type(exc).__name__}). Pass --weights "
-            "PATH (or set NST_FAST_WEIGHTS) to a VGG-19 state dict, or --weights random for a smoke run"
+            f"cannot download torchvision's {title} weights ({type(exc).__name__}). Pass --weights "
+            f"PATH (or set NST_FAST_WEIGHTS) to a {title} state dict, or --weights random for a smoke run"
         ) from None
 
 
@@ -117,11 +139,11 @@ def guess_convention(weights: str, state: dict) -> str:
     return "torchvision"
 
 
-def random_state(seed: int = 0) -> dict:
-    """A seeded Kaiming-normal VGG-19 (as torchvision initialises it), for smoke runs and tests."""
+def random_state(seed: int = 0, network: str = "vgg19") -> dict:
+    """A seeded Kaiming-normal VGG (as torchvision initialises it), for smoke runs and tests."""
     gen = torch.Generator().manual_seed(seed)
     state = {}
-    for i, m in enumerate(_build(len(_CONFIG) * 2, "max")):
+    for i, m in enumerate(_build(len(CONFIGS[check_network(network)]) * 2, "max", network)):
         if isinstance(m, nn.Conv2d):
             std = (2.0 / (m.out_channels * 9)) ** 0.5
             state[f"{i}.weight"] = torch.randn(m.weight.shape, generator=gen) * std
@@ -129,41 +151,44 @@ def random_state(seed: int = 0) -> dict:
     return state
 
 
-def load_weights(weights=None, convention="auto", seed=0):
+def load_weights(weights=None, convention="auto", seed=0, network="vgg19"):
     """-> (features state dict, input convention, a name for messages).
 
     weights: "imagenet", "random", a path, or None for $NST_FAST_WEIGHTS / "imagenet".
+    network: "vgg19" or "vgg16", for "imagenet" and "random".
     """
     weights = resolve_weights(weights)
+    check_network(network)
     if convention not in ("auto",) + CONVENTIONS:
         raise NstError(f"weights convention must be auto, torchvision or caffe, got {convention!r}")
     if weights == "random":
-        return random_state(seed), "torchvision" if convention == "auto" else convention, "random"
-    state = _imagenet_state() if weights == "imagenet" else _read_state_file(weights)
+        return random_state(seed, network), "torchvision" if convention == "auto" else convention, "random"
+    state = _imagenet_state(network) if weights == "imagenet" else _read_state_file(weights)
     if convention == "auto":
         convention = guess_convention(weights, state)
     features = _features_only(state)
     if not features:
-        raise WeightsUnavailable(f"weights file {weights} holds no VGG-19 features (keys like features.0.weight)")
+        raise WeightsUnavailable(f"weights file {weights} holds no VGG features (keys like features.0.weight)")
     return features, convention, weights
 
 
 class VGGFeatures(nn.Module):
-    """VGG-19 truncated after the deepest requested layer; returns {name: activation}."""
+    """VGG-19 (or VGG-16) truncated after the deepest requested layer; returns {name: activation}."""
 
-    def __init__(self, layers, state: dict, convention: str = "torchvision", pooling="max", source="weights"):
+    def __init__(self, layers, state: dict, convention: str = "torchvision", pooling="max", source="weights",
+                 network="vgg19"):
         super().__init__()
         if pooling not in ("max", "avg"):
             raise NstError(f"pooling must be 'max' or 'avg', got {pooling!r}")
         layers = list(dict.fromkeys(layers))
-        check_layer_names(layers)
-        self.layers = layers
+        check_layer_names(layers, network=network)
+        self.layers, self.network = layers, network
         self.convention = convention
-        depth = max(LAYER_INDEX[n] for n in layers) + 1
-        self.net = _build(depth, pooling)
+        depth = max(layer_index(n, network) for n in layers) + 1
+        self.net = _build(depth, pooling, network)
         # A requested conv output would be overwritten by the in-place ReLU after it.
         for name in layers:
-            i = LAYER_INDEX[name]
+            i = layer_index(name, network)
             if name.startswith("conv") and i + 1 < depth:
                 self.net[i + 1].inplace = False
         self._load(state, source)
@@ -189,8 +214,9 @@ class VGGFeatures(nn.Module):
         missing = wanted - state.keys()
         if missing:
             convs = [i for i, m in enumerate(self.net) if isinstance(m, nn.Conv2d)]
-            have = [LAYER_NAMES[i] for i in convs if f"{i}.weight" in state]
-            deepest = f"its deepest layer is {have[-1]}" if have else "it holds no VGG-19 conv layers"
+            names = layer_names(self.network)
+            have = [names[i] for i in convs if f"{i}.weight" in state]
+            deepest = f"its deepest layer is {have[-1]}" if have else "it holds no VGG conv layers"
             raise WeightsUnavailable(
                 f"weights {source} lack layers needed for {', '.join(self.layers)}: {deepest}"
             )
@@ -198,7 +224,7 @@ class VGGFeatures(nn.Module):
             self.net.load_state_dict({k: state[k] for k in wanted})
         except RuntimeError as exc:
             reason = str(exc).splitlines()[-1].strip()
-            raise WeightsUnavailable(f"weights {source} do not fit VGG-19: {reason}") from None
+            raise WeightsUnavailable(f"weights {source} do not fit {NETWORK_TITLES[self.network]}: {reason}") from None
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         """RGB in [0, 1] -> the network's input convention."""
@@ -207,7 +233,7 @@ class VGGFeatures(nn.Module):
 
     def forward(self, image: torch.Tensor) -> dict:
         x = self.preprocess(image).contiguous(memory_format=torch.channels_last)
-        wanted = {LAYER_INDEX[n]: n for n in self.layers}
+        wanted = {layer_index(n, self.network): n for n in self.layers}
         out = {}
         for i, module in enumerate(self.net):
             x = module(x)

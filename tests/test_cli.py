@@ -84,7 +84,7 @@ def test_offline_imagenet_weights_say_what_to_do(tmp_path, small_images, capsys,
     from nst_fast import vgg
     from nst_fast.errors import WeightsUnavailable
 
-    def offline():
+    def offline(network):
         raise WeightsUnavailable("cannot download torchvision's VGG-19 weights (URLError). Pass --weights PATH "
                                  "(or set NST_FAST_WEIGHTS) to a VGG-19 state dict, or --weights random")
 
@@ -155,3 +155,17 @@ def test_progress_on_a_terminal_redraws_one_line():
         progress(info)
     text = stream.getvalue()
     assert text.count("\r") == 3 and text.endswith("\n") and text.count("\n") == 1  # steps 5, 10, 12
+
+
+def test_network_vgg16(tmp_path, small_images, capsys):
+    content, style = small_images
+    out = tmp_path / "out.png"
+    code = cli.main([str(content), str(style), "-o", str(out), *SMALL, "--steps", "2", "--network", "vgg16"])
+    err = capsys.readouterr().err
+    assert code == 0 and "RANDOM VGG-16 weights" in err
+    assert Image.open(out).size == (32, 24)
+    code = cli.main([str(content), str(style), "-o", str(tmp_path / "bad.png"), *SMALL, "--network", "vgg16",
+                     "--style-layers", "relu5_4"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert code == 1 and len(errors) == 1 and "VGG-16 layers" in errors[0]
+    assert not (tmp_path / "bad.png").exists()

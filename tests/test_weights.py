@@ -55,7 +55,7 @@ def test_missing_and_wrong_files(tmp_path):
         vgg.load_weights(str(junk))
     other = tmp_path / "other.pth"
     torch.save({"fc.weight": torch.zeros(2, 2)}, other)
-    with pytest.raises(WeightsUnavailable, match="no VGG-19 features"):
+    with pytest.raises(WeightsUnavailable, match="no VGG features"):
         vgg.load_weights(str(other))
     wrong = tmp_path / "wrong.pth"
     torch.save({"features.0.weight": torch.zeros(8, 3, 3, 3), "features.0.bias": torch.zeros(8)}, wrong)
@@ -121,3 +121,50 @@ def test_shared_caffe_weights_load():
     assert convention == "caffe"
     with pytest.raises(WeightsUnavailable, match="deepest layer is conv3_4"):
         vgg.VGGFeatures(["relu4_2"], state)
+
+
+# ---- VGG-16
+
+def test_vgg16_layer_names():
+    names = vgg.layer_names("vgg16")
+    assert len(names) == 31 and names[-2:] == ["relu5_3", "pool5"] and "conv3_4" not in names
+    assert vgg.layer_downsampling("pool3") == 8 and vgg.layer_downsampling("relu4_3") == 8
+    with pytest.raises(NstError, match="VGG-16 layers are conv1_1, relu1_1, ... relu5_3"):
+        vgg.check_layer_names(["relu3_4"], network="vgg16")
+    with pytest.raises(NstError, match="network must be one of vgg19, vgg16"):
+        vgg.load_weights("random", network="resnet50")
+
+
+def test_vgg16_file_matches_torchvision(tmp_path):
+    torch.manual_seed(1)
+    model = torchvision.models.vgg16().eval()
+    path = tmp_path / "vgg16.pth"
+    torch.save(model.state_dict(), path)
+    state, convention, _ = vgg.load_weights(str(path))
+    net = vgg.VGGFeatures(["relu3_3", "relu4_3"], state, convention, network="vgg16")
+    image = torch.rand(1, 3, 40, 48, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        out = net(image)
+        x = (image - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
+            [0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        for name, end in (("relu3_3", 16), ("relu4_3", 23)):
+            want = model.features[:end](x)
+            assert ((out[name] - want).abs().max() / want.abs().max()).item() < 1e-4
+    # A VGG-16 file is not a VGG-19: the error says what is missing.
+    with pytest.raises(WeightsUnavailable, match="do not fit VGG-19|lack layers"):
+        vgg.VGGFeatures(["relu4_1"], state)
+
+
+def test_vgg16_stylizes_end_to_end_and_costs_less_memory(small_images):
+    from nst_fast import StyleTransfer, memory
+
+    transfer = StyleTransfer(weights="random", device="cpu", network="vgg16")
+    content, style = small_images
+    totals = []
+    img = transfer.stylize(content, style, size=48, steps=10, init="noise",
+                           callback=lambda i: totals.append(float(i.losses["total"])))
+    assert img.size == (48, 36) and totals[0] / totals[-1] > 10
+    with pytest.raises(NstError, match="VGG-16 layers"):
+        transfer.stylize(content, style, size=48, steps=1, style_layers="relu5_4")
+    layers = (["relu4_2"], ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"])
+    assert memory.estimate_bytes(512, 512, *layers, network="vgg16") < memory.estimate_bytes(512, 512, *layers)
