@@ -32,6 +32,13 @@
 #else
 #define NST_FAST_CLONES
 #endif
+#if defined(__GNUC__)
+#define NST_FAST_INLINE inline __attribute__((always_inline))
+#elif defined(_MSC_VER)
+#define NST_FAST_INLINE __forceinline
+#else
+#define NST_FAST_INLINE inline
+#endif
 
 namespace nst_fast {
 namespace {
@@ -47,8 +54,8 @@ constexpr int64_t kMaxOnePassBytes = 64 << 20;  // V and M of a one-pass layer; 
 // d[6][L] -> t[6][L] with B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0;
 //                                 0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1].
 template <typename T>
-inline __attribute__((always_inline)) void input_rows(const T* d0, const T* d1, const T* d2, const T* d3,
-                                                       const T* d4, const T* d5, int64_t stride, T* t) {
+NST_FAST_INLINE void input_rows(const T* d0, const T* d1, const T* d2, const T* d3, const T* d4, const T* d5,
+                                int64_t stride, T* t) {
   for (int64_t l = 0; l < kLanes; ++l) {
     const T a = d0[l], b = d1[l], c = d2[l], d = d3[l], e = d4[l], f = d5[l];
     t[0 * stride + l] = 4 * a - 5 * c + e;
@@ -62,8 +69,8 @@ inline __attribute__((always_inline)) void input_rows(const T* d0, const T* d1, 
 
 // m[6][L] -> y[4][L] with A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1].
 template <typename T>
-inline __attribute__((always_inline)) void output_rows(const T* m0, const T* m1, const T* m2, const T* m3,
-                                                        const T* m4, const T* m5, int64_t stride, T* y) {
+NST_FAST_INLINE void output_rows(const T* m0, const T* m1, const T* m2, const T* m3, const T* m4, const T* m5,
+                                 int64_t stride, T* y) {
   for (int64_t l = 0; l < kLanes; ++l) {
     const T b = m1[l], c = m2[l], d = m3[l], e = m4[l];
     const T s1 = b + c, d1 = b - c, s2 = d + e, d2 = d - e;
@@ -77,12 +84,12 @@ inline __attribute__((always_inline)) void output_rows(const T* m0, const T* m1,
 // Fixed-size copies: the compiler turns these into a few vector moves, where a
 // memcpy of a runtime size would be a library call per 16 channels.
 template <typename T>
-inline __attribute__((always_inline)) void copy_lanes(const T* src, T* dst) {
+NST_FAST_INLINE void copy_lanes(const T* src, T* dst) {
   for (int64_t l = 0; l < kLanes; ++l) dst[l] = src[l];
 }
 
 template <typename T>
-inline __attribute__((always_inline)) void copy_some(const T* src, T* dst, int64_t lanes) {
+NST_FAST_INLINE void copy_some(const T* src, T* dst, int64_t lanes) {
   for (int64_t l = 0; l < kLanes; ++l) dst[l] = l < lanes ? src[l] : T(0);
 }
 
@@ -95,8 +102,8 @@ struct Geometry {
 // 36 planes of (rows, C) lie `plane` values apart.
 // Inlined into each target_clones copy below, so each gets its own instruction set.
 template <typename T>
-inline __attribute__((always_inline)) void transform_input(const T* x, const Geometry& g, int64_t first,
-                                                           int64_t count, int64_t plane, T* v, const T* zeros) {
+NST_FAST_INLINE void transform_input(const T* x, const Geometry& g, int64_t first, int64_t count,
+                                     int64_t plane, T* v, const T* zeros) {
   T d[kPoints][kLanes], t[kPoints][kLanes], out[kPoints][kLanes];
   const T* src[kPoints];
   for (int64_t i = 0; i < count; ++i) {
@@ -138,8 +145,8 @@ inline __attribute__((always_inline)) void transform_input(const T* x, const Geo
 // Rows 0..count of m (36 planes of (rows, K), `plane` values apart) -> output tiles
 // [first, first + count) of y (N, H, W, K), plus bias.
 template <typename T>
-inline __attribute__((always_inline)) void transform_output(const T* m, int64_t plane, const T* bias,
-                                                            const Geometry& g, int64_t first, int64_t count, T* y) {
+NST_FAST_INLINE void transform_output(const T* m, int64_t plane, const T* bias, const Geometry& g,
+                                      int64_t first, int64_t count, T* y) {
   T in[kPoints][kLanes], t[kIn * kOut][kLanes], out[kOut * kOut][kLanes], b[kLanes];
   for (int64_t i = 0; i < count; ++i) {
     const int64_t tile = first + i;
