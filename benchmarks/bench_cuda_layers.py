@@ -314,30 +314,21 @@ if pytest is not None:
     _PARAMS = [(n, c, d, size) for size in (512, 1024) for n, c, d in LAYERS]
     _IDS = [f"{n}@{size}" for n, _, _, size in _PARAMS]
 
-    @pytest.mark.parametrize("name,c,down,size", _PARAMS, ids=_IDS)
-    def test_fused(benchmark, name, c, down, size):
-        benchmark.group = f"{name}@{size}"
-        _bench(benchmark, fused_step, *layer_shape(c, down, size))
+    # (step, features dtype, TF32 matmuls allowed) per implementation.
+    _IMPLS = {
+        "fused": (fused_step, torch.float32, False),
+        "fused_tf32": (fused_step, torch.float32, True),
+        "fused_bf16": (fused_step, torch.bfloat16, False),
+        "naive_fp32": (naive_step, torch.float32, False),
+        "naive_tf32": (naive_step, torch.float32, True),
+    }
 
+    @pytest.mark.parametrize("impl", list(_IMPLS))
     @pytest.mark.parametrize("name,c,down,size", _PARAMS, ids=_IDS)
-    def test_fused_tf32(benchmark, name, c, down, size):
+    def test_layer(benchmark, impl, name, c, down, size):
         benchmark.group = f"{name}@{size}"
-        _bench(benchmark, fused_step, *layer_shape(c, down, size), tf32=True)
-
-    @pytest.mark.parametrize("name,c,down,size", _PARAMS, ids=_IDS)
-    def test_fused_bf16(benchmark, name, c, down, size):
-        benchmark.group = f"{name}@{size}"
-        _bench(benchmark, fused_step, *layer_shape(c, down, size), dtype=torch.bfloat16)
-
-    @pytest.mark.parametrize("name,c,down,size", _PARAMS, ids=_IDS)
-    def test_naive_fp32(benchmark, name, c, down, size):
-        benchmark.group = f"{name}@{size}"
-        _bench(benchmark, naive_step, *layer_shape(c, down, size))
-
-    @pytest.mark.parametrize("name,c,down,size", _PARAMS, ids=_IDS)
-    def test_naive_tf32(benchmark, name, c, down, size):
-        benchmark.group = f"{name}@{size}"
-        _bench(benchmark, naive_step, *layer_shape(c, down, size), tf32=True)
+        step, dtype, tf32 = _IMPLS[impl]
+        _bench(benchmark, step, *layer_shape(c, down, size), dtype=dtype, tf32=tf32)
 
 
 if __name__ == "__main__":

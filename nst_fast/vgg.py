@@ -41,9 +41,9 @@ def layer_names(network: str = "vgg19") -> list:
     return names
 
 
-LAYER_NAMES = layer_names("vgg19")
-LAYER_INDEX = {name: i for i, name in enumerate(LAYER_NAMES)}
 _INDEX = {network: {name: i for i, name in enumerate(layer_names(network))} for network in CONFIGS}
+LAYER_NAMES = layer_names("vgg19")
+LAYER_INDEX = _INDEX["vgg19"]
 
 
 def layer_index(name: str, network: str = "vgg19") -> int:

@@ -717,37 +717,28 @@ void launch_variant(void (*async_kernel)(Params...), void (*sync_kernel)(Params.
   }
 }
 
-// float32 features take the async pipeline where aligned and TF32 where allowed;
-// other dtypes take neither.
-template <typename cuda_t, bool CLV, typename... Args>
-void launch_gram_kernel(dim3 grid, cudaStream_t stream, bool async_ok, bool tf32, Args... args) {
-  if constexpr (std::is_same<cuda_t, float>::value) {
-    if (tf32) {
-      launch_variant(gram_splitk_kernel<cuda_t, CLV, true, true>, gram_splitk_kernel<cuda_t, CLV, false, true>,
-                     grid, stream, async_ok, args...);
+// pick(cl, async, tf32), given std::true_type / std::false_type, names the kernel
+// instantiation. float32 features take the async pipeline where aligned and TF32
+// where allowed; other dtypes take neither.
+template <typename cuda_t, typename Pick, typename... Args>
+void launch_kernel(Pick pick, bool cl, dim3 grid, cudaStream_t stream, bool async_ok, bool tf32, Args... args) {
+  using Yes = std::true_type;
+  using No = std::false_type;
+  auto launch = [&](auto layout) {
+    if constexpr (std::is_same<cuda_t, float>::value) {
+      if (tf32) {
+        launch_variant(pick(layout, Yes{}, Yes{}), pick(layout, No{}, Yes{}), grid, stream, async_ok, args...);
+      } else {
+        launch_variant(pick(layout, Yes{}, No{}), pick(layout, No{}, No{}), grid, stream, async_ok, args...);
+      }
     } else {
-      launch_variant(gram_splitk_kernel<cuda_t, CLV, true, false>, gram_splitk_kernel<cuda_t, CLV, false, false>,
-                     grid, stream, async_ok, args...);
+      launch_variant(pick(layout, No{}, No{}), pick(layout, No{}, No{}), grid, stream, false, args...);
     }
+  };
+  if (cl) {
+    launch(Yes{});
   } else {
-    auto kernel = gram_splitk_kernel<cuda_t, CLV, false, false>;
-    launch_variant(kernel, kernel, grid, stream, false, args...);
-  }
-}
-
-template <typename cuda_t, bool CLV, typename... Args>
-void launch_bwd_kernel(dim3 grid, cudaStream_t stream, bool async_ok, bool tf32, Args... args) {
-  if constexpr (std::is_same<cuda_t, float>::value) {
-    if (tf32) {
-      launch_variant(style_bwd_kernel<cuda_t, CLV, true, true>, style_bwd_kernel<cuda_t, CLV, false, true>,
-                     grid, stream, async_ok, args...);
-    } else {
-      launch_variant(style_bwd_kernel<cuda_t, CLV, true, false>, style_bwd_kernel<cuda_t, CLV, false, false>,
-                     grid, stream, async_ok, args...);
-    }
-  } else {
-    auto kernel = style_bwd_kernel<cuda_t, CLV, false, false>;
-    launch_variant(kernel, kernel, grid, stream, false, args...);
+    launch(No{});
   }
 }
 
@@ -807,17 +798,12 @@ void launch_gram(const at::Tensor& features, const at::Tensor* target, at::Tenso
     const bool vec = vec_ok(F, sizeof(cuda_t), fv.sb, fv.ld, fv.cl ? C : M, B);
     const bool async_ok = vec && async_enabled();
     const bool tf32 = tf32_allowed();
-    if (fv.cl) {
-      launch_gram_kernel<cuda_t, true>(grid, stream, async_ok, tf32, F, fv.sb, fv.ld, (int)C, (int)M,
-                                       ntile, (int)chunk, vec, gacc, tile_cnt, done_cnt, loss_part,
-                                       A, sAb, sA1, sA2, out.data_ptr<float>(), loss_ptr,
-                                       (float)scale);
-    } else {
-      launch_gram_kernel<cuda_t, false>(grid, stream, async_ok, tf32, F, fv.sb, fv.ld, (int)C, (int)M,
-                                        ntile, (int)chunk, vec, gacc, tile_cnt, done_cnt, loss_part,
-                                        A, sAb, sA1, sA2, out.data_ptr<float>(), loss_ptr,
-                                        (float)scale);
-    }
+    auto pick = [](auto cl, auto async, auto tf32) {
+      return gram_splitk_kernel<cuda_t, decltype(cl)::value, decltype(async)::value, decltype(tf32)::value>;
+    };
+    launch_kernel<cuda_t>(pick, fv.cl, grid, stream, async_ok, tf32, F, fv.sb, fv.ld, (int)C, (int)M, ntile,
+                          (int)chunk, vec, gacc, tile_cnt, done_cnt, loss_part, A, sAb, sA1, sA2,
+                          out.data_ptr<float>(), loss_ptr, (float)scale);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -901,13 +887,11 @@ at::Tensor style_loss_backward_cuda(const at::Tensor& grad_loss, const at::Tenso
     const bool tf32 = tf32_allowed();
     const float* Dp = d.data_ptr<float>();
     const float* glp = gl.data_ptr<float>();
-    if (fv.cl) {
-      launch_bwd_kernel<cuda_t, true>(grid, stream, async_ok, tf32, Dp, vecD, F, fv.sb, fv.ld, vecF,
-                                      (int)C, (int)M, O, sOb, oRow, oCol, vec_out, glp, coef);
-    } else {
-      launch_bwd_kernel<cuda_t, false>(grid, stream, async_ok, tf32, Dp, vecD, F, fv.sb, fv.ld, vecF,
-                                       (int)C, (int)M, O, sOb, oRow, oCol, vec_out, glp, coef);
-    }
+    auto pick = [](auto cl, auto async, auto tf32) {
+      return style_bwd_kernel<cuda_t, decltype(cl)::value, decltype(async)::value, decltype(tf32)::value>;
+    };
+    launch_kernel<cuda_t>(pick, fv.cl, grid, stream, async_ok, tf32, Dp, vecD, F, fv.sb, fv.ld, vecF, (int)C,
+                          (int)M, O, sOb, oRow, oCol, vec_out, glp, coef);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
