@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 
 from . import checkpoint as checkpoint_io
-from . import color, images, memory, vgg
+from . import color, heap, images, memory, vgg
 from .errors import Interrupted, NonFiniteLoss, NstError
 from .losses import GatysLoss, gram_target
 from .optim import make_optimizer
@@ -124,44 +124,46 @@ class StyleTransfer:
 
         total_steps = opts.steps * len(sizes)
         self.history, x = [], None
-        for scale_index, size in enumerate(sizes):
-            content_t = images.resize_long_side(content_img, size)
-            h, w = content_t.shape[-2:]
-            if min(h, w) < min_side:
-                raise NstError(
-                    f"the content image is {w}x{h} pixels at size {size}; layers down to "
-                    f"{net.layers[-1]} need at least {min_side} pixels per side"
-                )
-            resume_state = None
-            if saved is not None:
-                if tuple(saved["size"]) == (h, w):
-                    resume_state, self.history, saved = saved, saved["rows_before"], None
-                elif max(h, w) <= max(saved["size"]):
-                    continue  # this scale was done before the checkpoint
-                else:  # continue upscaled from the checkpoint's image
-                    x, self.history, saved = saved["best"], saved["history_rows"], None
-            loss_fn = self._loss(net, content_t, style_imgs, opts, (h, w), min_side)
-            x = self._initial_image(opts, content_t, style_imgs[0], x)
-            rows_before = self.history
+        # On the CPU, activations reuse the memory of the step before (nst_fast/heap.py).
+        with heap.keep_freed_memory(self.device.type == "cpu"):
+            for scale_index, size in enumerate(sizes):
+                content_t = images.resize_long_side(content_img, size)
+                h, w = content_t.shape[-2:]
+                if min(h, w) < min_side:
+                    raise NstError(
+                        f"the content image is {w}x{h} pixels at size {size}; layers down to "
+                        f"{net.layers[-1]} need at least {min_side} pixels per side"
+                    )
+                resume_state = None
+                if saved is not None:
+                    if tuple(saved["size"]) == (h, w):
+                        resume_state, self.history, saved = saved, saved["rows_before"], None
+                    elif max(h, w) <= max(saved["size"]):
+                        continue  # this scale was done before the checkpoint
+                    else:  # continue upscaled from the checkpoint's image
+                        x, self.history, saved = saved["best"], saved["history_rows"], None
+                loss_fn = self._loss(net, content_t, style_imgs, opts, (h, w), min_side)
+                x = self._initial_image(opts, content_t, style_imgs[0], x)
+                rows_before = self.history
 
-            def save_checkpoint(state, x_now, opt, path, scale_index=scale_index, rows_before=rows_before,
-                                loss_fn=loss_fn):
-                checkpoint_io.save(path, {
-                    "fingerprint": fp, "size": [h, w], "scale_index": scale_index,
-                    "x": x_now.detach().cpu(), "optimizer": {k: v.cpu() for k, v in opt.state_dict().items()},
-                    "rows_before": rows_before, "history_rows": self._history_rows(loss_fn, state, rows_before),
-                    **{k: (v.cpu() if torch.is_tensor(v) else v) for k, v in state.tensors().items()},
-                })
+                def save_checkpoint(state, x_now, opt, path, scale_index=scale_index, rows_before=rows_before,
+                                    loss_fn=loss_fn):
+                    checkpoint_io.save(path, {
+                        "fingerprint": fp, "size": [h, w], "scale_index": scale_index,
+                        "x": x_now.detach().cpu(), "optimizer": {k: v.cpu() for k, v in opt.state_dict().items()},
+                        "rows_before": rows_before, "history_rows": self._history_rows(loss_fn, state, rows_before),
+                        **{k: (v.cpu() if torch.is_tensor(v) else v) for k, v in state.tensors().items()},
+                    })
 
-            try:
-                state = self._optimise(loss_fn, x, opts, scale_index * opts.steps, total_steps, resume=resume_state,
-                                       checkpoint=checkpoint, interrupt_checkpoint=interrupt_checkpoint,
-                                       save_checkpoint=save_checkpoint)
-            except (Interrupted, NonFiniteLoss) as exc:
-                exc.image = finish(exc.image)
-                raise
-            self.history = self._history_rows(loss_fn, state, rows_before)
-            x = state.best
+                try:
+                    state = self._optimise(loss_fn, x, opts, scale_index * opts.steps, total_steps, resume=resume_state,
+                                           checkpoint=checkpoint, interrupt_checkpoint=interrupt_checkpoint,
+                                           save_checkpoint=save_checkpoint)
+                except (Interrupted, NonFiniteLoss) as exc:
+                    exc.image = finish(exc.image)
+                    raise
+                self.history = self._history_rows(loss_fn, state, rows_before)
+                x = state.best
         if x is None:
             raise NstError(f"checkpoint {resume} is larger than the requested size; ask for its size or more")
         return finish(x)
