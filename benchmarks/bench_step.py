@@ -109,29 +109,18 @@ def peak_memory_mb(run, device):
 
 
 @contextlib.contextmanager
-def environment(name: str, value, on: bool = True):
-    """Set an environment variable for a block (if on)."""
-    old = os.environ.get(name)
+def direct_convolutions(on: bool):
+    """Turn the CPU's Winograd convolutions off for a block (NST_FAST_WINOGRAD=0)."""
+    old = os.environ.get("NST_FAST_WINOGRAD")
     if on:
-        os.environ[name] = value
+        os.environ["NST_FAST_WINOGRAD"] = "0"
     try:
         yield
     finally:
         if old is None:
-            os.environ.pop(name, None)
+            os.environ.pop("NST_FAST_WINOGRAD", None)
         else:
-            os.environ[name] = old
-
-
-def direct_convolutions(on: bool):
-    """Turn the CPU's Winograd convolutions off for a block (NST_FAST_WINOGRAD=0)."""
-    return environment("NST_FAST_WINOGRAD", "0", on)
-
-
-# --ablate: fp32 on the CPU with one of its optimisations turned off.
-ABLATIONS = {
-    "fp32 fresh memory": lambda: environment("NST_FAST_KEEP_MEMORY", "0"),
-}
+            os.environ["NST_FAST_WINOGRAD"] = old
 
 
 def main(argv=None):
@@ -146,8 +135,6 @@ def main(argv=None):
     p.add_argument("--quality-steps", type=int, default=100)
     p.add_argument("--probe", type=int, default=None,
                    help="also run 3 bf16 steps at this size and report time and peak memory (GPU)")
-    p.add_argument("--ablate", action="store_true",
-                   help="on the CPU, also fp32 with fresh memory every step (NST_FAST_KEEP_MEMORY=0)")
     p.add_argument("--md", default=None, help="also write the tables to this markdown file")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -155,13 +142,11 @@ def main(argv=None):
     sizes = [int(s) for s in (args.sizes or ("512,1024" if cuda else "128,256,512")).split(",")]
     modes = (args.modes or ("naive,fp32,tf32,bf16" if cuda else "naive,fp32,bf16")).split(",")
     n1, n2 = (int(s) for s in (args.steps or ("20,70" if cuda else "3,8")).split(","))
-    if args.ablate and not cuda and "fp32" in modes:
-        modes[modes.index("fp32") + 1:modes.index("fp32") + 1] = list(ABLATIONS)
 
     transfer = StyleTransfer(weights=os.environ.get("NST_FAST_WEIGHTS", "random"), device=device)
     layers = list(DEFAULT_CONTENT_LAYERS) + list(DEFAULT_STYLE_LAYERS)
     name = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
-    rates = {m: matmul_tflops(device, m) for m in modes if m in ("fp32", "tf32", "bf16")}
+    rates = {m: matmul_tflops(device, m) for m in modes if m != "naive"}
     rates["naive"] = rates.get("fp32") or matmul_tflops(device, "fp32")
     lines = [f"{name}, torch {torch.__version__}, weights {transfer.weights}; "
              f"matmul TFLOP/s measured: " + ", ".join(f"{m} {r:.1f}" for m, r in rates.items()), "",
@@ -180,14 +165,11 @@ def main(argv=None):
                               1.0, STYLE_WEIGHT, n, device)
             else:
                 def run(n, mode=mode):
-                    precision = "fp32" if mode in ABLATIONS else mode
-                    ablation = ABLATIONS[mode]() if mode in ABLATIONS else contextlib.nullcontext()
-                    with ablation:
-                        transfer.stylize_tensor(content, style, size=size, steps=n, precision=precision,
-                                                style_weight=STYLE_WEIGHT, report_every=10**9)
+                    transfer.stylize_tensor(content, style, size=size, steps=n, precision=mode,
+                                            style_weight=STYLE_WEIGHT, report_every=10**9)
             ms = per_step_ms(run, device, n1, n2, args.repeats)
             base = ms if mode == "naive" else base
-            floor = floor_flops / (rates.get(mode, rates["naive"]) * 1e12) * 1e3
+            floor = floor_flops / (rates[mode] * 1e12) * 1e3
             peak = peak_memory_mb(run, device)
             graph = ""
             if mode != "naive" and cuda:

@@ -35,13 +35,16 @@ def build_parser():
     p.add_argument("--content-layers", default="relu4_2", help="name[:weight],... (relu4_2)")
     p.add_argument("--style-layers", default="relu1_1,relu2_1,relu3_1,relu4_1,relu5_1",
                    help="name[:weight],...; weights are normalised to sum to 1 (equal)")
-    p.add_argument("--init", default="content", help="noise | content | style | an image path (content)")
+    p.add_argument("--init", default="content", help="noise | gray | content | style | an image path (content)")
     p.add_argument("--optimizer", default="lbfgs", choices=["lbfgs", "adam"], help="(lbfgs)")
     p.add_argument("--lr", type=float, default=None, help="step size (lbfgs 1, adam 0.02)")
     p.add_argument("--lbfgs-history", type=int, default=10, help="curvature pairs L-BFGS keeps (10)")
     p.add_argument("--normalize-gradients", action="store_true",
                    help="scale each loss layer's gradient to unit L1 norm times its weight")
-    p.add_argument("--pooling", default="max", choices=["max", "avg"], help="(max)")
+    p.add_argument("--avg-decay", type=float, default=0.0,
+                   help="output a moving average of the iterates with this decay, e.g. 0.99 (0: off)")
+    p.add_argument("--pooling", default="max", choices=["max", "avg", "l2"],
+                   help="max | avg | l2 (root mean square) (max)")
     p.add_argument("--network", default="vgg19", choices=["vgg19", "vgg16"],
                    help="the CNN whose features are matched (vgg19, the paper's)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"], help="(fp32)")
@@ -174,7 +177,8 @@ def run(args) -> int:
             size=args.size, steps=args.steps, content_weight=args.content_weight, style_weight=args.style_weight,
             tv_weight=args.tv_weight, content_layers=args.content_layers, style_layers=args.style_layers,
             init=args.init, optimizer=args.optimizer, lr=args.lr, seed=args.seed,
-            lbfgs_history=args.lbfgs_history, normalize_gradients=args.normalize_gradients, precision=args.precision,
+            lbfgs_history=args.lbfgs_history, normalize_gradients=args.normalize_gradients, avg_decay=args.avg_decay,
+            precision=args.precision,
             style_blend=args.style_blend, style_scale=args.style_scale, scales=args.scales,
             preserve_colors=args.preserve_colors, report_every=report_every, callback=progress,
             checkpoint_every=args.checkpoint_every, fit_memory=args.fit_memory,

@@ -12,7 +12,8 @@ step of StyleTransfer._optimise (the backward of GatysLoss), not a simulation:
   saved        what autograd keeps from the forward: each conv's input and
                output (the in-place ReLU writes into the conv output, so one
                buffer serves both and the next conv's input), each max pool's
-               output and its int64 indices, the normalised input image, and
+               output and its int64 indices (an L2 pool's output and the
+               squares of its input), the normalised input image, and
                the content loss's (F - P) residual; the style loss keeps only
                the features (already counted) and a C x C residual (below);
                but the reference style loss (no fused kernel for the device)
@@ -36,7 +37,7 @@ step of StyleTransfer._optimise (the backward of GatysLoss), not a simulation:
                and varying from run to run; we add ALLOCATOR_SLACK of it.
                (With MALLOC_MMAP_THRESHOLD_ fixed, the other terms alone match
                the measured peak to ~3%.) While a CPU run keeps freed memory
-               (nst_fast/heap.py) larger blocks come from the heap too and
+               (nst_fast/heap.py: where blocks exceed 32 MiB) larger blocks come from the heap too and
                fragment it: 31-56% of saved + backward at 768x576, so
                KEPT_ALLOCATOR_SLACK then. CUDA's max_memory_allocated counts
                tensors only, so no slack there.
@@ -122,6 +123,8 @@ def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs
                 saved += out * act
         elif kind == "pool":
             saved += out * (act + (_POOL_INDEX_BYTES if pooling == "max" else 0))
+            if pooling == "l2":
+                saved += c_in * h * w * act  # the squares, kept by avg_pool2d's backward
     pixels = 3 * height * width
     saved += pixels * 4  # the normalised input (conv1_1's input)
     weight_bytes = weights * 4 + transforms
@@ -154,14 +157,19 @@ def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs
         "optimizer": opt_bytes,
         "scratch": WINOGRAD_SCRATCH_BYTES if transforms else 0,
         "runtime": RUNTIME_BYTES.get(dev_type, RUNTIME_BYTES["cuda"]),
-        "allocator": int(_allocator_slack(dev_type) * (saved + backward)),
+        "allocator": int(_allocator_slack(dev_type, largest * act) * (saved + backward)),
     }
 
 
-def _allocator_slack(dev_type: str) -> float:
-    if dev_type == "cpu" and heap.keeps_freed_memory():
+def _allocator_slack(dev_type: str, largest_bytes: int) -> float:
+    if dev_type == "cpu" and heap.worth_keeping(largest_bytes):
         return KEPT_ALLOCATOR_SLACK
     return ALLOCATOR_SLACK.get(dev_type, 0.0)
+
+
+def largest_activation_bytes(height: int, width: int, precision: str = "fp32") -> int:
+    """The largest activation of a step: conv1_x's 64 channels at full size."""
+    return 64 * height * width * (2 if precision == "bf16" else 4)
 
 
 def estimate_bytes(height, width, content_layers, style_layers, optimizer="lbfgs", precision="fp32",

@@ -11,7 +11,7 @@ DEFAULT_STYLE_LAYERS = {name: 0.2 for name in ("relu1_1", "relu2_1", "relu3_1", 
 # beta per weights convention: Caffe-convention activations are ~60x larger (0..255
 # input), and the style term grows with their 4th power, the content term with the 2nd.
 DEFAULT_STYLE_WEIGHT = {"caffe": 1e4, "torchvision": 5e7}
-INITS = ("noise", "content", "style")
+INITS = ("noise", "gray", "content", "style")
 OPTIMIZERS = ("lbfgs", "adam")
 PRECISIONS = ("fp32", "tf32", "bf16")
 PRESERVE_COLORS = (None, "luminance", "match", "histogram")
@@ -70,6 +70,7 @@ class Options:
     lr: Optional[float] = None
     lbfgs_history: int = 10  # curvature pairs L-BFGS keeps (jcjohnson's -lbfgs_num_correction)
     normalize_gradients: bool = False  # each loss's gradient over its L1 norm (jcjohnson's option)
+    avg_decay: float = 0.0  # > 0: the result is a moving average of the iterates with this decay
     seed: int = 0
     precision: str = "fp32"
     style_blend: Optional[Sequence[float]] = None
@@ -101,6 +102,9 @@ class Options:
         for name in ("content_weight", "style_weight", "tv_weight"):
             _check_weight(name, getattr(self, name))
         _check_weight("style_scale", self.style_scale, positive=True)
+        _check_weight("avg_decay", self.avg_decay)
+        if self.avg_decay >= 1:
+            raise NstError(f"avg_decay must be below 1 (0: off), got {self.avg_decay!r}")
         if self.lr is not None:
             _check_weight("lr", self.lr, positive=True)
         self.content_layers = parse_layers(self.content_layers, "content")

@@ -4,15 +4,19 @@ import torch
 
 
 class LoopState:
-    """Device-side bookkeeping of a run: best image so far, non-finite streak, loss history."""
+    """Device-side bookkeeping of a run: best image so far, the running average of the
+    images (with avg_decay > 0), non-finite streak, loss history."""
 
-    def __init__(self, best, best_loss, bad_streak, history, cursor, step=0):
+    def __init__(self, best, best_loss, bad_streak, history, cursor, step=0, avg_decay=0.0, average=None,
+                 average_weight=None):
         self.best, self.best_loss, self.bad_streak = best, best_loss, bad_streak
         self.history, self.cursor, self.step = history, cursor, step
+        self.avg_decay, self.average, self.average_weight = avg_decay, average, average_weight
 
     @classmethod
-    def start(cls, x, steps, n_parts):
+    def start(cls, x, steps, n_parts, avg_decay=0.0):
         dev = x.device
+        averaging = avg_decay > 0
         return cls(
             best=x.detach().clone(),
             best_loss=torch.full((), float("inf"), device=dev),
@@ -20,20 +24,39 @@ class LoopState:
             bad_streak=torch.zeros((), dtype=torch.int32, device=dev),
             history=torch.full((max(steps, 1), n_parts), float("nan"), device=dev),
             cursor=torch.zeros((1,), dtype=torch.long, device=dev),
+            avg_decay=avg_decay,
+            average=torch.zeros_like(x.detach()) if averaging else None,
+            average_weight=torch.zeros((), device=dev) if averaging else None,
         )
 
     def record(self, x, total, parts):
+        finite = torch.isfinite(total)
         improved = total < self.best_loss  # False for NaN
         self.best.copy_(torch.where(improved, x, self.best))
         self.best_loss.copy_(torch.where(improved, total, self.best_loss))
-        self.bad_streak.copy_(torch.where(torch.isfinite(total), 0, self.bad_streak + 1))
+        self.bad_streak.copy_(torch.where(finite, 0, self.bad_streak + 1))
+        if self.average is not None:
+            # An exponential moving average of the finite images, with the weight of
+            # its zero start divided out in output().
+            keep = torch.where(finite, self.avg_decay, 1.0)
+            self.average.copy_(torch.where(finite, self.average * keep + x * (1 - keep), self.average))
+            self.average_weight.copy_(self.average_weight * keep + (1 - keep))
         row = torch.stack([p.float() for p in parts]).unsqueeze(0)
         self.history.index_copy_(0, self.cursor.clamp(max=self.history.size(0) - 1), row)
         self.cursor.add_(1)
 
+    def output(self):
+        """The run's result so far: the averaged image with avg_decay, else the best one."""
+        if self.average is None:
+            return self.best
+        return torch.where(self.average_weight > 0, self.average / self.average_weight.clamp(min=1e-12), self.best)
+
     def tensors(self):
-        return {"best": self.best, "best_loss": self.best_loss, "bad_streak": self.bad_streak,
-                "history": self.history[: self.step], "step": self.step}
+        out = {"best": self.best, "best_loss": self.best_loss, "bad_streak": self.bad_streak,
+               "history": self.history[: self.step], "step": self.step, "result": self.output()}
+        if self.average is not None:
+            out.update(average=self.average, average_weight=self.average_weight)
+        return out
 
     def load(self, saved, x, opt):
         """Continue from a checkpoint's tensors (in place: a captured graph stays valid)."""
@@ -42,6 +65,9 @@ class LoopState:
             self.best.copy_(saved["best"])
             self.best_loss.copy_(saved["best_loss"])
             self.bad_streak.copy_(saved["bad_streak"])
+            if self.average is not None:
+                self.average.copy_(saved["average"])
+                self.average_weight.copy_(saved["average_weight"])
             done = saved["history"].size(0)
             self.history[:done].copy_(saved["history"])
             self.cursor.fill_(done)

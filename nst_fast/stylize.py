@@ -124,46 +124,47 @@ class StyleTransfer:
 
         total_steps = opts.steps * len(sizes)
         self.history, x = [], None
-        # On the CPU, activations reuse the memory of the step before (nst_fast/heap.py).
-        with heap.keep_freed_memory(self.device.type == "cpu"):
-            for scale_index, size in enumerate(sizes):
-                content_t = images.resize_long_side(content_img, size)
-                h, w = content_t.shape[-2:]
-                if min(h, w) < min_side:
-                    raise NstError(
-                        f"the content image is {w}x{h} pixels at size {size}; layers down to "
-                        f"{net.layers[-1]} need at least {min_side} pixels per side"
-                    )
-                resume_state = None
-                if saved is not None:
-                    if tuple(saved["size"]) == (h, w):
-                        resume_state, self.history, saved = saved, saved["rows_before"], None
-                    elif max(h, w) <= max(saved["size"]):
-                        continue  # this scale was done before the checkpoint
-                    else:  # continue upscaled from the checkpoint's image
-                        x, self.history, saved = saved["best"], saved["history_rows"], None
-                loss_fn = self._loss(net, content_t, style_imgs, opts, (h, w), min_side)
-                x = self._initial_image(opts, content_t, style_imgs[0], x)
-                rows_before = self.history
+        for scale_index, size in enumerate(sizes):
+            content_t = images.resize_long_side(content_img, size)
+            h, w = content_t.shape[-2:]
+            if min(h, w) < min_side:
+                raise NstError(
+                    f"the content image is {w}x{h} pixels at size {size}; layers down to "
+                    f"{net.layers[-1]} need at least {min_side} pixels per side"
+                )
+            resume_state = None
+            if saved is not None:
+                if tuple(saved["size"]) == (h, w):
+                    resume_state, self.history, saved = saved, saved["rows_before"], None
+                elif max(h, w) <= max(saved["size"]):
+                    continue  # this scale was done before the checkpoint
+                else:  # continue upscaled from the checkpoint's image
+                    x, self.history, saved = saved.get("result", saved["best"]), saved["history_rows"], None
+            loss_fn = self._loss(net, content_t, style_imgs, opts, (h, w), min_side)
+            x = self._initial_image(opts, content_t, style_imgs[0], x)
+            rows_before = self.history
 
-                def save_checkpoint(state, x_now, opt, path, scale_index=scale_index, rows_before=rows_before,
-                                    loss_fn=loss_fn):
-                    checkpoint_io.save(path, {
-                        "fingerprint": fp, "size": [h, w], "scale_index": scale_index,
-                        "x": x_now.detach().cpu(), "optimizer": {k: v.cpu() for k, v in opt.state_dict().items()},
-                        "rows_before": rows_before, "history_rows": self._history_rows(loss_fn, state, rows_before),
-                        **{k: (v.cpu() if torch.is_tensor(v) else v) for k, v in state.tensors().items()},
-                    })
+            def save_checkpoint(state, x_now, opt, path, scale_index=scale_index, rows_before=rows_before,
+                                loss_fn=loss_fn):
+                checkpoint_io.save(path, {
+                    "fingerprint": fp, "size": [h, w], "scale_index": scale_index,
+                    "x": x_now.detach().cpu(), "optimizer": {k: v.cpu() for k, v in opt.state_dict().items()},
+                    "rows_before": rows_before, "history_rows": self._history_rows(loss_fn, state, rows_before),
+                    **{k: (v.cpu() if torch.is_tensor(v) else v) for k, v in state.tensors().items()},
+                })
 
-                try:
-                    state = self._optimise(loss_fn, x, opts, scale_index * opts.steps, total_steps, resume=resume_state,
-                                           checkpoint=checkpoint, interrupt_checkpoint=interrupt_checkpoint,
-                                           save_checkpoint=save_checkpoint)
-                except (Interrupted, NonFiniteLoss) as exc:
-                    exc.image = finish(exc.image)
-                    raise
-                self.history = self._history_rows(loss_fn, state, rows_before)
-                x = state.best
+            # Large CPU activations reuse the memory of the step before (nst_fast/heap.py).
+            largest = memory.largest_activation_bytes(h, w, opts.precision)
+            try:
+                with heap.keep_freed_memory(self.device.type == "cpu" and heap.worth_keeping(largest)):
+                    state = self._optimise(loss_fn, x, opts, scale_index * opts.steps, total_steps,
+                                           resume=resume_state, checkpoint=checkpoint,
+                                           interrupt_checkpoint=interrupt_checkpoint, save_checkpoint=save_checkpoint)
+            except (Interrupted, NonFiniteLoss) as exc:
+                exc.image = finish(exc.image)
+                raise
+            self.history = self._history_rows(loss_fn, state, rows_before)
+            x = state.output()
         if x is None:
             raise NstError(f"checkpoint {resume} is larger than the requested size; ask for its size or more")
         return finish(x)
@@ -225,6 +226,9 @@ class StyleTransfer:
         elif isinstance(opts.init, str) and opts.init == "noise":
             gen = torch.Generator().manual_seed(opts.seed)
             start = torch.rand((1, 3, h, w), generator=gen)
+        elif isinstance(opts.init, str) and opts.init == "gray":
+            gen = torch.Generator().manual_seed(opts.seed)
+            start = 0.5 + (torch.rand((1, 3, h, w), generator=gen) - 0.5) / 255  # 1/255 noise breaks symmetry
         elif isinstance(opts.init, str) and opts.init == "content":
             start = content_t
         elif isinstance(opts.init, str) and opts.init == "style":
@@ -247,7 +251,7 @@ class StyleTransfer:
             opt = make_optimizer("lbfgs", x, lr=opts.lr or 1.0, history=opts.lbfgs_history, max_step=LBFGS_MAX_STEP)
         else:
             opt = make_optimizer("adam", x, lr=opts.lr or 0.02)
-        state = LoopState.start(x, opts.steps, len(loss_fn.part_names()))
+        state = LoopState.start(x, opts.steps, len(loss_fn.part_names()), opts.avg_decay)
         if resume is not None:
             state.load(resume, x, opt)
         report_every = opts.report_every or (1 if dev.type == "cpu" else 20)
@@ -268,19 +272,19 @@ class StyleTransfer:
                 parts = runner()
                 state.step = step
                 if opts.callback is not None:
-                    opts.callback(StepInfo(step_offset + step, total_steps, tuple(x.shape[-2:]), parts, state.best))
+                    opts.callback(StepInfo(step_offset + step, total_steps, tuple(x.shape[-2:]), parts, state.output()))
                 if step % report_every == 0 or step == opts.steps:
                     if state.bad_streak >= MAX_NONFINITE or not torch.isfinite(state.best_loss):
                         raise NonFiniteLoss(
                             f"the loss became {float(parts['total'])} at step {step_offset + step} and did "
                             "not recover; lower the loss weights or the learning rate",
-                            image=state.best.clamp(0, 1).cpu(), step=step_offset + step)
+                            image=state.output().clamp(0, 1).cpu(), step=step_offset + step)
                 if checkpoint and opts.checkpoint_every and step % opts.checkpoint_every == 0:
                     save_checkpoint(state, x, opt, checkpoint)
         except KeyboardInterrupt:
             if checkpoint or interrupt_checkpoint:
                 save_checkpoint(state, x, opt, checkpoint or interrupt_checkpoint)
-            raise Interrupted(f"interrupted at step {step_offset + step}", image=state.best.clamp(0, 1).cpu(),
+            raise Interrupted(f"interrupted at step {step_offset + step}", image=state.output().clamp(0, 1).cpu(),
                               step=step_offset + step) from None
         why_not = runner.why_not or (None if runner.graphed else "fewer steps than the warm-up before capture")
         self.last_run = {"cuda_graph": runner.graphed, "why_not": why_not}

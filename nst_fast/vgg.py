@@ -20,6 +20,7 @@ CONFIGS = {
     "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
 }
 NETWORK_TITLES = {"vgg19": "VGG-19", "vgg16": "VGG-16"}
+POOLINGS = ("max", "avg", "l2")
 
 
 def check_network(network: str) -> str:
@@ -74,11 +75,26 @@ def check_layer_names(names, what="layer", network="vgg19"):
                            f"... {last}, pool1..pool5")
 
 
+class L2Pool2d(nn.Module):
+    """2x2 root-mean-square pooling: between average and max pooling in how much the
+    strongest activation of a window counts. The epsilon keeps the gradient finite
+    where a window is all zeros (common after a ReLU)."""
+
+    EPS = 1e-8
+
+    def forward(self, x):
+        return nn.functional.avg_pool2d(x * x, 2, 2).add_(self.EPS).sqrt_()
+
+
+def _pool(pooling: str) -> nn.Module:
+    return {"max": lambda: nn.MaxPool2d(2, 2), "avg": lambda: nn.AvgPool2d(2, 2), "l2": L2Pool2d}[pooling]()
+
+
 def _build(depth: int, pooling: str, network: str = "vgg19") -> nn.Sequential:
     layers, in_channels = [], 3
     for item in CONFIGS[network]:
         if item == "M":
-            layers.append(nn.MaxPool2d(2, 2) if pooling == "max" else nn.AvgPool2d(2, 2))
+            layers.append(_pool(pooling))
         else:
             layers += [nn.Conv2d(in_channels, item, 3, padding=1), nn.ReLU(inplace=True)]
             in_channels = item
@@ -178,8 +194,8 @@ class VGGFeatures(nn.Module):
     def __init__(self, layers, state: dict, convention: str = "torchvision", pooling="max", source="weights",
                  network="vgg19"):
         super().__init__()
-        if pooling not in ("max", "avg"):
-            raise NstError(f"pooling must be 'max' or 'avg', got {pooling!r}")
+        if pooling not in POOLINGS:
+            raise NstError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         layers = list(dict.fromkeys(layers))
         check_layer_names(layers, network=network)
         self.layers, self.network = layers, network

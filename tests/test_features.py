@@ -257,3 +257,75 @@ def test_cli_lbfgs_history_and_normalize_gradients(tmp_path, small_images, capsy
                      "--device", "cpu", "--size", "32", "--steps", "3", "-q", "--lbfgs-history", "0"])
     assert code != 0 and "lbfgs_history must be at least 1" in capsys.readouterr().err
     assert not (tmp_path / "bad.png").exists()
+
+
+def test_loop_state_averages_finite_iterates_with_bias_correction():
+    from nst_fast.steps import LoopState
+
+    xs = [torch.full((1, 3, 2, 2), v) for v in (1.0, 2.0, 9.0, 4.0)]
+    totals = [torch.tensor(t) for t in (3.0, 2.0, float("nan"), 1.0)]
+    state = LoopState.start(xs[0], steps=4, n_parts=1, avg_decay=0.5)
+    for x, total in zip(xs, totals):
+        state.record(x, total, [total])
+    # 0.5-decay EMA of 1, 2, 4 (the NaN step skipped), over its weight 1 - 0.5^3.
+    want = (0.125 * 1.0 + 0.25 * 2.0 + 0.5 * 4.0) / (1 - 0.5**3)
+    assert torch.allclose(state.output(), torch.full_like(xs[0], want))
+    assert torch.equal(state.best, xs[3])
+    plain = LoopState.start(xs[0], steps=4, n_parts=1)
+    for x, total in zip(xs, totals):
+        plain.record(x, total, [total])
+    assert torch.equal(plain.output(), xs[3])
+
+
+def test_avg_decay_averages_the_output_not_the_optimisation(transfer, small_images, tmp_path):
+    content, style = small_images
+    kw = dict(size=32, steps=10, init="noise", seed=4)
+    plain = transfer.stylize_tensor(content, style, **kw)
+    plain_history = [r["total"] for r in transfer.history]
+    averaged = transfer.stylize_tensor(content, style, avg_decay=0.8, **kw)
+    assert [r["total"] for r in transfer.history] == plain_history  # the same iterates
+    assert not torch.equal(averaged, plain)
+    assert 0 <= averaged.min() and averaged.max() <= 1
+    # Resuming restores the average too.
+    ckpt = tmp_path / "avg.ckpt"
+    transfer.stylize_tensor(content, style, checkpoint=ckpt, avg_decay=0.8, **dict(kw, steps=5))
+    assert torch.equal(transfer.stylize_tensor(content, style, resume=ckpt, avg_decay=0.8, **kw), averaged)
+    with pytest.raises(NstError, match="from another run"):
+        transfer.stylize_tensor(content, style, resume=ckpt, **kw)
+    for bad in (1.0, -0.1):
+        with pytest.raises(NstError, match="avg_decay"):
+            transfer.stylize_tensor(content, style, avg_decay=bad, **kw)
+
+
+def test_gray_init_starts_from_mid_gray(transfer, small_images):
+    content, style = small_images
+    start = transfer.stylize_tensor(content, style, size=32, steps=0, init="gray")
+    assert (start - 0.5).abs().max() <= 0.5 / 255 + 1e-6
+    assert start.std() > 0  # the noise that breaks the symmetry
+
+
+def test_l2_pooling_is_the_root_mean_square_with_finite_gradients():
+    from nst_fast import vgg
+
+    pool = vgg.L2Pool2d()
+    x = torch.tensor([[[[3.0, 4.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]]], requires_grad=True)
+    y = pool(x)
+    assert torch.allclose(y, torch.tensor([[[[2.5, 0.0]]]]), atol=1e-3)  # sqrt((9 + 16) / 4); an all-zero window
+    y.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    net = vgg.VGGFeatures(["relu2_1"], vgg.random_state(0), pooling="l2")
+    assert isinstance(net.net[4], vgg.L2Pool2d)
+
+
+def test_cli_l2_pooling_gray_init_and_averaging(tmp_path, small_images, capsys):
+    content, style = small_images
+    out = tmp_path / "out.png"
+    code = cli.main([str(content), str(style), "-o", str(out), "--weights", "random", "--device", "cpu",
+                     "--size", "32", "--steps", "3", "-q", "--pooling", "l2", "--init", "gray",
+                     "--avg-decay", "0.9"])
+    assert code == 0, capsys.readouterr().err
+    assert out.exists()
+    code = cli.main([str(content), str(style), "-o", str(tmp_path / "bad.png"), "--weights", "random",
+                     "--device", "cpu", "--size", "32", "--steps", "3", "-q", "--avg-decay", "1.5"])
+    assert code != 0 and "avg_decay must be below 1" in capsys.readouterr().err
+    assert not (tmp_path / "bad.png").exists()

@@ -23,8 +23,8 @@ import json, resource, sys
 import torch
 import nst_fast
 
-h, w, steps, optimizer = (int(a) if a.isdigit() else a for a in sys.argv[1:5])
-st = nst_fast.StyleTransfer(weights="random", device="cpu")
+h, w, steps, optimizer, pooling = (int(a) if a.isdigit() else a for a in sys.argv[1:6])
+st = nst_fast.StyleTransfer(weights="random", device="cpu", pooling=pooling)
 gen = torch.Generator().manual_seed(0)
 content = torch.rand(1, 3, h, w, generator=gen)
 style = torch.rand(1, 3, h // 2, w // 2, generator=gen)
@@ -42,25 +42,26 @@ print(json.dumps({"before_rss": before_rss, "before_max": before_max, "after_max
 """
 
 
-def _measure_cpu(h, w, steps, optimizer):
+def _measure_cpu(h, w, steps, optimizer, pooling="max"):
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-c", _MEASURE, str(h), str(w), str(steps), optimizer],
+    proc = subprocess.run([sys.executable, "-c", _MEASURE, str(h), str(w), str(steps), optimizer, pooling],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
-def test_cpu_estimate_matches_measured_peak():
+@pytest.mark.parametrize("pooling", ["max", "l2"])
+def test_cpu_estimate_matches_measured_peak(pooling):
     h, w = 576, 768  # activations are ~60% of the estimate at this size
-    r = _measure_cpu(h, w, steps=2, optimizer="lbfgs")
+    r = _measure_cpu(h, w, steps=2, optimizer="lbfgs", pooling=pooling)
     measured = (r["after_max"] - r["before_rss"]) * 1024  # ru_maxrss and VmRSS are in KiB on Linux
     measured_hwm = (r["after_max"] - r["before_max"]) * 1024
-    parts = memory.estimate_parts(h, w, CONTENT, STYLE, "lbfgs", "fp32", device="cpu")
-    estimate = memory.estimate_bytes(h, w, CONTENT, STYLE, "lbfgs", "fp32", device="cpu")
-    report = (f"{w}x{h} lbfgs: estimate {estimate / MiB:.0f} MiB, measured {measured / MiB:.0f} MiB "
+    parts = memory.estimate_parts(h, w, CONTENT, STYLE, "lbfgs", "fp32", device="cpu", pooling=pooling)
+    estimate = memory.estimate_bytes(h, w, CONTENT, STYLE, "lbfgs", "fp32", device="cpu", pooling=pooling)
+    report = (f"{w}x{h} lbfgs {pooling} pooling: estimate {estimate / MiB:.0f} MiB, measured {measured / MiB:.0f} MiB "
               f"(over ru_maxrss baseline: {measured_hwm / MiB:.0f}), ratio {estimate / measured:.3f}; "
               + ", ".join(f"{k} {v / MiB:.0f}" for k, v in parts.items()))
     print(report)
