@@ -44,7 +44,9 @@ def one_run(size: int, keep: bool) -> dict:
     env = dict(os.environ, NST_FAST_KEEP_MEMORY="1" if keep else "0")
     env["PYTHONPATH"] = os.path.join(HERE, "..") + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run([sys.executable, "-c", _ONE_RUN, str(size), HERE], capture_output=True, text=True,
-                          env=env, check=True)
+                          env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"a {size} px run failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

@@ -16,6 +16,10 @@ def _csv_ints(text):
     return [int(t) for t in text.replace(",", " ").split()]
 
 
+def _csv_paths(text):
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
 def build_parser():
     p = argparse.ArgumentParser(
         prog="nst-fast",
@@ -55,6 +59,8 @@ def build_parser():
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
     p.add_argument("--seed", type=int, default=0, help="random seed (0)")
     p.add_argument("--style-blend", type=_csv_floats, default=None, help="one weight per style image")
+    p.add_argument("--style-masks", type=_csv_paths, default=None,
+                   help="one mask image per style, comma-separated: each style paints where its mask is white")
     p.add_argument("--style-scale", type=float, default=1.0, help="style image size relative to the output (1)")
     p.add_argument("--scales", type=_csv_ints, default=None, help="coarse-to-fine sizes, e.g. 256,512")
     p.add_argument("--preserve-colors", default=None, choices=["luminance", "match", "histogram"],
@@ -179,7 +185,8 @@ def run(args) -> int:
             init=args.init, optimizer=args.optimizer, lr=args.lr, seed=args.seed,
             lbfgs_history=args.lbfgs_history, normalize_gradients=args.normalize_gradients, avg_decay=args.avg_decay,
             precision=args.precision,
-            style_blend=args.style_blend, style_scale=args.style_scale, scales=args.scales,
+            style_blend=args.style_blend, style_masks=args.style_masks, style_scale=args.style_scale,
+            scales=args.scales,
             preserve_colors=args.preserve_colors, report_every=report_every, callback=progress,
             checkpoint_every=args.checkpoint_every, fit_memory=args.fit_memory,
             cuda_graph=False if args.no_cuda_graph else None,

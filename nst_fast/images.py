@@ -62,6 +62,20 @@ def to_tensor(image) -> torch.Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).unsqueeze(0)
 
 
+def to_mask(image) -> torch.Tensor:
+    """A path, PIL image or tensor -> float32 (1, 1, H, W) in [0, 1]: its grey level,
+    white where a region is."""
+    return to_tensor(image).mean(dim=1, keepdim=True)
+
+
+def resize_mask(mask: torch.Tensor, size) -> torch.Tensor:
+    """A (1, 1, H, W) mask at `size` (height, width): area-averaged when shrinking."""
+    if tuple(mask.shape[-2:]) == tuple(size):
+        return mask
+    shrinking = size[0] < mask.shape[-2] and size[1] < mask.shape[-1]
+    return F.interpolate(mask, size=tuple(size), mode="area" if shrinking else "bilinear").clamp(0, 1)
+
+
 def resize_long_side(image: torch.Tensor, long_side: int) -> torch.Tensor:
     h, w = image.shape[-2:]
     scale = long_side / max(h, w)

@@ -6,7 +6,14 @@
 
 A_l is the style image's Gram matrix rescaled by M_l / M_style, so a style
 image of another size than the output gives the same per-position statistics.
+
+Spatial control (Gatys et al. 2017, guided Gram matrices): style r applies where
+its mask T_r is, E_l = sum_r b_r E_lr with E_lr computed from the masked features
+F * T_r, M_l replaced by the masked positions sum T_r^2 and A_lr the style's
+per-position Gram over that many positions; b_r are the style blend weights.
 """
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
@@ -28,7 +35,16 @@ def tv_loss(image: torch.Tensor) -> torch.Tensor:
     return dh.float().square().sum() + dw.float().square().sum()
 
 
-def gram_target(style_features: torch.Tensor, output_positions: int) -> torch.Tensor:
+class GuidedStyle(NamedTuple):
+    """One style's share of a style layer's loss under spatial control."""
+
+    mask: torch.Tensor  # (1, 1, H, W) at the layer's resolution
+    target: torch.Tensor  # the style's Gram matrix over `positions` positions, fp32
+    weight: float  # its blend weight
+    positions: float  # sum of mask^2: the positions the mask covers
+
+
+def gram_target(style_features: torch.Tensor, output_positions: float) -> torch.Tensor:
     """The style image's Gram matrix, rescaled to the output's number of positions."""
     positions = style_features.shape[-2] * style_features.shape[-1]
     return ops.gram(style_features.float()) * (output_positions / positions)
@@ -63,6 +79,8 @@ class GatysLoss(nn.Module):
     def __init__(self, vgg, content_targets: dict, style_targets: dict, content_weights: dict,
                  style_weights: dict, alpha: float, beta: float, tv_weight: float,
                  normalize_gradients: bool = False):
+        """style_targets: {layer: Gram target}, or {layer: [GuidedStyle, ...]} under
+        spatial control."""
         super().__init__()
         self.normalize_gradients = normalize_gradients
         self.vgg = vgg
@@ -92,8 +110,14 @@ class GatysLoss(nn.Module):
         style = image.new_zeros((), dtype=torch.float32)
         for name, target in self.style_targets.items():
             f = self._features(feats[name], self.beta * self.style_weights[name])
-            scale = style_scale(f.shape[1], f.shape[2] * f.shape[3])
-            term = ops.style_loss(f, target, scale)
+            if isinstance(target, list):
+                term = image.new_zeros((), dtype=torch.float32)
+                for guide in target:
+                    guided = f * guide.mask.to(f.dtype)
+                    term = term + guide.weight * ops.style_loss(guided, guide.target,
+                                                                style_scale(f.shape[1], guide.positions))
+            else:
+                term = ops.style_loss(f, target, style_scale(f.shape[1], f.shape[2] * f.shape[3]))
             parts[f"style:{name}"] = term
             style = style + self.style_weights[name] * term
         tv = tv_loss(image) if self.tv_weight else image.new_zeros((), dtype=torch.float32)

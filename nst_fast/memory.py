@@ -90,11 +90,12 @@ def _layer_shape(name: str, height: int, width: int):
 
 def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs", precision="fp32",
                    history=10, batch_styles=1, device="cpu", pooling="max", fused_style=None,
-                   network="vgg19") -> dict:
+                   network="vgg19", style_regions=0) -> dict:
     """The terms of `estimate_bytes`, in bytes, by name (see the module docstring).
 
     fused_style: whether the style loss runs the extension's kernel (None: as
-    nst_fast.backend would choose for the device now).
+    nst_fast.backend would choose for the device now). style_regions: masked
+    styles (spatial control), each keeping masked features per style layer.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
@@ -133,14 +134,17 @@ def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs
         weight_bytes += weights * 2  # autocast's bf16 copies of the weights
     content_sizes = [c * h * w for c, h, w in (_layer_shape(n, height, width) for n in content_layers)]
     saved += sum(content_sizes) * 4  # (F - P) kept by square()
+    style_sizes = [c * h * w for c, h, w in (_layer_shape(n, height, width) for n in style_layers)]
     if fused_style is None:
         try:
             fused_style = backend.uses_extension(device)
         except RuntimeError:
             fused_style = False
     if precision == "bf16" and not fused_style:
-        saved += sum(c * h * w for c, h, w in (_layer_shape(n, height, width) for n in style_layers)) * 4
-    grams = sum(vgg.layer_channels(n) ** 2 for n in style_layers) * 4
+        saved += sum(style_sizes) * 4
+    if style_regions:  # F * T_r per region and layer, kept by the style loss
+        saved += style_regions * sum(style_sizes) * act
+    grams = sum(vgg.layer_channels(n) ** 2 for n in style_layers) * 4 * max(1, style_regions)
 
     n = batch * pixels
     if optimizer == "lbfgs":
@@ -174,7 +178,7 @@ def largest_activation_bytes(height: int, width: int, precision: str = "fp32") -
 
 def estimate_bytes(height, width, content_layers, style_layers, optimizer="lbfgs", precision="fp32",
                    history=10, batch_styles=1, device="cpu", pooling="max", fused_style=None,
-                   network="vgg19") -> int:
+                   network="vgg19", style_regions=0) -> int:
     """Estimated peak memory (bytes) of one optimisation step at height x width.
 
     content_layers / style_layers: names or {name: weight} dicts (the weights are ignored).
@@ -182,7 +186,8 @@ def estimate_bytes(height, width, content_layers, style_layers, optimizer="lbfgs
     network's weights and the content targets scales with it.
     """
     return int(sum(estimate_parts(height, width, content_layers, style_layers, optimizer, precision,
-                                  history, batch_styles, device, pooling, fused_style, network).values()))
+                                  history, batch_styles, device, pooling, fused_style, network,
+                                  style_regions).values()))
 
 
 def _shape(long_side: int, aspect: float):
@@ -194,7 +199,7 @@ def _shape(long_side: int, aspect: float):
 
 def largest_size(budget_bytes, aspect, content_layers, style_layers, optimizer="lbfgs", precision="fp32",
                  history=10, batch_styles=1, device="cpu", pooling="max", fused_style=None,
-                 network="vgg19") -> int:
+                 network="vgg19", style_regions=0) -> int:
     """The largest long side (pixels) whose estimate fits in budget_bytes; 0 if none does.
 
     aspect is width / height of the content image.
@@ -209,7 +214,7 @@ def largest_size(budget_bytes, aspect, content_layers, style_layers, optimizer="
         if min(h, w) < smallest:
             return True  # too small to run at all; not a memory question
         return estimate_bytes(h, w, content_layers, style_layers, optimizer, precision, history,
-                              batch_styles, device, pooling, fused_style, network) <= budget_bytes
+                              batch_styles, device, pooling, fused_style, network, style_regions) <= budget_bytes
 
     lo, hi = 0, 1
     while fits(hi):  # the estimate grows with the side: find a side that does not fit

@@ -74,6 +74,7 @@ class Options:
     seed: int = 0
     precision: str = "fp32"
     style_blend: Optional[Sequence[float]] = None
+    style_masks: Optional[Sequence] = None  # one per style: where on the output it applies
     style_scale: float = 1.0
     preserve_colors: Optional[str] = None
     scales: Optional[Sequence[int]] = None
@@ -129,6 +130,11 @@ class Options:
         if sum(blend) <= 0:
             raise NstError("style blend weights must not all be zero")
         self.style_blend = [b / sum(blend) for b in blend]
+        if self.style_masks is not None:
+            if isinstance(self.style_masks, (str, bytes)) or not isinstance(self.style_masks, Sequence):
+                raise NstError("style_masks must be a list with one mask per style image")
+            if len(self.style_masks) != n_styles:
+                raise NstError(f"{len(self.style_masks)} style masks given for {n_styles} style images")
         if self.scales is not None:
             scales = [int(s) for s in self.scales]
             if not scales or any(s < 16 for s in scales) or scales != sorted(scales):

@@ -8,7 +8,7 @@ import torch
 from . import checkpoint as checkpoint_io
 from . import color, heap, images, memory, vgg
 from .errors import Interrupted, NonFiniteLoss, NstError
-from .losses import GatysLoss, gram_target
+from .losses import GatysLoss, GuidedStyle, gram_target
 from .optim import make_optimizer
 from .options import Options
 from .steps import LoopState, StepRunner
@@ -106,7 +106,13 @@ class StyleTransfer:
         opts = Options(**kwargs).validate(n_styles=len(styles), convention=self.convention)
         content_img = images.to_tensor(content)
         style_imgs = [images.to_tensor(s) for s in styles]
-        fp = checkpoint_io.fingerprint(content_img, style_imgs, opts, self)
+        masks = None
+        if opts.style_masks is not None:
+            masks = [images.to_mask(m) for m in opts.style_masks]
+            for i, mask in enumerate(masks):
+                if not mask.any():
+                    raise NstError(f"style mask {i + 1} is black everywhere: its style would apply nowhere")
+        fp = checkpoint_io.fingerprint(content_img, style_imgs + (masks or []), opts, self)
         saved = checkpoint_io.load(resume, fp) if resume else None
         content_img, style_imgs, finish = _preserve_colors(opts.preserve_colors, content_img, style_imgs)
         net = self.network(list(opts.content_layers) + list(opts.style_layers), opts.precision)
@@ -140,7 +146,7 @@ class StyleTransfer:
                     continue  # this scale was done before the checkpoint
                 else:  # continue upscaled from the checkpoint's image
                     x, self.history, saved = saved.get("result", saved["best"]), saved["history_rows"], None
-            loss_fn = self._loss(net, content_t, style_imgs, opts, (h, w), min_side)
+            loss_fn = self._loss(net, content_t, style_imgs, opts, (h, w), min_side, masks)
             x = self._initial_image(opts, content_t, style_imgs[0], x)
             rows_before = self.history
 
@@ -183,7 +189,8 @@ class StyleTransfer:
         height, width = (long_side, round(long_side * w / h)) if h >= w else (round(long_side * h / w), long_side)
         args = dict(content_layers=list(opts.content_layers), style_layers=list(opts.style_layers),
                     optimizer=opts.optimizer, precision=opts.precision, history=opts.lbfgs_history,
-                    device=self.device.type, pooling=self.pooling, network=self.architecture)
+                    device=self.device.type, pooling=self.pooling, network=self.architecture,
+                    style_regions=len(opts.style_masks or []))
         need = memory.estimate_bytes(height, width, **args)
         budget = opts.memory_limit if opts.memory_limit is not None else memory.available_bytes(self.device)
         if need <= budget:
@@ -198,13 +205,14 @@ class StyleTransfer:
                 "or --fit-memory to pick it)")
         return [s for s in sizes if s < fits] + [fits]
 
-    def _loss(self, net, content_t, style_imgs, opts, size, min_side) -> GatysLoss:
+    def _loss(self, net, content_t, style_imgs, opts, size, min_side, masks=None) -> GatysLoss:
+        """The loss at this scale; with masks, each style's Gram targets are guided by its mask."""
         dev = self.device
         with torch.no_grad(), precision_mode(opts.precision, dev):
             content_feats = net(content_t.to(dev))
             content_targets = {n: content_feats[n].float().clone() for n in opts.content_layers}
-            style_targets = {n: 0 for n in opts.style_layers}
-            for img, blend in zip(style_imgs, opts.style_blend):
+            style_targets = {n: [] if masks else 0 for n in opts.style_layers}
+            for i, (img, blend) in enumerate(zip(style_imgs, opts.style_blend)):
                 long_side = max(1, round(max(size) * opts.style_scale))
                 s = images.resize_long_side(img, long_side)
                 if min(s.shape[-2:]) < min_side:
@@ -214,8 +222,15 @@ class StyleTransfer:
                     )
                 feats = net(s.to(dev))
                 for n in opts.style_layers:
-                    out_positions = content_feats[n].shape[-2] * content_feats[n].shape[-1]
-                    style_targets[n] = style_targets[n] + blend * gram_target(feats[n], out_positions)
+                    layer_hw = content_feats[n].shape[-2:]
+                    if masks:
+                        mask = images.resize_mask(images.resize_mask(masks[i], size), layer_hw).to(dev)
+                        positions = float(mask.square().sum())
+                        if positions > 1e-6:  # else the region vanished at this depth
+                            style_targets[n].append(GuidedStyle(mask, gram_target(feats[n], positions), blend,
+                                                                positions))
+                    else:
+                        style_targets[n] = style_targets[n] + blend * gram_target(feats[n], layer_hw.numel())
         return GatysLoss(net, content_targets, style_targets, opts.content_layers, opts.style_layers,
                          opts.content_weight, opts.style_weight, opts.tv_weight, opts.normalize_gradients)
 
