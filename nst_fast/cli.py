@@ -184,10 +184,8 @@ def run(args) -> int:
             tv_weight=args.tv_weight, content_layers=args.content_layers, style_layers=args.style_layers,
             init=args.init, optimizer=args.optimizer, lr=args.lr, seed=args.seed,
             lbfgs_history=args.lbfgs_history, normalize_gradients=args.normalize_gradients, avg_decay=args.avg_decay,
-            precision=args.precision,
-            style_blend=args.style_blend, style_masks=args.style_masks, style_scale=args.style_scale,
-            scales=args.scales,
-            preserve_colors=args.preserve_colors, report_every=report_every, callback=progress,
+            precision=args.precision, style_blend=args.style_blend, style_masks=args.style_masks,
+            style_scale=args.style_scale, scales=args.scales, preserve_colors=args.preserve_colors, report_every=report_every, callback=progress,
             checkpoint_every=args.checkpoint_every, fit_memory=args.fit_memory,
             cuda_graph=False if args.no_cuda_graph else None,
         )

@@ -3,8 +3,8 @@
 glibc serves every allocation over its mmap threshold (at most 32 MiB) with a
 fresh mmap() and unmaps it on free. Most activations and gradients of a VGG-19
 step at 512 px are larger than that, so each step faults them in again and the
-kernel zeroes them: ~60,000 page faults per step, 10-15% of the step on a 2-core
-CPU. Inside keep_freed_memory() large blocks come from the heap and freed memory
+kernel zeroes them: ~90,000 page faults per step, and a 1.20x slower step at
+512 px (1.28x at 768 px) on a 2-core CPU (benchmarks/bench_heap.py). Inside keep_freed_memory() large blocks come from the heap and freed memory
 stays there for the next step (StyleTransfer does this for CPU runs with blocks over
 32 MiB, see worth_keeping()); on leaving, glibc's defaults return and the heap is
 trimmed, so the process gives the memory back.
@@ -56,8 +56,8 @@ def keeps_freed_memory() -> bool:
 
 def worth_keeping(largest_block_bytes: int) -> bool:
     """Whether to keep freed memory for a run whose largest tensor is this large:
-    only where some blocks are over MMAP_THRESHOLD_MAX. Below that, keeping brought no
-    gain (2-4% slower at 256 px on the 2-core CPU)."""
+    only where some blocks are over MMAP_THRESHOLD_MAX. Below that no block faults
+    in either case, and keeping measured 2-4% slower at 256 px on the 2-core CPU."""
     return largest_block_bytes > MMAP_THRESHOLD_MAX and keeps_freed_memory()
 
 

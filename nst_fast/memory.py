@@ -37,9 +37,9 @@ step of StyleTransfer._optimise (the backward of GatysLoss), not a simulation:
                and varying from run to run; we add ALLOCATOR_SLACK of it.
                (With MALLOC_MMAP_THRESHOLD_ fixed, the other terms alone match
                the measured peak to ~3%.) While a CPU run keeps freed memory
-               (nst_fast/heap.py: where blocks exceed 32 MiB) larger blocks come from the heap too and
-               fragment it: 31-56% of saved + backward at 768x576, so
-               KEPT_ALLOCATOR_SLACK then. CUDA's max_memory_allocated counts
+               (nst_fast/heap.py: where blocks exceed 32 MiB), larger blocks
+               come from the heap too and fragment it: 31-56% of saved +
+               backward at 768x576, so KEPT_ALLOCATOR_SLACK then. CUDA's max_memory_allocated counts
                tensors only, so no slack there.
 
 Activations are in the compute dtype: 4 bytes for fp32 and tf32, 2 for bf16.

@@ -80,3 +80,17 @@ def test_no_host_sync_inside_steps(transfer, small_images, cuda_graph):
         _run(transfer, small_images, steps=8, report_every=1000, callback=watch, cuda_graph=cuda_graph)
     finally:
         torch.cuda.set_sync_debug_mode(0)
+
+
+def test_masks_averaging_and_l2_pooling_are_captured_and_match_eager(small_images):
+    """Spatial control, iterate averaging and L2 pooling inside a captured step."""
+    transfer = StyleTransfer(weights="random", device="cuda", pooling="l2")
+    content, style = small_images
+    left = torch.zeros(1, 1, 48, 64)
+    left[..., :32] = 1.0
+    extra = dict(style_masks=[left, 1 - left], avg_decay=0.9)
+    graphed = _run(transfer, (content, [style, style]), **extra)
+    assert transfer.last_run["cuda_graph"], transfer.last_run["why_not"]
+    graphed_loss = transfer.history[-1]["total"]
+    eager = _run(transfer, (content, [style, style]), cuda_graph=False, **extra)
+    _compare(graphed, graphed_loss, eager, transfer.history[-1]["total"])
