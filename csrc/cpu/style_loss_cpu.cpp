@@ -49,13 +49,14 @@ at::Tensor style_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor
   check_grad_loss(grad_loss, features);
   const double alpha = 4.0 * scale * grad_loss.item<double>();
   auto f = accum_features(features);
-  auto d = residual.contiguous();
+  // alpha scales the C x C residual, not the C x M product: one pass less over dF.
+  auto d = residual.mul(alpha);
   at::Tensor grad;
   if (is_channels_last(f)) {
     // (F^T D)^T = D F since D is symmetric; this keeps the channels-last layout.
-    grad = at::bmm(f.transpose(1, 2), d).mul_(alpha).transpose(1, 2);
+    grad = at::bmm(f.transpose(1, 2), d).transpose(1, 2);
   } else {
-    grad = at::bmm(d, f).mul_(alpha);
+    grad = at::bmm(d, f);
   }
   return grad.to(features.scalar_type());
 }
