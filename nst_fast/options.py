@@ -76,6 +76,7 @@ class Options:
     style_blend: Optional[Sequence[float]] = None
     style_masks: Optional[Sequence] = None  # one per style: where on the output it applies
     style_scale: float = 1.0
+    style_size: Optional[int] = None  # the style images' long side in pixels at every scale (not style_scale)
     preserve_colors: Optional[str] = None
     scales: Optional[Sequence[int]] = None
     report_every: Optional[int] = None
@@ -103,6 +104,9 @@ class Options:
         for name in ("content_weight", "style_weight", "tv_weight"):
             _check_weight(name, getattr(self, name))
         _check_weight("style_scale", self.style_scale, positive=True)
+        if self.style_size is not None and (isinstance(self.style_size, bool) or not isinstance(self.style_size, int)
+                                            or self.style_size < 16):
+            raise NstError(f"style_size must be a whole number of pixels, at least 16, got {self.style_size!r}")
         _check_weight("avg_decay", self.avg_decay)
         if self.avg_decay >= 1:
             raise NstError(f"avg_decay must be below 1 (0: off), got {self.avg_decay!r}")

@@ -213,7 +213,7 @@ class StyleTransfer:
             content_targets = {n: content_feats[n].float().clone() for n in opts.content_layers}
             style_targets = {n: [] if masks else 0 for n in opts.style_layers}
             for i, (img, blend) in enumerate(zip(style_imgs, opts.style_blend)):
-                long_side = max(1, round(max(size) * opts.style_scale))
+                long_side = opts.style_size or max(1, round(max(size) * opts.style_scale))
                 s = images.resize_long_side(img, long_side)
                 if min(s.shape[-2:]) < min_side:
                     raise NstError(

@@ -51,6 +51,31 @@ def test_style_scale_changes_the_target(transfer, small_images):
         transfer.stylize(content, style, size=32, steps=1, style_scale=-1.0)
 
 
+def test_style_size_fixes_the_style_image_size(transfer, small_images, tmp_path, capsys):
+    content, style = small_images
+    fixed, _, c48 = _targets(transfer, content, [style], size=48, style_size=24)
+    scaled, _, _ = _targets(transfer, content, [style], size=48, style_scale=0.5)
+    for name in fixed.style_targets:
+        assert torch.equal(fixed.style_targets[name], scaled.style_targets[name])
+
+    def per_position(loss, c):  # relu1_1's target over its positions (those of the output)
+        return loss.style_targets["relu1_1"] / (c.shape[-2] * c.shape[-1])
+
+    # At another output size the same style image is used: the same per-position Gram.
+    fixed_64, _, c64 = _targets(transfer, content, [style], size=64, style_size=24)
+    scaled_64, _, _ = _targets(transfer, content, [style], size=64, style_scale=0.5)
+    assert torch.allclose(per_position(fixed_64, c64), per_position(fixed, c48), rtol=1e-5)
+    assert not torch.allclose(per_position(scaled_64, c64), per_position(fixed, c48), rtol=1e-3)
+    for bad in (8, 2.5):
+        with pytest.raises(NstError, match="style_size must be"):
+            transfer.stylize(content, style, size=32, steps=1, style_size=bad)
+    out = tmp_path / "out.png"
+    code = cli.main([str(content), str(style), "-o", str(out), "--weights", "random", "--device", "cpu",
+                     "--size", "32", "--steps", "1", "-q", "--style-size", "8"])
+    assert code != 0 and "style_size must be" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def _coloured(rgb, seed, size=(48, 64)):
     gen = torch.Generator().manual_seed(seed)
     base = torch.tensor(rgb).view(1, 3, 1, 1)
