@@ -60,6 +60,7 @@ def _check_weight(name, value, positive=False):
 class Options:
     size: int = 512
     steps: int = 500
+    initial_steps: Optional[int] = None  # steps at the first of several scales (crowsonkb's initial iterations)
     content_weight: float = 1.0
     style_weight: Optional[float] = None  # DEFAULT_STYLE_WEIGHT for the weights' convention
     tv_weight: float = 0.0
@@ -97,6 +98,9 @@ class Options:
             raise NstError(f"size must be at least 16 pixels, got {self.size}")
         if self.steps < 0:
             raise NstError(f"steps must be 0 or more, got {self.steps}")
+        if self.initial_steps is not None and (isinstance(self.initial_steps, bool)
+                                               or not isinstance(self.initial_steps, int) or self.initial_steps < 0):
+            raise NstError(f"initial_steps must be a whole number, 0 or more, got {self.initial_steps!r}")
         if self.lbfgs_history < 1:
             raise NstError(f"lbfgs_history must be at least 1, got {self.lbfgs_history}")
         if not isinstance(self.normalize_gradients, bool):
@@ -153,3 +157,7 @@ class Options:
 
     def sizes(self):
         return self.scales if self.scales else [self.size]
+
+    def steps_at(self, scale_index: int) -> int:
+        """Steps at the scale_index-th scale: initial_steps (if given) at the first, steps after."""
+        return self.initial_steps if scale_index == 0 and self.initial_steps is not None else self.steps

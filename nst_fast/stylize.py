@@ -128,7 +128,7 @@ class StyleTransfer:
                     snapshot(info.step, finish(info.image))
         opts.callback = callback
 
-        total_steps = opts.steps * len(sizes)
+        total_steps = sum(opts.steps_at(i) for i in range(len(sizes)))
         self.history, x = [], None
         for scale_index, size in enumerate(sizes):
             content_t = images.resize_long_side(content_img, size)
@@ -163,7 +163,8 @@ class StyleTransfer:
             largest = memory.largest_activation_bytes(h, w, opts.precision)
             try:
                 with heap.keep_freed_memory(self.device.type == "cpu" and heap.worth_keeping(largest)):
-                    state = self._optimise(loss_fn, x, opts, scale_index * opts.steps, total_steps,
+                    state = self._optimise(loss_fn, x, opts, opts.steps_at(scale_index),
+                                           sum(opts.steps_at(i) for i in range(scale_index)), total_steps,
                                            resume=resume_state, checkpoint=checkpoint,
                                            interrupt_checkpoint=interrupt_checkpoint, save_checkpoint=save_checkpoint)
             except (Interrupted, NonFiniteLoss) as exc:
@@ -252,9 +253,9 @@ class StyleTransfer:
             start = torch.nn.functional.interpolate(images.to_tensor(opts.init), size=(h, w), mode="bicubic")
         return start.to(self.device, torch.float32).contiguous()
 
-    def _optimise(self, loss_fn, x0, opts, step_offset, total_steps, resume=None, checkpoint=None,
+    def _optimise(self, loss_fn, x0, opts, steps, step_offset, total_steps, resume=None, checkpoint=None,
                   interrupt_checkpoint=None, save_checkpoint=None):
-        """Run opts.steps steps from x0 (or from `resume`, a checkpoint) -> the LoopState at the end.
+        """Run `steps` steps from x0 (or from `resume`, a checkpoint) -> the LoopState at the end.
 
         save_checkpoint(state, x, optimiser, path) writes `checkpoint` every
         opts.checkpoint_every steps and at the end, and on Ctrl-C (or to
@@ -266,7 +267,7 @@ class StyleTransfer:
             opt = make_optimizer("lbfgs", x, lr=opts.lr or 1.0, history=opts.lbfgs_history, max_step=LBFGS_MAX_STEP)
         else:
             opt = make_optimizer("adam", x, lr=opts.lr or 0.02)
-        state = LoopState.start(x, opts.steps, len(loss_fn.part_names()), opts.avg_decay)
+        state = LoopState.start(x, steps, len(loss_fn.part_names()), opts.avg_decay)
         if resume is not None:
             state.load(resume, x, opt)
         report_every = opts.report_every or (1 if dev.type == "cpu" else 20)
@@ -283,12 +284,12 @@ class StyleTransfer:
         runner = StepRunner(one_step, dev, opts.cuda_graph)
         step = state.step
         try:
-            for step in range(state.step + 1, opts.steps + 1):
+            for step in range(state.step + 1, steps + 1):
                 parts = runner()
                 state.step = step
                 if opts.callback is not None:
                     opts.callback(StepInfo(step_offset + step, total_steps, tuple(x.shape[-2:]), parts, state.output()))
-                if step % report_every == 0 or step == opts.steps:
+                if step % report_every == 0 or step == steps:
                     if state.bad_streak >= MAX_NONFINITE or not torch.isfinite(state.best_loss):
                         raise NonFiniteLoss(
                             f"the loss became {float(parts['total'])} at step {step_offset + step} and did "

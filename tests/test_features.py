@@ -110,6 +110,22 @@ def test_multiscale_reaches_the_final_size(transfer, small_images):
         transfer.stylize(content, style, scales=[64, 32], steps=1)
 
 
+def test_initial_steps_set_the_first_scale_only(transfer, small_images, tmp_path, capsys):
+    content, style = small_images
+    seen = []
+    transfer.stylize_tensor(content, style, scales=[32, 48, 64], steps=2, initial_steps=5, callback=seen.append)
+    assert [i.size for i in seen] == [(24, 32)] * 5 + [(36, 48)] * 2 + [(48, 64)] * 2
+    assert [i.step for i in seen] == list(range(1, 10)) and seen[-1].steps == 9
+    assert len(transfer.history) == 9
+    with pytest.raises(NstError, match="initial_steps must be"):
+        transfer.stylize(content, style, scales=[32, 48], steps=2, initial_steps=-1)
+    out = tmp_path / "out.png"
+    code = cli.main([str(content), str(style), "-o", str(out), "--weights", "random", "--device", "cpu",
+                     "--scales", "32,48", "--steps", "1", "--initial-steps", "2", "-q"])
+    assert code == 0, capsys.readouterr().err
+    assert out.exists()
+
+
 def test_snapshots_and_history(transfer, small_images):
     content, style = small_images
     shots = []
