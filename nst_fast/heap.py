@@ -14,6 +14,7 @@ tunables itself (the user's settings win).
 """
 import contextlib
 import ctypes
+import functools
 import os
 import sys
 import threading
@@ -30,6 +31,7 @@ _lock = threading.Lock()
 _depth = 0
 
 
+@functools.lru_cache(maxsize=None)
 def _glibc():
     """The C library of this process if it is glibc, else None."""
     if not sys.platform.startswith("linux"):
