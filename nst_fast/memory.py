@@ -23,6 +23,8 @@ step of StyleTransfer._optimise (the backward of GatysLoss), not a simulation:
                it, and the sum at a layer that also feeds a loss)
   targets      content targets (fp32, layer size), style Gram targets and the
                style losses' residuals (C x C fp32 each, per layer and batch item)
+  guided       with style masks (spatial control): the masked features F * T_r
+               the style loss keeps, per mask and style layer
   image        x, its gradient, the best-image copy, the content image and
                IMAGE_COPIES - 4 transients of the same size (torch.where)
   optimiser    L-BFGS: the S and Y history (history x image, fp32 each), x_a,
@@ -142,8 +144,9 @@ def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs
             fused_style = False
     if precision == "bf16" and not fused_style:
         saved += sum(style_sizes) * 4
-    if style_regions:  # F * T_r per region and layer, kept by the style loss
-        saved += style_regions * sum(style_sizes) * act
+    # F * T_r per masked style and layer, kept by the style loss; left out of the
+    # allocator slack below, which measured no larger with them (768x576, 2 masks).
+    guided = style_regions * sum(style_sizes) * act
     grams = sum(vgg.layer_channels(n) ** 2 for n in style_layers) * 4 * max(1, style_regions)
 
     n = batch * pixels
@@ -151,7 +154,7 @@ def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs
         opt_bytes = (2 * history + 3) * n * 4
     else:
         opt_bytes = 2 * n * 4
-    saved, backward = batch * saved, batch * BACKWARD_BUFFERS * largest * act
+    saved, backward, guided = batch * saved, batch * BACKWARD_BUFFERS * largest * act, batch * guided
     return {
         "weights": weight_bytes,
         "saved": saved,
@@ -162,6 +165,7 @@ def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs
         "scratch": WINOGRAD_SCRATCH_BYTES if transforms else 0,
         "runtime": RUNTIME_BYTES.get(dev_type, RUNTIME_BYTES["cuda"]),
         "allocator": int(_allocator_slack(dev_type, largest * act) * (saved + backward)),
+        "guided": guided,
     }
 
 
