@@ -164,7 +164,9 @@ def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs
         "optimizer": opt_bytes,
         "scratch": WINOGRAD_SCRATCH_BYTES if transforms else 0,
         "runtime": RUNTIME_BYTES.get(dev_type, RUNTIME_BYTES["cuda"]),
-        "allocator": int(_allocator_slack(dev_type, largest * act) * (saved + backward)),
+        # The same test of block size as StyleTransfer makes before it keeps memory.
+        "allocator": int(_allocator_slack(dev_type, largest_activation_bytes(height, width, precision))
+                         * (saved + backward)),
         "guided": guided,
     }
 

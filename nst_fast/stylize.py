@@ -225,8 +225,9 @@ class StyleTransfer:
                 for n in opts.style_layers:
                     layer_hw = content_feats[n].shape[-2:]
                     if masks:
-                        mask = images.resize_mask(images.resize_mask(masks[i], size), layer_hw).to(dev)
-                        positions = float(mask.square().sum())
+                        mask = images.resize_mask(images.resize_mask(masks[i], size), layer_hw)
+                        mask = mask.to(dev, content_feats[n].dtype)  # the features' dtype: no cast per step
+                        positions = float(mask.float().square().sum())
                         if positions > 1e-6:  # else the region vanished at this depth
                             style_targets[n].append(GuidedStyle(mask, gram_target(feats[n], positions), blend,
                                                                 positions))
