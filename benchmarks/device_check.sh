@@ -10,11 +10,13 @@
 #   SKIP_BUILD=1     reuse an existing build
 #   BENCH_SIZES=...  image sizes for the layer table (default 512,1024)
 #   SWEEP=0          skip the split-K sweep and the cp.async A/B in the benchmark
-#   SKIP_SANITIZER=1, SKIP_LAYERS=1   leave out the sanitizer runs / the layer table
+#   SKIP_SANITIZER=1, SKIP_LAYERS=1, SKIP_STYLE_LOSSES=1   leave out the sanitizer runs / the layer
+#                    table / the per-style-loss step table
 #   STEP_SIZES, STEP_STEPS, PROBE_SIZE   the whole-step benchmark's sizes, step counts, bf16 probe
-#   PYTEST_LIMIT, SAN_LIMIT, BENCH_LIMIT, STEP_LIMIT   per-stage time limits in seconds
-# Each stage has its own time limit so the final table always prints; the whole
-# script stays well inside 8 minutes.
+#   PYTEST_LIMIT, SAN_LIMIT, BENCH_LIMIT, STEP_LIMIT, LOSSES_LIMIT   per-stage time limits in seconds
+# Each stage has its own time limit so the final table always prints. The limits
+# add up to about 10 minutes after a 90 s build; for one 10-minute call with room
+# to spare, leave a stage out (SKIP_*) or lower its limit.
 set -u
 OUT="${OUT:-/tmp/out}"
 mkdir -p "$OUT"
@@ -106,16 +108,29 @@ STATUS[step]=$([ $rc = 0 ] && echo ok || echo "FAILED rc=$rc")
 [ $rc = 0 ] || tail -20 "$OUT/step.log"
 stamp "step: ${STATUS[step]}"
 
+# --- per style loss ---
+if [ "${SKIP_STYLE_LOSSES:-0}" != "1" ]; then
+stamp "== style losses"
+timeout "${LOSSES_LIMIT:-45}" python3 benchmarks/bench_style_losses.py --device cuda --sizes 512,1024 \
+  --md "$OUT/losses.md" >"$OUT/losses.log" 2>&1
+rc=$?
+STATUS[losses]=$([ $rc = 0 ] && echo ok || echo "FAILED rc=$rc")
+[ $rc = 0 ] || tail -20 "$OUT/losses.log"
+stamp "losses: ${STATUS[losses]}"
+fi
+
 stamp "== summary"
 {
   echo "| stage | result |"
   echo "|---|---|"
-  for k in build pytest memcheck racecheck bench step; do
+  for k in build pytest memcheck racecheck bench step losses; do
     [ -n "${STATUS[$k]:-}" ] && echo "| $k | ${STATUS[$k]} |"
   done
   echo
   [ -f "$OUT/layers.md" ] && cat "$OUT/layers.md"
   echo
   [ -f "$OUT/step.md" ] && cat "$OUT/step.md"
+  echo
+  [ -f "$OUT/losses.md" ] && cat "$OUT/losses.md"
 } | tee -a "$OUT/summary.txt"
 stamp "done"

@@ -34,11 +34,15 @@ def build_parser():
     p.add_argument("--steps", type=int, default=None, help="forward+backward passes per scale (500; demo 100)")
     p.add_argument("--content-weight", type=float, default=1.0, help="alpha (1)")
     p.add_argument("--style-weight", type=float, default=None,
-                   help="beta (1e4 for Caffe-convention weights, 5e7 for torchvision's)")
+                   help="beta (gram: 1e4 for Caffe-convention weights, 5e7 for torchvision's; w2, mrf: 1e6)")
     p.add_argument("--tv-weight", type=float, default=0.0, help="total-variation weight (0)")
     p.add_argument("--content-layers", default="relu4_2", help="name[:weight],... (relu4_2)")
-    p.add_argument("--style-layers", default="relu1_1,relu2_1,relu3_1,relu4_1,relu5_1",
-                   help="name[:weight],...; weights are normalised to sum to 1 (equal)")
+    p.add_argument("--style-layers", default=None,
+                   help="name[:weight],...; weights are normalised to sum to 1 (equal) "
+                        "(relu1_1,relu2_1,relu3_1,relu4_1,relu5_1; mrf: relu3_1,relu4_1)")
+    p.add_argument("--style-loss", default="gram", choices=["gram", "w2", "mrf"],
+                   help="gram: Gatys' Gram matrices | w2: Wasserstein-2 distance of the features' mean and "
+                        "covariance | mrf: nearest style patches, Li and Wand (gram)")
     p.add_argument("--init", default="content", help="noise | gray | content | style | an image path (content)")
     p.add_argument("--optimizer", default="lbfgs", choices=["lbfgs", "adam"], help="(lbfgs)")
     p.add_argument("--lr", type=float, default=None, help="step size (lbfgs 1, adam 0.02)")
@@ -186,6 +190,7 @@ def run(args) -> int:
         options = dict(
             size=args.size, steps=args.steps, content_weight=args.content_weight, style_weight=args.style_weight,
             tv_weight=args.tv_weight, content_layers=args.content_layers, style_layers=args.style_layers,
+            style_loss=args.style_loss,
             init=args.init, optimizer=args.optimizer, lr=args.lr, seed=args.seed,
             lbfgs_history=args.lbfgs_history, normalize_gradients=args.normalize_gradients, avg_decay=args.avg_decay,
             precision=args.precision, style_blend=args.style_blend, style_masks=args.style_masks,

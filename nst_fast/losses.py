@@ -80,7 +80,7 @@ class GatysLoss(nn.Module):
                  style_weights: dict, alpha: float, beta: float, tv_weight: float,
                  normalize_gradients: bool = False):
         """style_targets: {layer: Gram target}, or {layer: [GuidedStyle, ...]} under
-        spatial control."""
+        spatial control, or {layer: a callable features -> E_l} (the W2 and MRF losses)."""
         super().__init__()
         self.normalize_gradients = normalize_gradients
         self.vgg = vgg
@@ -110,7 +110,9 @@ class GatysLoss(nn.Module):
         style = image.new_zeros((), dtype=torch.float32)
         for name, target in self.style_targets.items():
             f = self._features(feats[name], self.beta * self.style_weights[name])
-            if isinstance(target, list):
+            if callable(target):  # a WassersteinStyle or MRFStyle
+                term = target(f)
+            elif isinstance(target, list):
                 term = image.new_zeros((), dtype=torch.float32)
                 for guide in target:
                     guided = f * guide.mask.to(f.dtype)

@@ -25,6 +25,13 @@ step of StyleTransfer._optimise (the backward of GatysLoss), not a simulation:
                style losses' residuals (C x C fp32 each, per layer and batch item)
   guided       with style masks (spatial control): the masked features F * T_r
                the style loss keeps, per mask and style layer
+  style_loss   W2: a dozen C x C float64 matrices per style layer (moments,
+               covariances, eigenvectors); MRF: per style layer, each style's
+               patches and their normalised copy (the style image taken to be
+               the output's size: an upper bound for style_scale <= 1), and,
+               where it exceeds the backward's buffers, what one layer's loss
+               holds while it runs: the output's patches, their nearest style
+               patches, a residual per style and a block of similarities
   image        x, its gradient, the best-image copy, the content image and
                IMAGE_COPIES - 4 transients of the same size (torch.where)
   optimiser    L-BFGS: the S and Y history (history x image, fp32 each), x_a,
@@ -51,7 +58,7 @@ import os
 
 import torch
 
-from . import backend, heap, vgg, winograd
+from . import backend, heap, mrf, vgg, winograd
 
 BACKWARD_BUFFERS = 2
 IMAGE_COPIES = 5  # x, grad, best, content image, one transient
@@ -62,6 +69,7 @@ KEPT_ALLOCATOR_SLACK = 0.45
 _POOL_INDEX_BYTES = 8  # max_pool2d_with_indices keeps int64 indices for the backward
 PRECISIONS = ("fp32", "tf32", "bf16")
 OPTIMIZERS = ("lbfgs", "adam")
+STYLE_LOSSES = ("gram", "w2", "mrf")
 
 
 def _layers(layers, network="vgg19") -> list:
@@ -92,17 +100,21 @@ def _layer_shape(name: str, height: int, width: int):
 
 def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs", precision="fp32",
                    history=10, batch_styles=1, device="cpu", pooling="max", fused_style=None,
-                   network="vgg19", style_regions=0) -> dict:
+                   network="vgg19", style_regions=0, style_loss="gram", styles=1) -> dict:
     """The terms of `estimate_bytes`, in bytes, by name (see the module docstring).
 
     fused_style: whether the style loss runs the extension's kernel (None: as
     nst_fast.backend would choose for the device now). style_regions: masked
     styles (spatial control), each keeping masked features per style layer.
+    style_loss: gram, w2 or mrf; styles: the number of style images (mrf keeps
+    each one's patches).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+    if style_loss not in STYLE_LOSSES:
+        raise ValueError(f"unknown style loss {style_loss!r}; choose one of {', '.join(STYLE_LOSSES)}")
     content_layers, style_layers = _layers(content_layers, network), _layers(style_layers, network)
     requested = set(content_layers) | set(style_layers)
     names = vgg.layer_names(network)
@@ -155,6 +167,7 @@ def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs
     else:
         opt_bytes = 2 * n * 4
     saved, backward, guided = batch * saved, batch * BACKWARD_BUFFERS * largest * act, batch * guided
+    style_kept, style_in_flight = _style_loss_bytes(style_loss, style_layers, height, width, styles)
     return {
         "weights": weight_bytes,
         "saved": saved,
@@ -168,7 +181,27 @@ def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs
         "allocator": int(_allocator_slack(dev_type, largest_activation_bytes(height, width, precision))
                          * (saved + backward)),
         "guided": guided,
+        # The MRF's patches are in flight in the forward, the gradient buffers in the
+        # backward: the peak holds the larger of the two.
+        "style_loss": batch * style_kept + max(0, batch * style_in_flight - backward),
     }
+
+
+def _style_loss_bytes(style_loss, style_layers, height, width, styles):
+    """-> (bytes kept for the whole step, bytes in flight while the loss runs)."""
+    if style_loss == "w2":
+        return sum(12 * vgg.layer_channels(n) ** 2 * 8 for n in style_layers), 0
+    if style_loss != "mrf":
+        return 0, 0
+    kept = in_flight = 0
+    for name in style_layers:
+        c, h, w = _layer_shape(name, height, width)
+        side = mrf.PATCH
+        n_patches = max(0, (h - side) // mrf.STRIDE + 1) * max(0, (w - side) // mrf.STRIDE + 1)
+        values = n_patches * c * side * side * 4
+        kept += 2 * styles * values
+        in_flight = max(in_flight, (styles + 2) * values + mrf.SEARCH_CHUNK_BYTES)
+    return kept, in_flight
 
 
 def _allocator_slack(dev_type: str, largest_bytes: int) -> float:
@@ -184,7 +217,7 @@ def largest_activation_bytes(height: int, width: int, precision: str = "fp32") -
 
 def estimate_bytes(height, width, content_layers, style_layers, optimizer="lbfgs", precision="fp32",
                    history=10, batch_styles=1, device="cpu", pooling="max", fused_style=None,
-                   network="vgg19", style_regions=0) -> int:
+                   network="vgg19", style_regions=0, style_loss="gram", styles=1) -> int:
     """Estimated peak memory (bytes) of one optimisation step at height x width.
 
     content_layers / style_layers: names or {name: weight} dicts (the weights are ignored).
@@ -193,7 +226,7 @@ def estimate_bytes(height, width, content_layers, style_layers, optimizer="lbfgs
     """
     return int(sum(estimate_parts(height, width, content_layers, style_layers, optimizer, precision,
                                   history, batch_styles, device, pooling, fused_style, network,
-                                  style_regions).values()))
+                                  style_regions, style_loss, styles).values()))
 
 
 def _shape(long_side: int, aspect: float):
@@ -205,7 +238,7 @@ def _shape(long_side: int, aspect: float):
 
 def largest_size(budget_bytes, aspect, content_layers, style_layers, optimizer="lbfgs", precision="fp32",
                  history=10, batch_styles=1, device="cpu", pooling="max", fused_style=None,
-                 network="vgg19", style_regions=0) -> int:
+                 network="vgg19", style_regions=0, style_loss="gram", styles=1) -> int:
     """The largest long side (pixels) whose estimate fits in budget_bytes; 0 if none does.
 
     aspect is width / height of the content image.
@@ -220,7 +253,8 @@ def largest_size(budget_bytes, aspect, content_layers, style_layers, optimizer="
         if min(h, w) < smallest:
             return True  # too small to run at all; not a memory question
         return estimate_bytes(h, w, content_layers, style_layers, optimizer, precision, history,
-                              batch_styles, device, pooling, fused_style, network, style_regions) <= budget_bytes
+                              batch_styles, device, pooling, fused_style, network, style_regions, style_loss,
+                              styles) <= budget_bytes
 
     lo, hi = 0, 1
     while fits(hi):  # the estimate grows with the side: find a side that does not fit

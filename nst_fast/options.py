@@ -8,9 +8,16 @@ from .vgg import check_layer_names
 
 DEFAULT_CONTENT_LAYERS = {"relu4_2": 1.0}
 DEFAULT_STYLE_LAYERS = {name: 0.2 for name in ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")}
+MRF_STYLE_LAYERS = {"relu3_1": 0.5, "relu4_1": 0.5}  # Li and Wand's
+STYLE_LOSSES = ("gram", "w2", "mrf")
 # beta per weights convention: Caffe-convention activations are ~60x larger (0..255
-# input), and the style term grows with their 4th power, the content term with the 2nd.
+# input), and the Gram style term grows with their 4th power, the content term with
+# the 2nd. The W2 and MRF terms grow with the 2nd power too, so one beta serves both
+# conventions.
 DEFAULT_STYLE_WEIGHT = {"caffe": 1e4, "torchvision": 5e7}
+# Calibrated on the Caffe VGG-19 at 256 px (benchmarks/RESULTS.md): 20 steps from the
+# content image reduce the W2 loss about as much as the Gram loss at its default.
+DEFAULT_STYLE_WEIGHT_SQUARED = {"w2": 1e6, "mrf": 1e6}
 INITS = ("noise", "gray", "content", "style")
 OPTIMIZERS = ("lbfgs", "adam")
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -65,7 +72,8 @@ class Options:
     style_weight: Optional[float] = None  # DEFAULT_STYLE_WEIGHT for the weights' convention
     tv_weight: float = 0.0
     content_layers: object = dataclasses.field(default_factory=lambda: dict(DEFAULT_CONTENT_LAYERS))
-    style_layers: object = dataclasses.field(default_factory=lambda: dict(DEFAULT_STYLE_LAYERS))
+    style_layers: object = None  # None: Gatys' five (gram, w2) or Li and Wand's two (mrf)
+    style_loss: str = "gram"  # gram (Gatys) | w2 (Wasserstein-2, crowsonkb) | mrf (Li and Wand, pystiche)
     init: object = "content"
     optimizer: str = "lbfgs"
     lr: Optional[float] = None
@@ -88,8 +96,13 @@ class Options:
     callback: Optional[Callable] = None
 
     def validate(self, n_styles: int = 1, convention: str = "torchvision") -> "Options":
+        if self.style_loss not in STYLE_LOSSES:
+            raise NstError(f"style_loss must be one of {', '.join(STYLE_LOSSES)}, got {self.style_loss!r}")
         if self.style_weight is None:
-            self.style_weight = DEFAULT_STYLE_WEIGHT[convention]
+            self.style_weight = (DEFAULT_STYLE_WEIGHT[convention] if self.style_loss == "gram"
+                                 else DEFAULT_STYLE_WEIGHT_SQUARED[self.style_loss])
+        if self.style_layers is None:
+            self.style_layers = dict(MRF_STYLE_LAYERS if self.style_loss == "mrf" else DEFAULT_STYLE_LAYERS)
         for name in ("size", "steps", "seed", "lbfgs_history"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -143,6 +156,8 @@ class Options:
                 raise NstError("style_masks must be a list with one mask per style image")
             if len(self.style_masks) != n_styles:
                 raise NstError(f"{len(self.style_masks)} style masks given for {n_styles} style images")
+            if self.style_loss != "gram":
+                raise NstError(f"style masks work with the gram style loss, not {self.style_loss}")
         if self.scales is not None:
             scales = [int(s) for s in self.scales]
             if not scales or any(s < 16 for s in scales) or scales != sorted(scales):

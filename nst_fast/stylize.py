@@ -6,12 +6,14 @@ from typing import Optional
 import torch
 
 from . import checkpoint as checkpoint_io
-from . import color, heap, images, memory, vgg
+from . import color, heap, images, memory, mrf, vgg, wasserstein
 from .errors import Interrupted, NonFiniteLoss, NstError
 from .losses import GatysLoss, GuidedStyle, gram_target
+from .mrf import MRFStyle
 from .optim import make_optimizer
 from .options import Options
 from .steps import LoopState, StepRunner
+from .wasserstein import WassersteinStyle
 
 LBFGS_MAX_STEP = 0.1  # largest change of any pixel value (in [0, 1]) per L-BFGS step
 MAX_NONFINITE = 8  # consecutive NaN/inf evaluations that end a run
@@ -117,7 +119,7 @@ class StyleTransfer:
         content_img, style_imgs, finish = _preserve_colors(opts.preserve_colors, content_img, style_imgs)
         net = self.network(list(opts.content_layers) + list(opts.style_layers), opts.precision)
         min_side = max(vgg.layer_downsampling(n) for n in net.layers)
-        sizes = self._sizes_that_fit(opts, content_img.shape[-2:])
+        sizes = self._sizes_that_fit(opts, content_img.shape[-2:], len(style_imgs))
 
         callback = opts.callback
         if save_every and snapshot is not None:
@@ -182,7 +184,7 @@ class StyleTransfer:
         values = state.history[: state.step].cpu().tolist()
         return rows + [dict(zip(names, v), size=list(state.best.shape[-2:])) for v in values]
 
-    def _sizes_that_fit(self, opts, content_hw):
+    def _sizes_that_fit(self, opts, content_hw, n_styles):
         """opts.sizes(), refused (or, with fit_memory, shrunk) when the largest cannot fit in memory."""
         sizes = opts.sizes()
         h, w = content_hw
@@ -191,7 +193,7 @@ class StyleTransfer:
         args = dict(content_layers=list(opts.content_layers), style_layers=list(opts.style_layers),
                     optimizer=opts.optimizer, precision=opts.precision, history=opts.lbfgs_history,
                     device=self.device.type, pooling=self.pooling, network=self.architecture,
-                    style_regions=len(opts.style_masks or []))
+                    style_regions=len(opts.style_masks or []), style_loss=opts.style_loss, styles=n_styles)
         need = memory.estimate_bytes(height, width, **args)
         budget = opts.memory_limit if opts.memory_limit is not None else memory.available_bytes(self.device)
         if need <= budget:
@@ -212,8 +214,8 @@ class StyleTransfer:
         with torch.no_grad(), precision_mode(opts.precision, dev):
             content_feats = net(content_t.to(dev))
             content_targets = {n: content_feats[n].float().clone() for n in opts.content_layers}
-            style_targets = {n: [] if masks else 0 for n in opts.style_layers}
-            for i, (img, blend) in enumerate(zip(style_imgs, opts.style_blend)):
+            style_feats = []
+            for img in style_imgs:
                 long_side = opts.style_size or max(1, round(max(size) * opts.style_scale))
                 s = images.resize_long_side(img, long_side)
                 if min(s.shape[-2:]) < min_side:
@@ -222,17 +224,22 @@ class StyleTransfer:
                         f"it needs at least {min_side} pixels per side"
                     )
                 feats = net(s.to(dev))
-                for n in opts.style_layers:
-                    layer_hw = content_feats[n].shape[-2:]
-                    if masks:
-                        mask = images.resize_mask(images.resize_mask(masks[i], size), layer_hw)
-                        mask = mask.to(dev, content_feats[n].dtype)  # the features' dtype: no cast per step
-                        positions = float(mask.float().square().sum())
-                        if positions > 1e-6:  # else the region vanished at this depth
-                            style_targets[n].append(GuidedStyle(mask, gram_target(feats[n], positions), blend,
-                                                                positions))
-                    else:
-                        style_targets[n] = style_targets[n] + blend * gram_target(feats[n], layer_hw.numel())
+                style_feats.append({n: feats[n] for n in opts.style_layers})
+            layer_hw = {n: content_feats[n].shape[-2:] for n in opts.style_layers}
+            if opts.style_loss == "w2":
+                style_targets = {n: WassersteinStyle(wasserstein.blend(
+                    [wasserstein.moments(f[n]) for f in style_feats], opts.style_blend)) for n in opts.style_layers}
+            elif opts.style_loss == "mrf":
+                _check_patches(list(layer_hw.values()) + [f[n].shape[-2:] for f in style_feats for n in f])
+                style_targets = {n: MRFStyle([f[n] for f in style_feats], opts.style_blend)
+                                 for n in opts.style_layers}
+            elif masks:
+                style_targets = {n: _guided_targets(style_feats, n, masks, opts.style_blend, size, layer_hw[n],
+                                                    content_feats[n].dtype) for n in opts.style_layers}
+            else:
+                style_targets = {n: sum(blend * gram_target(f[n], layer_hw[n].numel())
+                                        for f, blend in zip(style_feats, opts.style_blend))
+                                 for n in opts.style_layers}
         return GatysLoss(net, content_targets, style_targets, opts.content_layers, opts.style_layers,
                          opts.content_weight, opts.style_weight, opts.tv_weight, opts.normalize_gradients)
 
@@ -308,6 +315,25 @@ class StyleTransfer:
         if checkpoint:
             save_checkpoint(state, x, opt, checkpoint)
         return state
+
+
+def _guided_targets(style_feats, layer, masks, blends, size, layer_hw, dtype) -> list:
+    """One GuidedStyle per style whose mask still covers positions at this layer."""
+    guides = []
+    for feats, mask, blend in zip(style_feats, masks, blends):
+        mask = images.resize_mask(images.resize_mask(mask, size), layer_hw)
+        mask = mask.to(feats[layer].device, dtype)  # the features' dtype: no cast per step
+        positions = float(mask.float().square().sum())
+        if positions > 1e-6:  # else the region vanished at this depth
+            guides.append(GuidedStyle(mask, gram_target(feats[layer], positions), blend, positions))
+    return guides
+
+
+def _check_patches(layer_sizes):
+    smallest = min(min(hw) for hw in layer_sizes)
+    if smallest < mrf.PATCH:
+        raise NstError(f"the MRF style loss needs {mrf.PATCH}x{mrf.PATCH} patches of features, but a style "
+                       f"layer is only {smallest} positions across here; use a larger size or shallower layers")
 
 
 def _preserve_colors(mode, content, styles):

@@ -94,3 +94,15 @@ def test_masks_averaging_and_l2_pooling_are_captured_and_match_eager(small_image
     graphed_loss = transfer.history[-1]["total"]
     eager = _run(transfer, (content, [style, style]), cuda_graph=False, **extra)
     _compare(graphed, graphed_loss, eager, transfer.history[-1]["total"])
+
+
+@pytest.mark.parametrize("style_loss", ["w2", "mrf"])
+def test_other_style_losses_lower_the_loss(transfer, small_images, style_loss):
+    """The MRF step is tensor ops only and must be captured; the W2 step's
+    eigendecomposition may keep it eager, which last_run then says."""
+    out = _run(transfer, small_images, steps=20, style_loss=style_loss, style_weight=1e6)
+    print(f"{style_loss}: cuda graph {transfer.last_run}")
+    styles = [row["style"] for row in transfer.history]
+    assert torch.isfinite(out).all() and styles[-1] < 0.9 * styles[0], (styles[0], styles[-1])
+    if style_loss == "mrf":
+        assert transfer.last_run["cuda_graph"], transfer.last_run["why_not"]
