@@ -44,6 +44,19 @@ class GuidedStyle(NamedTuple):
     positions: float  # sum of mask^2: the positions the mask covers
 
 
+class WeightedSum:
+    """Several losses of one layer, weighted: features -> sum_r b_r E_r(features)."""
+
+    def __init__(self, terms):
+        self.terms = list(terms)  # [(b_r, E_r), ...]
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor:
+        total = features.new_zeros((), dtype=torch.float32)
+        for weight, term in self.terms:
+            total = total + weight * term(features)
+        return total
+
+
 def gram_target(style_features: torch.Tensor, output_positions: float) -> torch.Tensor:
     """The style image's Gram matrix, rescaled to the output's number of positions."""
     positions = style_features.shape[-2] * style_features.shape[-1]
@@ -110,7 +123,7 @@ class GatysLoss(nn.Module):
         style = image.new_zeros((), dtype=torch.float32)
         for name, target in self.style_targets.items():
             f = self._features(feats[name], self.beta * self.style_weights[name])
-            if callable(target):  # a WassersteinStyle or MRFStyle
+            if callable(target):  # a WassersteinStyle, MRFStyle or WeightedSum of them
                 term = target(f)
             elif isinstance(target, list):
                 term = image.new_zeros((), dtype=torch.float32)

@@ -23,12 +23,12 @@ step of StyleTransfer._optimise (the backward of GatysLoss), not a simulation:
                it, and the sum at a layer that also feeds a loss)
   targets      content targets (fp32, layer size), style Gram targets and the
                style losses' residuals (C x C fp32 each, per layer and batch item)
-  guided       with style masks (spatial control): the masked features F * T_r
-               the style loss keeps, per mask and style layer
+  guided       with style masks (spatial control) on the Gram loss: the masked
+               features F * T_r the style loss keeps, per mask and style layer
   style_loss   W2: a dozen C x C float64 matrices per style layer (moments,
-               covariances, eigenvectors); MRF: per style layer, each style's
-               patches and their normalised copy (the style image taken to be
-               the output's size: an upper bound for style_scale <= 1), and,
+               covariances, eigenvectors; per style with masks); MRF: per style layer, each style's
+               patches and their normalised copy (the style image taken to
+               have the output's aspect), and,
                where it exceeds the backward's buffers, what one layer's loss
                holds while it runs: the output's patches, their nearest style
                patches, a residual per style and a block of similarities
@@ -100,14 +100,15 @@ def _layer_shape(name: str, height: int, width: int):
 
 def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs", precision="fp32",
                    history=10, batch_styles=1, device="cpu", pooling="max", fused_style=None,
-                   network="vgg19", style_regions=0, style_loss="gram", styles=1) -> dict:
+                   network="vgg19", style_regions=0, style_loss="gram", styles=1, style_scale=1.0) -> dict:
     """The terms of `estimate_bytes`, in bytes, by name (see the module docstring).
 
     fused_style: whether the style loss runs the extension's kernel (None: as
     nst_fast.backend would choose for the device now). style_regions: masked
     styles (spatial control), each keeping masked features per style layer.
-    style_loss: gram, w2 or mrf; styles: the number of style images (mrf keeps
-    each one's patches).
+    style_loss: gram, w2 or mrf; styles: the number of style images and
+    style_scale their long side relative to the output's (mrf keeps each one's
+    patches).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
@@ -158,7 +159,7 @@ def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs
         saved += sum(style_sizes) * 4
     # F * T_r per masked style and layer, kept by the style loss; left out of the
     # allocator slack below, which measured no larger with them (768x576, 2 masks).
-    guided = style_regions * sum(style_sizes) * act
+    guided = style_regions * sum(style_sizes) * act if style_loss == "gram" else 0
     grams = sum(vgg.layer_channels(n) ** 2 for n in style_layers) * 4 * max(1, style_regions)
 
     n = batch * pixels
@@ -167,7 +168,8 @@ def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs
     else:
         opt_bytes = 2 * n * 4
     saved, backward, guided = batch * saved, batch * BACKWARD_BUFFERS * largest * act, batch * guided
-    style_kept, style_in_flight = _style_loss_bytes(style_loss, style_layers, height, width, styles)
+    style_kept, style_in_flight = _style_loss_bytes(style_loss, style_layers, height, width, styles,
+                                                    style_regions, style_scale)
     return {
         "weights": weight_bytes,
         "saved": saved,
@@ -187,19 +189,25 @@ def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs
     }
 
 
-def _style_loss_bytes(style_loss, style_layers, height, width, styles):
+def _patch_bytes(name, height, width) -> int:
+    """Bytes of the MRF's float32 patches of layer `name` for a height x width image."""
+    c, h, w = _layer_shape(name, height, width)
+    side = mrf.PATCH
+    return max(0, (h - side) // mrf.STRIDE + 1) * max(0, (w - side) // mrf.STRIDE + 1) * c * side * side * 4
+
+
+def _style_loss_bytes(style_loss, style_layers, height, width, styles, style_regions, style_scale):
     """-> (bytes kept for the whole step, bytes in flight while the loss runs)."""
     if style_loss == "w2":
-        return sum(12 * vgg.layer_channels(n) ** 2 * 8 for n in style_layers), 0
+        losses = style_regions or 1  # unmasked styles blend into one target
+        return losses * sum(12 * vgg.layer_channels(n) ** 2 * 8 for n in style_layers), 0
     if style_loss != "mrf":
         return 0, 0
     kept = in_flight = 0
+    style_h, style_w = max(1, round(height * style_scale)), max(1, round(width * style_scale))
     for name in style_layers:
-        c, h, w = _layer_shape(name, height, width)
-        side = mrf.PATCH
-        n_patches = max(0, (h - side) // mrf.STRIDE + 1) * max(0, (w - side) // mrf.STRIDE + 1)
-        values = n_patches * c * side * side * 4
-        kept += 2 * styles * values
+        values = _patch_bytes(name, height, width)
+        kept += 2 * styles * _patch_bytes(name, style_h, style_w)
         in_flight = max(in_flight, (styles + 2) * values + mrf.SEARCH_CHUNK_BYTES)
     return kept, in_flight
 
@@ -217,7 +225,7 @@ def largest_activation_bytes(height: int, width: int, precision: str = "fp32") -
 
 def estimate_bytes(height, width, content_layers, style_layers, optimizer="lbfgs", precision="fp32",
                    history=10, batch_styles=1, device="cpu", pooling="max", fused_style=None,
-                   network="vgg19", style_regions=0, style_loss="gram", styles=1) -> int:
+                   network="vgg19", style_regions=0, style_loss="gram", styles=1, style_scale=1.0) -> int:
     """Estimated peak memory (bytes) of one optimisation step at height x width.
 
     content_layers / style_layers: names or {name: weight} dicts (the weights are ignored).
@@ -226,7 +234,7 @@ def estimate_bytes(height, width, content_layers, style_layers, optimizer="lbfgs
     """
     return int(sum(estimate_parts(height, width, content_layers, style_layers, optimizer, precision,
                                   history, batch_styles, device, pooling, fused_style, network,
-                                  style_regions, style_loss, styles).values()))
+                                  style_regions, style_loss, styles, style_scale).values()))
 
 
 def _shape(long_side: int, aspect: float):
@@ -238,7 +246,7 @@ def _shape(long_side: int, aspect: float):
 
 def largest_size(budget_bytes, aspect, content_layers, style_layers, optimizer="lbfgs", precision="fp32",
                  history=10, batch_styles=1, device="cpu", pooling="max", fused_style=None,
-                 network="vgg19", style_regions=0, style_loss="gram", styles=1) -> int:
+                 network="vgg19", style_regions=0, style_loss="gram", styles=1, style_scale=1.0) -> int:
     """The largest long side (pixels) whose estimate fits in budget_bytes; 0 if none does.
 
     aspect is width / height of the content image.
@@ -254,7 +262,7 @@ def largest_size(budget_bytes, aspect, content_layers, style_layers, optimizer="
             return True  # too small to run at all; not a memory question
         return estimate_bytes(h, w, content_layers, style_layers, optimizer, precision, history,
                               batch_styles, device, pooling, fused_style, network, style_regions, style_loss,
-                              styles) <= budget_bytes
+                              styles, style_scale) <= budget_bytes
 
     lo, hi = 0, 1
     while fits(hi):  # the estimate grows with the side: find a side that does not fit

@@ -9,9 +9,9 @@ like it, the one with the largest normalised cross-correlation:
 over the P output patches taken every `stride` positions, each of D = N_l k^2
 values. The nearest neighbours are searched again at every step and are not
 differentiated. With several styles, E_l = sum_r b_r E_lr, each style with its
-own neighbours.
+own neighbours (and, under spatial control, its own region of the output).
 """
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -45,25 +45,50 @@ def nearest(queries: torch.Tensor, normalised: torch.Tensor) -> torch.Tensor:
     return found
 
 
+def patch_centres(mask: torch.Tensor, patch: int = PATCH, stride: int = STRIDE) -> torch.Tensor:
+    """A (1, 1, H, W) mask's value at the centre of each patch, in patches()'s order."""
+    rows, cols = ((n - patch) // stride + 1 for n in mask.shape[-2:])
+    c = patch // 2
+    return mask[0, 0, c:c + stride * rows:stride, c:c + stride * cols:stride].flatten()
+
+
 class MRFStyle:
     """The MRF style loss of one layer against the patches of one or more styles'
     features (`weights`: their blend weights); call it with the output's
-    (1, C, H, W) features to get E_l, a float32 scalar (float64 for float64)."""
+    (1, C, H, W) features to get E_l, a float32 scalar (float64 for float64).
+
+    masks: one (1, 1, H, W) mask per style at the layer's resolution, for spatial
+    control: style r's term covers only the output patches its mask is on, each
+    weighted by the mask at its centre, E_lr = sum_i w_i |p_i - s_NN(i)|^2 / (D sum_i w_i).
+    """
 
     def __init__(self, style_features: Sequence[torch.Tensor], weights: Sequence[float],
-                 patch: int = PATCH, stride: int = STRIDE):
+                 masks: Optional[Sequence[torch.Tensor]] = None, patch: int = PATCH, stride: int = STRIDE):
         self.patch, self.stride = patch, stride
         self.styles = []
-        for features, weight in zip(style_features, weights):
+        for i, (features, weight) in enumerate(zip(style_features, weights)):
             targets = patches(features.detach(), patch, stride)
             normalised = targets / targets.norm(dim=1, keepdim=True).clamp_min(1e-12)
-            self.styles.append((targets, normalised, float(weight)))
+            rows = centre_weights = None
+            if masks is not None:
+                centres = patch_centres(masks[i], patch, stride)
+                rows = centres.nonzero().flatten()
+                if rows.numel() == 0:
+                    continue  # the region has no patch at this depth
+                centre_weights = centres[rows].to(targets.dtype)
+                centre_weights = centre_weights / centre_weights.sum()
+            self.styles.append((targets, normalised, float(weight), rows, centre_weights))
 
     def __call__(self, features: torch.Tensor) -> torch.Tensor:
         p = patches(features, self.patch, self.stride)
-        with torch.no_grad():
-            found = [nearest(p.detach(), normalised) for _, normalised, _ in self.styles]
         loss = p.new_zeros(())
-        for (targets, _, weight), index in zip(self.styles, found):
-            loss = loss + weight * (p - targets[index]).square().mean()
+        for targets, normalised, weight, rows, centre_weights in self.styles:
+            mine = p if rows is None else p.index_select(0, rows)
+            with torch.no_grad():
+                index = nearest(mine.detach(), normalised)
+            err = (mine - targets[index]).square()
+            if centre_weights is None:
+                loss = loss + weight * err.mean()
+            else:
+                loss = loss + weight * (err.mean(1) @ centre_weights)
         return loss

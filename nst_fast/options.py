@@ -156,8 +156,6 @@ class Options:
                 raise NstError("style_masks must be a list with one mask per style image")
             if len(self.style_masks) != n_styles:
                 raise NstError(f"{len(self.style_masks)} style masks given for {n_styles} style images")
-            if self.style_loss != "gram":
-                raise NstError(f"style masks work with the gram style loss, not {self.style_loss}")
         if self.scales is not None:
             scales = [int(s) for s in self.scales]
             if not scales or any(s < 16 for s in scales) or scales != sorted(scales):

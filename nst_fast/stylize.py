@@ -8,7 +8,7 @@ import torch
 from . import checkpoint as checkpoint_io
 from . import color, heap, images, memory, mrf, vgg, wasserstein
 from .errors import Interrupted, NonFiniteLoss, NstError
-from .losses import GatysLoss, GuidedStyle, gram_target
+from .losses import GatysLoss, GuidedStyle, WeightedSum, gram_target
 from .mrf import MRFStyle
 from .optim import make_optimizer
 from .options import Options
@@ -193,7 +193,8 @@ class StyleTransfer:
         args = dict(content_layers=list(opts.content_layers), style_layers=list(opts.style_layers),
                     optimizer=opts.optimizer, precision=opts.precision, history=opts.lbfgs_history,
                     device=self.device.type, pooling=self.pooling, network=self.architecture,
-                    style_regions=len(opts.style_masks or []), style_loss=opts.style_loss, styles=n_styles)
+                    style_regions=len(opts.style_masks or []), style_loss=opts.style_loss, styles=n_styles,
+                    style_scale=opts.style_size / long_side if opts.style_size else opts.style_scale)
         need = memory.estimate_bytes(height, width, **args)
         budget = opts.memory_limit if opts.memory_limit is not None else memory.available_bytes(self.device)
         if need <= budget:
@@ -209,7 +210,7 @@ class StyleTransfer:
         return [s for s in sizes if s < fits] + [fits]
 
     def _loss(self, net, content_t, style_imgs, opts, size, min_side, masks=None) -> GatysLoss:
-        """The loss at this scale; with masks, each style's Gram targets are guided by its mask."""
+        """The loss at this scale; with masks, each style's loss covers its mask's region."""
         dev = self.device
         with torch.no_grad(), precision_mode(opts.precision, dev):
             content_feats = net(content_t.to(dev))
@@ -226,15 +227,18 @@ class StyleTransfer:
                 feats = net(s.to(dev))
                 style_feats.append({n: feats[n] for n in opts.style_layers})
             layer_hw = {n: content_feats[n].shape[-2:] for n in opts.style_layers}
+            # Each style's mask at each style layer's resolution (spatial control).
+            layer_masks = {n: [images.resize_mask(images.resize_mask(m, size), layer_hw[n]).to(dev)
+                               for m in masks] for n in opts.style_layers} if masks else None
             if opts.style_loss == "w2":
-                style_targets = {n: WassersteinStyle(wasserstein.blend(
-                    [wasserstein.moments(f[n]) for f in style_feats], opts.style_blend)) for n in opts.style_layers}
+                style_targets = {n: _w2_targets(style_feats, n, opts.style_blend, layer_masks[n] if masks else None)
+                                 for n in opts.style_layers}
             elif opts.style_loss == "mrf":
                 _check_patches(list(layer_hw.values()) + [f[n].shape[-2:] for f in style_feats for n in f])
-                style_targets = {n: MRFStyle([f[n] for f in style_feats], opts.style_blend)
-                                 for n in opts.style_layers}
+                style_targets = {n: MRFStyle([f[n] for f in style_feats], opts.style_blend,
+                                             layer_masks[n] if masks else None) for n in opts.style_layers}
             elif masks:
-                style_targets = {n: _guided_targets(style_feats, n, masks, opts.style_blend, size, layer_hw[n],
+                style_targets = {n: _guided_targets(style_feats, n, layer_masks[n], opts.style_blend,
                                                     content_feats[n].dtype) for n in opts.style_layers}
             else:
                 style_targets = {n: sum(blend * gram_target(f[n], layer_hw[n].numel())
@@ -317,16 +321,25 @@ class StyleTransfer:
         return state
 
 
-def _guided_targets(style_feats, layer, masks, blends, size, layer_hw, dtype) -> list:
+def _guided_targets(style_feats, layer, masks, blends, dtype) -> list:
     """One GuidedStyle per style whose mask still covers positions at this layer."""
     guides = []
     for feats, mask, blend in zip(style_feats, masks, blends):
-        mask = images.resize_mask(images.resize_mask(mask, size), layer_hw)
-        mask = mask.to(feats[layer].device, dtype)  # the features' dtype: no cast per step
+        mask = mask.to(dtype)  # the features' dtype: no cast per step
         positions = float(mask.float().square().sum())
         if positions > 1e-6:  # else the region vanished at this depth
             guides.append(GuidedStyle(mask, gram_target(feats[layer], positions), blend, positions))
     return guides
+
+
+def _w2_targets(style_feats, layer, blends, masks=None):
+    """The W2 loss of one layer: against the blended styles' moments, or under spatial
+    control, a blend of each style's loss over its own region."""
+    if masks is None:
+        return WassersteinStyle(wasserstein.blend([wasserstein.moments(f[layer]) for f in style_feats], blends))
+    return WeightedSum([(blend, WassersteinStyle(wasserstein.moments(f[layer]), mask))
+                        for f, mask, blend in zip(style_feats, masks, blends)
+                        if float(mask.square().sum()) > 1e-6])
 
 
 def _check_patches(layer_sizes):

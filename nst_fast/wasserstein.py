@@ -19,7 +19,7 @@ C x C algebra after them in float64: the loss is a difference of traces that
 nearly cancel near the style, and in float32 it came out 2% off at relu5_1 and
 negative close to the style, with gradients off by 16-44%.
 """
-from typing import NamedTuple, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 
@@ -44,27 +44,32 @@ def _flat(features: torch.Tensor) -> torch.Tensor:
 
 
 class _RawMoments(torch.autograd.Function):
-    """(mean, E[f f^T]) of (C, M) features. Autograd of f @ f.T would form two C x M
-    gradients and add them; the backward here is one product, (K + K^T) f / M."""
+    """(mean, E[f f^T]) of (C, M) features, over the positions weighted by t^2 / sum t^2
+    where a mask t (M,) is given. Autograd of g @ g.T would form two C x M gradients
+    and add them; the backward here is one product, ((K + K^T) f + dmean) t^2 / sum t^2."""
 
     @staticmethod
-    def forward(ctx, f):
-        ctx.save_for_backward(f)
-        return f.mean(1), ops.gram(f[None])[0] / f.shape[1]
+    def forward(ctx, f, t):
+        ctx.save_for_backward(f, t)
+        if t is None:
+            return f.mean(1), ops.gram(f[None])[0] / f.shape[1]
+        total = t.square().sum()
+        return f @ t.square() / total, ops.gram((f * t)[None])[0] / total
 
     @staticmethod
     def backward(ctx, grad_mean, grad_second):
-        (f,) = ctx.saved_tensors
-        sym = (grad_second + grad_second.T) / f.shape[1]
+        f, t = ctx.saved_tensors
+        total = f.shape[1] if t is None else t.square().sum()
+        sym = ((grad_second + grad_second.T) / total).to(f.dtype)
         with torch.autocast(f.device.type, enabled=False):
-            grad = sym.to(f.dtype) @ f
-        return grad.add_((grad_mean / f.shape[1]).to(f.dtype)[:, None])
+            grad = (sym @ f).add_((grad_mean / total).to(f.dtype)[:, None])
+        return (grad if t is None else grad.mul_(t.square())), None
 
 
-def _raw_moments(f: torch.Tensor):
-    """(mean, E[f f^T]) of (C, M) features, differentiable, in float64."""
+def _raw_moments(f: torch.Tensor, t: Optional[torch.Tensor] = None):
+    """(mean, E[f f^T]) of (C, M) features (weighted by the mask t), differentiable, in float64."""
     with torch.autocast(f.device.type, enabled=False):
-        mean, second = _RawMoments.apply(f)
+        mean, second = _RawMoments.apply(f, None if t is None else t.to(f.dtype))
     return mean.double(), second.double()
 
 
@@ -109,9 +114,14 @@ def _sqrtm(a: torch.Tensor) -> torch.Tensor:
 
 class WassersteinStyle:
     """The W2 style loss of one layer against fixed style moments: call it with the
-    output's (1, C, H, W) features to get E_l, a float32 scalar (float64 for float64)."""
+    output's (1, C, H, W) features to get E_l, a float32 scalar (float64 for float64).
 
-    def __init__(self, target: Moments):
+    mask: (1, 1, H, W) at the layer's resolution, for spatial control: the output's
+    moments are taken over the positions weighted by mask^2, as the guided Gram
+    matrices weight them (Gatys et al. 2017)."""
+
+    def __init__(self, target: Moments, mask: Optional[torch.Tensor] = None):
+        self.mask = None if mask is None else mask.flatten()
         mean, second = target.mean.double(), target.second.double()
         cov = second - torch.outer(mean, mean)
         self.channels = mean.numel()
@@ -121,7 +131,7 @@ class WassersteinStyle:
         self.mean, self.cov_trace, self.cov_sqrt = mean, cov.trace(), _sqrtm(cov)
 
     def __call__(self, features: torch.Tensor) -> torch.Tensor:
-        mean, second = _raw_moments(_flat(features))
+        mean, second = _raw_moments(_flat(features), self.mask)
         cov = second - torch.outer(mean, mean) + self.ridge
         with torch.autocast(cov.device.type, enabled=False):
             product = self.cov_sqrt @ cov @ self.cov_sqrt

@@ -62,15 +62,16 @@ def _measure_cpu(h, w, steps, optimizer, pooling="max", regions=0, style_loss="g
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
 @pytest.mark.parametrize("pooling,regions,style_loss",
                          [("max", 0, "gram"), ("l2", 0, "gram"), ("max", 2, "gram"), ("max", 0, "w2"),
-                          ("max", 0, "mrf")])
+                          ("max", 2, "w2"), ("max", 0, "mrf"), ("max", 2, "mrf")])
 def test_cpu_estimate_matches_measured_peak(pooling, regions, style_loss):
     """Also with L2 pooling, with two masked styles (spatial control), and with the
-    W2 and MRF style losses."""
+    W2 and MRF style losses, unmasked and masked."""
     h, w = 576, 768  # activations are ~60% of the estimate at this size
     r = _measure_cpu(h, w, steps=2, optimizer="lbfgs", pooling=pooling, regions=regions, style_loss=style_loss)
     measured = (r["after_max"] - r["before_rss"]) * 1024  # VmHWM and VmRSS are in KiB
     measured_hwm = (r["after_max"] - r["before_max"]) * 1024
-    kw = dict(device="cpu", pooling=pooling, style_regions=regions, style_loss=style_loss)
+    kw = dict(device="cpu", pooling=pooling, style_regions=regions, style_loss=style_loss, styles=max(1, regions),
+              style_scale=0.5)
     style = list(MRF_STYLE_LAYERS if style_loss == "mrf" else DEFAULT_STYLE_LAYERS)
     parts = memory.estimate_parts(h, w, CONTENT, style, "lbfgs", "fp32", **kw)
     estimate = memory.estimate_bytes(h, w, CONTENT, style, "lbfgs", "fp32", **kw)
