@@ -69,6 +69,8 @@ def build_parser():
     p.add_argument("--style-size", type=int, default=None,
                    help="style images' long side in pixels at every scale (instead of --style-scale)")
     p.add_argument("--scales", type=_csv_ints, default=None, help="coarse-to-fine sizes, e.g. 256,512")
+    p.add_argument("--min-scale", type=int, default=None,
+                   help="coarse-to-fine from this size up to --size in steps of sqrt(2) (instead of --scales)")
     p.add_argument("--initial-steps", type=int, default=None,
                    help="steps at the first of the --scales (default: --steps)")
     p.add_argument("--preserve-colors", default=None, choices=["luminance", "match", "histogram"],
@@ -194,7 +196,7 @@ def run(args) -> int:
             init=args.init, optimizer=args.optimizer, lr=args.lr, seed=args.seed,
             lbfgs_history=args.lbfgs_history, normalize_gradients=args.normalize_gradients, avg_decay=args.avg_decay,
             precision=args.precision, style_blend=args.style_blend, style_masks=args.style_masks,
-            style_scale=args.style_scale, style_size=args.style_size, scales=args.scales,
+            style_scale=args.style_scale, style_size=args.style_size, scales=args.scales, min_scale=args.min_scale,
             initial_steps=args.initial_steps, preserve_colors=args.preserve_colors, report_every=report_every, callback=progress,
             checkpoint_every=args.checkpoint_every, fit_memory=args.fit_memory,
             cuda_graph=False if args.no_cuda_graph else None,

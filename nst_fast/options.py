@@ -88,6 +88,7 @@ class Options:
     style_size: Optional[int] = None  # the style images' long side in pixels at every scale (not style_scale)
     preserve_colors: Optional[str] = None
     scales: Optional[Sequence[int]] = None
+    min_scale: Optional[int] = None  # coarse-to-fine from here to size in steps of sqrt(2) (crowsonkb's)
     report_every: Optional[int] = None
     cuda_graph: Optional[bool] = None  # None: capture the step in a CUDA graph where possible
     checkpoint_every: int = 0
@@ -161,6 +162,13 @@ class Options:
             if not scales or any(s < 16 for s in scales) or scales != sorted(scales):
                 raise NstError(f"scales must be increasing sizes of at least 16 pixels, got {list(self.scales)}")
             self.scales = scales
+        if self.min_scale is not None:
+            if isinstance(self.min_scale, bool) or not isinstance(self.min_scale, int) \
+                    or not 16 <= self.min_scale <= self.size:
+                raise NstError(f"min_scale must be a whole number of pixels from 16 to size ({self.size}), "
+                               f"got {self.min_scale!r}")
+            if self.scales is not None:
+                raise NstError("give scales or min_scale, not both")
         if isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) \
                 or self.checkpoint_every < 0:
             raise NstError(f"checkpoint_every must be 0 (off) or a number of steps, got {self.checkpoint_every!r}")
@@ -169,7 +177,17 @@ class Options:
         return self
 
     def sizes(self):
-        return self.scales if self.scales else [self.size]
+        """The long side at each scale: `scales`, or from min_scale up to size in steps
+        of sqrt(2), or just size."""
+        if self.scales:
+            return self.scales
+        if self.min_scale is None:
+            return [self.size]
+        sizes, i = [], 0
+        while round(self.size / 2 ** (i / 2)) >= self.min_scale:
+            sizes.insert(0, round(self.size / 2 ** (i / 2)))
+            i += 1
+        return sizes
 
     def steps_at(self, scale_index: int) -> int:
         """Steps at the scale_index-th scale: initial_steps (if given) at the first, steps after."""

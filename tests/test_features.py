@@ -110,6 +110,30 @@ def test_multiscale_reaches_the_final_size(transfer, small_images):
         transfer.stylize(content, style, scales=[64, 32], steps=1)
 
 
+def test_min_scale_makes_a_sqrt2_pyramid(transfer, small_images):
+    assert Options(size=512, min_scale=128).validate().sizes() == [128, 181, 256, 362, 512]
+    assert Options(size=512, min_scale=512).validate().sizes() == [512]
+    content, style = small_images
+    seen = []
+    transfer.stylize_tensor(content, style, size=64, min_scale=32, steps=1, callback=seen.append)
+    assert [i.size for i in seen] == [(24, 32), (34, 45), (48, 64)]
+    with pytest.raises(NstError, match="min_scale must be a whole number of pixels from 16 to size"):
+        Options(size=64, min_scale=128).validate()
+    with pytest.raises(NstError, match="scales or min_scale, not both"):
+        Options(size=64, min_scale=32, scales=[32, 64]).validate()
+
+
+def test_cli_min_scale(tmp_path, small_images, capsys):
+    content, style = small_images
+    out = tmp_path / "out.png"
+    args = [str(content), str(style), "-o", str(out), "--weights", "random", "--device", "cpu", "--size", "48",
+            "--steps", "1", "--min-scale", "24"]
+    assert cli.main(args) == 0 and out.exists()
+    assert "1/3 " in capsys.readouterr().err  # one step at each of the scales 24, 34, 48
+    assert cli.main(args[:-1] + ["96"]) == 1
+    assert "min_scale must be" in capsys.readouterr().err
+
+
 def test_initial_steps_set_the_first_scale_only(transfer, small_images, tmp_path, capsys):
     content, style = small_images
     seen = []
