@@ -87,6 +87,10 @@ def build_parser():
     p.add_argument("--fit-memory", action="store_true",
                    help="if the run cannot fit in memory, shrink --size to the largest that fits")
     p.add_argument("--no-cuda-graph", action="store_true", help="run each step eagerly on a GPU")
+    p.add_argument("--web", action="store_true",
+                   help="watch the run in a browser: serve a live view at http://WEB_HOST:WEB_PORT/")
+    p.add_argument("--web-host", default="127.0.0.1", help="address the live view listens on (127.0.0.1)")
+    p.add_argument("--web-port", type=int, default=8080, help="port of the live view (8080; 0: any free port)")
     p.add_argument("--report-every", type=int, default=None,
                    help="read the losses back every N steps (1 on the CPU, 20 on a GPU)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -142,7 +146,7 @@ def _error(message, code=EXIT_ERROR):
 def run(args) -> int:
     import torch
 
-    from . import history, images, vgg
+    from . import history, images, vgg, web
     from .errors import Interrupted, NonFiniteLoss, NstError, WeightsUnavailable
     from .stylize import StyleTransfer
 
@@ -164,6 +168,7 @@ def run(args) -> int:
     if not os.path.isdir(out_dir):
         return _error(f"output directory does not exist: {out_dir}")
 
+    live = None
     try:
         try:
             transfer = StyleTransfer(args.weights, args.device, args.pooling, args.weights_convention, args.seed,
@@ -201,10 +206,13 @@ def run(args) -> int:
             checkpoint_every=args.checkpoint_every, fit_memory=args.fit_memory,
             cuda_graph=False if args.no_cuda_graph else None,
         )
+        if args.web:
+            live = web.LivePreview(args.web_host, args.web_port)
+            sys.stderr.write(f"nst-fast: live view at {live.url}\n")
         try:
             result = transfer.stylize_tensor(content, styles, checkpoint=args.checkpoint,
                                              interrupt_checkpoint=interrupt_checkpoint, resume=args.resume,
-                                             save_every=args.save_every, snapshot=snapshot, **options)
+                                             save_every=args.save_every, snapshot=snapshot, live=live, **options)
         except (Interrupted, NonFiniteLoss) as exc:
             if exc.image is not None:
                 images.save_atomic(images.to_pil(exc.image), args.output)
@@ -224,6 +232,10 @@ def run(args) -> int:
         return _error("out of GPU memory; try a smaller --size or --precision bf16")
     except KeyboardInterrupt:
         return _error("interrupted", EXIT_INTERRUPTED)
+    finally:
+        if live is not None:
+            live.finish()
+            live.close()
     if not args.quiet:
         if transfer.device.type == "cuda":
             run = transfer.last_run

@@ -92,7 +92,7 @@ class StyleTransfer:
         return images.to_pil(self.stylize_tensor(content, style, **kwargs))
 
     def stylize_tensor(self, content, style, *, checkpoint=None, interrupt_checkpoint=None, resume=None,
-                       save_every=0, snapshot=None, **kwargs) -> torch.Tensor:
+                       save_every=0, snapshot=None, live=None, **kwargs) -> torch.Tensor:
         """As stylize(), returning a (1, 3, H, W) tensor in [0, 1] on the CPU.
 
         checkpoint: a path to save the run's state to (every `checkpoint_every`
@@ -101,6 +101,8 @@ class StyleTransfer:
         the same images and options to continue from (same size: exactly where it
         stopped; a larger size: from its image, upscaled). save_every/snapshot:
         call snapshot(step, image) with the best image so far every N steps.
+        live: a nst_fast.web.LivePreview (or anything with update(info, image)) to
+        show the image so far whenever the losses are read back (report_every).
         """
         styles = list(style) if isinstance(style, (list, tuple)) else [style]
         if not styles:
@@ -122,12 +124,16 @@ class StyleTransfer:
         sizes = self._sizes_that_fit(opts, content_img.shape[-2:], len(style_imgs))
 
         callback = opts.callback
-        if save_every and snapshot is not None:
+        if (save_every and snapshot is not None) or live is not None:
+            live_every = opts.report_every or (1 if self.device.type == "cpu" else 20)
+
             def callback(info, user=opts.callback):
                 if user is not None:
                     user(info)
-                if info.step % save_every == 0:
+                if save_every and snapshot is not None and info.step % save_every == 0:
                     snapshot(info.step, finish(info.image))
+                if live is not None and (info.step % live_every == 0 or info.step == info.steps):
+                    live.update(info, finish(info.image))
         opts.callback = callback
 
         total_steps = sum(opts.steps_at(i) for i in range(len(sizes)))

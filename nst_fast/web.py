@@ -1,0 +1,126 @@
+"""A live view of a run in the browser (crowsonkb/style-transfer-pytorch's --web).
+
+A small HTTP server on a background thread serves a page that shows the image so
+far and the losses, refreshed as the run goes:
+
+  /            the page
+  /status      JSON: step, steps, size, losses, done
+  /image.png   the image so far (PNG, encoded when asked for)
+"""
+import http.server
+import io
+import json
+import threading
+
+from .errors import NstError
+
+PAGE = b"""<!doctype html>
+<html><head><meta charset="utf-8"><title>nst-fast</title>
+<style>body{font-family:sans-serif;background:#222;color:#ddd;margin:2em}
+img{max-width:100%;image-rendering:auto;border:1px solid #444}</style></head>
+<body><p id="status">waiting for the first step...</p><img id="image" alt="">
+<script>
+let shown = -1;
+async function poll() {
+  try {
+    const s = await (await fetch("/status", {cache: "no-store"})).json();
+    const losses = Object.entries(s.losses).map(([k, v]) => k + " " + v.toPrecision(4)).join(", ");
+    document.getElementById("status").textContent = (s.done ? "done: " : "") + "step " + s.step + "/" +
+      s.steps + (s.size ? ", " + s.size[1] + "x" + s.size[0] : "") + (losses ? ", " + losses : "");
+    if (s.step !== shown) { document.getElementById("image").src = "/image.png?step=" + s.step; shown = s.step; }
+    if (s.done) return;
+  } catch (e) {
+    document.getElementById("status").textContent = "the run has ended";
+    return;
+  }
+  setTimeout(poll, 1000);
+}
+poll();
+</script></body></html>
+"""
+LOSSES_SHOWN = ("total", "content", "style", "tv")
+
+
+class LivePreview:
+    """Serves the image and losses of a run; feed it with update(info, image).
+    port 0 picks a free port (see .url)."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 8080):
+        self._lock = threading.Lock()
+        self._status = {"step": 0, "steps": 0, "size": None, "losses": {}, "done": False}
+        self._image = None  # (step, (1, 3, H, W) CPU tensor in [0, 1])
+        self._png = (None, b"")  # (step, its PNG bytes)
+        try:
+            self.server = http.server.ThreadingHTTPServer((host, port), self._handler())
+        except (OSError, OverflowError) as exc:
+            raise NstError(f"cannot serve the live view on {host}:{port}: {getattr(exc, 'strerror', None) or exc}") \
+                from None
+        self.server.daemon_threads = True
+        self._thread = threading.Thread(target=self.server.serve_forever, name="nst-fast-web", daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}/"
+
+    def update(self, info, image) -> None:
+        """info: a StepInfo; image: what the user would see now, (1, 3, H, W) on the CPU."""
+        losses = {k: float(info.losses[k]) for k in LOSSES_SHOWN if k in info.losses}
+        with self._lock:
+            self._status.update(step=info.step, steps=info.steps, size=list(info.size), losses=losses)
+            self._image = (info.step, image)
+
+    def finish(self) -> None:
+        with self._lock:
+            self._status["done"] = True
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def status(self) -> dict:
+        with self._lock:
+            return json.loads(json.dumps(self._status))
+
+    def png(self) -> bytes:
+        from . import images
+
+        with self._lock:
+            image = self._image
+            if image is None:
+                return b""
+            if self._png[0] != image[0]:
+                buf = io.BytesIO()
+                images.to_pil(image[1]).save(buf, format="PNG")
+                self._png = (image[0], buf.getvalue())
+            return self._png[1]
+
+    def _handler(self):
+        preview = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (the http.server name)
+                path = self.path.split("?", 1)[0]
+                if path == "/":
+                    self._send(200, "text/html; charset=utf-8", PAGE)
+                elif path == "/status":
+                    self._send(200, "application/json", json.dumps(preview.status()).encode())
+                elif path == "/image.png":
+                    body = preview.png()
+                    self._send(200 if body else 404, "image/png" if body else "text/plain", body or b"no image yet")
+                else:
+                    self._send(404, "text/plain", b"not found")
+
+            def _send(self, code, content_type, body):
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):  # keep stderr for the progress bar
+                pass
+
+        return Handler

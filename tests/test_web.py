@@ -1,0 +1,97 @@
+"""The live view: a local HTTP server showing the image so far and the losses."""
+import io
+import json
+import socket
+import urllib.error
+import urllib.request
+
+import pytest
+from PIL import Image
+
+from nst_fast import NstError, StyleTransfer, cli, web
+
+
+def _get(url):
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.status, response.headers["Content-Type"], response.read()
+
+
+@pytest.fixture
+def preview():
+    live = web.LivePreview("127.0.0.1", 0)
+    yield live
+    live.close()
+
+
+def test_serves_the_page_status_and_image_of_a_run(preview, small_images):
+    content, style = small_images
+    status, kind, page = _get(preview.url)
+    assert status == 200 and kind.startswith("text/html") and b"/image.png" in page
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        _get(preview.url + "image.png")
+    assert exc.value.code == 404  # nothing to show before the first step
+
+    seen = []
+    transfer = StyleTransfer(weights="random", device="cpu")
+    out = transfer.stylize_tensor(content, style, size=32, steps=6, report_every=2, live=preview,
+                                  callback=lambda info: seen.append(float(info.losses["total"])))
+    state = json.loads(_get(preview.url + "status")[2])
+    assert state["step"] == state["steps"] == 6 and state["size"] == [24, 32] and not state["done"]
+    assert state["losses"]["total"] == pytest.approx(seen[-1], rel=1e-6)
+    status, kind, png = _get(preview.url + "image.png?step=6")
+    assert status == 200 and kind == "image/png"
+    shown = Image.open(io.BytesIO(png))
+    assert shown.size == (32, 24)
+    assert shown.tobytes() == Image.open(io.BytesIO(_png_of(out))).tobytes()
+    preview.finish()
+    assert json.loads(_get(preview.url + "status")[2])["done"]
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        _get(preview.url + "nothing")
+    assert exc.value.code == 404
+
+
+def _png_of(image):
+    from nst_fast import images
+
+    buf = io.BytesIO()
+    images.to_pil(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_updates_follow_report_every(preview, small_images):
+    content, style = small_images
+    steps = []
+    real_update = preview.update
+    preview.update = lambda info, image: (steps.append(info.step), real_update(info, image))
+    StyleTransfer(weights="random", device="cpu").stylize_tensor(content, style, size=32, steps=7, report_every=3,
+                                                                  live=preview)
+    assert steps == [3, 6, 7]
+
+
+def test_a_busy_port_is_a_clear_error():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(NstError, match=f"cannot serve the live view on 127.0.0.1:{port}"):
+            web.LivePreview("127.0.0.1", port)
+
+
+def test_cli_web_prints_the_address_and_stops_serving(tmp_path, small_images, capsys):
+    content, style = small_images
+    out = tmp_path / "out.png"
+    code = cli.main([str(content), str(style), "-o", str(out), "--weights", "random", "--device", "cpu",
+                     "--size", "32", "--steps", "2", "--web", "--web-port", "0"])
+    err = capsys.readouterr().err
+    assert code == 0 and out.exists(), err
+    url = next(line.split(" at ", 1)[1] for line in err.splitlines() if "live view at" in line)
+    with pytest.raises(urllib.error.URLError):
+        _get(url)  # the server closed with the run
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        code = cli.main([str(content), str(style), "-o", str(tmp_path / "b.png"), "--weights", "random",
+                         "--device", "cpu", "--size", "32", "--steps", "2", "--web", "--web-port",
+                         str(taken.getsockname()[1])])
+    assert code == 1 and "cannot serve the live view" in capsys.readouterr().err
+    assert not (tmp_path / "b.png").exists()
