@@ -60,7 +60,11 @@ def build_parser():
                    help="imagenet | random | PATH to a VGG-19 state dict (default $NST_FAST_WEIGHTS or imagenet)")
     p.add_argument("--weights-convention", default="auto", choices=["auto", "torchvision", "caffe"],
                    help="input convention of the weights (auto: a 'caffe' file name means caffe)")
-    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
+    p.add_argument("--device", default=None,
+                   help="cpu | cuda | cuda:N, or several (cuda:0,cuda:1) to split the network over "
+                        "(default: cuda if available)")
+    p.add_argument("--split-at", default=None,
+                   help="with several devices: the layer where each next device starts (two devices: pool1)")
     p.add_argument("--seed", type=int, default=0, help="random seed (0)")
     p.add_argument("--style-blend", type=_csv_floats, default=None, help="one weight per style image")
     p.add_argument("--style-masks", type=_csv_paths, default=None,
@@ -172,7 +176,7 @@ def run(args) -> int:
     try:
         try:
             transfer = StyleTransfer(args.weights, args.device, args.pooling, args.weights_convention, args.seed,
-                                     network=args.network)
+                                     network=args.network, split_at=args.split_at)
         except WeightsUnavailable as exc:
             if not args.demo:
                 raise
@@ -180,7 +184,8 @@ def run(args) -> int:
                 f"nst-fast: WARNING: {exc}.\nnst-fast: WARNING: the demo falls back to RANDOM weights: "
                 "the output shows the pipeline working, not a real stylization.\n")
             fell_back = True
-            transfer = StyleTransfer("random", args.device, args.pooling, "auto", args.seed, network=args.network)
+            transfer = StyleTransfer("random", args.device, args.pooling, "auto", args.seed, network=args.network,
+                                     split_at=args.split_at)
         else:
             fell_back = False
         if transfer.weights == "random" and not fell_back:

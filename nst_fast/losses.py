@@ -118,6 +118,7 @@ class GatysLoss(nn.Module):
         content = image.new_zeros((), dtype=torch.float32)
         for name, target in self.content_targets.items():
             term = content_loss(self._features(feats[name], self.alpha * self.content_weights[name]), target)
+            term = term.to(image.device)  # from the layer's device, where the network is split
             parts[f"content:{name}"] = term
             content = content + self.content_weights[name] * term
         style = image.new_zeros((), dtype=torch.float32)
@@ -126,13 +127,14 @@ class GatysLoss(nn.Module):
             if callable(target):  # a WassersteinStyle, MRFStyle or WeightedSum of them
                 term = target(f)
             elif isinstance(target, list):
-                term = image.new_zeros((), dtype=torch.float32)
+                term = f.new_zeros((), dtype=torch.float32)
                 for guide in target:
                     guided = f * guide.mask.to(f.dtype)
                     term = term + guide.weight * ops.style_loss(guided, guide.target,
                                                                 style_scale(f.shape[1], guide.positions))
             else:
                 term = ops.style_loss(f, target, style_scale(f.shape[1], f.shape[2] * f.shape[3]))
+            term = term.to(image.device)
             parts[f"style:{name}"] = term
             style = style + self.style_weights[name] * term
         tv = tv_loss(image) if self.tv_weight else image.new_zeros((), dtype=torch.float32)

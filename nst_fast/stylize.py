@@ -15,6 +15,7 @@ from .options import Options
 from .steps import LoopState, StepRunner
 from .wasserstein import WassersteinStyle
 
+DEFAULT_SPLIT = "pool1"  # two devices: conv1_x's full-size activations on the first, the rest on the second
 LBFGS_MAX_STEP = 0.1  # largest change of any pixel value (in [0, 1]) per L-BFGS step
 MAX_NONFINITE = 8  # consecutive NaN/inf evaluations that end a run
 
@@ -43,16 +44,42 @@ def _device(device) -> torch.device:
     return device
 
 
+def _devices(device) -> list:
+    """"cuda:0,cuda:1" / a list / one device / None -> [torch.device, ...]."""
+    if isinstance(device, str) and "," in device:
+        device = [d.strip() for d in device.split(",")]
+    if isinstance(device, (list, tuple)):
+        if not device:
+            raise NstError("no device given")
+        return [_device(d) for d in device]
+    return [_device(device)]
+
+
+def _split_layers(split_at, devices) -> list:
+    if isinstance(split_at, str):
+        split_at = [n.strip() for n in split_at.split(",") if n.strip()]
+    split_at = list(split_at or [])
+    if len(devices) > 1 and not split_at:
+        if len(devices) > 2:
+            raise NstError(f"say where to split the network over {len(devices)} devices (split_at)")
+        split_at = [DEFAULT_SPLIT]
+    if len(devices) == 1 and split_at:
+        raise NstError("split_at needs more than one device")
+    return split_at
+
+
 @contextlib.contextmanager
-def precision_mode(precision: str, device: torch.device):
-    """fp32: exact; tf32: TF32 matmuls and convolutions; bf16: autocast to bfloat16."""
+def precision_mode(precision: str, devices):
+    """fp32: exact; tf32: TF32 matmuls and convolutions; bf16: autocast to bfloat16
+    (on every type of device among `devices`, one device or a list)."""
+    types = sorted({d.type for d in (devices if isinstance(devices, (list, tuple)) else [devices])})
     old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
     try:
-        if precision == "bf16":
-            with torch.autocast(device.type, dtype=torch.bfloat16):
-                yield
-        else:
+        with contextlib.ExitStack() as stack:
+            if precision == "bf16":
+                for device_type in types:
+                    stack.enter_context(torch.autocast(device_type, dtype=torch.bfloat16))
             yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
@@ -61,11 +88,19 @@ def precision_mode(precision: str, device: torch.device):
 class StyleTransfer:
     """Holds the network's weights between runs: build once, call stylize() many times.
 
-    network: "vgg19" (the paper's, default) or "vgg16"."""
+    network: "vgg19" (the paper's, default) or "vgg16".
+    device: one device, or several ("cuda:0,cuda:1" or a list) to spread the
+    network over (model parallelism, for images too large for one device's
+    memory): split_at names the layer where each next device starts (default
+    for two devices: pool1, which splits the activations' memory roughly in
+    half). The image, the optimiser and the losses' sum live on the first."""
 
-    def __init__(self, weights=None, device=None, pooling="max", convention="auto", seed=0, network="vgg19"):
+    def __init__(self, weights=None, device=None, pooling="max", convention="auto", seed=0, network="vgg19",
+                 split_at=None):
         self.history, self.last_run = [], {}
-        self.device = _device(device)
+        self.devices = _devices(device)
+        self.device = self.devices[0]
+        self.split_at = _split_layers(split_at, self.devices)
         self.pooling = pooling
         self.architecture = vgg.check_network(network)
         self.state, self.convention, self.weights = vgg.load_weights(weights, convention, seed, network)
@@ -81,6 +116,8 @@ class StyleTransfer:
             net = vgg.VGGFeatures(layers, self.state, self.convention, self.pooling, self.weights,
                                   self.architecture).to(self.device)
             net.net.to(dtype)  # the convolutions; preprocessing stays in fp32
+            if self.split_at:
+                net.place(self.devices, self.split_at)
             self._nets[layers, dtype] = net
         return self._nets[layers, dtype]
 
@@ -202,23 +239,28 @@ class StyleTransfer:
                     style_regions=len(opts.style_masks or []), style_loss=opts.style_loss, styles=n_styles,
                     style_scale=opts.style_size / long_side if opts.style_size else opts.style_scale)
         need = memory.estimate_bytes(height, width, **args)
-        budget = opts.memory_limit if opts.memory_limit is not None else memory.available_bytes(self.device)
+        # Split over several devices, the check is against their free memory together.
+        budget = opts.memory_limit if opts.memory_limit is not None else \
+            sum(memory.available_bytes(d) for d in dict.fromkeys(self.devices))
         if need <= budget:
             return sizes
         fits = memory.largest_size(budget, w / h, **args)
         if fits < 16:
-            raise NstError(f"not enough memory on {self.device} for even a 16-pixel run")
+            raise NstError(f"not enough memory on {self._where()} for even a 16-pixel run")
         if not opts.fit_memory:
             raise NstError(
                 f"a {width}x{height} run needs about {need / 2**30:.1f} GiB but {budget / 2**30:.1f} GiB is "
-                f"available on {self.device}; the largest size that fits is {fits} (use --size {fits}, "
+                f"available on {self._where()}; the largest size that fits is {fits} (use --size {fits}, "
                 "or --fit-memory to pick it)")
         return [s for s in sizes if s < fits] + [fits]
+
+    def _where(self) -> str:
+        return ", ".join(str(d) for d in dict.fromkeys(self.devices))
 
     def _loss(self, net, content_t, style_imgs, opts, size, min_side, masks=None) -> GatysLoss:
         """The loss at this scale; with masks, each style's loss covers its mask's region."""
         dev = self.device
-        with torch.no_grad(), precision_mode(opts.precision, dev):
+        with torch.no_grad(), precision_mode(opts.precision, self.devices):
             content_feats = net(content_t.to(dev))
             content_targets = {n: content_feats[n].float().clone() for n in opts.content_layers}
             style_feats = []
@@ -234,7 +276,7 @@ class StyleTransfer:
                 style_feats.append({n: feats[n] for n in opts.style_layers})
             layer_hw = {n: content_feats[n].shape[-2:] for n in opts.style_layers}
             # Each style's mask at each style layer's resolution (spatial control).
-            layer_masks = {n: [images.resize_mask(images.resize_mask(m, size), layer_hw[n]).to(dev)
+            layer_masks = {n: [images.resize_mask(images.resize_mask(m, size), layer_hw[n]).to(content_feats[n].device)
                                for m in masks] for n in opts.style_layers} if masks else None
             if opts.style_loss == "w2":
                 style_targets = {n: _w2_targets(style_feats, n, opts.style_blend, layer_masks[n] if masks else None)
@@ -291,7 +333,7 @@ class StyleTransfer:
         report_every = opts.report_every or (1 if dev.type == "cpu" else 20)
 
         def one_step():
-            with precision_mode(opts.precision, dev):
+            with precision_mode(opts.precision, self.devices):
                 total, parts = loss_fn(x)
             (grad,) = torch.autograd.grad(total, x)
             with torch.no_grad():
@@ -299,7 +341,9 @@ class StyleTransfer:
                 opt.step(x, total.detach(), grad)
             return {k: v.detach() for k, v in parts.items()}
 
-        runner = StepRunner(one_step, dev, opts.cuda_graph)
+        runner = StepRunner(one_step, dev, opts.cuda_graph if len(self.devices) == 1 else False)
+        if len(self.devices) > 1 and dev.type == "cuda":
+            runner.why_not = "the network is split over several devices"
         step = state.step
         try:
             for step in range(state.step + 1, steps + 1):
@@ -383,17 +427,17 @@ _default: Optional[StyleTransfer] = None
 
 
 def stylize(content, style, *, weights=None, device=None, pooling="max", convention="auto", network="vgg19",
-            **options):
+            split_at=None, **options):
     """Repaint `content` in the style of `style`; returns a PIL image.
 
     content/style: paths, PIL images or (3, H, W) tensors in [0, 1] (style may be a list).
     weights: "imagenet" (default, or $NST_FAST_WEIGHTS), "random", or a state-dict path.
-    network: "vgg19" (default) or "vgg16".
-    The network is kept between calls with the same weights, device, pooling and network.
+    network: "vgg19" (default) or "vgg16". device, split_at: see StyleTransfer.
+    The network is kept between calls with the same weights, devices, pooling and network.
     """
     global _default
-    key = (vgg.resolve_weights(weights), str(_device(device)), pooling, convention, network)
+    key = (vgg.resolve_weights(weights), str(_devices(device)), pooling, convention, network, str(split_at))
     if _default is None or _default._key != key:
-        _default = StyleTransfer(weights, device, pooling, convention, network=network)
+        _default = StyleTransfer(weights, device, pooling, convention, network=network, split_at=split_at)
         _default._key = key
     return _default.stylize(content, style, **options)

@@ -247,11 +247,33 @@ class VGGFeatures(nn.Module):
         x = (image - self.mean.to(image.dtype)) / self.std.to(image.dtype)
         return x.flip(1) if self.convention == "caffe" else x
 
+    def place(self, devices, split_at) -> "VGGFeatures":
+        """Spread the network over several devices (model parallelism): the modules
+        from split_at[k] (a layer name) on run on devices[k + 1], those before the
+        first split on devices[0] with the preprocessing. Each feature stays on the
+        device that made it."""
+        if len(split_at) != len(devices) - 1:
+            raise NstError(f"{len(devices)} devices need {len(devices) - 1} split layer(s), got {len(split_at)}")
+        check_layer_names(split_at, "split layer", network=self.network)
+        starts = [layer_index(n, self.network) for n in split_at]
+        if starts != sorted(set(starts)) or starts[0] == 0 or starts[-1] >= len(self.net):
+            raise NstError(f"split layers must be in network order, after conv1_1 and up to "
+                           f"{layer_names(self.network)[len(self.net) - 1]}, got {', '.join(split_at)}")
+        self.to(devices[0])
+        self._moves = {}
+        for start, end, device in zip(starts, starts[1:] + [len(self.net)], devices[1:]):
+            self.net[start:end].to(device)
+            self._moves[start] = device
+        return self
+
     def forward(self, image: torch.Tensor) -> dict:
         x = self.preprocess(image).contiguous(memory_format=torch.channels_last)
         wanted = {layer_index(n, self.network): n for n in self.layers}
+        moves = getattr(self, "_moves", {})
         out = {}
         for i, module in enumerate(self.net):
+            if i in moves:
+                x = x.to(moves[i])
             x = module(x)
             if i in wanted:
                 out[wanted[i]] = x

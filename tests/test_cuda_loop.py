@@ -106,3 +106,14 @@ def test_other_style_losses_lower_the_loss(transfer, small_images, style_loss):
     assert torch.isfinite(out).all() and styles[-1] < 0.9 * styles[0], (styles[0], styles[-1])
     if style_loss == "mrf":
         assert transfer.last_run["cuda_graph"], transfer.last_run["why_not"]
+
+
+def test_a_network_split_between_the_gpu_and_the_cpu_reaches_the_same_loss(transfer, small_images):
+    """neural-style-pt's -gpu c,0 the other way round: conv1_x on the GPU, the rest on the CPU."""
+    _run(transfer, small_images, steps=20)
+    whole = transfer.history[-1]["total"]
+    split = StyleTransfer(weights="random", device="cuda,cpu")
+    out = _run(split, small_images, steps=20)
+    print(f"split cuda,cpu: loss {split.history[-1]['total']:.6g} vs {whole:.6g}; {split.last_run}")
+    assert out.shape[-2:] == (96, 128) and not split.last_run["cuda_graph"]
+    assert abs(split.history[-1]["total"] / whole - 1) < 0.02
