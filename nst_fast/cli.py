@@ -202,12 +202,12 @@ def run(args) -> int:
         options = dict(
             size=args.size, steps=args.steps, content_weight=args.content_weight, style_weight=args.style_weight,
             tv_weight=args.tv_weight, content_layers=args.content_layers, style_layers=args.style_layers,
-            style_loss=args.style_loss,
-            init=args.init, optimizer=args.optimizer, lr=args.lr, seed=args.seed,
+            style_loss=args.style_loss, init=args.init, optimizer=args.optimizer, lr=args.lr, seed=args.seed,
             lbfgs_history=args.lbfgs_history, normalize_gradients=args.normalize_gradients, avg_decay=args.avg_decay,
             precision=args.precision, style_blend=args.style_blend, style_masks=args.style_masks,
             style_scale=args.style_scale, style_size=args.style_size, scales=args.scales, min_scale=args.min_scale,
-            initial_steps=args.initial_steps, preserve_colors=args.preserve_colors, report_every=report_every, callback=progress,
+            initial_steps=args.initial_steps, preserve_colors=args.preserve_colors, report_every=report_every,
+            callback=progress,
             checkpoint_every=args.checkpoint_every, fit_memory=args.fit_memory,
             cuda_graph=False if args.no_cuda_graph else None,
         )

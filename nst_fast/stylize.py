@@ -276,8 +276,10 @@ class StyleTransfer:
                 style_feats.append({n: feats[n] for n in opts.style_layers})
             layer_hw = {n: content_feats[n].shape[-2:] for n in opts.style_layers}
             # Each style's mask at each style layer's resolution (spatial control).
-            layer_masks = {n: [images.resize_mask(images.resize_mask(m, size), layer_hw[n]).to(content_feats[n].device)
-                               for m in masks] for n in opts.style_layers} if masks else None
+            layer_masks = None
+            if masks:
+                layer_masks = {n: [images.resize_mask(images.resize_mask(m, size), layer_hw[n])
+                                   .to(content_feats[n].device) for m in masks] for n in opts.style_layers}
             if opts.style_loss == "w2":
                 style_targets = {n: _w2_targets(style_feats, n, opts.style_blend, layer_masks[n] if masks else None)
                                  for n in opts.style_layers}

@@ -75,7 +75,8 @@ def test_cpu_estimate_matches_measured_peak(pooling, regions, style_loss):
     style = list(MRF_STYLE_LAYERS if style_loss == "mrf" else DEFAULT_STYLE_LAYERS)
     parts = memory.estimate_parts(h, w, CONTENT, style, "lbfgs", "fp32", **kw)
     estimate = memory.estimate_bytes(h, w, CONTENT, style, "lbfgs", "fp32", **kw)
-    report = (f"{w}x{h} lbfgs {pooling} pooling, {regions} masked styles, {style_loss} loss: estimate {estimate / MiB:.0f} MiB, measured {measured / MiB:.0f} MiB "
+    report = (f"{w}x{h} lbfgs {pooling} pooling, {regions} masked styles, {style_loss} loss: "
+              f"estimate {estimate / MiB:.0f} MiB, measured {measured / MiB:.0f} MiB "
               f"(over the high-water mark before: {measured_hwm / MiB:.0f}), ratio {estimate / measured:.3f}; "
               + ", ".join(f"{k} {v / MiB:.0f}" for k, v in parts.items()))
     print(report)
