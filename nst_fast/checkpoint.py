@@ -12,7 +12,7 @@ VERSION = 1
 # Options that change what is optimised; steps and sizes may differ on resume.
 FINGERPRINT_OPTIONS = ("content_weight", "style_weight", "tv_weight", "content_layers", "style_layers",
                        "optimizer", "lr", "lbfgs_history", "normalize_gradients", "precision", "style_blend",
-                       "style_scale", "style_size", "preserve_colors", "avg_decay", "style_loss")
+                       "style_scale", "style_size", "preserve_colors", "avg_decay", "style_loss", "mrf_variants")
 
 
 def fingerprint(content, styles, opts, transfer) -> str:

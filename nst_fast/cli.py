@@ -43,6 +43,9 @@ def build_parser():
     p.add_argument("--style-loss", default="gram", choices=["gram", "w2", "mrf"],
                    help="gram: Gatys' Gram matrices | w2: Wasserstein-2 distance of the features' mean and "
                         "covariance | mrf: nearest style patches, Li and Wand (gram)")
+    p.add_argument("--mrf-variants", action="store_true",
+                   help="mrf: also match the style's patches rotated by +-7.5 degrees and scaled by +-5%% "
+                        "(Li and Wand; 9x the style patches)")
     p.add_argument("--init", default="content", help="noise | gray | content | style | an image path (content)")
     p.add_argument("--optimizer", default="lbfgs", choices=["lbfgs", "adam"], help="(lbfgs)")
     p.add_argument("--lr", type=float, default=None, help="step size (lbfgs 1, adam 0.02)")
@@ -202,7 +205,8 @@ def run(args) -> int:
         options = dict(
             size=args.size, steps=args.steps, content_weight=args.content_weight, style_weight=args.style_weight,
             tv_weight=args.tv_weight, content_layers=args.content_layers, style_layers=args.style_layers,
-            style_loss=args.style_loss, init=args.init, optimizer=args.optimizer, lr=args.lr, seed=args.seed,
+            style_loss=args.style_loss, mrf_variants=args.mrf_variants, init=args.init, optimizer=args.optimizer,
+            lr=args.lr, seed=args.seed,
             lbfgs_history=args.lbfgs_history, normalize_gradients=args.normalize_gradients, avg_decay=args.avg_decay,
             precision=args.precision, style_blend=args.style_blend, style_masks=args.style_masks,
             style_scale=args.style_scale, style_size=args.style_size, scales=args.scales, min_scale=args.min_scale,

@@ -100,7 +100,8 @@ def _layer_shape(name: str, height: int, width: int):
 
 def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs", precision="fp32",
                    history=10, batch_styles=1, device="cpu", pooling="max", fused_style=None,
-                   network="vgg19", style_regions=0, style_loss="gram", styles=1, style_scale=1.0) -> dict:
+                   network="vgg19", style_regions=0, style_loss="gram", styles=1, style_scale=1.0,
+                   mrf_variants=1) -> dict:
     """The terms of `estimate_bytes`, in bytes, by name (see the module docstring).
 
     fused_style: whether the style loss runs the extension's kernel (None: as
@@ -108,7 +109,7 @@ def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs
     styles (spatial control), each keeping masked features per style layer.
     style_loss: gram, w2 or mrf; styles: the number of style images and
     style_scale their long side relative to the output's (mrf keeps each one's
-    patches).
+    patches, from mrf_variants rotated and scaled copies of each).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
@@ -169,7 +170,7 @@ def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs
         opt_bytes = 2 * n * 4
     saved, backward, guided = batch * saved, batch * BACKWARD_BUFFERS * largest * act, batch * guided
     style_kept, style_in_flight = _style_loss_bytes(style_loss, style_layers, height, width, styles,
-                                                    style_regions, style_scale)
+                                                    style_regions, style_scale, mrf_variants)
     return {
         "weights": weight_bytes,
         "saved": saved,
@@ -196,7 +197,8 @@ def _patch_bytes(name, height, width) -> int:
     return max(0, (h - side) // mrf.STRIDE + 1) * max(0, (w - side) // mrf.STRIDE + 1) * c * side * side * 4
 
 
-def _style_loss_bytes(style_loss, style_layers, height, width, styles, style_regions, style_scale):
+def _style_loss_bytes(style_loss, style_layers, height, width, styles, style_regions, style_scale,
+                      mrf_variants=1):
     """-> (bytes kept for the whole step, bytes in flight while the loss runs)."""
     if style_loss == "w2":
         losses = style_regions or 1  # unmasked styles blend into one target
@@ -207,7 +209,7 @@ def _style_loss_bytes(style_loss, style_layers, height, width, styles, style_reg
     style_h, style_w = max(1, round(height * style_scale)), max(1, round(width * style_scale))
     for name in style_layers:
         values = _patch_bytes(name, height, width)
-        kept += 2 * styles * _patch_bytes(name, style_h, style_w)
+        kept += 2 * styles * mrf_variants * _patch_bytes(name, style_h, style_w)
         in_flight = max(in_flight, (styles + 2) * values + mrf.SEARCH_CHUNK_BYTES)
     return kept, in_flight
 
@@ -225,7 +227,8 @@ def largest_activation_bytes(height: int, width: int, precision: str = "fp32") -
 
 def estimate_bytes(height, width, content_layers, style_layers, optimizer="lbfgs", precision="fp32",
                    history=10, batch_styles=1, device="cpu", pooling="max", fused_style=None,
-                   network="vgg19", style_regions=0, style_loss="gram", styles=1, style_scale=1.0) -> int:
+                   network="vgg19", style_regions=0, style_loss="gram", styles=1, style_scale=1.0,
+                   mrf_variants=1) -> int:
     """Estimated peak memory (bytes) of one optimisation step at height x width.
 
     content_layers / style_layers: names or {name: weight} dicts (the weights are ignored).
@@ -234,7 +237,7 @@ def estimate_bytes(height, width, content_layers, style_layers, optimizer="lbfgs
     """
     return int(sum(estimate_parts(height, width, content_layers, style_layers, optimizer, precision,
                                   history, batch_styles, device, pooling, fused_style, network,
-                                  style_regions, style_loss, styles, style_scale).values()))
+                                  style_regions, style_loss, styles, style_scale, mrf_variants).values()))
 
 
 def _shape(long_side: int, aspect: float):
@@ -246,7 +249,8 @@ def _shape(long_side: int, aspect: float):
 
 def largest_size(budget_bytes, aspect, content_layers, style_layers, optimizer="lbfgs", precision="fp32",
                  history=10, batch_styles=1, device="cpu", pooling="max", fused_style=None,
-                 network="vgg19", style_regions=0, style_loss="gram", styles=1, style_scale=1.0) -> int:
+                 network="vgg19", style_regions=0, style_loss="gram", styles=1, style_scale=1.0,
+                 mrf_variants=1) -> int:
     """The largest long side (pixels) whose estimate fits in budget_bytes; 0 if none does.
 
     aspect is width / height of the content image.
@@ -262,7 +266,7 @@ def largest_size(budget_bytes, aspect, content_layers, style_layers, optimizer="
             return True  # too small to run at all; not a memory question
         return estimate_bytes(h, w, content_layers, style_layers, optimizer, precision, history,
                               batch_styles, device, pooling, fused_style, network, style_regions, style_loss,
-                              styles, style_scale) <= budget_bytes
+                              styles, style_scale, mrf_variants) <= budget_bytes
 
     lo, hi = 0, 1
     while fits(hi):  # the estimate grows with the side: find a side that does not fit

@@ -10,7 +10,10 @@ over the P output patches taken every `stride` positions, each of D = N_l k^2
 values. The nearest neighbours are searched again at every step and are not
 differentiated. With several styles, E_l = sum_r b_r E_lr, each style with its
 own neighbours (and, under spatial control, its own region of the output).
+Optionally, as Li and Wand do, the style's patches also come from slightly
+rotated and scaled copies of the style image (style_variants).
 """
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -21,6 +24,30 @@ from .reference import accum_dtype
 PATCH = 3
 STRIDE = 2
 SEARCH_CHUNK_BYTES = 64 << 20  # the largest block of patch similarities formed at once
+# Li and Wand's augmented style: the style image also rotated by -/+7.5 degrees and
+# scaled by 0.95/1.05, every combination: 9 variants.
+VARIANT_ANGLES = (-7.5, 0.0, 7.5)
+VARIANT_SCALES = (0.95, 1.0, 1.05)
+
+
+def style_variants(image: torch.Tensor) -> list:
+    """(1, 3, H, W) -> the image rotated and scaled by each pair of VARIANT_ANGLES and
+    VARIANT_SCALES (same size, borders filled by reflection, not black)."""
+    out = []
+    for angle in VARIANT_ANGLES:
+        for scale in VARIANT_SCALES:
+            if angle == 0.0 and scale == 1.0:
+                out.append(image)
+                continue
+            a = math.radians(angle)
+            aspect = image.shape[-1] / image.shape[-2]  # a rotation in pixels, in [-1, 1] coordinates
+            theta = torch.tensor([[math.cos(a), -math.sin(a) / aspect, 0.0],
+                                  [math.sin(a) * aspect, math.cos(a), 0.0]],
+                                 dtype=image.dtype, device=image.device) / scale
+            grid = F.affine_grid(theta[None], list(image.shape), align_corners=False)
+            out.append(F.grid_sample(image, grid, mode="bilinear", padding_mode="reflection",
+                                     align_corners=False).clamp(0, 1))
+    return out
 
 
 def patches(features: torch.Tensor, patch: int = PATCH, stride: int = STRIDE) -> torch.Tensor:
@@ -56,6 +83,7 @@ class MRFStyle:
     """The MRF style loss of one layer against the patches of one or more styles'
     features (`weights`: their blend weights); call it with the output's
     (1, C, H, W) features to get E_l, a float32 scalar (float64 for float64).
+    A style may be a list of feature maps (its variants): their patches pool.
 
     masks: one (1, 1, H, W) mask per style at the layer's resolution, for spatial
     control: style r's term covers only the output patches its mask is on, each
@@ -67,7 +95,8 @@ class MRFStyle:
         self.patch, self.stride = patch, stride
         self.styles = []
         for i, (features, weight) in enumerate(zip(style_features, weights)):
-            targets = patches(features.detach(), patch, stride)
+            variants = features if isinstance(features, (list, tuple)) else [features]
+            targets = torch.cat([patches(v.detach(), patch, stride) for v in variants])
             normalised = targets / targets.norm(dim=1, keepdim=True).clamp_min(1e-12)
             rows = centre_weights = None
             if masks is not None:

@@ -74,6 +74,7 @@ class Options:
     content_layers: object = dataclasses.field(default_factory=lambda: dict(DEFAULT_CONTENT_LAYERS))
     style_layers: object = None  # None: Gatys' five (gram, w2) or Li and Wand's two (mrf)
     style_loss: str = "gram"  # gram (Gatys) | w2 (Wasserstein-2, crowsonkb) | mrf (Li and Wand, pystiche)
+    mrf_variants: bool = False  # mrf: also the style's patches rotated +-7.5 degrees and scaled +-5%
     init: object = "content"
     optimizer: str = "lbfgs"
     lr: Optional[float] = None
@@ -99,6 +100,10 @@ class Options:
     def validate(self, n_styles: int = 1, convention: str = "torchvision") -> "Options":
         if self.style_loss not in STYLE_LOSSES:
             raise NstError(f"style_loss must be one of {', '.join(STYLE_LOSSES)}, got {self.style_loss!r}")
+        if not isinstance(self.mrf_variants, bool):
+            raise NstError(f"mrf_variants must be True or False, got {self.mrf_variants!r}")
+        if self.mrf_variants and self.style_loss != "mrf":
+            raise NstError("mrf_variants needs style_loss mrf")
         if self.style_weight is None:
             self.style_weight = (DEFAULT_STYLE_WEIGHT[convention] if self.style_loss == "gram"
                                  else DEFAULT_STYLE_WEIGHT_SQUARED[self.style_loss])

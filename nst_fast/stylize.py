@@ -237,6 +237,7 @@ class StyleTransfer:
                     optimizer=opts.optimizer, precision=opts.precision, history=opts.lbfgs_history,
                     device=self.device.type, pooling=self.pooling, network=self.architecture,
                     style_regions=len(opts.style_masks or []), style_loss=opts.style_loss, styles=n_styles,
+                    mrf_variants=len(mrf.VARIANT_ANGLES) * len(mrf.VARIANT_SCALES) if opts.mrf_variants else 1,
                     style_scale=opts.style_size / long_side if opts.style_size else opts.style_scale)
         need = memory.estimate_bytes(height, width, **args)
         # Split over several devices, the check is against their free memory together.
@@ -272,8 +273,12 @@ class StyleTransfer:
                         f"a style image is {s.shape[-1]}x{s.shape[-2]} pixels after scaling; "
                         f"it needs at least {min_side} pixels per side"
                     )
-                feats = net(s.to(dev))
-                style_feats.append({n: feats[n] for n in opts.style_layers})
+                if opts.mrf_variants:  # each layer: a list of the variants' features
+                    variants = [net(v.to(dev)) for v in mrf.style_variants(s)]
+                    style_feats.append({n: [f[n] for f in variants] for n in opts.style_layers})
+                else:
+                    feats = net(s.to(dev))
+                    style_feats.append({n: feats[n] for n in opts.style_layers})
             layer_hw = {n: content_feats[n].shape[-2:] for n in opts.style_layers}
             # Each style's mask at each style layer's resolution (spatial control).
             layer_masks = None
@@ -284,7 +289,7 @@ class StyleTransfer:
                 style_targets = {n: _w2_targets(style_feats, n, opts.style_blend, layer_masks[n] if masks else None)
                                  for n in opts.style_layers}
             elif opts.style_loss == "mrf":
-                _check_patches(list(layer_hw.values()) + [f[n].shape[-2:] for f in style_feats for n in f])
+                _check_patches(list(layer_hw.values()) + [_first(f[n]).shape[-2:] for f in style_feats for n in f])
                 style_targets = {n: MRFStyle([f[n] for f in style_feats], opts.style_blend,
                                              layer_masks[n] if masks else None) for n in opts.style_layers}
             elif masks:
@@ -392,6 +397,11 @@ def _w2_targets(style_feats, layer, blends, masks=None):
     return WeightedSum([(blend, WassersteinStyle(wasserstein.moments(f[layer]), mask))
                         for f, mask, blend in zip(style_feats, masks, blends)
                         if float(mask.square().sum()) > 1e-6])
+
+
+def _first(features):
+    """A style's features at a layer, or the first of its MRF variants'."""
+    return features[0] if isinstance(features, list) else features
 
 
 def _check_patches(layer_sizes):

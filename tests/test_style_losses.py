@@ -135,7 +135,7 @@ def _mrf_direct(f, styles, weights, patch=3, stride=2):
     total = 0.0
     ps = all_patches(f)
     for s, weight in zip(styles, weights):
-        targets = all_patches(s)
+        targets = [t for v in (s if isinstance(s, list) else [s]) for t in all_patches(v)]  # variants pool
         err = 0.0
         for p in ps:
             best = max(targets, key=lambda t: float(p @ t / (t.norm())))
@@ -276,3 +276,39 @@ def test_cli_runs_each_style_loss(small_images, tmp_path, capsys):
         cli.main([str(content), str(style), "--style-loss", "lap"])
     assert exc.value.code == 2
     assert "invalid choice: 'lap'" in capsys.readouterr().err
+
+
+def test_style_variants_are_rotated_and_scaled_copies():
+    image = _rand(1, 3, 30, 40, seed=23, dtype=torch.float32)
+    variants = mrf.style_variants(image)
+    assert len(variants) == 9 and all(v.shape == image.shape for v in variants)
+    assert sum(torch.equal(v, image) for v in variants) == 1
+    assert all(float(v.min()) >= 0 and float(v.max()) <= 1 for v in variants)
+    # A pure scaling keeps the centre pixel; a rotation turns a horizontal bar.
+    bar = torch.zeros(1, 3, 41, 61)
+    bar[..., 20, 10:51] = 1.0
+    rotated = mrf.style_variants(bar)[1]  # -7.5 degrees, scale 1
+    rows = rotated[0, 0].nonzero()[:, 0].float()
+    assert float(rows.max() - rows.min()) >= 4  # 40 px at 7.5 degrees spans ~5 rows
+    assert torch.allclose(mrf.style_variants(bar)[3][..., 20, 30], bar[..., 20, 30], atol=0.05)
+
+
+def test_mrf_variants_pool_their_patches(transfer, small_images, tmp_path):
+    f = _rand(1, 3, 9, 9, seed=24)
+    a, b = _rand(1, 3, 7, 7, seed=25), 2 * _rand(1, 3, 9, 7, seed=26)
+    pooled = mrf.MRFStyle([[a, b]], [1.0])
+    assert float(pooled(f)) == pytest.approx(_mrf_direct(f, [[a, b]], [1.0]), rel=1e-10)
+    assert float(pooled(f)) != pytest.approx(float(mrf.MRFStyle([a], [1.0])(f)), rel=1e-3)
+
+    content, style = small_images
+    seen = {}
+    for variants in (False, True):
+        transfer.stylize_tensor(content, style, size=48, steps=2, style_loss="mrf", mrf_variants=variants,
+                                callback=lambda i, v=variants: seen.setdefault(v, float(i.losses["style"])))
+    assert seen[True] != pytest.approx(seen[False], rel=1e-4)
+    with pytest.raises(NstError, match="mrf_variants needs style_loss mrf"):
+        Options(mrf_variants=True).validate()
+    out = tmp_path / "out.png"
+    code = cli.main([str(content), str(style), "-o", str(out), "--size", "48", "--steps", "1", "--weights",
+                     "random", "--device", "cpu", "--style-loss", "mrf", "--mrf-variants", "-q"])
+    assert code == 0 and out.exists()
