@@ -26,9 +26,9 @@ step of StyleTransfer._optimise (the backward of GatysLoss), not a simulation:
   guided       with style masks (spatial control) on the Gram loss: the masked
                features F * T_r the style loss keeps, per mask and style layer
   style_loss   W2: a dozen C x C float64 matrices per style layer (moments,
-               covariances, eigenvectors; per style with masks); MRF: per style layer, each style's
-               patches and their normalised copy (the style image taken to
-               have the output's aspect), and,
+               covariances, eigenvectors; per style with masks). MRF: per
+               style layer, each style's patches and their normalised copy
+               (the style image taken to have the output's aspect), and,
                where it exceeds the backward's buffers, what one layer's loss
                holds while it runs: the output's patches, their nearest style
                patches, a residual per style and a block of similarities
