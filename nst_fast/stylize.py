@@ -348,9 +348,14 @@ class StyleTransfer:
                 opt.step(x, total.detach(), grad)
             return {k: v.detach() for k, v in parts.items()}
 
-        runner = StepRunner(one_step, dev, opts.cuda_graph if len(self.devices) == 1 else False)
-        if len(self.devices) > 1 and dev.type == "cuda":
-            runner.why_not = "the network is split over several devices"
+        eager_because = None
+        if len(self.devices) > 1:
+            eager_because = "the network is split over several devices"
+        elif opts.style_loss == "w2":  # eigh checks its result on the host, which capture forbids
+            eager_because = "the W2 style loss's eigendecomposition synchronises with the host"
+        runner = StepRunner(one_step, dev, False if eager_because else opts.cuda_graph)
+        if eager_because and dev.type == "cuda":
+            runner.why_not = eager_because
         step = state.step
         try:
             for step in range(state.step + 1, steps + 1):

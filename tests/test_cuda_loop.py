@@ -99,13 +99,15 @@ def test_masks_averaging_and_l2_pooling_are_captured_and_match_eager(small_image
 @pytest.mark.parametrize("style_loss", ["w2", "mrf"])
 def test_other_style_losses_lower_the_loss(transfer, small_images, style_loss):
     """The MRF step is tensor ops only and must be captured; the W2 step's
-    eigendecomposition may keep it eager, which last_run then says."""
+    eigendecomposition keeps it eager, which last_run says."""
     out = _run(transfer, small_images, steps=20, style_loss=style_loss, style_weight=1e6)
     print(f"{style_loss}: cuda graph {transfer.last_run}")
     styles = [row["style"] for row in transfer.history]
     assert torch.isfinite(out).all() and styles[-1] < 0.9 * styles[0], (styles[0], styles[-1])
     if style_loss == "mrf":
         assert transfer.last_run["cuda_graph"], transfer.last_run["why_not"]
+    else:
+        assert not transfer.last_run["cuda_graph"] and "eigendecomposition" in transfer.last_run["why_not"]
 
 
 def test_a_network_split_between_the_gpu_and_the_cpu_reaches_the_same_loss(transfer, small_images):
