@@ -6,6 +6,7 @@ import time
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "examples")
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def _csv_floats(text):
@@ -27,7 +28,7 @@ def build_parser():
         epilog="`nst-fast --demo -o out.png` stylizes the bundled example images.",
     )
     p.add_argument("content", nargs="?", help="content image")
-    p.add_argument("style", nargs="*", help="style image(s)")
+    p.add_argument("style", nargs="*", help="style image(s), or a folder of them")
     p.add_argument("-o", "--output", default="out.png", help="output image (default out.png)")
     p.add_argument("--demo", action="store_true", help="use the bundled example images")
     p.add_argument("--size", type=int, default=None, help="long side of the output in pixels (512; demo 256)")
@@ -52,6 +53,8 @@ def build_parser():
     p.add_argument("--lbfgs-history", type=int, default=10, help="curvature pairs L-BFGS keeps (10)")
     p.add_argument("--normalize-gradients", action="store_true",
                    help="scale each loss layer's gradient to unit L1 norm times its weight")
+    p.add_argument("--normalize-weights", action="store_true",
+                   help="divide each layer's weight by its channel count (kept to the same sum)")
     p.add_argument("--avg-decay", type=float, default=0.0,
                    help="output a moving average of the iterates with this decay, e.g. 0.99 (0: off)")
     p.add_argument("--pooling", default="max", choices=["max", "avg", "l2"],
@@ -167,9 +170,18 @@ def run(args) -> int:
     else:
         if not args.content or not args.style:
             return _error("give a CONTENT and at least one STYLE image (or --demo)", 2)
-        content, styles = args.content, args.style
+        content, styles = args.content, []
+        for style in args.style:  # a folder stands for the images in it (neural-style-pt's)
+            if not os.path.isdir(style):
+                styles.append(style)
+                continue
+            found = sorted(os.path.join(style, f) for f in os.listdir(style)
+                           if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS)
+            if not found:
+                return _error(f"style folder {style} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+            styles += found
     out_ext = os.path.splitext(args.output)[1].lower()
-    if out_ext not in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"):
+    if out_ext not in IMAGE_EXTENSIONS:
         return _error(f"output must end in .png or .jpg, got {args.output!r}")
     out_dir = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(out_dir):
@@ -208,6 +220,7 @@ def run(args) -> int:
             style_loss=args.style_loss, mrf_variants=args.mrf_variants, init=args.init, optimizer=args.optimizer,
             lr=args.lr, seed=args.seed,
             lbfgs_history=args.lbfgs_history, normalize_gradients=args.normalize_gradients, avg_decay=args.avg_decay,
+            normalize_weights=args.normalize_weights,
             precision=args.precision, style_blend=args.style_blend, style_masks=args.style_masks,
             style_scale=args.style_scale, style_size=args.style_size, scales=args.scales, min_scale=args.min_scale,
             initial_steps=args.initial_steps, preserve_colors=args.preserve_colors, report_every=report_every,

@@ -4,7 +4,7 @@ import math
 from typing import Callable, Optional, Sequence
 
 from .errors import NstError
-from .vgg import check_layer_names
+from .vgg import check_layer_names, layer_channels
 
 DEFAULT_CONTENT_LAYERS = {"relu4_2": 1.0}
 DEFAULT_STYLE_LAYERS = {name: 0.2 for name in ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")}
@@ -56,6 +56,14 @@ def parse_layers(spec, what: str) -> dict:
     return out
 
 
+def _per_channel(weights: dict) -> dict:
+    """Each layer's weight divided by its channel count, rescaled to the same sum: the
+    balance moves toward layers with fewer channels, the losses' overall weight stays."""
+    divided = {name: w / layer_channels(name) for name, w in weights.items()}
+    scale = sum(weights.values()) / sum(divided.values())
+    return {name: w * scale for name, w in divided.items()}
+
+
 def _check_weight(name, value, positive=False):
     if not isinstance(value, (int, float)) or math.isnan(value) or math.isinf(value):
         raise NstError(f"{name} must be a finite number, got {value!r}")
@@ -80,6 +88,7 @@ class Options:
     lr: Optional[float] = None
     lbfgs_history: int = 10  # curvature pairs L-BFGS keeps (jcjohnson's -lbfgs_num_correction)
     normalize_gradients: bool = False  # each loss's gradient over its L1 norm (jcjohnson's option)
+    normalize_weights: bool = False  # each layer's weight over its channel count (neural-style-pt's option)
     avg_decay: float = 0.0  # > 0: the result is a moving average of the iterates with this decay
     seed: int = 0
     precision: str = "fp32"
@@ -135,8 +144,13 @@ class Options:
             raise NstError(f"avg_decay must be below 1 (0: off), got {self.avg_decay!r}")
         if self.lr is not None:
             _check_weight("lr", self.lr, positive=True)
+        if not isinstance(self.normalize_weights, bool):
+            raise NstError(f"normalize_weights must be True or False, got {self.normalize_weights!r}")
         self.content_layers = parse_layers(self.content_layers, "content")
         self.style_layers = parse_layers(self.style_layers, "style")
+        if self.normalize_weights:
+            self.content_layers = _per_channel(self.content_layers)
+            self.style_layers = _per_channel(self.style_layers)
         total = sum(self.style_layers.values())
         self.style_layers = {k: v / total for k, v in self.style_layers.items()}
         if isinstance(self.init, str) and self.init not in INITS:

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 
 from nst_fast import NstError, StyleTransfer, cli, color, images
 from nst_fast.losses import gram_target
@@ -394,3 +395,32 @@ def test_cli_l2_pooling_gray_init_and_averaging(tmp_path, small_images, capsys):
                      "--device", "cpu", "--size", "32", "--steps", "3", "-q", "--avg-decay", "1.5"])
     assert code != 0 and "avg_decay must be below 1" in capsys.readouterr().err
     assert not (tmp_path / "bad.png").exists()
+
+
+def test_normalize_weights_divides_by_channels_keeping_the_sum():
+    opts = Options(style_layers="relu1_1,relu5_1", content_layers="relu2_2:2,relu4_2:1",
+                   normalize_weights=True).validate()
+    assert opts.style_layers == pytest.approx({"relu1_1": 512 / 576, "relu5_1": 64 / 576})
+    assert opts.content_layers == pytest.approx({"relu2_2": 3 * 8 / 9, "relu4_2": 3 * 1 / 9})
+    assert Options(style_layers="relu1_1,relu5_1").validate().style_layers == {"relu1_1": 0.5, "relu5_1": 0.5}
+    with pytest.raises(NstError, match="normalize_weights must be True or False"):
+        Options(normalize_weights="yes").validate()
+
+
+def test_cli_style_folder_and_normalize_weights(tmp_path, small_images, capsys):
+    content, style = small_images
+    folder = tmp_path / "styles"
+    folder.mkdir()
+    for name in ("b.png", "a.jpg"):
+        Image.open(style).convert("RGB").save(folder / name)
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "out.png"
+    base = [str(content), str(folder), "-o", str(out), "--weights", "random", "--device", "cpu", "--size", "32",
+            "--steps", "1", "-q"]
+    assert cli.main(base + ["--style-blend", "1,3", "--normalize-weights"]) == 0 and out.exists()
+    assert cli.main(base + ["--style-blend", "1,2,3"]) == 1
+    assert "3 style blend weights given for 2 style images" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli.main([str(content), str(empty), "-o", str(tmp_path / "x.png"), "--weights", "random"]) == 1
+    assert f"style folder {empty} holds no images" in capsys.readouterr().err
