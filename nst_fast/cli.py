@@ -30,6 +30,8 @@ def build_parser():
     p.add_argument("content", nargs="?", help="content image")
     p.add_argument("style", nargs="*", help="style image(s), or a folder of them")
     p.add_argument("-o", "--output", default="out.png", help="output image (default out.png)")
+    p.add_argument("--bits", type=int, default=8, choices=[8, 16],
+                   help="bits per channel of the output and snapshots (16: PNG only) (8)")
     p.add_argument("--demo", action="store_true", help="use the bundled example images")
     p.add_argument("--size", type=int, default=None, help="long side of the output in pixels (512; demo 256)")
     p.add_argument("--steps", type=int, default=None, help="forward+backward passes per scale (500; demo 100)")
@@ -183,6 +185,8 @@ def run(args) -> int:
     out_ext = os.path.splitext(args.output)[1].lower()
     if out_ext not in IMAGE_EXTENSIONS:
         return _error(f"output must end in .png or .jpg, got {args.output!r}")
+    if args.bits == 16 and out_ext != ".png":
+        return _error(f"16-bit output is PNG only, got {args.output!r}")
     out_dir = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(out_dir):
         return _error(f"output directory does not exist: {out_dir}")
@@ -212,7 +216,7 @@ def run(args) -> int:
         interrupt_checkpoint = args.checkpoint or stem + ".ckpt"
 
         def snapshot(step, image):
-            images.save_atomic(images.to_pil(image), f"{stem}.step{step:04d}.png")
+            images.save_atomic(image, f"{stem}.step{step:04d}.png", bits=args.bits)
 
         options = dict(
             size=args.size, steps=args.steps, content_weight=args.content_weight, style_weight=args.style_weight,
@@ -237,13 +241,13 @@ def run(args) -> int:
                                              save_every=args.save_every, snapshot=snapshot, live=live, **options)
         except (Interrupted, NonFiniteLoss) as exc:
             if exc.image is not None:
-                images.save_atomic(images.to_pil(exc.image), args.output)
+                images.save_atomic(exc.image, args.output, bits=args.bits)
                 sys.stderr.write(f"\nnst-fast: saved the image so far to {args.output}\n")
             if isinstance(exc, Interrupted) and os.path.exists(interrupt_checkpoint):
                 sys.stderr.write(f"nst-fast: continue with --resume {interrupt_checkpoint}\n")
             code = EXIT_INTERRUPTED if isinstance(exc, Interrupted) else EXIT_ERROR
             return _error(str(exc), code)
-        images.save_atomic(images.to_pil(result), args.output)
+        images.save_atomic(result, args.output, bits=args.bits)
         if args.history:
             history.write_json(transfer.history, args.history)
         if args.plot:

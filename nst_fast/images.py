@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
+from . import png16
 from .errors import NstError
 from .files import atomic_write
 
@@ -90,13 +91,24 @@ def to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray((arr * 255.0 + 0.5).astype(np.uint8), "RGB")
 
 
-def save_atomic(image: Image.Image, path) -> None:
-    """Write to a temporary file beside `path`, then rename: never half an image."""
+def save_atomic(image, path, bits: int = 8) -> None:
+    """Write a PIL image or a (1, 3, H, W) tensor in [0, 1] to a temporary file beside
+    `path`, then rename: never half an image. bits=16: a 16-bit PNG (tensors only)."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise NstError(f"output directory does not exist: {directory}")
     ext = os.path.splitext(path)[1].lower()
+    if bits == 16:
+        if ext != ".png" or not isinstance(image, torch.Tensor):
+            raise NstError(f"16-bit output is written as PNG from a tensor; {path} is not a .png")
+        data = png16.encode(image)
+        atomic_write(path, lambda f: f.write(data), suffix=ext)
+        return
+    if bits != 8:
+        raise NstError(f"output bits must be 8 or 16, got {bits!r}")
+    if isinstance(image, torch.Tensor):
+        image = to_pil(image)
     fmt = Image.registered_extensions().get(ext)
     if fmt is None:
         raise NstError(f"unknown output image type {ext or '(no extension)'!r}; use .png or .jpg")

@@ -169,3 +169,16 @@ def test_network_vgg16(tmp_path, small_images, capsys):
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert code == 1 and len(errors) == 1 and "VGG-16 layers" in errors[0]
     assert not (tmp_path / "bad.png").exists()
+
+
+def test_sixteen_bit_output_and_snapshots(tmp_path, small_images, capsys):
+    content, style = small_images
+    out = tmp_path / "out.png"
+    args = [str(content), str(style), "-o", str(out), "--weights", "random", "--device", "cpu", "--size", "32",
+            "--steps", "2", "--save-every", "1", "--bits", "16", "-q"]
+    assert cli.main(args) == 0
+    for path in (out, tmp_path / "out.step0001.png"):
+        assert open(path, "rb").read()[24:26] == b"\x10\x02"  # IHDR: bit depth 16, truecolour
+    jpg = tmp_path / "out.jpg"
+    assert cli.main(args[:3] + [str(jpg)] + args[4:]) == 1
+    assert "16-bit output is PNG only" in capsys.readouterr().err and not jpg.exists()

@@ -103,3 +103,45 @@ def test_save_atomic_leaves_no_partial_file(tmp_path, monkeypatch):
 def test_save_atomic_rejects_unknown_extension(tmp_path):
     with pytest.raises(NstError, match="unknown output image type"):
         images.save_atomic(_rgb(), tmp_path / "out.xyz")
+
+
+def _read_png16(path):
+    """Decode a 16-bit RGB PNG written with the Sub filter, independently of the writer."""
+    import struct
+    import zlib
+
+    data = open(path, "rb").read()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, chunks = 8, {}
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        tag, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
+        assert struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])[0] == zlib.crc32(tag + body)
+        chunks[tag] = chunks.get(tag, b"") + body
+        pos += 12 + length
+    width, height, depth, colour = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
+    assert (depth, colour) == (16, 2)
+    rows = np.frombuffer(zlib.decompress(chunks[b"IDAT"]), np.uint8).reshape(height, 1 + width * 6)
+    assert (rows[:, 0] == 1).all()
+    raw = rows[:, 1:].astype(np.int64)
+    for i in range(6, raw.shape[1]):
+        raw[:, i] = (raw[:, i] + raw[:, i - 6]) % 256
+    return (raw[:, 0::2] * 256 + raw[:, 1::2]).reshape(height, width, 3)
+
+
+def test_sixteen_bit_png_output(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 3, 7, 11, generator=gen)
+    image[0, :, 0, 0] = torch.tensor([0.0, 1.0, 0.5])
+    path = tmp_path / "out.png"
+    images.save_atomic(image, path, bits=16)
+    levels = _read_png16(path)
+    want = (image[0].permute(1, 2, 0).numpy() * 65535).round().astype(np.int64)
+    assert np.array_equal(levels, want)
+    with Image.open(path) as img:  # other readers see a valid PNG (PIL keeps the high bytes)
+        assert img.size == (11, 7)
+        assert np.array_equal(np.asarray(img.convert("RGB")), (want >> 8).astype(np.uint8))
+    with pytest.raises(NstError, match="16-bit output is written as PNG"):
+        images.save_atomic(image, tmp_path / "out.jpg", bits=16)
+    with pytest.raises(NstError, match="bits must be 8 or 16"):
+        images.save_atomic(image, tmp_path / "x.png", bits=12)
