@@ -131,10 +131,12 @@ class Progress:
         if not self.enabled or not self._due(info):
             return
         width = 24
-        done = int(width * info.step / max(1, info.steps))
+        # Steps at larger scales cost more: the bar and the time left follow the work done.
+        fraction = info.done or info.step / max(1, info.steps)
+        done = int(width * fraction)
         losses = info.losses
         elapsed = time.time() - self.start
-        left = elapsed / info.step * (info.steps - info.step)
+        left = elapsed * (1 - fraction) / fraction
         line = (f"[{'#' * done}{'.' * (width - done)}] {info.step}/{info.steps} "
                 f"{info.size[1]}x{info.size[0]} total {float(losses['total']):.4g} "
                 f"content {float(losses['content']):.3g} style {float(losses['style']):.3g} "

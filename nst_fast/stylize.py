@@ -30,6 +30,7 @@ class StepInfo:
     size: tuple  # (H, W) being optimised
     losses: dict
     image: torch.Tensor  # the best image so far, (1, 3, H, W), not yet clamped to [0, 1]
+    done: float = 0.0  # the run's work done so far, steps weighted by their pixels (for time estimates)
 
 
 def _device(device) -> torch.device:
@@ -174,6 +175,7 @@ class StyleTransfer:
         opts.callback = callback
 
         total_steps = sum(opts.steps_at(i) for i in range(len(sizes)))
+        work = [opts.steps_at(i) * size**2 for i, size in enumerate(sizes)]  # a step's cost ~ its pixels
         self.history, x = [], None
         for scale_index, size in enumerate(sizes):
             content_t = images.resize_long_side(content_img, size)
@@ -211,7 +213,9 @@ class StyleTransfer:
                     state = self._optimise(loss_fn, x, opts, opts.steps_at(scale_index),
                                            sum(opts.steps_at(i) for i in range(scale_index)), total_steps,
                                            resume=resume_state, checkpoint=checkpoint,
-                                           interrupt_checkpoint=interrupt_checkpoint, save_checkpoint=save_checkpoint)
+                                           interrupt_checkpoint=interrupt_checkpoint, save_checkpoint=save_checkpoint,
+                                           work=(sum(work[:scale_index]) / max(1, sum(work)),
+                                                 size**2 / max(1, sum(work))))
             except (Interrupted, NonFiniteLoss) as exc:
                 exc.image = finish(exc.image)
                 raise
@@ -321,12 +325,13 @@ class StyleTransfer:
         return start.to(self.device, torch.float32).contiguous()
 
     def _optimise(self, loss_fn, x0, opts, steps, step_offset, total_steps, resume=None, checkpoint=None,
-                  interrupt_checkpoint=None, save_checkpoint=None):
+                  interrupt_checkpoint=None, save_checkpoint=None, work=(0.0, 0.0)):
         """Run `steps` steps from x0 (or from `resume`, a checkpoint) -> the LoopState at the end.
 
         save_checkpoint(state, x, optimiser, path) writes `checkpoint` every
         opts.checkpoint_every steps and at the end, and on Ctrl-C (or to
-        `interrupt_checkpoint` when there is no `checkpoint`).
+        `interrupt_checkpoint` when there is no `checkpoint`). work: the run's work
+        done before this scale and per step of it, as fractions (StepInfo.done).
         """
         dev = self.device
         x = x0.clone().requires_grad_(True)
@@ -362,7 +367,8 @@ class StyleTransfer:
                 parts = runner()
                 state.step = step
                 if opts.callback is not None:
-                    opts.callback(StepInfo(step_offset + step, total_steps, tuple(x.shape[-2:]), parts, state.output()))
+                    opts.callback(StepInfo(step_offset + step, total_steps, tuple(x.shape[-2:]), parts, state.output(),
+                                           done=min(1.0, work[0] + step * work[1])))
                 if step % report_every == 0 or step == steps:
                     if state.bad_streak >= MAX_NONFINITE or not torch.isfinite(state.best_loss):
                         raise NonFiniteLoss(

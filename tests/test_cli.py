@@ -157,6 +157,17 @@ def test_progress_on_a_terminal_redraws_one_line():
     assert text.count("\r") == 3 and text.endswith("\n") and text.count("\n") == 1  # steps 5, 10, 12
 
 
+def test_progress_estimates_the_time_left_by_work_not_steps():
+    stream = _Stream(tty=False)
+    progress = cli.Progress(True, every=1, stream=stream)
+    progress.start -= 10.0  # 10 s in
+    info = _steps(4)[0]
+    info.done = 0.2  # the first of 4 steps, but the later ones are larger
+    progress(info)
+    line = stream.getvalue()
+    assert line.startswith("[####....") and "1/4" in line and "10s, 40s left" in line, line
+
+
 def test_network_vgg16(tmp_path, small_images, capsys):
     content, style = small_images
     out = tmp_path / "out.png"

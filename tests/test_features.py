@@ -135,6 +135,13 @@ def test_cli_min_scale(tmp_path, small_images, capsys):
     assert "min_scale must be" in capsys.readouterr().err
 
 
+def test_step_info_counts_work_by_pixels(transfer, small_images):
+    content, style = small_images
+    seen = []
+    transfer.stylize_tensor(content, style, scales=[32, 64], steps=2, callback=seen.append)
+    assert [round(i.done, 6) for i in seen] == [0.1, 0.2, 0.6, 1.0]  # a 64 px step costs four 32 px ones
+
+
 def test_initial_steps_set_the_first_scale_only(transfer, small_images, tmp_path, capsys):
     content, style = small_images
     seen = []
