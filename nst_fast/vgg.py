@@ -199,6 +199,7 @@ class VGGFeatures(nn.Module):
         layers = list(dict.fromkeys(layers))
         check_layer_names(layers, network=network)
         self.layers, self.network = layers, network
+        self._moves = {}  # module index -> the device it and the modules after it run on (place())
         self.convention = convention
         depth = max(layer_index(n, network) for n in layers) + 1
         self.net = _build(depth, pooling, network)
@@ -260,7 +261,7 @@ class VGGFeatures(nn.Module):
             raise NstError(f"split layers must be in network order, after conv1_1 and up to "
                            f"{layer_names(self.network)[len(self.net) - 1]}, got {', '.join(split_at)}")
         self.to(devices[0])
-        self._moves = {}
+        self._moves.clear()
         for start, end, device in zip(starts, starts[1:] + [len(self.net)], devices[1:]):
             self.net[start:end].to(device)
             self._moves[start] = device
@@ -269,11 +270,10 @@ class VGGFeatures(nn.Module):
     def forward(self, image: torch.Tensor) -> dict:
         x = self.preprocess(image).contiguous(memory_format=torch.channels_last)
         wanted = {layer_index(n, self.network): n for n in self.layers}
-        moves = getattr(self, "_moves", {})
         out = {}
         for i, module in enumerate(self.net):
-            if i in moves:
-                x = x.to(moves[i])
+            if i in self._moves:
+                x = x.to(self._moves[i])
             x = module(x)
             if i in wanted:
                 out[wanted[i]] = x
