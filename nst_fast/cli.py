@@ -49,7 +49,9 @@ def build_parser():
     p.add_argument("--mrf-variants", action="store_true",
                    help="mrf: also match the style's patches rotated by +-7.5 degrees and scaled by +-5%% "
                         "(Li and Wand; 9x the style patches)")
-    p.add_argument("--init", default="content", help="noise | gray | content | style | an image path (content)")
+    p.add_argument("--init", default="content",
+                   help="noise | gray | content | style | style_stats (noise with the style's colour mean and "
+                        "spread) | an image path (content)")
     p.add_argument("--optimizer", default="lbfgs", choices=["lbfgs", "adam"], help="(lbfgs)")
     p.add_argument("--lr", type=float, default=None, help="step size (lbfgs 1, adam 0.02)")
     p.add_argument("--lbfgs-history", type=int, default=10, help="curvature pairs L-BFGS keeps (10)")

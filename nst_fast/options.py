@@ -18,7 +18,7 @@ DEFAULT_STYLE_WEIGHT = {"caffe": 1e4, "torchvision": 5e7}
 # Calibrated on the Caffe VGG-19 at 256 px (benchmarks/RESULTS.md): 20 steps from the
 # content image reduce the W2 loss about as much as the Gram loss at its default.
 DEFAULT_STYLE_WEIGHT_SQUARED = {"w2": 1e6, "mrf": 1e6}
-INITS = ("noise", "gray", "content", "style")
+INITS = ("noise", "gray", "content", "style", "style_stats")
 OPTIMIZERS = ("lbfgs", "adam")
 PRECISIONS = ("fp32", "tf32", "bf16")
 PRESERVE_COLORS = (None, "luminance", "match", "histogram")

@@ -194,7 +194,7 @@ class StyleTransfer:
                 else:  # continue upscaled from the checkpoint's image
                     x, self.history, saved = saved.get("result", saved["best"]), saved["history_rows"], None
             loss_fn = self._loss(net, content_t, style_imgs, opts, (h, w), min_side, masks)
-            x = self._initial_image(opts, content_t, style_imgs[0], x)
+            x = self._initial_image(opts, content_t, style_imgs, x)
             rows_before = self.history
 
             def save_checkpoint(state, x_now, opt, path, scale_index=scale_index, rows_before=rows_before,
@@ -306,7 +306,7 @@ class StyleTransfer:
         return GatysLoss(net, content_targets, style_targets, opts.content_layers, opts.style_layers,
                          opts.content_weight, opts.style_weight, opts.tv_weight, opts.normalize_gradients)
 
-    def _initial_image(self, opts, content_t, style_img, previous) -> torch.Tensor:
+    def _initial_image(self, opts, content_t, style_imgs, previous) -> torch.Tensor:
         h, w = content_t.shape[-2:]
         if previous is not None:  # coarse-to-fine: continue from the last scale's result
             start = torch.nn.functional.interpolate(previous.cpu(), size=(h, w), mode="bicubic").clamp(0, 1)
@@ -319,7 +319,17 @@ class StyleTransfer:
         elif isinstance(opts.init, str) and opts.init == "content":
             start = content_t
         elif isinstance(opts.init, str) and opts.init == "style":
-            start = torch.nn.functional.interpolate(style_img, size=(h, w), mode="bicubic").clamp(0, 1)
+            start = torch.nn.functional.interpolate(style_imgs[0], size=(h, w), mode="bicubic").clamp(0, 1)
+        elif isinstance(opts.init, str) and opts.init == "style_stats":
+            # Noise with the styles' colour statistics (per channel; crowsonkb's init).
+            blends = torch.tensor(opts.style_blend).view(-1, 1)
+            means = torch.stack([img.mean(dim=(0, 2, 3)) for img in style_imgs])
+            squares = torch.stack([img.square().mean(dim=(0, 2, 3)) for img in style_imgs])
+            mean = (blends * means).sum(0)
+            std = ((blends * squares).sum(0) - mean.square()).clamp_min(0).sqrt()
+            gen = torch.Generator().manual_seed(opts.seed)
+            noise = torch.randn((1, 3, h, w), generator=gen)
+            start = (mean.view(1, 3, 1, 1) + std.view(1, 3, 1, 1) * noise).clamp(0, 1)
         else:
             start = torch.nn.functional.interpolate(images.to_tensor(opts.init), size=(h, w), mode="bicubic")
         return start.to(self.device, torch.float32).contiguous()

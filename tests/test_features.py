@@ -377,6 +377,21 @@ def test_gray_init_starts_from_mid_gray(transfer, small_images):
     assert start.std() > 0  # the noise that breaks the symmetry
 
 
+def test_style_stats_init_has_the_styles_colour_statistics(transfer, small_images):
+    content, _ = small_images
+    gen = torch.Generator().manual_seed(5)
+    reddish = torch.stack([0.7 + 0.1 * torch.randn(64, 64, generator=gen), 0.3 + 0.05 * torch.randn(64, 64),
+                           torch.full((64, 64), 0.2)])[None].clamp(0, 1)
+    bluish = torch.flip(reddish, dims=[1])  # the same statistics, channels reversed
+    start = transfer.stylize_tensor(content, [reddish, bluish], size=64, steps=0, init="style_stats",
+                                    style_blend=[3, 1])
+    mean, std = start.mean(dim=(0, 2, 3)), start.std(dim=(0, 2, 3))
+    want = 0.75 * reddish.mean(dim=(0, 2, 3)) + 0.25 * bluish.mean(dim=(0, 2, 3))
+    assert torch.allclose(mean, want, atol=0.02), (mean, want)
+    # The blend's spread includes the gap between the two styles' means.
+    assert 0.2 < float(std[0]) < 0.3 and 0.2 < float(std[2]) < 0.3 and float(std[1]) < 0.1, std
+
+
 def test_l2_pooling_is_the_root_mean_square_with_finite_gradients():
     from nst_fast import vgg
 
