@@ -14,9 +14,10 @@
 #                    table / the per-style-loss step table
 #   STEP_SIZES, STEP_STEPS, PROBE_SIZE   the whole-step benchmark's sizes, step counts, bf16 probe
 #   PYTEST_LIMIT, SAN_LIMIT, BENCH_LIMIT, STEP_LIMIT, LOSSES_LIMIT   per-stage time limits in seconds
-# Each stage has its own time limit so the final table always prints. The limits
-# add up to about 10 minutes after a 90 s build; for one 10-minute call with room
-# to spare, leave a stage out (SKIP_*) or lower its limit.
+#   TOTAL_LIMIT      seconds for the whole script (540): each stage's limit is cut to
+#                    what is left, so the final table prints inside one 10-minute call
+# Each stage has its own time limit too; leave a stage out (SKIP_*) to give the
+# later ones more of the total.
 set -u
 OUT="${OUT:-/tmp/out}"
 mkdir -p "$OUT"
@@ -31,7 +32,16 @@ BENCH_SIZES="${BENCH_SIZES:-512,1024}"
 SANITIZER="$CUDA_HOME/bin/compute-sanitizer"
 declare -A STATUS
 T0=$(date +%s)
+TOTAL_LIMIT="${TOTAL_LIMIT:-540}"
 stamp() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
+# A stage's time limit: its own, cut to what is left of TOTAL_LIMIT less 15 s for the
+# summary, so the table prints inside one 10-minute call (a stage out of time gets 1 s
+# and shows as FAILED rc=124).
+within() {
+  local left=$(( TOTAL_LIMIT - ($(date +%s) - T0) - 15 ))
+  (( left < 1 )) && left=1
+  (( left < $1 )) && echo "$left" || echo "$1"
+}
 
 stamp "== versions"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv 2>&1 | tee "$OUT/summary.txt"
@@ -41,7 +51,7 @@ python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', 
 if [ "${SKIP_BUILD:-0}" != "1" ]; then
   stamp "== build (sm_90)"
   rm -f nst_fast/_C*.so
-  if timeout 300 python3 setup.py build_ext --inplace >"$OUT/build.log" 2>&1; then
+  if timeout "$(within 300)" python3 setup.py build_ext --inplace >"$OUT/build.log" 2>&1; then
     STATUS[build]=ok
   else
     STATUS[build]="FAILED (see build.log)"
@@ -60,7 +70,7 @@ else
   PYTEST_LIMIT="${PYTEST_LIMIT:-150}"
 fi
 set -o pipefail
-timeout "$PYTEST_LIMIT" python3 -m pytest -q -rfE -s -p no:cacheprovider tests/test_cuda_ops.py tests/test_cuda_loop.py tests/test_optim.py "${PYTEST_ARGS[@]}" 2>&1 | tee "$OUT/pytest.log" | tail -40
+timeout "$(within "$PYTEST_LIMIT")" python3 -m pytest -q -rfE -s -p no:cacheprovider tests/test_cuda_ops.py tests/test_cuda_loop.py tests/test_optim.py "${PYTEST_ARGS[@]}" 2>&1 | tee "$OUT/pytest.log" | tail -40
 rc=$?
 STATUS[pytest]=$([ $rc = 0 ] && echo ok || echo "FAILED rc=$rc")
 STATUS[pytest]+=" ($(grep -E '[0-9]+ (passed|failed)' "$OUT/pytest.log" | tail -1))"
@@ -70,7 +80,7 @@ if [ "${SKIP_SANITIZER:-0}" != "1" ]; then
 stamp "== compute-sanitizer memcheck"
 MC_ARGS=()
 [ "$QUICK" = "1" ] && MC_ARGS=(--quick)
-timeout "${SAN_LIMIT:-60}" "$SANITIZER" --tool memcheck --error-exitcode 9 python3 tests/sanitizer_run.py "${MC_ARGS[@]}" >"$OUT/sanitizer.log" 2>&1
+timeout "$(within "${SAN_LIMIT:-60}")" "$SANITIZER" --tool memcheck --error-exitcode 9 python3 tests/sanitizer_run.py "${MC_ARGS[@]}" >"$OUT/sanitizer.log" 2>&1
 rc=$?
 STATUS[memcheck]=$([ $rc = 0 ] && echo ok || echo "FAILED rc=$rc")
 grep -E "ERROR SUMMARY|sanitizer_run:" "$OUT/sanitizer.log" | tail -3
@@ -79,7 +89,7 @@ stamp "memcheck: ${STATUS[memcheck]}"
 if [ "$QUICK" != "1" ]; then
   stamp "== compute-sanitizer racecheck"
   echo "----- racecheck -----" >>"$OUT/sanitizer.log"
-  timeout "${SAN_LIMIT:-60}" "$SANITIZER" --tool racecheck --error-exitcode 9 python3 tests/sanitizer_run.py --quick >>"$OUT/sanitizer.log" 2>&1
+  timeout "$(within "${SAN_LIMIT:-60}")" "$SANITIZER" --tool racecheck --error-exitcode 9 python3 tests/sanitizer_run.py --quick >>"$OUT/sanitizer.log" 2>&1
   rc=$?
   STATUS[racecheck]=$([ $rc = 0 ] && echo ok || echo "FAILED rc=$rc")
   grep -E "RACECHECK SUMMARY|ERROR SUMMARY|sanitizer_run:" "$OUT/sanitizer.log" | tail -3
@@ -91,7 +101,7 @@ if [ "${SKIP_LAYERS:-0}" != "1" ]; then
 stamp "== layer benchmark"
 BENCH_ARGS=(--sizes "$BENCH_SIZES" --md "$OUT/layers.md")
 [ "${SWEEP:-1}" = "1" ] && BENCH_ARGS+=(--sweep-splitk --ab-async)
-timeout "${BENCH_LIMIT:-110}" python3 benchmarks/bench_cuda_layers.py "${BENCH_ARGS[@]}" >"$OUT/bench.log" 2>&1
+timeout "$(within "${BENCH_LIMIT:-110}")" python3 benchmarks/bench_cuda_layers.py "${BENCH_ARGS[@]}" >"$OUT/bench.log" 2>&1
 rc=$?
 STATUS[bench]=$([ $rc = 0 ] && echo ok || echo "FAILED rc=$rc")
 [ $rc = 0 ] || tail -20 "$OUT/bench.log"
@@ -100,7 +110,7 @@ fi
 
 # --- whole-step benchmark ---
 stamp "== whole-step benchmark"
-timeout "${STEP_LIMIT:-150}" python3 benchmarks/bench_step.py --device cuda --sizes "${STEP_SIZES:-512,1024,2048}" \
+timeout "$(within "${STEP_LIMIT:-150}")" python3 benchmarks/bench_step.py --device cuda --sizes "${STEP_SIZES:-512,1024,2048}" \
   --steps "${STEP_STEPS:-10,40}" --repeats 2 --quality --quality-steps 100 --probe "${PROBE_SIZE:-4096}" \
   --md "$OUT/step.md" >"$OUT/step.log" 2>&1
 rc=$?
@@ -111,7 +121,7 @@ stamp "step: ${STATUS[step]}"
 # --- per style loss ---
 if [ "${SKIP_STYLE_LOSSES:-0}" != "1" ]; then
 stamp "== style losses"
-timeout "${LOSSES_LIMIT:-45}" python3 benchmarks/bench_style_losses.py --device cuda --sizes 512,1024 \
+timeout "$(within "${LOSSES_LIMIT:-45}")" python3 benchmarks/bench_style_losses.py --device cuda --sizes 512,1024 \
   --md "$OUT/losses.md" >"$OUT/losses.log" 2>&1
 rc=$?
 STATUS[losses]=$([ $rc = 0 ] && echo ok || echo "FAILED rc=$rc")
