@@ -94,17 +94,16 @@ def test_w2_float32_features_match_float64(transfer, layer):
 
 def test_guided_w2_weights_positions_by_the_squared_mask():
     f, s = _rand(1, 4, 6, 8, seed=18), _rand(1, 4, 5, 5, seed=19)
-    mask = _rand(1, 1, 6, 8, seed=20)
-    mask[..., :2] = 0.0
-    loss = wasserstein.WassersteinStyle(wasserstein.moments(s), mask)
-    # The same weighting by repetition: positions repeated in proportion to mask^2.
-    quarter = torch.zeros(1, 1, 6, 8, dtype=torch.float64)
-    quarter[..., :4] = 1.0
-    f_left = f[..., :4]
-    halves = wasserstein.WassersteinStyle(wasserstein.moments(s), quarter)
-    assert float(halves(f)) == pytest.approx(_w2_direct(f_left, s), rel=1e-6)
+    left = torch.zeros(1, 1, 6, 8, dtype=torch.float64)
+    left[..., :4] = 1.0
+    only_left = wasserstein.WassersteinStyle(wasserstein.moments(s), left)
+    assert float(only_left(f)) == pytest.approx(_w2_direct(f[..., :4], s), rel=1e-6)
+    # mask^2 of 1 on the left and 1/2 on the right weighs as the left half twice over.
+    graded = wasserstein.WassersteinStyle(wasserstein.moments(s), left + (1 - left) * 0.5 ** 0.5)
+    repeated = torch.cat([f[..., :4], f[..., :4], f[..., 4:]], dim=-1)
+    assert float(graded(f)) == pytest.approx(_w2_direct(repeated, s), rel=1e-6)
     f = f.requires_grad_(True)
-    assert torch.autograd.gradcheck(loss, (f,))
+    assert torch.autograd.gradcheck(graded, (f,))
 
 
 def test_blended_moments_are_the_moments_of_the_mixture():
