@@ -164,6 +164,7 @@ def run(args) -> int:
 
     from . import history, images, vgg, web
     from .errors import Interrupted, NonFiniteLoss, NstError, WeightsUnavailable
+    from .options import report_interval
     from .stylize import StyleTransfer
 
     if args.size is None:
@@ -214,7 +215,7 @@ def run(args) -> int:
         if transfer.weights == "random" and not fell_back:
             title = vgg.NETWORK_TITLES[transfer.architecture]
             sys.stderr.write(f"nst-fast: WARNING: using RANDOM {title} weights; the result is not a real stylization\n")
-        report_every = args.report_every or (1 if transfer.device.type == "cpu" else 20)
+        report_every = report_interval(args.report_every, transfer.device.type)
         progress = Progress(not args.quiet, report_every)
         stem = os.path.splitext(args.output)[0]
         interrupt_checkpoint = args.checkpoint or stem + ".ckpt"

@@ -56,6 +56,12 @@ def parse_layers(spec, what: str) -> dict:
     return out
 
 
+def report_interval(report_every: Optional[int], device_type: str) -> int:
+    """Steps between reading the losses back: as asked, else every step on the CPU
+    (reading costs nothing there) and every 20 on a GPU (it waits for the device)."""
+    return report_every or (1 if device_type == "cpu" else 20)
+
+
 def _per_channel(weights: dict) -> dict:
     """Each layer's weight divided by its channel count, rescaled to the same sum: the
     balance moves toward layers with fewer channels, the losses' overall weight stays."""

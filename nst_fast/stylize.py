@@ -11,7 +11,7 @@ from .errors import Interrupted, NonFiniteLoss, NstError
 from .losses import GatysLoss, GuidedStyle, WeightedSum, gram_target
 from .mrf import MRFStyle
 from .optim import make_optimizer
-from .options import Options
+from .options import Options, report_interval
 from .steps import LoopState, StepRunner
 from .wasserstein import WassersteinStyle
 
@@ -163,7 +163,7 @@ class StyleTransfer:
 
         callback = opts.callback
         if (save_every and snapshot is not None) or live is not None:
-            live_every = opts.report_every or (1 if self.device.type == "cpu" else 20)
+            live_every = report_interval(opts.report_every, self.device.type)
 
             def callback(info, user=opts.callback):
                 if user is not None:
@@ -352,7 +352,7 @@ class StyleTransfer:
         state = LoopState.start(x, steps, len(loss_fn.part_names()), opts.avg_decay)
         if resume is not None:
             state.load(resume, x, opt)
-        report_every = opts.report_every or (1 if dev.type == "cpu" else 20)
+        report_every = report_interval(opts.report_every, dev.type)
 
         def one_step():
             with precision_mode(opts.precision, self.devices):
