@@ -13,7 +13,8 @@
 #   SKIP_SANITIZER=1, SKIP_LAYERS=1, SKIP_STYLE_LOSSES=1   leave out the sanitizer runs / the layer
 #                    table / the per-style-loss step table
 #   STEP_SIZES, STEP_STEPS, PROBE_SIZE   the whole-step benchmark's sizes, step counts, bf16 probe
-#   PYTEST_LIMIT, SAN_LIMIT, BENCH_LIMIT, STEP_LIMIT, LOSSES_LIMIT   per-stage time limits in seconds
+#   PYTEST_LIMIT, SAN_LIMIT, BENCH_LIMIT, LBFGS_LIMIT, STEP_LIMIT, LOSSES_LIMIT   per-stage time limits
+#                    in seconds
 #   TOTAL_LIMIT      seconds for the whole script (540): each stage's limit is cut to
 #                    what is left, so the final table prints inside one 10-minute call
 # Each stage has its own time limit too; leave a stage out (SKIP_*) to give the
@@ -108,6 +109,14 @@ STATUS[bench]=$([ $rc = 0 ] && echo ok || echo "FAILED rc=$rc")
 stamp "bench: ${STATUS[bench]}"
 fi
 
+# --- L-BFGS update: compact form vs two-loop ---
+stamp "== lbfgs update"
+timeout "$(within "${LBFGS_LIMIT:-30}")" python3 benchmarks/bench_lbfgs.py --device cuda --sizes 512,1024 >"$OUT/lbfgs.md" 2>"$OUT/lbfgs.log"
+rc=$?
+STATUS[lbfgs]=$([ $rc = 0 ] && echo ok || echo "FAILED rc=$rc")
+[ $rc = 0 ] || tail -20 "$OUT/lbfgs.log"
+stamp "lbfgs: ${STATUS[lbfgs]}"
+
 # --- whole-step benchmark ---
 stamp "== whole-step benchmark"
 timeout "$(within "${STEP_LIMIT:-150}")" python3 benchmarks/bench_step.py --device cuda --sizes "${STEP_SIZES:-512,1024,2048}" \
@@ -133,11 +142,13 @@ stamp "== summary"
 {
   echo "| stage | result |"
   echo "|---|---|"
-  for k in build pytest memcheck racecheck bench step losses; do
+  for k in build pytest memcheck racecheck bench lbfgs step losses; do
     [ -n "${STATUS[$k]:-}" ] && echo "| $k | ${STATUS[$k]} |"
   done
   echo
   [ -f "$OUT/layers.md" ] && cat "$OUT/layers.md"
+  echo
+  [ -f "$OUT/lbfgs.md" ] && cat "$OUT/lbfgs.md"
   echo
   [ -f "$OUT/step.md" ] && cat "$OUT/step.md"
   echo

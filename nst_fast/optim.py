@@ -34,13 +34,13 @@ class LBFGS(_Stateful):
     Each step evaluates the proposal x = x_a + t * d made by the previous step.
     A finite proposal meeting the Armijo condition is accepted: it becomes x_a,
     the curvature pair (s, y) enters the history, and a new direction d comes
-    from the two-loop recursion. Otherwise x_a is kept and t shrinks by
+    from the compact form of the L-BFGS matrix. Otherwise x_a is kept and t shrinks by
     `backtrack`, so huge or non-finite losses never get past x_a. `max_step`
     bounds the largest element of a proposed move t * d (a trust region: for
     an image in [0, 1] a move of more than ~1 per pixel is never useful).
     """
 
-    _STATE = ("x_a", "f_a", "g_a", "d", "t", "S", "Y", "rho", "valid", "idx", "steps", "accepted")
+    _STATE = ("x_a", "f_a", "g_a", "d", "t", "W", "WW", "valid", "idx", "steps", "accepted")
 
     def __init__(self, x: torch.Tensor, lr: float = 1.0, history: int = 10, c1: float = 1e-4,
                  backtrack: float = 0.5, eps: float = 1e-10, max_step: float = float("inf")):
@@ -57,13 +57,29 @@ class LBFGS(_Stateful):
         self.x_a = x.detach().reshape(-1).to(dtype, copy=True)
         self.f_a, self.g_a = zeros(), zeros(n)
         self.d, self.t = zeros(n), zeros()
-        # Ring buffer of curvature pairs; idx is the next slot to write.
-        self.S, self.Y, self.rho = zeros(self.history, n), zeros(self.history, n), zeros(self.history)
+        # Ring buffer of curvature pairs: row k of W is s of slot k, row history + k its y;
+        # slots never written stay zero. idx is the next slot to write.
+        self.W = zeros(2 * self.history, n)
+        self.WW = zeros(2 * self.history, 2 * self.history, dtype=torch.float64)  # W W^T, kept in step with W
         self.valid = zeros(self.history, dtype=torch.bool)
         self.idx = zeros(dtype=torch.long)
         self.steps = zeros(dtype=torch.long)      # evaluations consumed
         self.accepted = zeros(dtype=torch.long)   # evaluations accepted; 0 means "first step"
         self._slots = torch.arange(self.history, device=device)
+
+    @property
+    def S(self) -> torch.Tensor:
+        return self.W[:self.history]
+
+    @property
+    def Y(self) -> torch.Tensor:
+        return self.W[self.history:]
+
+    def load_state_dict(self, state: dict) -> None:
+        if "WW" not in state and "S" in state:  # saved before W replaced S and Y
+            W = torch.cat([state["S"], state["Y"]]).to(self.W)
+            state = {**state, "W": W, "WW": (W @ W.T).double()}
+        super().load_state_dict(state)
 
     @torch.no_grad()
     def step(self, x: torch.Tensor, loss: torch.Tensor, grad: torch.Tensor) -> None:
@@ -80,14 +96,14 @@ class LBFGS(_Stateful):
 
         # torch.where rather than multiplying by a mask: a rejected point may carry NaNs.
         s, y = xf - self.x_a, g - self.g_a
-        ys = torch.dot(y, s)
-        push = ok & ~first & (ys > self.eps)
-        slot = self.idx.view(1)
-        self.S.index_copy_(0, slot, torch.where(push, s, self.S.index_select(0, slot)))
-        self.Y.index_copy_(0, slot, torch.where(push, y, self.Y.index_select(0, slot)))
-        hit = push & (self._slots == self.idx)
-        self.rho.copy_(torch.where(hit, 1.0 / ys, self.rho))
-        self.valid.logical_or_(hit)
+        push = ok & ~first & (torch.dot(y, s) > self.eps)
+        rows = torch.cat([self.idx.view(1), self.idx.view(1) + self.history])
+        pair = torch.where(push, torch.stack([s, y]), self.W.index_select(0, rows))
+        self.W.index_copy_(0, rows, pair)
+        inner = (self.W @ pair.T).double()
+        self.WW.index_copy_(1, rows, inner)
+        self.WW.index_copy_(0, rows, inner.T)
+        self.valid.logical_or_(push & (self._slots == self.idx))
         self.idx.copy_(torch.where(push, (self.idx + 1) % self.history, self.idx))
 
         self.x_a.copy_(torch.where(ok, xf, self.x_a))
@@ -110,22 +126,30 @@ class LBFGS(_Stateful):
         x.copy_((self.x_a + self.t * self.d).reshape(x.shape))
 
     def _direction(self, g: torch.Tensor) -> torch.Tensor:
-        """-H g by the two-loop recursion over the valid pairs, newest first."""
-        order = (self.idx - 1 - self._slots) % self.history
-        S, Y = self.S.index_select(0, order), self.Y.index_select(0, order)
-        rho, valid = self.rho.index_select(0, order), self.valid.index_select(0, order)
+        """-H g in the compact form of Byrd, Nocedal and Schnabel (1994, eq. 3.1):
 
-        q, alphas = g, []
-        for i in range(self.history):
-            a = torch.where(valid[i], rho[i] * torch.dot(S[i], q), 0.0)
-            q = q - a * Y[i]
-            alphas.append(a)
-        gamma = torch.where(valid[0], torch.dot(S[0], Y[0]) / torch.dot(Y[0], Y[0]), 1.0)
-        r = gamma * q
-        for i in reversed(range(self.history)):
-            b = rho[i] * torch.dot(Y[i], r)
-            r = r + torch.where(valid[i], alphas[i] - b, 0.0) * S[i]
-        return -r
+            H g = gamma g + S p + gamma Y q,  q = -R^-1 S'g,  p = R^-T ((D + gamma Y'Y) R^-1 S'g - gamma Y'g)
+
+        with the pairs oldest first, R the upper triangle of S'Y and D its diagonal: the
+        same direction as the two-loop recursion, from two passes over W (W g and W' c)
+        instead of 4 * history vector operations. The history x history algebra runs in
+        float64. Unwritten slots have zero rows in W; a unit diagonal in R keeps it invertible.
+        """
+        h = self.history
+        order = (self.idx + self._slots) % h           # slots, oldest first
+        from_order = (self._slots - self.idx) % h      # inverse permutation
+        Wg = (self.W @ g).double()
+        Sg, Yg = Wg[:h][order], Wg[h:][order]
+        SY = self.WW[:h, h:][order][:, order]
+        YY = self.WW[h:, h:][order][:, order]
+        valid = self.valid[order]
+        R = SY.triu() + torch.diag((~valid).double())
+        gamma = torch.where(valid[-1], SY[-1, -1] / YY[-1, -1], 1.0)
+        v = torch.linalg.solve_triangular(R, Sg[:, None], upper=True)
+        rhs = SY.diagonal()[:, None] * v + gamma * (YY @ v - Yg[:, None])
+        p = torch.linalg.solve_triangular(R.T, rhs, upper=False)
+        coef = torch.cat([p[from_order], -gamma * v[from_order]]).reshape(-1).to(g.dtype)
+        return -(gamma.to(g.dtype) * g + self.W.T @ coef)
 
 
 class Adam(_Stateful):

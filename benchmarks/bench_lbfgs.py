@@ -1,0 +1,98 @@
+"""L-BFGS update alone: the compact form (nst_fast) vs the two-loop recursion.
+
+    python benchmarks/bench_lbfgs.py [--device cpu|cuda] [--sizes 512,1024] [--history 10]
+
+Both optimisers run the same sync-free step; only the direction differs. The
+two-loop version below is the recursion nst_fast used before the compact form,
+over the same state. On CUDA each step is captured in a CUDA graph and replayed,
+as in the optimisation loop. Prints median ms per update and their ratio.
+"""
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from nst_fast.optim import LBFGS  # noqa: E402
+
+
+class TwoLoopLBFGS(LBFGS):
+    def _direction(self, g):
+        h = self.history
+        order = (self.idx - 1 - self._slots) % h  # newest first
+        S, Y = self.S.index_select(0, order), self.Y.index_select(0, order)
+        valid = self.valid.index_select(0, order)
+        rho = 1.0 / torch.where(valid, self.WW[:h, h:].diagonal()[order], 1.0).to(g.dtype)
+        q, alphas = g, []
+        for i in range(h):
+            a = torch.where(valid[i], rho[i] * torch.dot(S[i], q), 0.0)
+            q = q - a * Y[i]
+            alphas.append(a)
+        gamma = torch.where(valid[0], torch.dot(S[0], Y[0]) / torch.dot(Y[0], Y[0]), 1.0)
+        r = gamma * q
+        for i in reversed(range(h)):
+            b = rho[i] * torch.dot(Y[i], r)
+            r = r + torch.where(valid[i], alphas[i] - b, 0.0) * S[i]
+        return -r
+
+
+def median_ms(cls, n, history, device, repeats):
+    gen = torch.Generator(device=device).manual_seed(0)
+    curvature = torch.rand(n, generator=gen, device=device) + 0.1
+    x = torch.randn(n, generator=gen, device=device)
+    opt = cls(x, history=history)
+    loss, grad = torch.zeros((), device=device), torch.zeros(n, device=device)
+
+    def evaluate():
+        grad.copy_(curvature * x)
+        loss.copy_(0.5 * torch.dot(grad, x))
+
+    for _ in range(history + 5):  # fill the history
+        evaluate()
+        opt.step(x, loss, grad)
+    run = lambda: opt.step(x, loss, grad)  # noqa: E731
+    if device.type == "cuda":
+        graph = torch.cuda.CUDAGraph()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            opt.step(x, loss, grad)
+        torch.cuda.current_stream().wait_stream(side)
+        with torch.cuda.graph(graph):
+            opt.step(x, loss, grad)
+        run = graph.replay
+    times = []
+    for _ in range(repeats):
+        evaluate()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2] * 1e3
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--sizes", default="512,1024", help="long sides; the image is size x (2/3 size) x 3")
+    p.add_argument("--history", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=None)
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    repeats = args.repeats or (200 if device.type == "cuda" else 20)
+    print("| size | two-loop ms | compact ms | two-loop / compact |")
+    print("|---|---|---|---|")
+    for size in (int(s) for s in args.sizes.split(",")):
+        n = 3 * size * (2 * size // 3)
+        old = median_ms(TwoLoopLBFGS, n, args.history, device, repeats)
+        new = median_ms(LBFGS, n, args.history, device, repeats)
+        print(f"| {size}x{2 * size // 3} | {old:.3f} | {new:.3f} | {old / new:.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
