@@ -39,10 +39,11 @@ def build_parser():
     p.add_argument("--style-weight", type=float, default=None,
                    help="beta (gram: 1e4 for Caffe-convention weights, 5e7 for torchvision's; w2, mrf: 1e6)")
     p.add_argument("--tv-weight", type=float, default=0.0, help="total-variation weight (0)")
-    p.add_argument("--content-layers", default="relu4_2", help="name[:weight],... (relu4_2)")
+    p.add_argument("--content-layers", default=None, help="name[:weight],... (relu4_2; nin: relu0,relu3,relu7,relu12)")
     p.add_argument("--style-layers", default=None,
                    help="name[:weight],...; weights are normalised to sum to 1 (equal) "
-                        "(relu1_1,relu2_1,relu3_1,relu4_1,relu5_1; mrf: relu3_1,relu4_1)")
+                        "(relu1_1,relu2_1,relu3_1,relu4_1,relu5_1; mrf: relu3_1,relu4_1; "
+                        "nin: relu0,relu3,relu7,relu12; nin mrf: relu3,relu7)")
     p.add_argument("--style-loss", default="gram", choices=["gram", "w2", "mrf"],
                    help="gram: Gatys' Gram matrices | w2: Wasserstein-2 distance of the features' mean and "
                         "covariance | mrf: nearest style patches, Li and Wand (gram)")
@@ -63,11 +64,13 @@ def build_parser():
                    help="output a moving average of the iterates with this decay, e.g. 0.99 (0: off)")
     p.add_argument("--pooling", default="max", choices=["max", "avg", "l2"],
                    help="max | avg | l2 (root mean square) (max)")
-    p.add_argument("--network", default="vgg19", choices=["vgg19", "vgg16"],
-                   help="the CNN whose features are matched (vgg19, the paper's)")
+    p.add_argument("--network", default="vgg19", choices=["vgg19", "vgg16", "nin"],
+                   help="the CNN whose features are matched (vgg19, the paper's; nin needs --weights PATH "
+                        "to neural-style-pt's nin_imagenet.pth)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"], help="(fp32)")
     p.add_argument("--weights", default=None,
-                   help="imagenet | random | PATH to a VGG-19 state dict (default $NST_FAST_WEIGHTS or imagenet)")
+                   help="imagenet | random | PATH to a state dict of the network (default $NST_FAST_WEIGHTS "
+                        "or imagenet)")
     p.add_argument("--weights-convention", default="auto", choices=["auto", "torchvision", "caffe"],
                    help="input convention of the weights (auto: a 'caffe' file name means caffe)")
     p.add_argument("--device", default=None,

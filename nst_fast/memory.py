@@ -78,26 +78,6 @@ def _layers(layers, network="vgg19") -> list:
     return names
 
 
-def _net_walk(height: int, width: int, depth: int, network: str):
-    """Yield (kind, in_channels, out_channels, in_h, in_w, out_h, out_w) per module of the truncated VGG."""
-    h, w, c = height, width, 3
-    for name in vgg.layer_names(network)[:depth]:
-        if name.startswith("conv"):
-            c_out = vgg.layer_channels(name)
-            yield "conv", c, c_out, h, w, h, w
-            c = c_out
-        elif name.startswith("pool"):
-            yield "pool", c, c, h, w, h // 2, w // 2
-            h, w = h // 2, w // 2
-        else:
-            yield "relu", c, c, h, w, h, w
-
-
-def _layer_shape(name: str, height: int, width: int):
-    down = vgg.layer_downsampling(name)
-    return vgg.layer_channels(name), height // down, width // down
-
-
 def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs", precision="fp32",
                    history=10, batch_styles=1, device="cpu", pooling="max", fused_style=None,
                    network="vgg19", style_regions=0, style_loss="gram", styles=1, style_scale=1.0,
@@ -127,12 +107,13 @@ def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs
     dev_type = torch.device(device).type
     transformed = precision != "bf16" and winograd.uses_winograd(device, torch.float32)
     weights = saved = largest = transforms = 0
-    for i, (kind, c_in, c_out, h, w, oh, ow) in enumerate(_net_walk(height, width, depth, network)):
+    for i, (layer, c_in, c_out, h, w, oh, ow) in enumerate(vgg.walk(height, width, depth, network)):
+        kind = layer.kind
         out = c_out * oh * ow
         largest = max(largest, out)
         if kind == "conv":
-            weights += c_in * c_out * 9 + c_out
-            if transformed and c_in > 3:  # vgg.VGGFeatures keeps conv1_1 direct
+            weights += c_in * c_out * layer.kernel ** 2 + c_out
+            if transformed and vgg.winograd_fits(layer, c_in):
                 transforms += winograd.transform_bytes(c_in, c_out)
             saved += out * act
             # The ReLU after a requested conv is not in place: a second buffer.
@@ -148,9 +129,9 @@ def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs
     if precision == "bf16":
         saved += pixels * 2  # conv1_1's bf16 input
         weight_bytes += weights * 2  # autocast's bf16 copies of the weights
-    content_sizes = [c * h * w for c, h, w in (_layer_shape(n, height, width) for n in content_layers)]
+    content_sizes = [c * h * w for c, h, w in (vgg.layer_shape(n, height, width, network) for n in content_layers)]
     saved += sum(content_sizes) * 4  # (F - P) kept by square()
-    style_sizes = [c * h * w for c, h, w in (_layer_shape(n, height, width) for n in style_layers)]
+    style_sizes = [c * h * w for c, h, w in (vgg.layer_shape(n, height, width, network) for n in style_layers)]
     if fused_style is None:
         try:
             fused_style = backend.uses_extension(device)
@@ -161,7 +142,7 @@ def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs
     # F * T_r per masked style and layer, kept by the style loss; left out of the
     # allocator slack below, which measured no larger with them (768x576, 2 masks).
     guided = style_regions * sum(style_sizes) * act if style_loss == "gram" else 0
-    grams = sum(vgg.layer_channels(n) ** 2 for n in style_layers) * 4 * max(1, style_regions)
+    grams = sum(vgg.layer_channels(n, network) ** 2 for n in style_layers) * 4 * max(1, style_regions)
 
     n = batch * pixels
     if optimizer == "lbfgs":
@@ -170,7 +151,7 @@ def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs
         opt_bytes = 2 * n * 4
     saved, backward, guided = batch * saved, batch * BACKWARD_BUFFERS * largest * act, batch * guided
     style_kept, style_in_flight = _style_loss_bytes(style_loss, style_layers, height, width, styles,
-                                                    style_regions, style_scale, mrf_variants)
+                                                    style_regions, style_scale, mrf_variants, network)
     return {
         "weights": weight_bytes,
         "saved": saved,
@@ -181,7 +162,7 @@ def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs
         "scratch": WINOGRAD_SCRATCH_BYTES if transforms else 0,
         "runtime": RUNTIME_BYTES.get(dev_type, RUNTIME_BYTES["cuda"]),
         # The same test of block size as StyleTransfer makes before it keeps memory.
-        "allocator": int(_allocator_slack(dev_type, largest_activation_bytes(height, width, precision))
+        "allocator": int(_allocator_slack(dev_type, largest_activation_bytes(height, width, precision, network))
                          * (saved + backward)),
         "guided": guided,
         # The MRF's patches are in flight in the forward, the gradient buffers in the
@@ -190,26 +171,26 @@ def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs
     }
 
 
-def _patch_bytes(name, height, width) -> int:
+def _patch_bytes(name, height, width, network) -> int:
     """Bytes of the MRF's float32 patches of layer `name` for a height x width image."""
-    c, h, w = _layer_shape(name, height, width)
+    c, h, w = vgg.layer_shape(name, height, width, network)
     side = mrf.PATCH
     return max(0, (h - side) // mrf.STRIDE + 1) * max(0, (w - side) // mrf.STRIDE + 1) * c * side * side * 4
 
 
 def _style_loss_bytes(style_loss, style_layers, height, width, styles, style_regions, style_scale,
-                      mrf_variants=1):
+                      mrf_variants, network):
     """-> (bytes kept for the whole step, bytes in flight while the loss runs)."""
     if style_loss == "w2":
         losses = style_regions or 1  # unmasked styles blend into one target
-        return losses * sum(12 * vgg.layer_channels(n) ** 2 * 8 for n in style_layers), 0
+        return losses * sum(12 * vgg.layer_channels(n, network) ** 2 * 8 for n in style_layers), 0
     if style_loss != "mrf":
         return 0, 0
     kept = in_flight = 0
     style_h, style_w = max(1, round(height * style_scale)), max(1, round(width * style_scale))
     for name in style_layers:
-        values = _patch_bytes(name, height, width)
-        kept += 2 * styles * mrf_variants * _patch_bytes(name, style_h, style_w)
+        values = _patch_bytes(name, height, width, network)
+        kept += 2 * styles * mrf_variants * _patch_bytes(name, style_h, style_w, network)
         in_flight = max(in_flight, (styles + 2) * values + mrf.SEARCH_CHUNK_BYTES)
     return kept, in_flight
 
@@ -220,9 +201,10 @@ def _allocator_slack(dev_type: str, largest_bytes: int) -> float:
     return ALLOCATOR_SLACK.get(dev_type, 0.0)
 
 
-def largest_activation_bytes(height: int, width: int, precision: str = "fp32") -> int:
-    """The largest activation of a step: conv1_x's 64 channels at full size."""
-    return 64 * height * width * (2 if precision == "bf16" else 4)
+def largest_activation_bytes(height: int, width: int, precision: str = "fp32", network: str = "vgg19") -> int:
+    """The largest activation of a step (VGG: conv1_x's 64 channels at full size)."""
+    largest = max(c * h * w for _, _, c, _, _, h, w in vgg.walk(height, width, network=network))
+    return largest * (2 if precision == "bf16" else 4)
 
 
 def estimate_bytes(height, width, content_layers, style_layers, optimizer="lbfgs", precision="fp32",
@@ -258,7 +240,7 @@ def largest_size(budget_bytes, aspect, content_layers, style_layers, optimizer="
     if not aspect > 0:
         raise ValueError(f"aspect must be positive, got {aspect!r}")
     requested = _layers(content_layers, network) + _layers(style_layers, network)
-    smallest = max(vgg.layer_downsampling(n) for n in requested)
+    smallest = vgg.min_side(requested, network)
 
     def fits(side):
         h, w = _shape(side, aspect)

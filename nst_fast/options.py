@@ -4,11 +4,14 @@ import math
 from typing import Callable, Optional, Sequence
 
 from .errors import NstError
-from .vgg import check_layer_names, layer_channels
+from .vgg import check_layer_names, check_network, layer_channels
 
 DEFAULT_CONTENT_LAYERS = {"relu4_2": 1.0}
 DEFAULT_STYLE_LAYERS = {name: 0.2 for name in ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")}
 MRF_STYLE_LAYERS = {"relu3_1": 0.5, "relu4_1": 0.5}  # Li and Wand's
+# NIN: jcjohnson's layers for content and style alike; for MRF, the two middle ones.
+NIN_LAYERS = {name: 0.25 for name in ("relu0", "relu3", "relu7", "relu12")}
+NIN_MRF_STYLE_LAYERS = {"relu3": 0.5, "relu7": 0.5}
 STYLE_LOSSES = ("gram", "w2", "mrf")
 # beta per weights convention: Caffe-convention activations are ~60x larger (0..255
 # input), and the Gram style term grows with their 4th power, the content term with
@@ -24,7 +27,14 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 PRESERVE_COLORS = (None, "luminance", "match", "histogram")
 
 
-def parse_layers(spec, what: str) -> dict:
+def default_layers(network: str, style_loss: str = "gram") -> tuple:
+    """(content layers, style layers) with their weights, by default, for this network and style loss."""
+    if check_network(network) == "nin":
+        return dict(NIN_LAYERS), dict(NIN_MRF_STYLE_LAYERS if style_loss == "mrf" else NIN_LAYERS)
+    return dict(DEFAULT_CONTENT_LAYERS), dict(MRF_STYLE_LAYERS if style_loss == "mrf" else DEFAULT_STYLE_LAYERS)
+
+
+def parse_layers(spec, what: str, network: str = "vgg19") -> dict:
     """"relu1_1:0.2,relu2_1" / a list of names / a {name: weight} dict -> {name: weight}.
 
     Names without a weight share the weight equally with each other.
@@ -40,7 +50,7 @@ def parse_layers(spec, what: str) -> dict:
             items.append((name.strip(), weight.strip() or None))
     if not items:
         raise NstError(f"no {what} layers given")
-    check_layer_names([n for n, _ in items], f"{what} layer")
+    check_layer_names([n for n, _ in items], f"{what} layer", network)
     out = {}
     for name, weight in items:
         if weight is None:
@@ -62,10 +72,10 @@ def report_interval(report_every: Optional[int], device_type: str) -> int:
     return report_every or (1 if device_type == "cpu" else 20)
 
 
-def _per_channel(weights: dict) -> dict:
+def _per_channel(weights: dict, network: str) -> dict:
     """Each layer's weight divided by its channel count, rescaled to the same sum: the
     balance moves toward layers with fewer channels, the losses' overall weight stays."""
-    divided = {name: w / layer_channels(name) for name, w in weights.items()}
+    divided = {name: w / layer_channels(name, network) for name, w in weights.items()}
     scale = sum(weights.values()) / sum(divided.values())
     return {name: w * scale for name, w in divided.items()}
 
@@ -85,8 +95,8 @@ class Options:
     content_weight: float = 1.0
     style_weight: Optional[float] = None  # DEFAULT_STYLE_WEIGHT for the weights' convention
     tv_weight: float = 0.0
-    content_layers: object = dataclasses.field(default_factory=lambda: dict(DEFAULT_CONTENT_LAYERS))
-    style_layers: object = None  # None: Gatys' five (gram, w2) or Li and Wand's two (mrf)
+    content_layers: object = None  # None: the network's default (VGG: relu4_2)
+    style_layers: object = None  # None: VGG: Gatys' five (gram, w2) or Li and Wand's two (mrf)
     style_loss: str = "gram"  # gram (Gatys) | w2 (Wasserstein-2, crowsonkb) | mrf (Li and Wand, pystiche)
     mrf_variants: bool = False  # mrf: also the style's patches rotated +-7.5 degrees and scaled +-5%
     init: object = "content"
@@ -112,7 +122,7 @@ class Options:
     fit_memory: bool = False  # shrink the size to what fits instead of refusing
     callback: Optional[Callable] = None
 
-    def validate(self, n_styles: int = 1, convention: str = "torchvision") -> "Options":
+    def validate(self, n_styles: int = 1, convention: str = "torchvision", network: str = "vgg19") -> "Options":
         if self.style_loss not in STYLE_LOSSES:
             raise NstError(f"style_loss must be one of {', '.join(STYLE_LOSSES)}, got {self.style_loss!r}")
         if not isinstance(self.mrf_variants, bool):
@@ -122,8 +132,11 @@ class Options:
         if self.style_weight is None:
             self.style_weight = (DEFAULT_STYLE_WEIGHT[convention] if self.style_loss == "gram"
                                  else DEFAULT_STYLE_WEIGHT_SQUARED[self.style_loss])
+        content_default, style_default = default_layers(network, self.style_loss)
+        if self.content_layers is None:
+            self.content_layers = content_default
         if self.style_layers is None:
-            self.style_layers = dict(MRF_STYLE_LAYERS if self.style_loss == "mrf" else DEFAULT_STYLE_LAYERS)
+            self.style_layers = style_default
         for name in ("size", "steps", "seed", "lbfgs_history"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -152,11 +165,11 @@ class Options:
             _check_weight("lr", self.lr, positive=True)
         if not isinstance(self.normalize_weights, bool):
             raise NstError(f"normalize_weights must be True or False, got {self.normalize_weights!r}")
-        self.content_layers = parse_layers(self.content_layers, "content")
-        self.style_layers = parse_layers(self.style_layers, "style")
+        self.content_layers = parse_layers(self.content_layers, "content", network)
+        self.style_layers = parse_layers(self.style_layers, "style", network)
         if self.normalize_weights:
-            self.content_layers = _per_channel(self.content_layers)
-            self.style_layers = _per_channel(self.style_layers)
+            self.content_layers = _per_channel(self.content_layers, network)
+            self.style_layers = _per_channel(self.style_layers, network)
         total = sum(self.style_layers.values())
         self.style_layers = {k: v / total for k, v in self.style_layers.items()}
         if isinstance(self.init, str) and self.init not in INITS:

@@ -89,7 +89,8 @@ def precision_mode(precision: str, devices):
 class StyleTransfer:
     """Holds the network's weights between runs: build once, call stylize() many times.
 
-    network: "vgg19" (the paper's, default) or "vgg16".
+    network: "vgg19" (the paper's, default), "vgg16" or "nin" (Network-in-Network,
+    Caffe's weights converted: neural-style-pt's nin_imagenet.pth).
     device: one device, or several ("cuda:0,cuda:1" or a list) to spread the
     network over (model parallelism, for images too large for one device's
     memory): split_at names the layer where each next device starts (default
@@ -145,7 +146,7 @@ class StyleTransfer:
         styles = list(style) if isinstance(style, (list, tuple)) else [style]
         if not styles:
             raise NstError("at least one style image is needed")
-        opts = Options(**kwargs).validate(n_styles=len(styles), convention=self.convention)
+        opts = Options(**kwargs).validate(n_styles=len(styles), convention=self.convention, network=self.architecture)
         content_img = images.to_tensor(content)
         style_imgs = [images.to_tensor(s) for s in styles]
         masks = None
@@ -158,7 +159,7 @@ class StyleTransfer:
         saved = checkpoint_io.load(resume, fp) if resume else None
         content_img, style_imgs, finish = _preserve_colors(opts.preserve_colors, content_img, style_imgs)
         net = self.network(list(opts.content_layers) + list(opts.style_layers), opts.precision)
-        min_side = max(vgg.layer_downsampling(n) for n in net.layers)
+        min_side = vgg.min_side(net.layers, self.architecture)
         sizes = self._sizes_that_fit(opts, content_img.shape[-2:], len(style_imgs))
 
         callback = opts.callback
@@ -207,7 +208,7 @@ class StyleTransfer:
                 })
 
             # Large CPU activations reuse the memory of the step before (nst_fast/heap.py).
-            largest = memory.largest_activation_bytes(h, w, opts.precision)
+            largest = memory.largest_activation_bytes(h, w, opts.precision, self.architecture)
             try:
                 with heap.keep_freed_memory(self.device.type == "cpu" and heap.worth_keeping(largest)):
                     state = self._optimise(loss_fn, x, opts, opts.steps_at(scale_index),
@@ -465,7 +466,7 @@ def stylize(content, style, *, weights=None, device=None, pooling="max", convent
 
     content/style: paths, PIL images or (3, H, W) tensors in [0, 1] (style may be a list).
     weights: "imagenet" (default, or $NST_FAST_WEIGHTS), "random", or a state-dict path.
-    network: "vgg19" (default) or "vgg16". device, split_at: see StyleTransfer.
+    network: "vgg19" (default) "vgg16" or "nin". device, split_at: see StyleTransfer.
     The network is kept between calls with the same weights, devices, pooling and network.
     """
     global _default

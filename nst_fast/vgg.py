@@ -1,4 +1,4 @@
-"""VGG-19 (and VGG-16) feature extractor: layer names, weights, input conventions.
+"""VGG-19 (and VGG-16, NIN) feature extractor: layer names, weights, input conventions.
 
 Weights come from torchvision ("imagenet"), a local state dict, or a seeded
 random initialisation ("random"). Two input conventions exist:
@@ -7,6 +7,7 @@ random initialisation ("random"). Two input conventions exist:
 """
 import os
 import re
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -19,86 +20,179 @@ CONFIGS = {
     "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
     "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
 }
-NETWORK_TITLES = {"vgg19": "VGG-19", "vgg16": "VGG-16"}
+NETWORK_TITLES = {"vgg19": "VGG-19", "vgg16": "VGG-16", "nin": "NIN"}
 POOLINGS = ("max", "avg", "l2")
 
 
+class Layer(NamedTuple):
+    """One module of a network's features: kind is conv, relu, pool or drop; channels
+    (conv) the output channels; kernel, stride, padding as in nn.Conv2d / nn.MaxPool2d;
+    ceil: the pool rounds its output size up (Caffe's pooling)."""
+    name: str
+    kind: str
+    channels: int = 0
+    kernel: int = 0
+    stride: int = 1
+    padding: int = 0
+    ceil: bool = False
+
+
+def _vgg_table(config) -> list:
+    layers, block, conv = [], 1, 0
+    for item in config:
+        if item == "M":
+            layers.append(Layer(f"pool{block}", "pool", kernel=2, stride=2))
+            block, conv = block + 1, 0
+        else:
+            conv += 1
+            layers += [Layer(f"conv{block}_{conv}", "conv", item, 3, 1, 1), Layer(f"relu{block}_{conv}", "relu")]
+    return layers
+
+
+def _nin_table() -> list:
+    """Network-in-Network (Lin et al.) as Caffe's nin_imagenet and neural-style-pt's
+    nin_imagenet.pth lay it out, up to relu12: module i holds that file's features.i
+    (the dropout keeps its index; Caffe's ReLU names skip relu4)."""
+    def pool(name):
+        return Layer(name, "pool", kernel=3, stride=2, ceil=True)
+
+    def conv(name, channels, kernel=1, stride=1, padding=0):
+        return Layer(name, "conv", channels, kernel, stride, padding)
+
+    relu = lambda name: Layer(name, "relu")  # noqa: E731
+    return [conv("conv1", 96, 11, 4), relu("relu0"), conv("cccp1", 96), relu("relu1"), conv("cccp2", 96),
+            relu("relu2"), pool("pool1"),
+            conv("conv2", 256, 5, 1, 2), relu("relu3"), conv("cccp3", 256), relu("relu5"), conv("cccp4", 256),
+            relu("relu6"), pool("pool2"),
+            conv("conv3", 384, 3, 1, 1), relu("relu7"), conv("cccp5", 384), relu("relu8"), conv("cccp6", 384),
+            relu("relu9"), pool("pool3"), Layer("drop", "drop"),
+            conv("conv4-1024", 1024, 3, 1, 1), relu("relu10"), conv("cccp7-1024", 1024), relu("relu11"),
+            conv("cccp8-1024", 1000), relu("relu12")]
+
+
+TABLES = {"vgg19": _vgg_table(CONFIGS["vgg19"]), "vgg16": _vgg_table(CONFIGS["vgg16"]), "nin": _nin_table()}
+
 def check_network(network: str) -> str:
-    if network not in CONFIGS:
-        raise NstError(f"network must be one of {', '.join(CONFIGS)}, got {network!r}")
+    if network not in TABLES:
+        raise NstError(f"network must be one of {', '.join(TABLES)}, got {network!r}")
     return network
 
 
 def layer_names(network: str = "vgg19") -> list:
     """Module names of the network's features, e.g. conv1_1, relu1_1, ..., pool5."""
-    names, block, conv = [], 1, 0
-    for item in CONFIGS[check_network(network)]:
-        if item == "M":
-            names.append(f"pool{block}")
-            block, conv = block + 1, 0
-        else:
-            conv += 1
-            names += [f"conv{block}_{conv}", f"relu{block}_{conv}"]
-    return names
+    return [layer.name for layer in TABLES[check_network(network)]]
 
 
-_INDEX = {network: {name: i for i, name in enumerate(layer_names(network))} for network in CONFIGS}
+_INDEX = {network: {name: i for i, name in enumerate(layer_names(network))} for network in TABLES}
 LAYER_NAMES = layer_names("vgg19")
 LAYER_INDEX = _INDEX["vgg19"]
 
 
 def layer_index(name: str, network: str = "vgg19") -> int:
     return _INDEX[check_network(network)][name]
-CONVENTIONS = ("torchvision", "caffe")
-_TORCHVISION_MEAN, _TORCHVISION_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
 
-def layer_channels(name: str) -> int:
-    block = int(re.match(r"[a-z]+(\d)", name).group(1))
-    return min(64 * 2 ** (block - 1), 512)
+def _pooled(size: int, layer: Layer) -> int:
+    """Output size of a pool, with PyTorch's rule for ceil mode (the last window
+    must start inside the input)."""
+    out = (size - layer.kernel + (layer.stride - 1 if layer.ceil else 0)) // layer.stride + 1
+    if layer.ceil and (out - 1) * layer.stride >= size:
+        out -= 1
+    return out
 
 
-def layer_downsampling(name: str) -> int:
-    """How many times smaller than the input each side of this layer's output is
-    (the same in VGG-16 and VGG-19: a pool ends each block)."""
-    block = int(re.match(r"[a-z]+(\d)", name).group(1))
-    return 2 ** (block if name.startswith("pool") else block - 1)
+def walk(height: int, width: int, depth: int = None, network: str = "vgg19"):
+    """Yield (layer, in_channels, out_channels, in_h, in_w, out_h, out_w) per module of
+    the network's first `depth` modules for a height x width input; out sizes below 1
+    mean the input is too small for that module."""
+    h, w, c = height, width, 3
+    for layer in TABLES[check_network(network)][:depth]:
+        oh, ow, c_out = h, w, c
+        if layer.kind == "conv":
+            c_out = layer.channels
+            oh, ow = ((s + 2 * layer.padding - layer.kernel) // layer.stride + 1 for s in (h, w))
+        elif layer.kind == "pool":
+            oh, ow = (_pooled(s, layer) if s >= 1 else 0 for s in (h, w))
+        yield layer, c, c_out, h, w, oh, ow
+        h, w, c = oh, ow, c_out
+
+
+def layer_shape(name: str, height: int, width: int, network: str = "vgg19") -> tuple:
+    """(channels, height, width) of layer `name`'s output for a height x width input."""
+    for layer, _, c, _, _, h, w in walk(height, width, layer_index(name, network) + 1, network):
+        pass
+    return c, h, w
+
+
+def layer_channels(name: str, network: str = "vgg19") -> int:
+    return layer_shape(name, 1, 1, network)[0]
+
+
+def min_side(names, network: str = "vgg19") -> int:
+    """The smallest square input whose every module up to the deepest of `names` has an
+    output of at least one pixel (VGG: 2 ** pools; NIN: 11 for conv1, more deeper)."""
+    depth = max(layer_index(n, network) for n in names) + 1
+    side = 1
+    while any(min(oh, ow) < 1 for *_, oh, ow in walk(side, side, depth, network)):
+        side += 1
+    return side
 
 
 def check_layer_names(names, what="layer", network="vgg19"):
     index = _INDEX[check_network(network)]
     for name in names:
         if name not in index:
-            last = layer_names(network)[-2]  # the last ReLU
-            raise NstError(f"unknown {what} {name!r}; {NETWORK_TITLES[network]} layers are conv1_1, relu1_1, "
-                           f"... {last}, pool1..pool5")
+            table = TABLES[network]
+            last_relu = [layer.name for layer in table if layer.kind == "relu"][-1]
+            pools = [layer.name for layer in table if layer.kind == "pool"]
+            raise NstError(f"unknown {what} {name!r}; {NETWORK_TITLES[network]} layers are {table[0].name}, "
+                           f"{table[1].name}, ... {last_relu}, {pools[0]}..{pools[-1]}")
+
+
+CONVENTIONS = ("torchvision", "caffe")
+_TORCHVISION_MEAN, _TORCHVISION_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
 
 class L2Pool2d(nn.Module):
-    """2x2 root-mean-square pooling: between average and max pooling in how much the
+    """Root-mean-square pooling: between average and max pooling in how much the
     strongest activation of a window counts. The epsilon keeps the gradient finite
     where a window is all zeros (common after a ReLU)."""
 
     EPS = 1e-8
 
+    def __init__(self, kernel: int = 2, stride: int = 2, ceil_mode: bool = False):
+        super().__init__()
+        self.kernel, self.stride, self.ceil_mode = kernel, stride, ceil_mode
+
     def forward(self, x):
-        return nn.functional.avg_pool2d(x * x, 2, 2).add_(self.EPS).sqrt_()
+        return nn.functional.avg_pool2d(x * x, self.kernel, self.stride, ceil_mode=self.ceil_mode) \
+            .add_(self.EPS).sqrt_()
 
 
-def _pool(pooling: str) -> nn.Module:
-    return {"max": lambda: nn.MaxPool2d(2, 2), "avg": lambda: nn.AvgPool2d(2, 2), "l2": L2Pool2d}[pooling]()
+def _pool(pooling: str, layer: Layer) -> nn.Module:
+    kind = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d, "l2": L2Pool2d}[pooling]
+    return kind(layer.kernel, layer.stride, ceil_mode=layer.ceil)
 
 
 def _build(depth: int, pooling: str, network: str = "vgg19") -> nn.Sequential:
-    layers, in_channels = [], 3
-    for item in CONFIGS[network]:
-        if item == "M":
-            layers.append(_pool(pooling))
+    modules = []
+    for layer, c_in, c_out, *_ in walk(1, 1, depth, network):
+        if layer.kind == "conv":
+            modules.append(nn.Conv2d(c_in, c_out, layer.kernel, layer.stride, layer.padding))
+        elif layer.kind == "relu":
+            modules.append(nn.ReLU(inplace=True))
+        elif layer.kind == "pool":
+            modules.append(_pool(pooling, layer))
         else:
-            layers += [nn.Conv2d(in_channels, item, 3, padding=1), nn.ReLU(inplace=True)]
-            in_channels = item
-    return nn.Sequential(*layers[:depth])
+            modules.append(nn.Identity())  # dropout, as in evaluation
+    return nn.Sequential(*modules)
+
+
+def winograd_fits(layer: Layer, in_channels: int) -> bool:
+    """Whether VGGFeatures runs this layer by Winograd: a 3x3, stride-1, padding-1
+    convolution with more than 3 input channels (conv1_1 has too little work to gain)."""
+    return (layer.kind, layer.kernel, layer.stride, layer.padding) == ("conv", 3, 1, 1) and in_channels > 3
 
 
 def _features_only(state: dict) -> dict:
@@ -128,6 +222,9 @@ def _read_state_file(path: str) -> dict:
 
 
 def _imagenet_state(network: str) -> dict:
+    if network == "nin":
+        raise WeightsUnavailable("torchvision has no NIN weights: pass --weights PATH to a NIN state dict "
+                                 "(neural-style-pt's models/nin_imagenet.pth), or --weights random for a smoke run")
     from torchvision.models import VGG16_Weights, VGG19_Weights
 
     weights = {"vgg19": VGG19_Weights, "vgg16": VGG16_Weights}[network].IMAGENET1K_V1
@@ -156,12 +253,12 @@ def guess_convention(weights: str, state: dict) -> str:
 
 
 def random_state(seed: int = 0, network: str = "vgg19") -> dict:
-    """A seeded Kaiming-normal VGG (as torchvision initialises it), for smoke runs and tests."""
+    """Seeded Kaiming-normal weights (as torchvision initialises VGG), for smoke runs and tests."""
     gen = torch.Generator().manual_seed(seed)
     state = {}
-    for i, m in enumerate(_build(len(CONFIGS[check_network(network)]) * 2, "max", network)):
+    for i, m in enumerate(_build(len(TABLES[check_network(network)]), "max", network)):
         if isinstance(m, nn.Conv2d):
-            std = (2.0 / (m.out_channels * 9)) ** 0.5
+            std = (2.0 / (m.out_channels * m.kernel_size[0] * m.kernel_size[1])) ** 0.5
             state[f"{i}.weight"] = torch.randn(m.weight.shape, generator=gen) * std
             state[f"{i}.bias"] = torch.zeros(m.out_channels)
     return state
@@ -171,7 +268,8 @@ def load_weights(weights=None, convention="auto", seed=0, network="vgg19"):
     """-> (features state dict, input convention, a name for messages).
 
     weights: "imagenet", "random", a path, or None for $NST_FAST_WEIGHTS / "imagenet".
-    network: "vgg19" or "vgg16", for "imagenet" and "random".
+    network: "vgg19", "vgg16" or "nin", for "imagenet" and "random". NIN's only
+    weights are Caffe's, converted: "auto" takes the caffe convention for it.
     """
     weights = resolve_weights(weights)
     check_network(network)
@@ -181,15 +279,16 @@ def load_weights(weights=None, convention="auto", seed=0, network="vgg19"):
         return random_state(seed, network), "torchvision" if convention == "auto" else convention, "random"
     state = _imagenet_state(network) if weights == "imagenet" else _read_state_file(weights)
     if convention == "auto":
-        convention = guess_convention(weights, state)
+        convention = "caffe" if network == "nin" and "convention" not in state else guess_convention(weights, state)
     features = _features_only(state)
     if not features:
-        raise WeightsUnavailable(f"weights file {weights} holds no VGG features (keys like features.0.weight)")
+        raise WeightsUnavailable(f"weights file {weights} holds no {NETWORK_TITLES[network]} "
+                                 "features (keys like features.0.weight)")
     return features, convention, weights
 
 
 class VGGFeatures(nn.Module):
-    """VGG-19 (or VGG-16) truncated after the deepest requested layer; returns {name: activation}."""
+    """VGG-19 (or VGG-16, NIN) truncated after the deepest requested layer; returns {name: activation}."""
 
     def __init__(self, layers, state: dict, convention: str = "torchvision", pooling="max", source="weights",
                  network="vgg19"):
@@ -206,14 +305,13 @@ class VGGFeatures(nn.Module):
         # A requested conv output would be overwritten by the in-place ReLU after it.
         for name in layers:
             i = layer_index(name, network)
-            if name.startswith("conv") and i + 1 < depth:
+            if TABLES[network][i].kind == "conv" and i + 1 < depth:
                 self.net[i + 1].inplace = False
         self._load(state, source)
-        # Winograd for every 3x3 conv but conv1_1, whose 3 input channels leave it
-        # too little work to gain from it; each falls back to F.conv2d off the CPU.
-        for i, module in enumerate(self.net):
-            if isinstance(module, nn.Conv2d) and module.in_channels > 3:
-                self.net[i] = WinogradConv2d(module)
+        # Each Winograd layer falls back to F.conv2d off the CPU.
+        for i, (layer, c_in, *_) in enumerate(walk(1, 1, depth, network)):
+            if winograd_fits(layer, c_in):
+                self.net[i] = WinogradConv2d(self.net[i])
         # NHWC convolutions: ~1.3x faster fwd+bwd through oneDNN on the CPU, and the
         # layout cuDNN's tensor-core kernels want on a GPU.
         self.net.to(memory_format=torch.channels_last)
@@ -233,7 +331,7 @@ class VGGFeatures(nn.Module):
             convs = [i for i, m in enumerate(self.net) if isinstance(m, nn.Conv2d)]
             names = layer_names(self.network)
             have = [names[i] for i in convs if f"{i}.weight" in state]
-            deepest = f"its deepest layer is {have[-1]}" if have else "it holds no VGG conv layers"
+            deepest = f"its deepest layer is {have[-1]}" if have else "it holds none of its conv layers"
             raise WeightsUnavailable(
                 f"weights {source} lack layers needed for {', '.join(self.layers)}: {deepest}"
             )

@@ -55,7 +55,7 @@ def test_missing_and_wrong_files(tmp_path):
         vgg.load_weights(str(junk))
     other = tmp_path / "other.pth"
     torch.save({"fc.weight": torch.zeros(2, 2)}, other)
-    with pytest.raises(WeightsUnavailable, match="no VGG features"):
+    with pytest.raises(WeightsUnavailable, match="no VGG-19 features"):
         vgg.load_weights(str(other))
     wrong = tmp_path / "wrong.pth"
     torch.save({"features.0.weight": torch.zeros(8, 3, 3, 3), "features.0.bias": torch.zeros(8)}, wrong)
@@ -112,7 +112,8 @@ def test_conv_layer_output_is_not_overwritten_by_inplace_relu():
 def test_layer_names():
     assert vgg.LAYER_NAMES[:5] == ["conv1_1", "relu1_1", "conv1_2", "relu1_2", "pool1"]
     assert vgg.LAYER_NAMES[-1] == "pool5" and len(vgg.LAYER_NAMES) == 37
-    assert vgg.layer_downsampling("relu5_1") == 16 and vgg.layer_channels("relu3_1") == 256
+    assert vgg.layer_shape("relu5_1", 64, 80) == (512, 4, 5) and vgg.layer_channels("relu3_1") == 256
+    assert vgg.min_side(["relu1_1", "relu5_1"]) == 16 and vgg.min_side(["pool5"]) == 32
 
 
 @pytest.mark.skipif(not SHARED_WEIGHTS.exists(), reason="shared pretrained weights absent")
@@ -128,10 +129,10 @@ def test_shared_caffe_weights_load():
 def test_vgg16_layer_names():
     names = vgg.layer_names("vgg16")
     assert len(names) == 31 and names[-2:] == ["relu5_3", "pool5"] and "conv3_4" not in names
-    assert vgg.layer_downsampling("pool3") == 8 and vgg.layer_downsampling("relu4_3") == 8
+    assert vgg.layer_shape("pool3", 64, 64, "vgg16")[1:] == (8, 8) == vgg.layer_shape("relu4_3", 64, 64, "vgg16")[1:]
     with pytest.raises(NstError, match="VGG-16 layers are conv1_1, relu1_1, ... relu5_3"):
         vgg.check_layer_names(["relu3_4"], network="vgg16")
-    with pytest.raises(NstError, match="network must be one of vgg19, vgg16"):
+    with pytest.raises(NstError, match="network must be one of vgg19, vgg16, nin"):
         vgg.load_weights("random", network="resnet50")
 
 
