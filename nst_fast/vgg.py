@@ -189,6 +189,10 @@ def _build(depth: int, pooling: str, network: str = "vgg19") -> nn.Sequential:
     return nn.Sequential(*modules)
 
 
+def _shape_str(shape) -> str:
+    return "x".join(map(str, shape))
+
+
 def winograd_fits(layer: Layer, in_channels: int) -> bool:
     """Whether VGGFeatures runs this layer by Winograd: a 3x3, stride-1, padding-1
     convolution with more than 3 input channels (conv1_1 has too little work to gain)."""
@@ -325,9 +329,16 @@ class VGGFeatures(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
 
     def _load(self, state: dict, source: str):
-        wanted = {f"{i}.{p}" for i, m in enumerate(self.net) if isinstance(m, nn.Conv2d) for p in ("weight", "bias")}
-        missing = wanted - state.keys()
-        if missing:
+        title = NETWORK_TITLES[self.network]
+        expected = {f"{i}.{name}": p.shape for i, m in enumerate(self.net) if isinstance(m, nn.Conv2d)
+                    for name, p in m.named_parameters()}
+        # Shapes first: another network's file usually has some of these keys too.
+        for key, shape in expected.items():
+            if key in state and tuple(state[key].shape) != tuple(shape):
+                raise WeightsUnavailable(
+                    f"weights {source} do not fit {title}: features.{key} is {_shape_str(state[key].shape)}, "
+                    f"{title}'s {layer_names(self.network)[int(key.split('.')[0])]} needs {_shape_str(shape)}")
+        if expected.keys() - state.keys():
             convs = [i for i, m in enumerate(self.net) if isinstance(m, nn.Conv2d)]
             names = layer_names(self.network)
             have = [names[i] for i in convs if f"{i}.weight" in state]
@@ -335,11 +346,7 @@ class VGGFeatures(nn.Module):
             raise WeightsUnavailable(
                 f"weights {source} lack layers needed for {', '.join(self.layers)}: {deepest}"
             )
-        try:
-            self.net.load_state_dict({k: state[k] for k in wanted})
-        except RuntimeError as exc:
-            reason = str(exc).splitlines()[-1].strip()
-            raise WeightsUnavailable(f"weights {source} do not fit {NETWORK_TITLES[self.network]}: {reason}") from None
+        self.net.load_state_dict({k: state[k] for k in expected})
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         """RGB in [0, 1] -> the network's input convention."""

@@ -61,6 +61,13 @@ def test_layer_shapes_and_smallest_input():
     assert vgg.min_side(["relu0"], "nin") == 11  # conv1's kernel
 
 
+def test_another_networks_file_is_refused_by_shape(random_weights_file):
+    state, _, _ = vgg.load_weights(str(random_weights_file), network="nin")  # a VGG-19
+    with pytest.raises(WeightsUnavailable, match=r"do not fit NIN: features.0.weight is 64x3x3x3, "
+                                                 r"NIN's conv1 needs 96x3x11x11"):
+        vgg.VGGFeatures(["relu0"], state, network="nin")
+
+
 def test_no_torchvision_weights():
     with pytest.raises(WeightsUnavailable, match="nin_imagenet.pth"):
         vgg.load_weights("imagenet", network="nin")
