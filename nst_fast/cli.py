@@ -167,7 +167,7 @@ def run(args) -> int:
 
     from . import history, images, vgg, web
     from .errors import Interrupted, NonFiniteLoss, NstError, WeightsUnavailable
-    from .options import report_interval
+    from .options import INITS, Options, report_interval
     from .stylize import StyleTransfer
 
     if args.size is None:
@@ -198,9 +198,32 @@ def run(args) -> int:
     out_dir = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(out_dir):
         return _error(f"output directory does not exist: {out_dir}")
+    inputs = [content, *styles, *(args.style_masks or [])]
+    if args.init not in INITS and os.path.isfile(args.init):
+        inputs.append(args.init)
+    for path in inputs:
+        if os.path.isfile(path) and os.path.isfile(args.output) and os.path.samefile(path, args.output):
+            return _error(f"the output {args.output} is one of the input images; name another output")
 
+    options = dict(
+        size=args.size, steps=args.steps, content_weight=args.content_weight, style_weight=args.style_weight,
+        tv_weight=args.tv_weight, content_layers=args.content_layers, style_layers=args.style_layers,
+        style_loss=args.style_loss, mrf_variants=args.mrf_variants, init=args.init, optimizer=args.optimizer,
+        lr=args.lr, seed=args.seed,
+        lbfgs_history=args.lbfgs_history, normalize_gradients=args.normalize_gradients, avg_decay=args.avg_decay,
+        normalize_weights=args.normalize_weights,
+        precision=args.precision, style_blend=args.style_blend, style_masks=args.style_masks,
+        style_scale=args.style_scale, style_size=args.style_size, scales=args.scales, min_scale=args.min_scale,
+        initial_steps=args.initial_steps, preserve_colors=args.preserve_colors, report_every=args.report_every,
+        checkpoint_every=args.checkpoint_every, fit_memory=args.fit_memory,
+        cuda_graph=False if args.no_cuda_graph else None,
+    )
     live = None
     try:
+        # Mistakes in the options and missing images show before the weights load.
+        Options(**options).validate(n_styles=len(styles), network=args.network)
+        for path in inputs:
+            images.open_image(path)
         try:
             transfer = StyleTransfer(args.weights, args.device, args.pooling, args.weights_convention, args.seed,
                                      network=args.network, split_at=args.split_at)
@@ -220,26 +243,13 @@ def run(args) -> int:
             sys.stderr.write(f"nst-fast: WARNING: using RANDOM {title} weights; the result is not a real stylization\n")
         report_every = report_interval(args.report_every, transfer.device.type)
         progress = Progress(not args.quiet, report_every)
+        options.update(report_every=report_every, callback=progress)
         stem = os.path.splitext(args.output)[0]
         interrupt_checkpoint = args.checkpoint or stem + ".ckpt"
 
         def snapshot(step, image):
             images.save_atomic(image, f"{stem}.step{step:04d}.png", bits=args.bits)
 
-        options = dict(
-            size=args.size, steps=args.steps, content_weight=args.content_weight, style_weight=args.style_weight,
-            tv_weight=args.tv_weight, content_layers=args.content_layers, style_layers=args.style_layers,
-            style_loss=args.style_loss, mrf_variants=args.mrf_variants, init=args.init, optimizer=args.optimizer,
-            lr=args.lr, seed=args.seed,
-            lbfgs_history=args.lbfgs_history, normalize_gradients=args.normalize_gradients, avg_decay=args.avg_decay,
-            normalize_weights=args.normalize_weights,
-            precision=args.precision, style_blend=args.style_blend, style_masks=args.style_masks,
-            style_scale=args.style_scale, style_size=args.style_size, scales=args.scales, min_scale=args.min_scale,
-            initial_steps=args.initial_steps, preserve_colors=args.preserve_colors, report_every=report_every,
-            callback=progress,
-            checkpoint_every=args.checkpoint_every, fit_memory=args.fit_memory,
-            cuda_graph=False if args.no_cuda_graph else None,
-        )
         if args.web:
             live = web.LivePreview(args.web_host, args.web_port)
             sys.stderr.write(f"nst-fast: live view at {live.url}\n")

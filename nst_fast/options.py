@@ -1,6 +1,7 @@
 """Options of a stylize run: defaults, parsing of layer specs, validation."""
 import dataclasses
 import math
+import os
 from typing import Callable, Optional, Sequence
 
 from .errors import NstError
@@ -172,8 +173,8 @@ class Options:
             self.style_layers = _per_channel(self.style_layers, network)
         total = sum(self.style_layers.values())
         self.style_layers = {k: v / total for k, v in self.style_layers.items()}
-        if isinstance(self.init, str) and self.init not in INITS:
-            raise NstError(f"init must be one of {', '.join(INITS)} or an image, got {self.init!r}")
+        if isinstance(self.init, (str, os.PathLike)) and str(self.init) not in INITS and not os.path.isfile(self.init):
+            raise NstError(f"init must be one of {', '.join(INITS)} or an image file, got {str(self.init)!r}")
         if self.optimizer not in OPTIMIZERS:
             raise NstError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.precision not in PRECISIONS:

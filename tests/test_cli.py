@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -74,6 +75,42 @@ def test_bad_output_path(tmp_path, small_images, capsys):
     _one_line_error(capsys, [str(content), str(style), "-o", str(tmp_path / "no" / "dir.png"), *SMALL],
                     "output directory does not exist")
     _one_line_error(capsys, [str(content), str(style), "-o", str(tmp_path / "out.txt"), *SMALL], "output must end")
+
+
+def test_output_that_is_an_input_is_refused(tmp_path, small_images, capsys):
+    content, style = small_images
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(content.read_bytes())
+    before = photo.read_bytes()
+    for out in (photo, tmp_path / "." / "photo.png"):
+        _one_line_error(capsys, [str(photo), str(style), "-o", str(out), *SMALL, "--steps", "1"],
+                        "is one of the input images")
+    _one_line_error(capsys, [str(content), str(style), "-o", str(photo), *SMALL, "--steps", "1",
+                             "--init", str(photo)], "is one of the input images")
+    assert photo.read_bytes() == before
+
+
+def test_input_mistakes_show_before_the_weights_load(tmp_path, small_images, capsys):
+    content, style = small_images
+    no_weights = ["--weights", str(tmp_path / "none.pth"), "--device", "cpu"]
+    out = str(tmp_path / "out.png")
+    _one_line_error(capsys, [str(tmp_path / "missing.png"), str(style), "-o", out, *no_weights], "no such file")
+    _one_line_error(capsys, [str(content), str(style), "-o", out, *no_weights, "--size", "8"], "at least 16")
+    _one_line_error(capsys, [str(content), str(style), "-o", out, *no_weights, "--init", "nosie"],
+                    "init must be one of noise")
+
+
+def test_init_from_an_image_file(tmp_path, small_images):
+    content, style = small_images
+    out = tmp_path / "out.png"
+    assert cli.main([str(content), str(style), "-o", str(out), *SMALL, "--steps", "0", "--init", str(style),
+                     "-q"]) == 0
+    def pixels(image):
+        return np.asarray(image.convert("RGB").resize((32, 24), Image.BICUBIC), dtype=np.float32)
+
+    got = np.asarray(Image.open(out).convert("RGB"), dtype=np.float32)
+    to_style, to_content = (np.abs(got - pixels(Image.open(p))).mean() for p in (style, content))
+    assert to_style < 0.5 * to_content, (to_style, to_content)
 
 
 def test_missing_arguments(capsys):
