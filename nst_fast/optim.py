@@ -34,10 +34,10 @@ class LBFGS(_Stateful):
     Each step evaluates the proposal x = x_a + t * d made by the previous step.
     A finite proposal meeting the Armijo condition is accepted: it becomes x_a,
     the curvature pair (s, y) enters the history, and a new direction d comes
-    from the compact form of the L-BFGS matrix. Otherwise x_a is kept and t shrinks by
-    `backtrack`, so huge or non-finite losses never get past x_a. `max_step`
-    bounds the largest element of a proposed move t * d (a trust region: for
-    an image in [0, 1] a move of more than ~1 per pixel is never useful).
+    from the compact form of the L-BFGS matrix. Otherwise x_a is kept and t
+    shrinks by `backtrack`, so huge or non-finite losses never get past x_a.
+    `max_step` bounds the largest element of a proposed move t * d (a trust
+    region: for an image in [0, 1] a move of more than ~1 per pixel is never useful).
     """
 
     _STATE = ("x_a", "f_a", "g_a", "d", "t", "W", "WW", "valid", "idx", "steps", "accepted")

@@ -466,7 +466,7 @@ def stylize(content, style, *, weights=None, device=None, pooling="max", convent
 
     content/style: paths, PIL images or (3, H, W) tensors in [0, 1] (style may be a list).
     weights: "imagenet" (default, or $NST_FAST_WEIGHTS), "random", or a state-dict path.
-    network: "vgg19" (default) "vgg16" or "nin". device, split_at: see StyleTransfer.
+    network: "vgg19" (default), "vgg16" or "nin". device, split_at: see StyleTransfer.
     The network is kept between calls with the same weights, devices, pooling and network.
     """
     global _default

@@ -72,6 +72,7 @@ def _nin_table() -> list:
 
 TABLES = {"vgg19": _vgg_table(CONFIGS["vgg19"]), "vgg16": _vgg_table(CONFIGS["vgg16"]), "nin": _nin_table()}
 
+
 def check_network(network: str) -> str:
     if network not in TABLES:
         raise NstError(f"network must be one of {', '.join(TABLES)}, got {network!r}")
