@@ -62,7 +62,7 @@ setup(
     package_data={"nst_fast": ["examples/*.png", "examples/*.jpg"]},
     python_requires=">=3.9",
     install_requires=["torch>=2.4", "torchvision", "pillow", "numpy"],
-    extras_require={"test": ["pytest", "pytest-benchmark"], "plot": ["matplotlib"]},
+    extras_require={"test": ["pytest", "pytest-benchmark", "protobuf"], "plot": ["matplotlib"]},
     entry_points={"console_scripts": ["nst-fast=nst_fast.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -12,6 +12,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from . import caffemodel
 from .errors import NstError, WeightsUnavailable
 from .winograd import WinogradConv2d
 
@@ -272,9 +273,10 @@ def random_state(seed: int = 0, network: str = "vgg19") -> dict:
 def load_weights(weights=None, convention="auto", seed=0, network="vgg19"):
     """-> (features state dict, input convention, a name for messages).
 
-    weights: "imagenet", "random", a path, or None for $NST_FAST_WEIGHTS / "imagenet".
-    network: "vgg19", "vgg16" or "nin", for "imagenet" and "random". NIN's only
-    weights are Caffe's, converted: "auto" takes the caffe convention for it.
+    weights: "imagenet", "random", a path (a PyTorch state dict, or a Caffe
+    .caffemodel, whose conv layers are found by name), or None for
+    $NST_FAST_WEIGHTS / "imagenet". NIN's only weights are Caffe's: "auto" takes the
+    caffe convention for it.
     """
     weights = resolve_weights(weights)
     check_network(network)
@@ -282,13 +284,24 @@ def load_weights(weights=None, convention="auto", seed=0, network="vgg19"):
         raise NstError(f"weights convention must be auto, torchvision or caffe, got {convention!r}")
     if weights == "random":
         return random_state(seed, network), "torchvision" if convention == "auto" else convention, "random"
-    state = _imagenet_state(network) if weights == "imagenet" else _read_state_file(weights)
+    caffe_file = weights.lower().endswith(".caffemodel")
+    if weights == "imagenet":
+        state = _imagenet_state(network)
+    elif caffe_file:
+        if not os.path.isfile(weights):
+            raise WeightsUnavailable(f"weights file not found: {weights}")
+        convs = {layer.name: i for i, layer in enumerate(TABLES[network]) if layer.kind == "conv"}
+        state = caffemodel.features_state(weights, convs)
+    else:
+        state = _read_state_file(weights)
     if convention == "auto":
         convention = "caffe" if network == "nin" and "convention" not in state else guess_convention(weights, state)
     features = _features_only(state)
     if not features:
-        raise WeightsUnavailable(f"weights file {weights} holds no {NETWORK_TITLES[network]} "
-                                 "features (keys like features.0.weight)")
+        title = NETWORK_TITLES[network]
+        what = (f"none of {title}'s conv layers ({', '.join(n for n in layer_names(network)[:3] if n in convs)}, "
+                "...)" if caffe_file else f"no {title} features (keys like features.0.weight)")
+        raise WeightsUnavailable(f"weights file {weights} holds {what}")
     return features, convention, weights
 
 
