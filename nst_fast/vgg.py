@@ -201,18 +201,35 @@ def winograd_fits(layer: Layer, in_channels: int) -> bool:
     return (layer.kind, layer.kernel, layer.stride, layer.padding) == ("conv", 3, 1, 1) and in_channels > 3
 
 
-def _features_only(state: dict) -> dict:
-    """Keys as in vgg19().features ("0.weight"), from a full or features-only state dict."""
+def _features_only(state: dict, network: str) -> dict:
+    """Keys as in vgg19().features ("0.weight"), from a full or features-only state
+    dict, or from one keyed by layer name ("conv1_1.weight", as Caffe conversions and
+    Gatys et al.'s own PyTorch weights are)."""
     if "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
+    convs = _conv_indices(network)
     out = {}
     for key, value in state.items():
         key = key.removeprefix("module.")
+        name, _, param = key.rpartition(".")
         if key.startswith("features."):
             out[key.removeprefix("features.")] = value
         elif re.fullmatch(r"\d+\.(weight|bias)", key):
             out[key] = value
+        elif name in convs and param in ("weight", "bias"):
+            out[f"{convs[name]}.{param}"] = value
     return out
+
+
+def _by_layer_name(state: dict, network: str) -> bool:
+    if "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    return any(key.removeprefix("module.").rpartition(".")[0] in _conv_indices(network) for key in state)
+
+
+def _conv_indices(network: str) -> dict:
+    """{conv layer name: module index}."""
+    return {layer.name: i for i, layer in enumerate(TABLES[network]) if layer.kind == "conv"}
 
 
 def _read_state_file(path: str) -> dict:
@@ -290,17 +307,19 @@ def load_weights(weights=None, convention="auto", seed=0, network="vgg19"):
     elif caffe_file:
         if not os.path.isfile(weights):
             raise WeightsUnavailable(f"weights file not found: {weights}")
-        convs = {layer.name: i for i, layer in enumerate(TABLES[network]) if layer.kind == "conv"}
+        convs = _conv_indices(network)
         state = caffemodel.features_state(weights, convs)
     else:
         state = _read_state_file(weights)
     if convention == "auto":
-        convention = "caffe" if network == "nin" and "convention" not in state else guess_convention(weights, state)
-    features = _features_only(state)
+        caffe_origin = network == "nin" or _by_layer_name(state, network)  # Caffe's weights, converted
+        convention = "caffe" if caffe_origin and "convention" not in state else guess_convention(weights, state)
+    features = _features_only(state, network)
     if not features:
         title = NETWORK_TITLES[network]
-        what = (f"none of {title}'s conv layers ({', '.join(n for n in layer_names(network)[:3] if n in convs)}, "
-                "...)" if caffe_file else f"no {title} features (keys like features.0.weight)")
+        first = ", ".join(list(_conv_indices(network))[:2])
+        what = (f"none of {title}'s conv layers ({first}, ...)" if caffe_file
+                else f"no {title} features (keys like features.0.weight or {first.split(',')[0]}.weight)")
         raise WeightsUnavailable(f"weights file {weights} holds {what}")
     return features, convention, weights
 

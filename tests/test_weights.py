@@ -102,6 +102,21 @@ def test_caffe_convention_preprocessing(tmp_path, random_weights_file):
     torch.testing.assert_close(net(image)["conv1_1"], want, rtol=1e-4, atol=1e-3)
 
 
+def test_state_dict_keyed_by_layer_name(tmp_path):
+    """As Gatys et al.'s own PyTorch weights (vgg_conv.pth) and Caffe conversions are:
+    conv1_1.weight, ...; Caffe's convention unless the file says otherwise."""
+    state = vgg.random_state()
+    names = vgg.layer_names()
+    path = tmp_path / "vgg_conv.pth"
+    torch.save({f"{names[int(k.split('.')[0])]}.{k.split('.')[1]}": v for k, v in state.items()}, path)
+    loaded, convention, _ = vgg.load_weights(str(path))
+    assert convention == "caffe" and loaded.keys() == state.keys()
+    assert all(torch.equal(loaded[k], state[k]) for k in state)
+    assert vgg.load_weights(str(path), convention="torchvision")[1] == "torchvision"
+    with pytest.raises(WeightsUnavailable, match="keys like features.0.weight or conv1.weight"):
+        vgg.load_weights(str(path), network="nin")
+
+
 def test_conv_layer_output_is_not_overwritten_by_inplace_relu():
     state, _, _ = vgg.load_weights("random")
     net = vgg.VGGFeatures(["conv1_1", "relu1_2"], state)
