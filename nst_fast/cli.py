@@ -33,6 +33,8 @@ def build_parser():
     p.add_argument("--bits", type=int, default=8, choices=[8, 16],
                    help="bits per channel of the output and snapshots (16: PNG only) (8)")
     p.add_argument("--demo", action="store_true", help="use the bundled example images")
+    p.add_argument("--list-layers", action="store_true",
+                   help="print the --network's layers with their channels and size at --size (square), and exit")
     p.add_argument("--size", type=int, default=None, help="long side of the output in pixels (512; demo 256)")
     p.add_argument("--steps", type=int, default=None, help="forward+backward passes per scale (500; demo 100)")
     p.add_argument("--content-weight", type=float, default=1.0, help="alpha (1)")
@@ -162,6 +164,16 @@ def _error(message, code=EXIT_ERROR):
     return code
 
 
+def _list_layers(network: str, size: int) -> int:
+    from . import vgg
+
+    print(f"{vgg.NETWORK_TITLES[network]} at {size}x{size} px:")
+    for layer, _, channels, _, _, h, w in vgg.walk(size, size, network=network):
+        shape = f"{channels} x {h} x {w}" if min(h, w) >= 1 else "(input too small)"
+        print(f"  {layer.name:<12} {layer.kind:<5} {shape}")
+    return 0
+
+
 def run(args) -> int:
     import torch
 
@@ -170,6 +182,8 @@ def run(args) -> int:
     from .options import INITS, Options, report_interval
     from .stylize import StyleTransfer
 
+    if args.list_layers:
+        return _list_layers(args.network, args.size or 512)
     if args.size is None:
         args.size = 256 if args.demo else 512
     if args.steps is None:

@@ -109,3 +109,11 @@ def test_cli(tmp_path, small_images, capsys):
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert code == 1 and len(errors) == 1 and "NIN layers" in errors[0]
     assert not (tmp_path / "bad.png").exists()
+
+
+def test_list_layers(capsys):
+    assert cli.main(["--list-layers", "--network", "nin", "--size", "97"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "NIN at 97x97 px:" and len(lines) == 1 + len(vgg.layer_names("nin"))
+    c, h, w = vgg.layer_shape("relu12", 97, 97, "nin")
+    assert lines[-1].split() == ["relu12", "relu", str(c), "x", str(h), "x", str(w)]
