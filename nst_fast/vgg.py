@@ -7,6 +7,7 @@ random initialisation ("random"). Two input conventions exist:
 """
 import os
 import re
+import sys
 from typing import NamedTuple
 
 import torch
@@ -253,7 +254,8 @@ def _imagenet_state(network: str) -> dict:
     weights = {"vgg19": VGG19_Weights, "vgg16": VGG16_Weights}[network].IMAGENET1K_V1
     title = NETWORK_TITLES[network]
     try:
-        return weights.get_state_dict(progress=False)
+        # 548 MB (VGG-19) on the first run: show the download where someone watches.
+        return weights.get_state_dict(progress=sys.stderr.isatty())
     except Exception as exc:
         raise WeightsUnavailable(
             f"cannot download torchvision's {title} weights ({type(exc).__name__}). Pass --weights "
