@@ -42,6 +42,8 @@ def _device(device) -> torch.device:
         raise NstError(f"unknown device {device!r}: {exc}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise NstError("device cuda was asked for but no CUDA GPU is available here; use --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise NstError("device mps was asked for but this machine has no Apple GPU (MPS); use --device cpu")
     return device
 
 

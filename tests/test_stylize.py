@@ -143,6 +143,14 @@ def test_unknown_device():
         StyleTransfer(weights="random", device="toaster")
 
 
+@pytest.mark.parametrize("device, available", [("cuda", torch.cuda.is_available), ("mps", torch.backends.mps.is_available)])
+def test_a_device_this_machine_lacks_is_named(device, available):
+    if available():
+        pytest.skip(f"this machine has {device}")
+    with pytest.raises(NstError, match=f"device {device} was asked for but .*; use --device cpu"):
+        StyleTransfer(weights="random", device=device)
+
+
 def test_bf16_precision_keeps_bf16_weights_and_tracks_fp32(transfer, small_images):
     content, style = small_images
     _, fp32 = _losses(transfer, content, style, size=48, steps=20, init="noise")
