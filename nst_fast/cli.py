@@ -2,7 +2,6 @@
 import argparse
 import os
 import sys
-import time
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "examples")
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
@@ -116,49 +115,6 @@ def build_parser():
     return p
 
 
-class Progress:
-    """Progress with the current losses on stderr: a bar redrawn in place on a
-    terminal; in a log (stderr not a terminal), one line at the first step, about
-    every 5% of the run and at the end."""
-
-    def __init__(self, enabled, every, stream=None):
-        self.stream = stream or sys.stderr
-        self.enabled, self.every, self.start = enabled, every, time.time()
-        self.tty = self.stream.isatty()
-        self._last = 0  # length of the bar last drawn on the terminal
-
-    def _due(self, info):
-        if info.step == info.steps:
-            return True
-        if self.tty:
-            return info.step % self.every == 0
-        return info.step == 1 or info.step % max(self.every, info.steps // 20, 1) == 0
-
-    def __call__(self, info):
-        if not self.enabled or not self._due(info):
-            return
-        width = 24
-        # Steps at larger scales cost more: the bar and the time left follow the work done.
-        fraction = info.done or info.step / max(1, info.steps)
-        done = int(width * fraction)
-        losses = info.losses
-        elapsed = time.time() - self.start
-        left = elapsed * (1 - fraction) / fraction
-        line = (f"[{'#' * done}{'.' * (width - done)}] {info.step}/{info.steps} "
-                f"{info.size[1]}x{info.size[0]} total {float(losses['total']):.4g} "
-                f"content {float(losses['content']):.3g} style {float(losses['style']):.3g} "
-                f"{elapsed:.0f}s" + (f", {left:.0f}s left" if info.step < info.steps else ""))
-        if self.tty:
-            # Pad so that a shorter line fully covers the one it replaces.
-            self.stream.write("\r" + line.ljust(self._last))
-            self._last = len(line)
-            if info.step == info.steps:
-                self.stream.write("\n")
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
-
-
 def _error(message, code=EXIT_ERROR):
     sys.stderr.write(f"nst-fast: error: {message}\n")
     return code
@@ -180,6 +136,7 @@ def run(args) -> int:
     from . import history, images, vgg, web
     from .errors import Interrupted, NonFiniteLoss, NstError, WeightsUnavailable
     from .options import INITS, Options, report_interval
+    from .progress import Progress
     from .stylize import StyleTransfer
 
     if args.list_layers:

@@ -12,6 +12,7 @@ from .losses import GatysLoss, GuidedStyle, WeightedSum, gram_target
 from .mrf import MRFStyle
 from .optim import make_optimizer
 from .options import Options, report_interval
+from .progress import Progress
 from .steps import LoopState, StepRunner
 from .wasserstein import WassersteinStyle
 
@@ -463,12 +464,14 @@ _default: Optional[StyleTransfer] = None
 
 
 def stylize(content, style, *, weights=None, device=None, pooling="max", convention="auto", network="vgg19",
-            split_at=None, **options):
+            split_at=None, progress=True, **options):
     """Repaint `content` in the style of `style`; returns a PIL image.
 
     content/style: paths, PIL images or (3, H, W) tensors in [0, 1] (style may be a list).
     weights: "imagenet" (default, or $NST_FAST_WEIGHTS), "random", or a state-dict path.
     network: "vgg19" (default), "vgg16" or "nin". device, split_at: see StyleTransfer.
+    progress: a progress line with the losses and the time left on stderr, as the
+    command line shows it (False: silent).
     The network is kept between calls with the same weights, devices, pooling and network.
     """
     global _default
@@ -476,4 +479,14 @@ def stylize(content, style, *, weights=None, device=None, pooling="max", convent
     if _default is None or _default._key != key:
         _default = StyleTransfer(weights, device, pooling, convention, network=network, split_at=split_at)
         _default._key = key
+    if progress:
+        bar = Progress(True, report_interval(options.get("report_every"), _default.device.type))
+        user = options.get("callback")
+
+        def callback(info):
+            bar(info)
+            if user is not None:
+                user(info)
+
+        options["callback"] = callback
     return _default.stylize(content, style, **options)

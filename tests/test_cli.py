@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from nst_fast import cli
+from nst_fast.progress import Progress
 
 SMALL = ["--weights", "random", "--device", "cpu", "--size", "32"]
 
@@ -176,7 +177,7 @@ def _steps(n):
 
 def test_progress_in_a_log_is_one_line_per_report():
     stream = _Stream(tty=False)
-    progress = cli.Progress(True, every=1, stream=stream)
+    progress = Progress(True, every=1, stream=stream)
     for info in _steps(200):
         progress(info)
     lines = stream.getvalue().splitlines()
@@ -187,7 +188,7 @@ def test_progress_in_a_log_is_one_line_per_report():
 
 def test_progress_on_a_terminal_redraws_one_line():
     stream = _Stream(tty=True)
-    progress = cli.Progress(True, every=5, stream=stream)
+    progress = Progress(True, every=5, stream=stream)
     for info in _steps(12):
         progress(info)
     text = stream.getvalue()
@@ -196,7 +197,7 @@ def test_progress_on_a_terminal_redraws_one_line():
 
 def test_progress_estimates_the_time_left_by_work_not_steps():
     stream = _Stream(tty=False)
-    progress = cli.Progress(True, every=1, stream=stream)
+    progress = Progress(True, every=1, stream=stream)
     progress.start -= 10.0  # 10 s in
     info = _steps(4)[0]
     info.done = 0.2  # the first of 4 steps, but the later ones are larger

@@ -138,6 +138,21 @@ def test_module_level_stylize_reuses_the_network(small_images):
     assert img.size == (32, 24)
 
 
+def test_stylize_shows_progress_unless_asked_not_to(small_images, capsys):
+    content, style = small_images
+    nst_fast.stylize(content, style, weights="random", device="cpu", size=32, steps=4)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("[") and "1/4" in lines[0] and "total" in lines[0]
+    assert "4/4" in lines[-1]
+    seen = []
+    nst_fast.stylize(content, style, weights="random", device="cpu", size=32, steps=4, progress=False,
+                     callback=lambda info: seen.append(info.step))
+    assert capsys.readouterr().err == "" and seen == [1, 2, 3, 4]
+    nst_fast.stylize(content, style, weights="random", device="cpu", size=32, steps=2,
+                     callback=lambda info: seen.append(info.step))
+    assert seen[-2:] == [1, 2] and "2/2" in capsys.readouterr().err  # both: the bar and the user's callback
+
+
 def test_unknown_device():
     with pytest.raises(NstError, match="unknown device"):
         StyleTransfer(weights="random", device="toaster")
