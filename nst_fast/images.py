@@ -1,5 +1,7 @@
 """Image input and output: any common image mode in, RGB float tensors inside, atomic writes out."""
+import contextlib
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -26,6 +28,24 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+# Images up to this many pixels open (a 20000 x 13000 panorama: ~3 GB as float32).
+# PIL's own limit (a warning above 89 million pixels, an error above 179 million)
+# guards servers against decompression bombs, not a user's own photographs.
+MAX_PIXELS = 1 << 28
+
+
+@contextlib.contextmanager
+def _pixel_limit(limit: int):
+    old = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = limit // 2  # PIL refuses twice its limit, and warns above it
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+
+
 def open_image(path) -> Image.Image:
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -33,9 +53,11 @@ def open_image(path) -> Image.Image:
     if os.path.isdir(path):
         raise NstError(f"{path} is a directory, not an image")
     try:
-        with Image.open(path) as img:
+        with _pixel_limit(MAX_PIXELS), Image.open(path) as img:
             img.load()
             return _to_rgb(img)
+    except Image.DecompressionBombError:
+        raise NstError(f"{path} has more than {MAX_PIXELS} pixels; scale it down first") from None
     except UnidentifiedImageError:
         raise NstError(f"{path} is not an image file PIL can read") from None
     except (OSError, SyntaxError, ValueError) as exc:

@@ -1,5 +1,6 @@
 """Image input in every common mode, clear errors for bad files, atomic output."""
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -62,6 +63,22 @@ def test_truncated_jpeg(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(NstError, match="cannot read image"):
         images.to_tensor(path)
+
+
+def test_large_images_open_up_to_our_limit_not_pils(tmp_path, monkeypatch):
+    path = tmp_path / "wide.png"
+    Image.new("RGB", (40, 30)).save(path)  # 1200 pixels
+    pil_limit = Image.MAX_IMAGE_PIXELS
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # PIL alone would refuse it (over 2 x 500)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nor warn about it
+        assert images.open_image(path).size == (40, 30)
+    monkeypatch.setattr(images, "MAX_PIXELS", 1000)
+    with pytest.raises(NstError, match="more than 1000 pixels; scale it down"):
+        images.open_image(path)
+    assert Image.MAX_IMAGE_PIXELS == 500  # PIL's setting is left as it was
+    monkeypatch.undo()
+    assert Image.MAX_IMAGE_PIXELS == pil_limit
 
 
 def test_directory_is_not_an_image(tmp_path):
