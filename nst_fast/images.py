@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import png16
 from .errors import NstError
@@ -55,7 +55,8 @@ def open_image(path) -> Image.Image:
     try:
         with _pixel_limit(MAX_PIXELS), Image.open(path) as img:
             img.load()
-            return _to_rgb(img)
+            # Phones store portrait photos sideways with an EXIF orientation tag: upright them.
+            return _to_rgb(ImageOps.exif_transpose(img))
     except Image.DecompressionBombError:
         raise NstError(f"{path} has more than {MAX_PIXELS} pixels; scale it down first") from None
     except UnidentifiedImageError:

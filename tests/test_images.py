@@ -65,6 +65,16 @@ def test_truncated_jpeg(tmp_path):
         images.to_tensor(path)
 
 
+def test_exif_orientation_is_applied(tmp_path):
+    stored = _rgb(size=(40, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display", as a phone writes a portrait photo
+    stored.save(tmp_path / "portrait.png", exif=exif)
+    upright = images.open_image(tmp_path / "portrait.png")
+    assert upright.size == (20, 40)
+    assert np.array_equal(np.asarray(upright), np.asarray(stored.transpose(Image.Transpose.ROTATE_270)))
+
+
 def test_large_images_open_up_to_our_limit_not_pils(tmp_path, monkeypatch):
     path = tmp_path / "wide.png"
     Image.new("RGB", (40, 30)).save(path)  # 1200 pixels
