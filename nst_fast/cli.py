@@ -133,7 +133,7 @@ def _list_layers(network: str, size: int) -> int:
 def run(args) -> int:
     import torch
 
-    from . import history, images, vgg, web
+    from . import history, images, recipe, vgg, web
     from .errors import Interrupted, NonFiniteLoss, NstError, WeightsUnavailable
     from .options import INITS, Options, report_interval
     from .progress import Progress
@@ -218,8 +218,11 @@ def run(args) -> int:
         stem = os.path.splitext(args.output)[0]
         interrupt_checkpoint = args.checkpoint or stem + ".ckpt"
 
+        def notes():  # the run's settings, written into every image it saves
+            return recipe.text(transfer.last_options, transfer)
+
         def snapshot(step, image):
-            images.save_atomic(image, f"{stem}.step{step:04d}.png", bits=args.bits)
+            images.save_atomic(image, f"{stem}.step{step:04d}.png", bits=args.bits, text=notes())
 
         if args.web:
             live = web.LivePreview(args.web_host, args.web_port)
@@ -230,13 +233,13 @@ def run(args) -> int:
                                              save_every=args.save_every, snapshot=snapshot, live=live, **options)
         except (Interrupted, NonFiniteLoss) as exc:
             if exc.image is not None:
-                images.save_atomic(exc.image, args.output, bits=args.bits)
+                images.save_atomic(exc.image, args.output, bits=args.bits, text=notes())
                 sys.stderr.write(f"\nnst-fast: saved the image so far to {args.output}\n")
             if isinstance(exc, Interrupted) and os.path.exists(interrupt_checkpoint):
                 sys.stderr.write(f"nst-fast: continue with --resume {interrupt_checkpoint}\n")
             code = EXIT_INTERRUPTED if isinstance(exc, Interrupted) else EXIT_ERROR
             return _error(str(exc), code)
-        images.save_atomic(result, args.output, bits=args.bits)
+        images.save_atomic(result, args.output, bits=args.bits, text=notes())
         if args.history:
             history.write_json(transfer.history, args.history)
         if args.plot:

@@ -2,11 +2,12 @@
 import contextlib
 import os
 import warnings
+from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from . import png16
 from .errors import NstError
@@ -120,9 +121,10 @@ def to_pil(image: torch.Tensor) -> Image.Image:
 _SAVE_OPTIONS = {"JPEG": {"quality": 95, "subsampling": 0}, "WEBP": {"quality": 95}}
 
 
-def save_atomic(image, path, bits: int = 8) -> None:
+def save_atomic(image, path, bits: int = 8, text: Optional[dict] = None) -> None:
     """Write a PIL image or a (1, 3, H, W) tensor in [0, 1] to a temporary file beside
-    `path`, then rename: never half an image. bits=16: a 16-bit PNG (tensors only)."""
+    `path`, then rename: never half an image. bits=16: a 16-bit PNG (tensors only).
+    text: entries written into the file (PNG text chunks; one JPEG comment)."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
@@ -131,7 +133,7 @@ def save_atomic(image, path, bits: int = 8) -> None:
     if bits == 16:
         if ext != ".png" or not isinstance(image, torch.Tensor):
             raise NstError(f"16-bit output is written as PNG from a tensor; {path} is not a .png")
-        data = png16.encode(image)
+        data = png16.encode(image, text)
         atomic_write(path, lambda f: f.write(data), suffix=ext)
         return
     if bits != 8:
@@ -141,4 +143,11 @@ def save_atomic(image, path, bits: int = 8) -> None:
     fmt = Image.registered_extensions().get(ext)
     if fmt is None:
         raise NstError(f"unknown output image type {ext or '(no extension)'!r}; use .png or .jpg")
-    atomic_write(path, lambda f: image.save(f, format=fmt, **_SAVE_OPTIONS.get(fmt, {})), suffix=ext)
+    options = dict(_SAVE_OPTIONS.get(fmt, {}))
+    if text and fmt == "PNG":
+        options["pnginfo"] = PngImagePlugin.PngInfo()
+        for key, value in text.items():
+            options["pnginfo"].add_text(key, value)
+    elif text and fmt == "JPEG":
+        options["comment"] = "\n".join(f"{key}: {value}" for key, value in text.items())
+    atomic_write(path, lambda f: image.save(f, format=fmt, **options), suffix=ext)

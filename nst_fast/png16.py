@@ -2,6 +2,7 @@
 keep smooth gradients free of banding when the result is edited further."""
 import struct
 import zlib
+from typing import Optional
 
 import numpy as np
 import torch
@@ -15,8 +16,9 @@ def _chunk(tag: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
 
 
-def encode(image: torch.Tensor) -> bytes:
-    """A (1, 3, H, W) or (3, H, W) tensor in [0, 1] -> the bytes of a 16-bit RGB PNG."""
+def encode(image: torch.Tensor, text: Optional[dict] = None) -> bytes:
+    """A (1, 3, H, W) or (3, H, W) tensor in [0, 1] -> the bytes of a 16-bit RGB PNG,
+    with a tEXt chunk per entry of `text` (Latin-1)."""
     arr = image.detach().float().clamp(0, 1).reshape(3, *image.shape[-2:]).permute(1, 2, 0).cpu().numpy()
     height, width = arr.shape[:2]
     levels = np.ascontiguousarray(np.round(arr * 65535.0).astype(">u2"))
@@ -25,5 +27,7 @@ def encode(image: torch.Tensor) -> bytes:
     rows[:, _PIXEL_BYTES:] -= raw[:, :-_PIXEL_BYTES]  # uint8 arithmetic wraps, as the filter wants
     filtered = np.concatenate([np.full((height, 1), _SUB_FILTER, np.uint8), rows], axis=1)
     header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)  # 16 bits, truecolour, no interlace
-    return (_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(filtered.tobytes(), 6))
+    notes = b"".join(_chunk(b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1", "replace"))
+                     for key, value in (text or {}).items())
+    return (_SIGNATURE + _chunk(b"IHDR", header) + notes + _chunk(b"IDAT", zlib.compress(filtered.tobytes(), 6))
             + _chunk(b"IEND", b""))

@@ -102,7 +102,7 @@ class StyleTransfer:
 
     def __init__(self, weights=None, device=None, pooling="max", convention="auto", seed=0, network="vgg19",
                  split_at=None):
-        self.history, self.last_run = [], {}
+        self.history, self.last_run, self.last_options = [], {}, None
         self.devices = _devices(device)
         self.device = self.devices[0]
         self.split_at = _split_layers(split_at, self.devices)
@@ -150,6 +150,7 @@ class StyleTransfer:
         if not styles:
             raise NstError("at least one style image is needed")
         opts = Options(**kwargs).validate(n_styles=len(styles), convention=self.convention, network=self.architecture)
+        self.last_options = opts
         content_img = images.to_tensor(content)
         style_imgs = [images.to_tensor(s) for s in styles]
         masks = None

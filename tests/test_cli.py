@@ -1,5 +1,6 @@
 """The nst-fast command: output files, one-line errors, exit codes, Ctrl-C."""
 import io
+import json
 import os
 import signal
 import subprocess
@@ -112,6 +113,21 @@ def test_init_from_an_image_file(tmp_path, small_images):
     got = np.asarray(Image.open(out).convert("RGB"), dtype=np.float32)
     to_style, to_content = (np.abs(got - pixels(Image.open(p))).mean() for p in (style, content))
     assert to_style < 0.5 * to_content, (to_style, to_content)
+
+
+def test_outputs_carry_their_settings_but_no_input_paths(tmp_path, small_images):
+    content, style = small_images
+    for name, extra in (("out.png", []), ("out16.png", ["--bits", "16"]), ("out.jpg", [])):
+        out = tmp_path / name
+        assert cli.main([str(content), str(style), "-o", str(out), *SMALL, "--steps", "2", "--init", str(style),
+                         "--style-weight", "123", "-q", *extra]) == 0
+        info = Image.open(out).info
+        text = info["Comment"] if "Comment" in info else info["comment"].decode()
+        settings = json.loads(text.split("nst-fast settings: ", 1)[1].splitlines()[0])
+        assert settings["steps"] == 2 and settings["style_weight"] == 123 and settings["init"] == "style.png"
+        assert settings["weights"] == "random" and settings["network"] == "vgg19"
+        assert str(tmp_path) not in text and str(content.parent) not in text
+        assert "nst-fast" in (info.get("Software") or text)
 
 
 def test_missing_arguments(capsys):
