@@ -1,5 +1,6 @@
 """Image input and output: any common image mode in, RGB float tensors inside, atomic writes out."""
 import contextlib
+import io
 import os
 import warnings
 from typing import Optional
@@ -47,6 +48,28 @@ def _pixel_limit(limit: int):
         Image.MAX_IMAGE_PIXELS = old
 
 
+try:  # Pillow built without littlecms has no colour management
+    from PIL import ImageCms
+
+    _SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+except ImportError:
+    ImageCms = None
+
+
+def _to_srgb(img: Image.Image) -> Image.Image:
+    """Pixels in the colour space of an embedded ICC profile (a phone's Display P3, a
+    camera's Adobe RGB, a print CMYK) -> sRGB, the space the output is read in. Without
+    a profile, or with one littlecms cannot use, the pixels stay as they are."""
+    icc = img.info.get("icc_profile")
+    if ImageCms is None or not icc or img.mode not in ("RGB", "RGBA", "CMYK"):
+        return img
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        return ImageCms.profileToProfile(img, source, _SRGB, outputMode="RGBA" if img.mode == "RGBA" else "RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return img
+
+
 def open_image(path) -> Image.Image:
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -57,7 +80,7 @@ def open_image(path) -> Image.Image:
         with _pixel_limit(MAX_PIXELS), Image.open(path) as img:
             img.load()
             # Phones store portrait photos sideways with an EXIF orientation tag: upright them.
-            return _to_rgb(ImageOps.exif_transpose(img))
+            return _to_rgb(_to_srgb(ImageOps.exif_transpose(img)))
     except Image.DecompressionBombError:
         raise NstError(f"{path} has more than {MAX_PIXELS} pixels; scale it down first") from None
     except UnidentifiedImageError:

@@ -1,5 +1,6 @@
 """Image input in every common mode, clear errors for bad files, atomic output."""
 import os
+import struct
 import warnings
 
 import numpy as np
@@ -73,6 +74,36 @@ def test_exif_orientation_is_applied(tmp_path):
     upright = images.open_image(tmp_path / "portrait.png")
     assert upright.size == (20, 40)
     assert np.array_equal(np.asarray(upright), np.asarray(stored.transpose(Image.Transpose.ROTATE_270)))
+
+
+def _linear_srgb_profile(cms) -> bytes:
+    """sRGB's primaries with linear tone curves (gamma 1), made from littlecms's own
+    sRGB profile by rewriting its shared TRC tag."""
+    icc = bytearray(cms.ImageCmsProfile(cms.createProfile("sRGB")).tobytes())
+    icc[84:100] = bytes(16)  # no profile ID: the bytes change
+    for i in range(struct.unpack(">I", icc[128:132])[0]):
+        tag, offset, size = struct.unpack(">4sII", icc[132 + 12 * i:144 + 12 * i])
+        if tag == b"rTRC":  # gTRC and bTRC point at the same curve
+            curve = b"para" + bytes(4) + struct.pack(">HH", 0, 0) + struct.pack(">i", 1 << 16)  # y = x^1.0
+            icc[offset:offset + size] = curve.ljust(size, b"\0")
+    return bytes(icc)
+
+
+def test_icc_profile_is_converted_to_srgb(tmp_path):
+    cms = pytest.importorskip("PIL.ImageCms")
+    grey = Image.new("RGB", (8, 8), (128, 128, 128))
+    grey.save(tmp_path / "linear.png", icc_profile=_linear_srgb_profile(cms))
+    linear = 128 / 255
+    want = 255 * (1.055 * linear ** (1 / 2.4) - 0.055)  # the sRGB encoding of that linear light: ~188
+    got = np.asarray(images.open_image(tmp_path / "linear.png"), dtype=np.float32)
+    assert np.abs(got - want).max() <= 2, (got[0, 0], want)
+    srgb = cms.ImageCmsProfile(cms.createProfile("sRGB")).tobytes()
+    photo = _rgb(size=(16, 12))
+    photo.save(tmp_path / "srgb.png", icc_profile=srgb)
+    photo.save(tmp_path / "broken.png", icc_profile=b"not a profile")
+    for name in ("srgb.png", "broken.png"):  # already sRGB / unusable: the pixels as stored
+        stored = np.asarray(photo, dtype=np.int16)
+        assert np.abs(np.asarray(images.open_image(tmp_path / name), dtype=np.int16) - stored).max() <= 1
 
 
 def test_large_images_open_up_to_our_limit_not_pils(tmp_path, monkeypatch):
