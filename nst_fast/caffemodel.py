@@ -83,7 +83,7 @@ def _blob(buf, span) -> torch.Tensor:
             chunks.append(np.frombuffer(buf[value[0]:value[1]], dtype="<f4" if field == 5 else "<f8"))
     values = np.concatenate(chunks) if chunks else np.zeros(0, dtype="<f4")
     if dims is None:
-        dims = [d for d in legacy if d > 0]
+        dims = [d for d in legacy if d > 0] or [values.size]  # no dims at all: a vector
         if len(dims) > 1 and dims[:-1] == [1] * (len(dims) - 1):  # a V1 bias: 1 x 1 x 1 x N
             dims = dims[-1:]
     if int(np.prod(dims)) != values.size:

@@ -45,8 +45,10 @@ def _net_class(packed: bool):
     return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{proto.package}.NetParameter"))
 
 
-def _fill_blob(blob, tensor, v1, double=False):
-    if v1:  # the legacy 4-D dims; a bias is 1 x 1 x 1 x N
+def _fill_blob(blob, tensor, v1, double=False, dims=True):
+    if not dims:  # no dims at all: read as a vector
+        pass
+    elif v1:  # the legacy 4-D dims; a bias is 1 x 1 x 1 x N
         dims = [1] * (4 - tensor.dim()) + list(tensor.shape)
         blob.num, blob.channels, blob.height, blob.width = dims
     else:
@@ -54,7 +56,7 @@ def _fill_blob(blob, tensor, v1, double=False):
     (blob.double_data if double else blob.data).extend(tensor.flatten().tolist())
 
 
-def _write(path, state, network, v1=True, packed=True, double=False):
+def _write(path, state, network, v1=True, packed=True, double=False, bias_dims=True):
     """state: {module index: (weight, bias)} -> a .caffemodel with those conv layers by
     name, between layers without blobs and a fully connected layer nobody asks for."""
     net = _net_class(packed)()
@@ -69,8 +71,8 @@ def _write(path, state, network, v1=True, packed=True, double=False):
             layer.type = 4  # CONVOLUTION
         else:
             layer.type = "Convolution"
-        for t in (weight, bias):
-            _fill_blob(layer.blobs.add(), t, v1, double)
+        _fill_blob(layer.blobs.add(), weight, v1, double)
+        _fill_blob(layer.blobs.add(), bias, v1, double, dims=bias_dims)
         relu = add()
         relu.name = table[i + 1].name
     fc = add()
@@ -101,15 +103,16 @@ def test_vgg19_weights_by_layer_name(tmp_path, v1):
     assert torch.equal(vgg.VGGFeatures(["relu5_1"], state, convention)(image)["relu5_1"], want)
 
 
-def test_nin_unpacked_and_double_values(tmp_path):
+def test_nin_unpacked_and_double_values_and_biases_without_dims(tmp_path):
     convs = _convs("nin", upto=vgg.layer_index("relu3", "nin") + 1)
     for packed, double in ((False, False), (True, True)):
         path = tmp_path / f"nin_{packed}_{double}.caffemodel"
-        _write(path, convs, "nin", packed=packed, double=double)
+        _write(path, convs, "nin", packed=packed, double=double, bias_dims=False)
         state, convention, _ = vgg.load_weights(str(path), network="nin")
         assert convention == "caffe" and len(state) == 2 * len(convs)
         for i, (weight, bias) in convs.items():
             torch.testing.assert_close(state[f"{i}.weight"], weight, rtol=0, atol=0)
+            torch.testing.assert_close(state[f"{i}.bias"], bias, rtol=0, atol=0)
         with pytest.raises(WeightsUnavailable, match="lack layers needed for relu7: its deepest layer is conv2"):
             vgg.VGGFeatures(["relu7"], state, convention, network="nin")
 
