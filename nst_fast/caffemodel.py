@@ -3,7 +3,8 @@
 A .caffemodel is a serialised caffe.NetParameter. Only what the weights need is
 decoded: the layers (field 2, V1LayerParameter, in old files such as
 VGG_ILSVRC_19_layers.caffemodel; field 100, LayerParameter, in newer ones), each
-layer's name (V1: 4; current: 1) and blobs (V1: 6; current: 7), and each blob's
+layer's name (V1: 4; current: 1) and blobs (V1: 6; current: 7), or those of the V0
+layer inside a V1 one (field 1: name 1, blobs 50) in the oldest files, and each blob's
 shape (7: BlobShape, its dims in field 1; or the legacy num/channels/height/width,
 1..4) and values (5: float, packed or not; 8: double). Blobs of layers nobody asked
 for (the fully connected ones hold most of a VGG file) are skipped unread.
@@ -20,6 +21,7 @@ from .errors import WeightsUnavailable
 _V1_LAYERS, _LAYERS = 2, 100
 _NAME = {_V1_LAYERS: 4, _LAYERS: 1}
 _BLOBS = {_V1_LAYERS: 6, _LAYERS: 7}
+_V0_LAYER = 1  # V1LayerParameter.layer: the oldest files' V0LayerParameter (name 1, blobs 50)
 
 
 class _Malformed(Exception):
@@ -91,18 +93,25 @@ def _blob(buf, span) -> torch.Tensor:
     return torch.from_numpy(values.astype(np.float32).reshape(dims))
 
 
+def _name_and_blobs(buf, span, name_field: int, blobs_field: int):
+    name, blobs = None, []
+    for field, wire, value in _fields(buf, *span):
+        if field == name_field and wire == 2:
+            name = bytes(buf[value[0]:value[1]]).decode("utf-8", "replace")
+        elif field == blobs_field and wire == 2:
+            blobs.append(value)
+        elif (field, wire) == (_V0_LAYER, 2) and name_field == _NAME[_V1_LAYERS]:
+            name, blobs = _name_and_blobs(buf, value, 1, 50)  # a V0 layer wrapped in a V1 one
+    return name, blobs
+
+
 def _layers(buf, wanted: Optional[set]) -> dict:
     """{layer name: [blob tensors]} of the layers in `wanted` (all when None) that have blobs."""
     out = {}
     for field, wire, value in _fields(buf, 0, len(buf)):
         if field not in _NAME or wire != 2:
             continue
-        name, blobs = None, []
-        for f, w, v in _fields(buf, *value):
-            if f == _NAME[field] and w == 2:
-                name = bytes(buf[v[0]:v[1]]).decode("utf-8", "replace")
-            elif f == _BLOBS[field] and w == 2:
-                blobs.append(v)
+        name, blobs = _name_and_blobs(buf, value, _NAME[field], _BLOBS[field])
         if name is not None and blobs and (wanted is None or name in wanted):
             out[name] = [_blob(buf, span) for span in blobs]
     return out

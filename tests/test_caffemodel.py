@@ -35,7 +35,10 @@ def _net_class(packed: bool):
             ("double_data", 8, F.TYPE_DOUBLE, True, None))
     message("LayerParameter", ("name", 1, F.TYPE_STRING, False, None), ("type", 2, F.TYPE_STRING, False, None),
             ("bottom", 3, F.TYPE_STRING, True, None), ("blobs", 7, F.TYPE_MESSAGE, True, "BlobProto"))
-    message("V1LayerParameter", ("bottom", 2, F.TYPE_STRING, True, None), ("name", 4, F.TYPE_STRING, False, None),
+    message("V0LayerParameter", ("name", 1, F.TYPE_STRING, False, None), ("type", 2, F.TYPE_STRING, False, None),
+            ("blobs", 50, F.TYPE_MESSAGE, True, "BlobProto"))
+    message("V1LayerParameter", ("layer", 1, F.TYPE_MESSAGE, False, "V0LayerParameter"),
+            ("bottom", 2, F.TYPE_STRING, True, None), ("name", 4, F.TYPE_STRING, False, None),
             ("type", 5, F.TYPE_INT32, False, None), ("blobs", 6, F.TYPE_MESSAGE, True, "BlobProto"))
     message("NetParameter", ("name", 1, F.TYPE_STRING, False, None),
             ("layers", 2, F.TYPE_MESSAGE, True, "V1LayerParameter"),
@@ -56,7 +59,7 @@ def _fill_blob(blob, tensor, v1, double=False, dims=True):
     (blob.double_data if double else blob.data).extend(tensor.flatten().tolist())
 
 
-def _write(path, state, network, v1=True, packed=True, double=False, bias_dims=True):
+def _write(path, state, network, v1=True, packed=True, double=False, bias_dims=True, v0=False):
     """state: {module index: (weight, bias)} -> a .caffemodel with those conv layers by
     name, between layers without blobs and a fully connected layer nobody asks for."""
     net = _net_class(packed)()
@@ -66,11 +69,14 @@ def _write(path, state, network, v1=True, packed=True, double=False, bias_dims=T
     table = vgg.TABLES[network]
     for i, (weight, bias) in state.items():
         layer = add()
-        layer.name = table[i].name
-        if v1:
+        if v0:  # the V1 layer only wraps a V0 one, which holds the name and the blobs
+            layer = layer.layer
+            layer.type = "conv"
+        elif v1:
             layer.type = 4  # CONVOLUTION
         else:
             layer.type = "Convolution"
+        layer.name = table[i].name
         _fill_blob(layer.blobs.add(), weight, v1, double)
         _fill_blob(layer.blobs.add(), bias, v1, double, dims=bias_dims)
         relu = add()
@@ -87,11 +93,12 @@ def _convs(network, upto=None):
             if layer.kind == "conv"}
 
 
-@pytest.mark.parametrize("v1", [True, False], ids=["V1 layers", "layer"])
-def test_vgg19_weights_by_layer_name(tmp_path, v1):
+@pytest.mark.parametrize("v1, v0", [(True, False), (False, False), (True, True)],
+                         ids=["V1 layers", "layer", "V0 in V1 layers"])
+def test_vgg19_weights_by_layer_name(tmp_path, v1, v0):
     convs = _convs("vgg19")
     path = tmp_path / "VGG_ILSVRC_19_layers.caffemodel"
-    _write(path, convs, "vgg19", v1=v1)
+    _write(path, convs, "vgg19", v1=v1, v0=v0)
     state, convention, _ = vgg.load_weights(str(path))
     assert convention == "caffe"
     assert set(state) == {f"{i}.{p}" for i in convs for p in ("weight", "bias")}  # fc6 left out
