@@ -67,11 +67,11 @@ def build_parser():
                    help="max | avg | l2 (root mean square) (max)")
     p.add_argument("--network", default="vgg19", choices=["vgg19", "vgg16", "nin"],
                    help="the CNN whose features are matched (vgg19, the paper's; nin needs --weights PATH "
-                        "to neural-style-pt's nin_imagenet.pth)")
+                        "to nin_imagenet.pth or nin_imagenet_conv.caffemodel)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"], help="(fp32)")
     p.add_argument("--weights", default=None,
-                   help="imagenet | random | PATH to a state dict of the network (default $NST_FAST_WEIGHTS "
-                        "or imagenet)")
+                   help="imagenet | random | PATH to a state dict of the network or a Caffe .caffemodel "
+                        "(default $NST_FAST_WEIGHTS or imagenet)")
     p.add_argument("--weights-convention", default="auto", choices=["auto", "torchvision", "caffe"],
                    help="input convention of the weights (auto: a 'caffe' file name means caffe)")
     p.add_argument("--device", default=None,
