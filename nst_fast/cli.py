@@ -193,8 +193,9 @@ def run(args) -> int:
     try:
         # Mistakes in the options and missing images show before the weights load.
         Options(**options).validate(n_styles=len(styles), network=args.network)
-        for path in inputs:
-            images.open_image(path)
+        opened = {path: images.open_image(path) for path in inputs}  # decoded once, used for the run
+        if args.style_masks:
+            options["style_masks"] = [opened[m] for m in args.style_masks]
         try:
             transfer = StyleTransfer(args.weights, args.device, args.pooling, args.weights_convention, args.seed,
                                      network=args.network, split_at=args.split_at)
@@ -228,7 +229,7 @@ def run(args) -> int:
             live = web.LivePreview(args.web_host, args.web_port)
             sys.stderr.write(f"nst-fast: live view at {live.url}\n")
         try:
-            result = transfer.stylize_tensor(content, styles, checkpoint=args.checkpoint,
+            result = transfer.stylize_tensor(opened[content], [opened[s] for s in styles], checkpoint=args.checkpoint,
                                              interrupt_checkpoint=interrupt_checkpoint, resume=args.resume,
                                              save_every=args.save_every, snapshot=snapshot, live=live, **options)
         except (Interrupted, NonFiniteLoss) as exc:

@@ -87,6 +87,9 @@ def layer_names(network: str = "vgg19") -> list:
 
 
 _INDEX = {network: {name: i for i, name in enumerate(layer_names(network))} for network in TABLES}
+# {conv layer name: module index} per network: how files keyed by layer name map onto the modules.
+_CONV_INDEX = {network: {layer.name: i for i, layer in enumerate(table) if layer.kind == "conv"}
+               for network, table in TABLES.items()}
 LAYER_NAMES = layer_names("vgg19")
 LAYER_INDEX = _INDEX["vgg19"]
 
@@ -202,15 +205,20 @@ def winograd_fits(layer: Layer, in_channels: int) -> bool:
     return (layer.kind, layer.kernel, layer.stride, layer.padding) == ("conv", 3, 1, 1) and in_channels > 3
 
 
+def _unwrap(state: dict) -> dict:
+    """A checkpoint's {"state_dict": ...} -> the state dict inside it."""
+    if "state_dict" in state and isinstance(state["state_dict"], dict):
+        return state["state_dict"]
+    return state
+
+
 def _features_only(state: dict, network: str) -> dict:
     """Keys as in vgg19().features ("0.weight"), from a full or features-only state
     dict, or from one keyed by layer name ("conv1_1.weight", as Caffe conversions and
     Gatys et al.'s own PyTorch weights are)."""
-    if "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    convs = _conv_indices(network)
+    convs = _CONV_INDEX[network]
     out = {}
-    for key, value in state.items():
+    for key, value in _unwrap(state).items():
         key = key.removeprefix("module.")
         name, _, param = key.rpartition(".")
         if key.startswith("features."):
@@ -223,14 +231,8 @@ def _features_only(state: dict, network: str) -> dict:
 
 
 def _by_layer_name(state: dict, network: str) -> bool:
-    if "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    return any(key.removeprefix("module.").rpartition(".")[0] in _conv_indices(network) for key in state)
-
-
-def _conv_indices(network: str) -> dict:
-    """{conv layer name: module index}."""
-    return {layer.name: i for i, layer in enumerate(TABLES[network]) if layer.kind == "conv"}
+    convs = _CONV_INDEX[network]
+    return any(key.removeprefix("module.").rpartition(".")[0] in convs for key in _unwrap(state))
 
 
 def _read_state_file(path: str) -> dict:
@@ -309,7 +311,7 @@ def load_weights(weights=None, convention="auto", seed=0, network="vgg19"):
     elif caffe_file:
         if not os.path.isfile(weights):
             raise WeightsUnavailable(f"weights file not found: {weights}")
-        convs = _conv_indices(network)
+        convs = _CONV_INDEX[network]
         state = caffemodel.features_state(weights, convs)
     else:
         state = _read_state_file(weights)
@@ -319,7 +321,7 @@ def load_weights(weights=None, convention="auto", seed=0, network="vgg19"):
     features = _features_only(state, network)
     if not features:
         title = NETWORK_TITLES[network]
-        first = ", ".join(list(_conv_indices(network))[:2])
+        first = ", ".join(list(_CONV_INDEX[network])[:2])
         what = (f"none of {title}'s conv layers ({first}, ...)" if caffe_file
                 else f"no {title} features (keys like features.0.weight or {first.split(',')[0]}.weight)")
         raise WeightsUnavailable(f"weights file {weights} holds {what}")
