@@ -5,7 +5,7 @@ import os
 
 import torch
 
-from .errors import NstError
+from .errors import CheckpointMismatch, NstError
 from .files import atomic_write
 
 VERSION = 1
@@ -41,5 +41,5 @@ def load(path, expected_fingerprint: str) -> dict:
     if not isinstance(data, dict) or data.get("version") != VERSION:
         raise NstError(f"{path} is not an nst_fast checkpoint (or one of another version)")
     if data["fingerprint"] != expected_fingerprint:
-        raise NstError(f"checkpoint {path} is from another run: its images or options differ from these")
+        raise CheckpointMismatch(f"checkpoint {path} is from another run: its images or options differ from these")
     return data

@@ -3,9 +3,10 @@ import argparse
 import os
 import sys
 
+from .files import IMAGE_EXTENSIONS, images_in
+
 EXAMPLES = os.path.join(os.path.dirname(__file__), "examples")
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def _csv_floats(text):
@@ -24,11 +25,15 @@ def build_parser():
     p = argparse.ArgumentParser(
         prog="nst-fast",
         description="Repaint CONTENT in the style of STYLE (Gatys et al. neural style transfer).",
-        epilog="`nst-fast --demo -o out.png` stylizes the bundled example images.",
+        epilog="`nst-fast --demo -o out.png` stylizes the bundled example images. With a folder as CONTENT, "
+               "every image in it is stylized into the folder -o names (default out/), one PNG each.",
     )
-    p.add_argument("content", nargs="?", help="content image")
+    p.add_argument("content", nargs="?", help="content image, or a folder of them (a batch)")
     p.add_argument("style", nargs="*", help="style image(s), or a folder of them")
-    p.add_argument("-o", "--output", default="out.png", help="output image (default out.png)")
+    p.add_argument("-o", "--output", default=None, help="output image (default out.png); for a batch, a folder (out)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="batch: stylize again the images whose output exists (default: keep them, so a stopped "
+                        "batch goes on where it stopped)")
     p.add_argument("--bits", type=int, default=8, choices=[8, 16],
                    help="bits per channel of the output and snapshots (16: PNG only) (8)")
     p.add_argument("--demo", action="store_true", help="use the bundled example images")
@@ -133,7 +138,7 @@ def _list_layers(network: str, size: int) -> int:
 def run(args) -> int:
     import torch
 
-    from . import history, images, recipe, vgg, web
+    from . import batch, history, images, recipe, vgg, web
     from .errors import Interrupted, NonFiniteLoss, NstError, WeightsUnavailable
     from .options import INITS, Options, report_interval
     from .progress import Progress
@@ -156,25 +161,43 @@ def run(args) -> int:
             if not os.path.isdir(style):
                 styles.append(style)
                 continue
-            found = sorted(os.path.join(style, f) for f in os.listdir(style)
-                           if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS)
+            found = images_in(style)
             if not found:
                 return _error(f"style folder {style} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
             styles += found
-    out_ext = os.path.splitext(args.output)[1].lower()
-    if out_ext not in IMAGE_EXTENSIONS:
-        return _error(f"output must end in .png or .jpg, got {args.output!r}")
-    if args.bits == 16 and out_ext != ".png":
-        return _error(f"16-bit output is PNG only, got {args.output!r}")
-    out_dir = os.path.dirname(os.path.abspath(args.output))
+    batch_mode = not args.demo and os.path.isdir(content)
+    if batch_mode:
+        args.output = args.output or "out"
+        for flag, given in (("--resume", args.resume), ("--checkpoint", args.checkpoint),
+                            ("--history", args.history), ("--plot", args.plot)):
+            if given:
+                return _error(f"{flag} names one file; a batch (a folder as CONTENT) cannot take it")
+        if os.path.splitext(args.output)[1].lower() in IMAGE_EXTENSIONS or os.path.isfile(args.output):
+            return _error(f"for a folder of contents, -o names a folder for the outputs, got {args.output!r}")
+        out_dir = os.path.dirname(os.path.abspath(args.output))
+        try:
+            jobs, kept = batch.plan(content, args.output, args.overwrite)
+        except NstError as exc:
+            return _error(str(exc))
+        outputs = [job.output for job in jobs]
+    else:
+        args.output = args.output or "out.png"
+        out_ext = os.path.splitext(args.output)[1].lower()
+        if out_ext not in IMAGE_EXTENSIONS:
+            return _error(f"output must end in .png or .jpg, got {args.output!r}")
+        if args.bits == 16 and out_ext != ".png":
+            return _error(f"16-bit output is PNG only, got {args.output!r}")
+        out_dir = os.path.dirname(os.path.abspath(args.output))
+        outputs = [args.output]
     if not os.path.isdir(out_dir):
         return _error(f"output directory does not exist: {out_dir}")
-    inputs = [content, *styles, *(args.style_masks or [])]
+    inputs = [*([] if batch_mode else [content]), *styles, *(args.style_masks or [])]
     if args.init not in INITS and os.path.isfile(args.init):
         inputs.append(args.init)
     for path in inputs:
-        if os.path.isfile(path) and os.path.isfile(args.output) and os.path.samefile(path, args.output):
-            return _error(f"the output {args.output} is one of the input images; name another output")
+        for output in outputs:
+            if os.path.isfile(path) and os.path.isfile(output) and os.path.samefile(path, output):
+                return _error(f"the output {output} is one of the input images; name another output")
 
     options = dict(
         size=args.size, steps=args.steps, content_weight=args.content_weight, style_weight=args.style_weight,
@@ -219,28 +242,30 @@ def run(args) -> int:
         stem = os.path.splitext(args.output)[0]
         interrupt_checkpoint = args.checkpoint or stem + ".ckpt"
 
-        def notes():  # the run's settings, written into every image it saves
-            return recipe.text(transfer.last_options, transfer)
+        def save(image, path):  # with the run's settings written into the file
+            images.save_atomic(image, path, bits=args.bits, text=recipe.text(transfer.last_options, transfer))
 
         def snapshot(step, image):
-            images.save_atomic(image, f"{stem}.step{step:04d}.png", bits=args.bits, text=notes())
+            save(image, f"{stem}.step{step:04d}.png")
 
         if args.web:
             live = web.LivePreview(args.web_host, args.web_port)
             sys.stderr.write(f"nst-fast: live view at {live.url}\n")
+        if batch_mode:
+            return _run_batch(args, transfer, jobs, kept, [opened[s] for s in styles], options, save, live)
         try:
             result = transfer.stylize_tensor(opened[content], [opened[s] for s in styles], checkpoint=args.checkpoint,
                                              interrupt_checkpoint=interrupt_checkpoint, resume=args.resume,
                                              save_every=args.save_every, snapshot=snapshot, live=live, **options)
         except (Interrupted, NonFiniteLoss) as exc:
             if exc.image is not None:
-                images.save_atomic(exc.image, args.output, bits=args.bits, text=notes())
+                save(exc.image, args.output)
                 sys.stderr.write(f"\nnst-fast: saved the image so far to {args.output}\n")
             if isinstance(exc, Interrupted) and os.path.exists(interrupt_checkpoint):
                 sys.stderr.write(f"nst-fast: continue with --resume {interrupt_checkpoint}\n")
             code = EXIT_INTERRUPTED if isinstance(exc, Interrupted) else EXIT_ERROR
             return _error(str(exc), code)
-        images.save_atomic(result, args.output, bits=args.bits, text=notes())
+        save(result, args.output)
         if args.history:
             history.write_json(transfer.history, args.history)
         if args.plot:
@@ -261,6 +286,31 @@ def run(args) -> int:
             how = "CUDA-graph replays" if run.get("cuda_graph") else f"eager steps ({run.get('why_not')})"
             sys.stderr.write(f"nst-fast: the steps ran as {how}\n")
         sys.stderr.write(f"nst-fast: wrote {args.output}\n")
+    return 0
+
+
+def _run_batch(args, transfer, jobs, kept, styles, options, save, live) -> int:
+    """Every job of a batch; errors of single images are reported and counted, Ctrl-C
+    stops the batch. Exceptions other than those go to run()'s handlers."""
+    from . import batch
+    from .errors import Interrupted
+    from .progress import Progress
+
+    if kept:
+        sys.stderr.write(f"nst-fast: keeping {len(kept)} output(s) that exist in {args.output} "
+                         "(--overwrite: stylize them again)\n")
+    if not os.path.isdir(args.output):
+        os.mkdir(args.output)
+    try:
+        failed = batch.run(transfer, jobs, styles, options, save=save, checkpoint_every=args.checkpoint_every,
+                           save_every=args.save_every, live=live,
+                           new_progress=lambda: Progress(not args.quiet, options["report_every"]))
+    except Interrupted as exc:
+        return _error(str(exc), EXIT_INTERRUPTED)
+    done = len(jobs) - failed
+    sys.stderr.write(f"nst-fast: wrote {done} image(s) to {args.output}\n")
+    if failed:
+        return _error(f"{failed} of {len(jobs)} image(s) failed; see above")
     return 0
 
 

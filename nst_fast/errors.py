@@ -9,6 +9,10 @@ class WeightsUnavailable(NstError):
     """The requested VGG-19 weights cannot be had (offline, or no such file)."""
 
 
+class CheckpointMismatch(NstError):
+    """A checkpoint from a run with other images or options than this one."""
+
+
 class NonFiniteLoss(NstError):
     """The loss became NaN or infinite; `image` holds the last finite image."""
 

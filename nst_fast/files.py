@@ -1,6 +1,9 @@
-"""Atomic file writes: a temporary file beside the target, then a rename."""
+"""Files: atomic writes (a temporary file beside the target, then a rename) and the
+images a folder holds."""
 import os
 import tempfile
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def atomic_write(path, write, suffix=""):
@@ -16,3 +19,11 @@ def atomic_write(path, write, suffix=""):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def images_in(folder) -> list:
+    """The image files directly inside `folder` (by extension; hidden files skipped), sorted."""
+    folder = os.fspath(folder)
+    return sorted(os.path.join(folder, f) for f in os.listdir(folder)
+                  if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS
+                  and os.path.isfile(os.path.join(folder, f)))

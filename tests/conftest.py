@@ -1,5 +1,9 @@
 import os
 import pathlib
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -19,6 +23,25 @@ def op_backend(request):
     backend.set_backend(request.param)
     yield request.param
     backend.set_backend(None)
+
+
+def interrupt_cli(argv, marker):
+    """Run `python -m nst_fast.cli argv`, press Ctrl-C once `marker` (a progress line)
+    shows on stderr -> (exit status, the rest of stderr)."""
+    proc = subprocess.Popen([sys.executable, "-m", "nst_fast.cli", *argv], stderr=subprocess.PIPE, text=True)
+    seen = ""
+    deadline = time.time() + 120
+    while marker not in seen and time.time() < deadline:
+        seen += proc.stderr.read(1)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=60)[1]
+    return proc.returncode, rest
+
+
+@pytest.fixture
+def interrupt():
+    return interrupt_cli
 
 
 @pytest.fixture(scope="session")

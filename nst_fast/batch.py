@@ -1,0 +1,89 @@
+"""A batch: every image in a folder repainted in the same style, one PNG each in an
+output folder, with the network loaded once.
+
+Outputs that exist are kept, so the same command run again after a stop goes on
+where it stopped. Ctrl-C leaves a checkpoint of the image in progress beside its
+output (as does --checkpoint-every, against crashes); that next run resumes it.
+"""
+import os
+import sys
+from typing import Callable, NamedTuple
+
+from . import images
+from .errors import CheckpointMismatch, Interrupted, NonFiniteLoss, NstError
+from .files import IMAGE_EXTENSIONS, images_in
+
+
+class Job(NamedTuple):
+    content: str
+    output: str
+    checkpoint: str
+
+
+def plan(content_dir, out_dir, overwrite=False):
+    """-> (jobs to run, jobs whose output exists and is kept). Two contents that
+    would write the same output (photo.jpg, photo.png) are refused."""
+    contents = images_in(content_dir)
+    if not contents:
+        raise NstError(f"content folder {content_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    if os.path.isdir(out_dir) and os.path.samefile(content_dir, out_dir):
+        raise NstError("the output folder is the content folder; name another one with -o")
+    jobs, by_output = [], {}
+    for content in contents:
+        stem = os.path.join(out_dir, os.path.splitext(os.path.basename(content))[0])
+        output = stem + ".png"
+        if output in by_output:
+            raise NstError(f"{os.path.basename(by_output[output])} and {os.path.basename(content)} would both "
+                           f"be written to {output}; rename one")
+        by_output[output] = content
+        jobs.append(Job(content, output, stem + ".ckpt"))
+    kept = [] if overwrite else [job for job in jobs if os.path.exists(job.output)]
+    return [job for job in jobs if job not in kept], kept
+
+
+def _say(message):
+    sys.stderr.write(f"nst-fast: {message}\n")
+
+
+def run(transfer, jobs, styles, options: dict, *, save: Callable, new_progress: Callable, checkpoint_every=0,
+        save_every=0, live=None) -> int:
+    """Stylize each job's content with the same styles and options -> the number that
+    failed. save(image, path) writes an image; new_progress() makes a step callback.
+    A content that cannot be read or optimised is reported and skipped; Ctrl-C stops
+    the batch (Interrupted)."""
+    failed = 0
+    for number, job in enumerate(jobs, 1):
+        _say(f"[{number}/{len(jobs)}] {job.content} -> {job.output}")
+        stem = os.path.splitext(job.output)[0]
+
+        def snapshot(step, image, stem=stem):
+            save(image, f"{stem}.step{step:04d}.png")
+
+        resume = job.checkpoint if os.path.isfile(job.checkpoint) else None
+        if resume:
+            _say(f"continuing from {resume}")
+        try:
+            content = images.open_image(job.content)
+            while True:
+                try:
+                    result = transfer.stylize_tensor(
+                        content, styles, checkpoint=job.checkpoint if checkpoint_every else None,
+                        interrupt_checkpoint=job.checkpoint, resume=resume, save_every=save_every,
+                        snapshot=snapshot, live=live, **dict(options, callback=new_progress()))
+                    break
+                except CheckpointMismatch:
+                    _say(f"{resume} is from a run with other images or options; starting this image over")
+                    resume = None
+        except Interrupted as exc:
+            hint = f"; run the same command to continue ({job.checkpoint})" if os.path.isfile(job.checkpoint) else ""
+            raise Interrupted(f"{job.content}: {exc}{hint}", image=exc.image, step=exc.step) from None
+        except NstError as exc:  # NonFiniteLoss too: the next image may do fine
+            kind = "gave up" if isinstance(exc, NonFiniteLoss) else "error"
+            message = str(exc) if str(exc).startswith(job.content) else f"{job.content}: {exc}"
+            _say(f"{kind}: {message}")
+            failed += 1
+            continue
+        save(result, job.output)
+        if os.path.isfile(job.checkpoint):
+            os.remove(job.checkpoint)
+    return failed

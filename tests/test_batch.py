@@ -1,0 +1,140 @@
+"""Batches: a folder of contents, one output each, kept outputs, Ctrl-C and resume."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from nst_fast import batch, cli
+from nst_fast.errors import NstError
+
+SMALL = ["--weights", "random", "--device", "cpu", "--size", "32", "-q"]
+
+
+@pytest.fixture
+def folder(tmp_path, small_images):
+    """contents/ with two photos of different shapes and a file that is not an image."""
+    content, style = small_images
+    contents = tmp_path / "contents"
+    contents.mkdir()
+    Image.open(content).save(contents / "wide.png")
+    Image.open(content).transpose(Image.Transpose.ROTATE_90).save(contents / "tall.jpg")
+    (contents / "notes.txt").write_text("not an image")
+    return contents, style
+
+
+def _files(path):
+    return sorted(os.listdir(path))
+
+
+def test_a_folder_gives_one_png_per_content(tmp_path, folder, capsys):
+    contents, style = folder
+    out = tmp_path / "out"
+    code = cli.main([str(contents), str(style), "-o", str(out), *SMALL, "--steps", "2"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert _files(out) == ["tall.png", "wide.png"]  # no checkpoints or temporary files left
+    assert Image.open(out / "wide.png").size == (32, 24)
+    assert Image.open(out / "tall.png").size == (24, 32)
+    assert "[1/2]" in err and "[2/2]" in err and "wrote 2 image(s)" in err
+
+
+def test_outputs_that_exist_are_kept_unless_overwrite(tmp_path, folder, capsys):
+    contents, style = folder
+    out = tmp_path / "out"
+    out.mkdir()
+    Image.new("RGB", (5, 5), "red").save(out / "wide.png")
+    code = cli.main([str(contents), str(style), "-o", str(out), *SMALL, "--steps", "2"])
+    err = capsys.readouterr().err
+    assert code == 0 and "keeping 1 output(s)" in err and "[1/1]" in err
+    assert Image.open(out / "wide.png").size == (5, 5)
+    assert Image.open(out / "tall.png").size == (24, 32)
+    code = cli.main([str(contents), str(style), "-o", str(out), *SMALL, "--steps", "2", "--overwrite"])
+    assert code == 0
+    assert Image.open(out / "wide.png").size == (32, 24)
+
+
+def test_an_unreadable_content_is_reported_and_the_rest_still_run(tmp_path, folder, capsys):
+    contents, style = folder
+    (contents / "broken.png").write_bytes(b"\x89PNG but not really")
+    out = tmp_path / "out"
+    code = cli.main([str(contents), str(style), "-o", str(out), *SMALL, "--steps", "2"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "broken.png" in err and "1 of 3 image(s) failed" in err and "Traceback" not in err
+    assert _files(out) == ["tall.png", "wide.png"]
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["-o", "{tmp}/single.png"], "-o names a folder"),
+    (["-o", "{contents}"], "the output folder is the content folder"),
+    (["-o", "{tmp}/missing/out"], "output directory does not exist"),
+    (["-o", "{tmp}/out", "--resume", "{tmp}/x.ckpt"], "--resume names one file"),
+    (["-o", "{tmp}/out", "--history", "{tmp}/h.json"], "--history names one file"),
+])
+def test_batch_mistakes_are_one_line_errors_before_any_work(tmp_path, folder, capsys, extra, expected):
+    contents, style = folder
+    extra = [e.format(tmp=tmp_path, contents=contents) for e in extra]
+    code = cli.main([str(contents), str(style), *extra, *SMALL, "--steps", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and expected in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_plan_refuses_two_contents_with_one_output_and_empty_folders(tmp_path):
+    (tmp_path / "c").mkdir()
+    with pytest.raises(NstError, match="holds no images"):
+        batch.plan(tmp_path / "c", tmp_path / "out")
+    Image.new("RGB", (8, 8)).save(tmp_path / "c" / "a.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "c" / "a.jpg")
+    with pytest.raises(NstError, match="would both be written to"):
+        batch.plan(tmp_path / "c", tmp_path / "out")
+
+
+def test_an_output_that_is_a_style_image_is_refused_with_overwrite(tmp_path, folder, capsys):
+    contents, _ = folder
+    out = tmp_path / "out"
+    out.mkdir()
+    Image.open(contents / "wide.png").save(out / "wide.png")  # the style is where an output would go
+    before = (out / "wide.png").read_bytes()
+    code = cli.main([str(contents), str(out / "wide.png"), "-o", str(out), *SMALL, "--steps", "1", "--overwrite"])
+    assert code == 1 and "is one of the input images" in capsys.readouterr().err
+    assert (out / "wide.png").read_bytes() == before
+
+
+def test_ctrl_c_stops_the_batch_and_the_same_command_continues_it(tmp_path, folder, interrupt):
+    contents, style = folder
+    os.remove(contents / "tall.jpg")
+    out = tmp_path / "out"
+    argv = [str(contents), str(style), "-o", str(out), *SMALL[:-1], "--size", "48"]
+    code, rest = interrupt(argv + ["--steps", "100000"], "/100000")
+    assert code == 130, rest
+    assert "run the same command to continue" in rest and "Traceback" not in rest
+    assert _files(out) == ["wide.ckpt"]  # the checkpoint, and no half-done output a rerun would keep
+    stopped = int(re.search(r"interrupted at step (\d+)", rest).group(1))
+
+    done = subprocess.run([sys.executable, "-m", "nst_fast.cli", *argv, "--steps", str(stopped + 2)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"continuing from {out / 'wide.ckpt'}" in done.stderr
+    assert f"{stopped + 2}/{stopped + 2}" in done.stderr and f"] 1/{stopped + 2}" not in done.stderr
+    assert _files(out) == ["wide.png"]
+
+
+def test_a_checkpoint_of_other_options_is_not_resumed(tmp_path, folder, capsys):
+    contents, style = folder
+    os.remove(contents / "tall.jpg")
+    out = tmp_path / "out"
+    out.mkdir()
+    code = cli.main([str(contents / "wide.png"), str(style), "-o", str(out / "other.png"), *SMALL, "--steps", "2",
+                     "--content-weight", "3", "--checkpoint", str(out / "wide.ckpt")])
+    assert code == 0 and (out / "wide.ckpt").exists()
+    os.remove(out / "other.png")
+    capsys.readouterr()
+    code = cli.main([str(contents), str(style), "-o", str(out), *SMALL, "--steps", "2"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "is from a run with other images or options; starting this image over" in err
+    assert _files(out) == ["wide.png"]
