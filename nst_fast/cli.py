@@ -274,6 +274,9 @@ def run(args) -> int:
         return _error(str(exc))
     except torch.cuda.OutOfMemoryError:
         return _error("out of GPU memory; try a smaller --size or --precision bf16")
+    except OSError as exc:  # a full disk, a folder without write permission
+        where = f": {exc.filename}" if exc.filename else ""
+        return _error(f"cannot write: {exc.strerror or exc}{where}")
     except KeyboardInterrupt:
         return _error("interrupted", EXIT_INTERRUPTED)
     finally:

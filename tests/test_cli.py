@@ -100,6 +100,22 @@ def test_input_mistakes_show_before_the_weights_load(tmp_path, small_images, cap
                     "init must be one of noise")
 
 
+def test_a_full_disk_is_a_one_line_error(tmp_path, small_images, capsys, monkeypatch):
+    import errno
+
+    from nst_fast import images
+
+    def full(image, path, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(images, "save_atomic", full)
+    content, style = small_images
+    out = tmp_path / "out.png"
+    _one_line_error(capsys, [str(content), str(style), "-o", str(out), *SMALL, "--steps", "1"],
+                    f"cannot write: No space left on device: {out}")
+    assert not out.exists()
+
+
 def test_init_from_an_image_file(tmp_path, small_images):
     content, style = small_images
     out = tmp_path / "out.png"
