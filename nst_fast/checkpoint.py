@@ -22,6 +22,8 @@ def fingerprint(content, styles, opts, transfer) -> str:
         h.update(t.contiguous().numpy().tobytes())
     settings = [repr(getattr(opts, name)) for name in FINGERPRINT_OPTIONS]
     settings += [transfer.weights, transfer.convention, transfer.pooling, transfer.architecture]
+    if transfer.padding != "zeros":  # so that checkpoints made before the option still match
+        settings.append(transfer.padding)
     h.update("|".join(map(str, settings)).encode())
     return h.hexdigest()
 

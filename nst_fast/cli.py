@@ -70,6 +70,9 @@ def build_parser():
                    help="output a moving average of the iterates with this decay, e.g. 0.99 (0: off)")
     p.add_argument("--pooling", default="max", choices=["max", "avg", "l2"],
                    help="max | avg | l2 (root mean square) (max)")
+    p.add_argument("--padding", default="zeros", choices=["zeros", "replicate", "reflect"],
+                   help="how the first convolution pads the image's border (zeros); replicate or reflect: "
+                        "fewer edge artifacts")
     p.add_argument("--network", default="vgg19", choices=["vgg19", "vgg16", "nin"],
                    help="the CNN whose features are matched (vgg19, the paper's; nin needs --weights PATH "
                         "to nin_imagenet.pth or nin_imagenet_conv.caffemodel)")
@@ -216,12 +219,13 @@ def run(args) -> int:
     try:
         # Mistakes in the options and missing images show before the weights load.
         Options(**options).validate(n_styles=len(styles), network=args.network)
+        vgg.check_padding(args.padding, args.network)
         opened = {path: images.open_image(path) for path in inputs}  # decoded once, used for the run
         if args.style_masks:
             options["style_masks"] = [opened[m] for m in args.style_masks]
         try:
             transfer = StyleTransfer(args.weights, args.device, args.pooling, args.weights_convention, args.seed,
-                                     network=args.network, split_at=args.split_at)
+                                     network=args.network, split_at=args.split_at, padding=args.padding)
         except WeightsUnavailable as exc:
             if not args.demo:
                 raise
@@ -230,7 +234,7 @@ def run(args) -> int:
                 "the output shows the pipeline working, not a real stylization.\n")
             fell_back = True
             transfer = StyleTransfer("random", args.device, args.pooling, "auto", args.seed, network=args.network,
-                                     split_at=args.split_at)
+                                     split_at=args.split_at, padding=args.padding)
         else:
             fell_back = False
         if transfer.weights == "random" and not fell_back:

@@ -24,7 +24,8 @@ def settings(opts: Options, transfer) -> dict:
     out["init"] = init if isinstance(init, str) and init in INITS else (
         _name(init) if isinstance(init, (str, os.PathLike)) else "an image given in memory")
     out["style_masks"] = len(opts.style_masks) if opts.style_masks else 0
-    out.update(network=transfer.architecture, pooling=transfer.pooling, weights=_name(transfer.weights),
+    out.update(network=transfer.architecture, pooling=transfer.pooling, padding=transfer.padding,
+               weights=_name(transfer.weights),
                convention=transfer.convention)
     return out
 

@@ -94,6 +94,8 @@ class StyleTransfer:
 
     network: "vgg19" (the paper's, default), "vgg16" or "nin" (Network-in-Network,
     Caffe's weights converted: neural-style-pt's nin_imagenet.pth).
+    padding: how the first convolution pads the image's border: "zeros" (the
+    network's own), "replicate" or "reflect" (fewer edge artifacts).
     device: one device, or several ("cuda:0,cuda:1" or a list) to spread the
     network over (model parallelism, for images too large for one device's
     memory): split_at names the layer where each next device starts (default
@@ -101,13 +103,14 @@ class StyleTransfer:
     half). The image, the optimiser and the losses' sum live on the first."""
 
     def __init__(self, weights=None, device=None, pooling="max", convention="auto", seed=0, network="vgg19",
-                 split_at=None):
+                 split_at=None, padding="zeros"):
         self.history, self.last_run, self.last_options = [], {}, None
         self.devices = _devices(device)
         self.device = self.devices[0]
         self.split_at = _split_layers(split_at, self.devices)
         self.pooling = pooling
         self.architecture = vgg.check_network(network)
+        self.padding = vgg.check_padding(padding, network)
         self.state, self.convention, self.weights = vgg.load_weights(weights, convention, seed, network)
         self._nets = {}
 
@@ -119,7 +122,7 @@ class StyleTransfer:
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         if (layers, dtype) not in self._nets:
             net = vgg.VGGFeatures(layers, self.state, self.convention, self.pooling, self.weights,
-                                  self.architecture).to(self.device)
+                                  self.architecture, self.padding).to(self.device)
             net.net.to(dtype)  # the convolutions; preprocessing stays in fp32
             if self.split_at:
                 net.place(self.devices, self.split_at)
@@ -465,20 +468,21 @@ _default: Optional[StyleTransfer] = None
 
 
 def stylize(content, style, *, weights=None, device=None, pooling="max", convention="auto", network="vgg19",
-            split_at=None, progress=True, **options):
+            split_at=None, padding="zeros", progress=True, **options):
     """Repaint `content` in the style of `style`; returns a PIL image.
 
     content/style: paths, PIL images or (3, H, W) tensors in [0, 1] (style may be a list).
     weights: "imagenet" (default, or $NST_FAST_WEIGHTS), "random", or a state-dict path.
-    network: "vgg19" (default), "vgg16" or "nin". device, split_at: see StyleTransfer.
+    network: "vgg19" (default), "vgg16" or "nin". device, split_at, padding: see StyleTransfer.
     progress: a progress line with the losses and the time left on stderr, as the
     command line shows it (False: silent).
-    The network is kept between calls with the same weights, devices, pooling and network.
+    The network is kept between calls with the same weights, devices, pooling, padding and network.
     """
     global _default
-    key = (vgg.resolve_weights(weights), str(_devices(device)), pooling, convention, network, str(split_at))
+    key = (vgg.resolve_weights(weights), str(_devices(device)), pooling, convention, network, str(split_at), padding)
     if _default is None or _default._key != key:
-        _default = StyleTransfer(weights, device, pooling, convention, network=network, split_at=split_at)
+        _default = StyleTransfer(weights, device, pooling, convention, network=network, split_at=split_at,
+                                 padding=padding)
         _default._key = key
     if progress:
         bar = Progress(True, report_interval(options.get("report_every"), _default.device.type))

@@ -24,6 +24,10 @@ CONFIGS = {
 }
 NETWORK_TITLES = {"vgg19": "VGG-19", "vgg16": "VGG-16", "nin": "NIN"}
 POOLINGS = ("max", "avg", "l2")
+# How the first convolution pads the image's border: with zeros (the networks' own
+# padding), or with the border pixels repeated or mirrored, so that the border does
+# not look like an edge to the network (crowsonkb's replicate: fewer edge artifacts).
+PADDINGS = ("zeros", "replicate", "reflect")
 
 
 class Layer(NamedTuple):
@@ -181,11 +185,12 @@ def _pool(pooling: str, layer: Layer) -> nn.Module:
     return kind(layer.kernel, layer.stride, ceil_mode=layer.ceil)
 
 
-def _build(depth: int, pooling: str, network: str = "vgg19") -> nn.Sequential:
+def _build(depth: int, pooling: str, network: str = "vgg19", padding: str = "zeros") -> nn.Sequential:
     modules = []
     for layer, c_in, c_out, *_ in walk(1, 1, depth, network):
         if layer.kind == "conv":
-            modules.append(nn.Conv2d(c_in, c_out, layer.kernel, layer.stride, layer.padding))
+            mode = "zeros" if modules else padding
+            modules.append(nn.Conv2d(c_in, c_out, layer.kernel, layer.stride, layer.padding, padding_mode=mode))
         elif layer.kind == "relu":
             modules.append(nn.ReLU(inplace=True))
         elif layer.kind == "pool":
@@ -193,6 +198,14 @@ def _build(depth: int, pooling: str, network: str = "vgg19") -> nn.Sequential:
         else:
             modules.append(nn.Identity())  # dropout, as in evaluation
     return nn.Sequential(*modules)
+
+
+def check_padding(padding: str, network: str = "vgg19") -> str:
+    if padding not in PADDINGS:
+        raise NstError(f"padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
+    if padding != "zeros" and TABLES[network][0].padding == 0:
+        raise NstError(f"{NETWORK_TITLES[network]}'s first convolution does not pad: padding must be zeros")
+    return padding
 
 
 def _shape_str(shape) -> str:
@@ -332,17 +345,18 @@ class VGGFeatures(nn.Module):
     """VGG-19 (or VGG-16, NIN) truncated after the deepest requested layer; returns {name: activation}."""
 
     def __init__(self, layers, state: dict, convention: str = "torchvision", pooling="max", source="weights",
-                 network="vgg19"):
+                 network="vgg19", padding="zeros"):
         super().__init__()
         if pooling not in POOLINGS:
             raise NstError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        check_padding(padding, network)
         layers = list(dict.fromkeys(layers))
         check_layer_names(layers, network=network)
         self.layers, self.network = layers, network
         self._moves = {}  # module index -> the device it and the modules after it run on (place())
         self.convention = convention
         depth = max(layer_index(n, network) for n in layers) + 1
-        self.net = _build(depth, pooling, network)
+        self.net = _build(depth, pooling, network, padding)
         # A requested conv output would be overwritten by the in-place ReLU after it.
         for name in layers:
             i = layer_index(name, network)

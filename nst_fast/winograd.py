@@ -76,8 +76,9 @@ class WinogradConv2d(nn.Module):
 
     def __init__(self, conv: nn.Conv2d):
         super().__init__()
-        if conv.kernel_size != (3, 3) or conv.stride != (1, 1) or conv.padding != (1, 1) or conv.groups != 1:
-            raise ValueError("WinogradConv2d takes 3x3 convolutions with stride 1 and padding 1")
+        if (conv.kernel_size != (3, 3) or conv.stride != (1, 1) or conv.padding != (1, 1) or conv.groups != 1
+                or conv.padding_mode != "zeros"):
+            raise ValueError("WinogradConv2d takes 3x3 convolutions with stride 1 and zero padding 1")
         self.weight, self.bias = conv.weight, conv.bias
         self._transforms = None
 

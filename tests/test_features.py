@@ -446,3 +446,47 @@ def test_cli_style_folder_and_normalize_weights(tmp_path, small_images, capsys):
     empty.mkdir()
     assert cli.main([str(content), str(empty), "-o", str(tmp_path / "x.png"), "--weights", "random"]) == 1
     assert f"style folder {empty} holds no images" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("padding", ["replicate", "reflect"])
+def test_padding_pads_the_first_convolution_only(padding):
+    import torch.nn.functional as F
+
+    from nst_fast import vgg
+
+    state = vgg.random_state(0)
+    image = torch.rand(1, 3, 20, 24, generator=torch.Generator().manual_seed(1))
+    net = vgg.VGGFeatures(["conv1_1", "relu1_2"], state, padding=padding)
+    plain = vgg.VGGFeatures(["conv1_1", "relu1_2"], state)
+    got, zeros = net(image), plain(image)
+    x = net.preprocess(image)
+    expected = F.conv2d(F.pad(x, (1, 1, 1, 1), mode=padding), net.net[0].weight, net.net[0].bias)
+    torch.testing.assert_close(got["conv1_1"], expected, rtol=1e-5, atol=1e-5)
+    # The same convolution inside the image; only the border differs.
+    torch.testing.assert_close(got["conv1_1"][..., 1:-1, 1:-1], zeros["conv1_1"][..., 1:-1, 1:-1])
+    assert (got["conv1_1"][..., 0, :] - zeros["conv1_1"][..., 0, :]).abs().max() > 1e-2
+    assert [type(m) for m in net.net] == [type(m) for m in plain.net]
+
+
+def test_padding_runs_end_to_end_and_is_part_of_a_checkpoint(small_images, tmp_path, capsys):
+    content, style = small_images
+    replicate = StyleTransfer(weights="random", device="cpu", padding="replicate")
+    ckpt = tmp_path / "run.ckpt"
+    out = replicate.stylize_tensor(content, style, size=32, steps=4, checkpoint=ckpt)
+    zeros = StyleTransfer(weights="random", device="cpu").stylize_tensor(content, style, size=32, steps=4)
+    assert torch.isfinite(out).all() and (out - zeros).abs().max() > 1e-3
+    with pytest.raises(NstError, match="from another run"):
+        StyleTransfer(weights="random", device="cpu").stylize_tensor(content, style, size=32, steps=6, resume=ckpt)
+    path = tmp_path / "out.png"
+    code = cli.main([str(content), str(style), "-o", str(path), "--weights", "random", "--device", "cpu",
+                     "--size", "32", "--steps", "2", "-q", "--padding", "reflect"])
+    assert code == 0, capsys.readouterr().err
+    settings = json.loads(Image.open(path).text["Comment"].split(": ", 1)[1])
+    assert settings["padding"] == "reflect"
+
+
+def test_padding_mistakes():
+    with pytest.raises(NstError, match="padding must be one of"):
+        StyleTransfer(weights="random", device="cpu", padding="circular")
+    with pytest.raises(NstError, match="first convolution does not pad"):
+        StyleTransfer(weights="random", device="cpu", network="nin", padding="replicate")
