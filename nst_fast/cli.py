@@ -71,8 +71,8 @@ def build_parser():
     p.add_argument("--pooling", default="max", choices=["max", "avg", "l2"],
                    help="max | avg | l2 (root mean square) (max)")
     p.add_argument("--padding", default="zeros", choices=["zeros", "replicate", "reflect"],
-                   help="how the first convolution pads the image's border (zeros); replicate or reflect: "
-                        "fewer edge artifacts")
+                   help="how the first convolution pads the image's border: zeros (the network's own), "
+                        "replicate or reflect (crowsonkb's, against edge artifacts)")
     p.add_argument("--network", default="vgg19", choices=["vgg19", "vgg16", "nin"],
                    help="the CNN whose features are matched (vgg19, the paper's; nin needs --weights PATH "
                         "to nin_imagenet.pth or nin_imagenet_conv.caffemodel)")

@@ -95,7 +95,7 @@ class StyleTransfer:
     network: "vgg19" (the paper's, default), "vgg16" or "nin" (Network-in-Network,
     Caffe's weights converted: neural-style-pt's nin_imagenet.pth).
     padding: how the first convolution pads the image's border: "zeros" (the
-    network's own), "replicate" or "reflect" (fewer edge artifacts).
+    network's own), "replicate" or "reflect" (crowsonkb's, against edge artifacts).
     device: one device, or several ("cuda:0,cuda:1" or a list) to spread the
     network over (model parallelism, for images too large for one device's
     memory): split_at names the layer where each next device starts (default

@@ -26,7 +26,7 @@ NETWORK_TITLES = {"vgg19": "VGG-19", "vgg16": "VGG-16", "nin": "NIN"}
 POOLINGS = ("max", "avg", "l2")
 # How the first convolution pads the image's border: with zeros (the networks' own
 # padding), or with the border pixels repeated or mirrored, so that the border does
-# not look like an edge to the network (crowsonkb's replicate: fewer edge artifacts).
+# not look like an edge to the network (crowsonkb's replicate, against edge artifacts).
 PADDINGS = ("zeros", "replicate", "reflect")
 
 
