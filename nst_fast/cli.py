@@ -1,12 +1,26 @@
 """nst-fast: the command line. Errors are one line on stderr and a non-zero exit."""
 import argparse
 import os
+import signal
 import sys
+import threading
 
 from .files import IMAGE_EXTENSIONS, images_in
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "examples")
-EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
+EXIT_ERROR = 1
+_stop_signal = signal.SIGINT  # what interrupted the run: Ctrl-C, or SIGTERM (kill, a job scheduler)
+
+
+def _interrupted_code() -> int:
+    return 128 + _stop_signal  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
+
+
+def _on_sigterm(signum, frame):
+    """SIGTERM stops a run as Ctrl-C does: the image so far and a checkpoint are saved."""
+    global _stop_signal
+    _stop_signal = signal.SIGTERM
+    raise KeyboardInterrupt
 
 
 def _csv_floats(text):
@@ -267,7 +281,7 @@ def run(args) -> int:
                 sys.stderr.write(f"\nnst-fast: saved the image so far to {args.output}\n")
             if isinstance(exc, Interrupted) and os.path.exists(interrupt_checkpoint):
                 sys.stderr.write(f"nst-fast: continue with --resume {interrupt_checkpoint}\n")
-            code = EXIT_INTERRUPTED if isinstance(exc, Interrupted) else EXIT_ERROR
+            code = _interrupted_code() if isinstance(exc, Interrupted) else EXIT_ERROR
             return _error(str(exc), code)
         save(result, args.output)
         if args.history:
@@ -282,7 +296,7 @@ def run(args) -> int:
         where = f": {exc.filename}" if exc.filename else ""
         return _error(f"cannot write: {exc.strerror or exc}{where}")
     except KeyboardInterrupt:
-        return _error("interrupted", EXIT_INTERRUPTED)
+        return _error("interrupted", _interrupted_code())
     finally:
         if live is not None:
             live.finish()
@@ -313,7 +327,7 @@ def _run_batch(args, transfer, jobs, kept, styles, options, save, live) -> int:
                            save_every=args.save_every, live=live,
                            new_progress=lambda: Progress(not args.quiet, options["report_every"]))
     except Interrupted as exc:
-        return _error(str(exc), EXIT_INTERRUPTED)
+        return _error(str(exc), _interrupted_code())
     done = len(jobs) - failed
     sys.stderr.write(f"nst-fast: wrote {done} image(s) to {args.output}\n")
     if failed:
@@ -322,11 +336,18 @@ def _run_batch(args, transfer, jobs, kept, styles, options, save, live) -> int:
 
 
 def main(argv=None) -> int:
+    global _stop_signal
     args = build_parser().parse_args(argv)
+    _stop_signal = signal.SIGINT
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
         return run(args)
     except KeyboardInterrupt:
-        return _error("interrupted", EXIT_INTERRUPTED)
+        return _error("interrupted", _interrupted_code())
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 if __name__ == "__main__":

@@ -25,17 +25,25 @@ def op_backend(request):
     backend.set_backend(None)
 
 
-def interrupt_cli(argv, marker):
-    """Run `python -m nst_fast.cli argv`, press Ctrl-C once `marker` (a progress line)
-    shows on stderr -> (exit status, the rest of stderr)."""
-    proc = subprocess.Popen([sys.executable, "-m", "nst_fast.cli", *argv], stderr=subprocess.PIPE, text=True)
-    seen = ""
-    deadline = time.time() + 120
-    while marker not in seen and time.time() < deadline:
-        seen += proc.stderr.read(1)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    rest = proc.communicate(timeout=60)[1]
+def interrupt_cli(argv, marker, signum=signal.SIGINT):
+    """Run `python -m nst_fast.cli argv`, send it `signum` (Ctrl-C's SIGINT) once
+    `marker` (a progress line) shows on stderr -> (exit status, the rest of stderr)."""
+    # A shell starts background jobs with SIGINT ignored, and children inherit that:
+    # give the command a terminal's default, as if a user pressed Ctrl-C.
+    proc = subprocess.Popen([sys.executable, "-m", "nst_fast.cli", *argv], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        seen = ""
+        deadline = time.time() + 120
+        while marker not in seen and time.time() < deadline:
+            seen += proc.stderr.read(1)
+        time.sleep(0.5)
+        proc.send_signal(signum)
+        rest = proc.communicate(timeout=60)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     return proc.returncode, rest
 
 

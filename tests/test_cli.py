@@ -2,6 +2,7 @@
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -168,12 +169,13 @@ def test_offline_imagenet_weights_say_what_to_do(tmp_path, small_images, capsys,
     assert (tmp_path / "demo.png").exists()
 
 
-def test_ctrl_c_saves_image_so_far_and_exits_130(tmp_path, small_images, interrupt):
+@pytest.mark.parametrize("signum, expected", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_saves_image_so_far(tmp_path, small_images, interrupt, signum, expected):
     content, style = small_images
     out = tmp_path / "out.png"
     code, rest = interrupt([str(content), str(style), "-o", str(out), *SMALL, "--size", "48", "--steps", "100000"],
-                           "/100000")
-    assert code == 130, rest
+                           "/100000", signum)
+    assert code == expected, rest
     assert "saved the image so far" in rest and "Traceback" not in rest
     assert Image.open(out).size == (48, 36)
     assert f"--resume {tmp_path / 'out.ckpt'}" in rest and (tmp_path / "out.ckpt").exists()
