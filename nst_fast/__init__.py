@@ -1,12 +1,33 @@
-"""nst_fast: Gatys neural style transfer with fused C++/CUDA style-loss kernels."""
-from .backend import describe as backend_info
-from .backend import set_backend
+"""nst_fast: Gatys neural style transfer with fused C++/CUDA style-loss kernels.
+
+The names below load on first use, so that the command line starts (and answers
+--help, or Ctrl-C) without waiting for torch to import.
+"""
+import importlib
+
 from .errors import Interrupted, NonFiniteLoss, NstError, WeightsUnavailable
-from .options import Options
-from .stylize import StepInfo, StyleTransfer, stylize
+
+_LAZY = {
+    "stylize": ("transfer", "stylize"), "StyleTransfer": ("transfer", "StyleTransfer"),
+    "StepInfo": ("transfer", "StepInfo"), "Options": ("options", "Options"),
+    "backend_info": ("backend", "describe"), "set_backend": ("backend", "set_backend"),
+}
 
 __all__ = [
     "stylize", "StyleTransfer", "Options", "StepInfo", "backend_info", "set_backend",
     "NstError", "WeightsUnavailable", "NonFiniteLoss", "Interrupted",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'nst_fast' has no attribute {name!r}")
+    module, attribute = _LAZY[name]
+    value = getattr(importlib.import_module(f".{module}", __name__), attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -159,7 +159,7 @@ def run(args) -> int:
     from .errors import Interrupted, NonFiniteLoss, NstError, WeightsUnavailable
     from .options import INITS, Options, report_interval
     from .progress import Progress
-    from .stylize import StyleTransfer
+    from .transfer import StyleTransfer
 
     if args.list_layers:
         return _list_layers(args.network, args.size or 512)

@@ -145,6 +145,15 @@ def test_outputs_carry_their_settings_but_no_input_paths(tmp_path, small_images)
         assert "nst-fast" in (info.get("Software") or text)
 
 
+def test_the_command_starts_without_importing_torch():
+    # --help and an early Ctrl-C must not wait for torch; the API names still resolve.
+    code = ("import sys, nst_fast.cli, nst_fast; assert 'torch' not in sys.modules; "
+            "import nst_fast.transfer; assert callable(nst_fast.stylize) and nst_fast.stylize.__name__ == 'stylize'; "
+            "assert nst_fast.StyleTransfer is nst_fast.transfer.StyleTransfer")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_missing_arguments(capsys):
     assert _one_line_error(capsys, [], "CONTENT") == 2
 
@@ -191,7 +200,7 @@ class _Stream(io.StringIO):
 
 
 def _steps(n):
-    from nst_fast.stylize import StepInfo
+    from nst_fast.transfer import StepInfo
 
     losses = {"total": torch.tensor(2.0), "content": torch.tensor(1.0), "style": torch.tensor(1.0)}
     return [StepInfo(step=i, steps=n, size=(24, 32), losses=losses, image=None) for i in range(1, n + 1)]

@@ -5,8 +5,7 @@ import pytest
 import torch
 
 import nst_fast
-from nst_fast import NonFiniteLoss, NstError, StyleTransfer
-from nst_fast.stylize import Interrupted
+from nst_fast import Interrupted, NonFiniteLoss, NstError, StyleTransfer
 
 
 @pytest.fixture(scope="module")
