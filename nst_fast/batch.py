@@ -48,7 +48,8 @@ def _say(message):
 def run(transfer, jobs, styles, options: dict, *, save: Callable, new_progress: Callable, checkpoint_every=0,
         save_every=0, live=None) -> int:
     """Stylize each job's content with the same styles and options -> the number that
-    failed. save(image, path) writes an image; new_progress() makes a step callback.
+    failed. save(image, path, alpha) writes an image with the content's transparency
+    (images.alpha); new_progress() makes a step callback.
     A content that cannot be read or optimised is reported and skipped; Ctrl-C stops
     the batch (Interrupted)."""
     failed = 0
@@ -56,14 +57,17 @@ def run(transfer, jobs, styles, options: dict, *, save: Callable, new_progress: 
         _say(f"[{number}/{len(jobs)}] {job.content} -> {job.output}")
         stem = os.path.splitext(job.output)[0]
 
+        transparency = None
+
         def snapshot(step, image, stem=stem):
-            save(image, f"{stem}.step{step:04d}.png")
+            save(image, f"{stem}.step{step:04d}.png", transparency)
 
         resume = job.checkpoint if os.path.isfile(job.checkpoint) else None
         if resume:
             _say(f"continuing from {resume}")
         try:
             content = images.open_image(job.content)
+            transparency = images.alpha(content)
             while True:
                 try:
                     result = transfer.stylize_tensor(
@@ -83,7 +87,7 @@ def run(transfer, jobs, styles, options: dict, *, save: Callable, new_progress: 
             _say(f"{kind}: {message}")
             failed += 1
             continue
-        save(result, job.output)
+        save(result, job.output, transparency)
         if os.path.isfile(job.checkpoint):
             os.remove(job.checkpoint)
     return failed

@@ -260,8 +260,11 @@ def run(args) -> int:
         stem = os.path.splitext(args.output)[0]
         interrupt_checkpoint = args.checkpoint or stem + ".ckpt"
 
-        def save(image, path):  # with the run's settings written into the file
-            images.save_atomic(image, path, bits=args.bits, text=recipe.text(transfer.last_options, transfer))
+        transparency = None if batch_mode else images.alpha(opened[content])
+
+        def save(image, path, alpha=transparency):  # the content's transparency and the run's settings kept
+            images.save_atomic(images.with_alpha(image, alpha), path, bits=args.bits,
+                               text=recipe.text(transfer.last_options, transfer))
 
         def snapshot(step, image):
             save(image, f"{stem}.step{step:04d}.png")

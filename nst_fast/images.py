@@ -15,18 +15,26 @@ from .errors import NstError
 from .files import atomic_write
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def _rgb_or_rgba(img: Image.Image) -> Image.Image:
+    """Any mode -> RGB, or RGBA where the image has transparency."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit (or 32-bit integer) greyscale: scale the full range down to 8 bits.
         arr = np.asarray(img, dtype=np.float64)
         top = 65535.0 if arr.max() > 255 else 255.0
         img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-    if img.mode == "P":
+    if img.mode in ("P", "LA", "PA", "RGBA", "RGBa", "La") or "transparency" in img.info:
         img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA"):
+        if img.getextrema()[3][0] < 255:
+            return img
+    return img.convert("RGB")
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    img = _rgb_or_rgba(img)
+    if img.mode == "RGBA":
         # Composite transparent areas over white rather than dropping alpha.
         background = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, img.convert("RGBA"))
+        img = Image.alpha_composite(background, img)
     return img.convert("RGB")
 
 
@@ -71,6 +79,7 @@ def _to_srgb(img: Image.Image) -> Image.Image:
 
 
 def open_image(path) -> Image.Image:
+    """The image at `path`, upright, in sRGB: RGB, or RGBA where it has transparency."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise NstError(f"no such file: {path}")
@@ -80,7 +89,7 @@ def open_image(path) -> Image.Image:
         with _pixel_limit(MAX_PIXELS), Image.open(path) as img:
             img.load()
             # Phones store portrait photos sideways with an EXIF orientation tag: upright them.
-            return _to_rgb(_to_srgb(ImageOps.exif_transpose(img)))
+            return _rgb_or_rgba(_to_srgb(ImageOps.exif_transpose(img)))
     except Image.DecompressionBombError:
         raise NstError(f"{path} has more than {MAX_PIXELS} pixels; scale it down first") from None
     except UnidentifiedImageError:
@@ -103,11 +112,32 @@ def to_tensor(image) -> torch.Tensor:
     if isinstance(image, Image.Image):
         img = _to_rgb(image)
     elif isinstance(image, (str, os.PathLike)):
-        img = open_image(image)
+        img = _to_rgb(open_image(image))
     else:
         raise NstError(f"expected an image path, PIL image or tensor, got {type(image).__name__}")
     arr = np.asarray(img, dtype=np.float32) / 255.0
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).unsqueeze(0)
+
+
+def alpha(image) -> Optional[torch.Tensor]:
+    """The transparency of an image path or PIL image: (1, 1, H, W) in [0, 1], 1 where
+    opaque; None where it is opaque everywhere (and for tensors, which are RGB)."""
+    if isinstance(image, (str, os.PathLike)):
+        image = open_image(image)
+    if not isinstance(image, Image.Image):
+        return None
+    img = _rgb_or_rgba(image)
+    if img.mode != "RGBA":
+        return None
+    return torch.from_numpy(np.asarray(img.getchannel("A"), dtype=np.float32) / 255.0)[None, None]
+
+
+def with_alpha(image: torch.Tensor, transparency: Optional[torch.Tensor]) -> torch.Tensor:
+    """A (1, 3, H, W) result with the content's transparency, resized to it, as a
+    fourth channel: a cut-out photo stays cut out. None: the image unchanged."""
+    if transparency is None:
+        return image
+    return torch.cat([image, resize_mask(transparency, image.shape[-2:]).to(image)], dim=1)
 
 
 def to_mask(image) -> torch.Tensor:
@@ -134,19 +164,22 @@ def resize_long_side(image: torch.Tensor, long_side: int) -> torch.Tensor:
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
+    """(1, 3, H, W) -> an RGB image; (1, 4, H, W) (with_alpha) -> RGBA."""
     arr = image.detach().float().clamp(0, 1).squeeze(0).permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray((arr * 255.0 + 0.5).astype(np.uint8), "RGB")
+    return Image.fromarray((arr * 255.0 + 0.5).astype(np.uint8), "RGBA" if arr.shape[-1] == 4 else "RGB")
 
 
 # PIL's JPEG default (quality 75, chroma at half resolution) blurs a painting's colour
 # edges: at 95 and full-resolution chroma the mean error on the example style image
 # falls from 11.5 to 2.9 levels.
 _SAVE_OPTIONS = {"JPEG": {"quality": 95, "subsampling": 0}, "WEBP": {"quality": 95}}
+_ALPHA_FORMATS = ("PNG", "WEBP", "TIFF")
 
 
 def save_atomic(image, path, bits: int = 8, text: Optional[dict] = None) -> None:
-    """Write a PIL image or a (1, 3, H, W) tensor in [0, 1] to a temporary file beside
-    `path`, then rename: never half an image. bits=16: a 16-bit PNG (tensors only).
+    """Write a PIL image or a (1, 3 or 4, H, W) tensor in [0, 1] to a temporary file
+    beside `path`, then rename: never half an image. bits=16: a 16-bit PNG (tensors
+    only). Transparency is kept in PNG, WebP and TIFF, dropped in the other formats.
     text: entries written into the file (PNG text chunks; one JPEG comment)."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -166,6 +199,8 @@ def save_atomic(image, path, bits: int = 8, text: Optional[dict] = None) -> None
     fmt = Image.registered_extensions().get(ext)
     if fmt is None:
         raise NstError(f"unknown output image type {ext or '(no extension)'!r}; use .png or .jpg")
+    if image.mode == "RGBA" and fmt not in _ALPHA_FORMATS:
+        image = image.convert("RGB")
     options = dict(_SAVE_OPTIONS.get(fmt, {}))
     if text and fmt == "PNG":
         options["pnginfo"] = PngImagePlugin.PngInfo()

@@ -130,11 +130,13 @@ class StyleTransfer:
         return self._nets[layers, dtype]
 
     def stylize(self, content, style, **kwargs):
-        """Repaint `content` in the style of `style` (one image or a list); returns a PIL image.
+        """Repaint `content` in the style of `style` (one image or a list); returns a PIL
+        image, RGBA with the content's transparency where it has some.
 
         Keyword options are the fields of nst_fast.options.Options.
         """
-        return images.to_pil(self.stylize_tensor(content, style, **kwargs))
+        result = self.stylize_tensor(content, style, **kwargs)
+        return images.to_pil(images.with_alpha(result, images.alpha(content)))
 
     def stylize_tensor(self, content, style, *, checkpoint=None, interrupt_checkpoint=None, resume=None,
                        save_every=0, snapshot=None, live=None, **kwargs) -> torch.Tensor:
@@ -469,7 +471,8 @@ _default: Optional[StyleTransfer] = None
 
 def stylize(content, style, *, weights=None, device=None, pooling="max", convention="auto", network="vgg19",
             split_at=None, padding="zeros", progress=True, **options):
-    """Repaint `content` in the style of `style`; returns a PIL image.
+    """Repaint `content` in the style of `style`; returns a PIL image (RGBA with the
+    content's transparency where it has some).
 
     content/style: paths, PIL images or (3, H, W) tensors in [0, 1] (style may be a list).
     weights: "imagenet" (default, or $NST_FAST_WEIGHTS), "random", or a state-dict path.

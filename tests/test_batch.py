@@ -138,3 +138,15 @@ def test_a_checkpoint_of_other_options_is_not_resumed(tmp_path, folder, capsys):
     assert code == 0, err
     assert "is from a run with other images or options; starting this image over" in err
     assert _files(out) == ["wide.png"]
+
+
+def test_a_cut_out_content_keeps_its_transparency(tmp_path, folder, capsys):
+    contents, style = folder
+    photo = Image.open(contents / "wide.png").convert("RGBA")
+    photo.putalpha(0)  # invisible everywhere
+    photo.save(contents / "wide.png")
+    out = tmp_path / "out"
+    assert cli.main([str(contents), str(style), "-o", str(out), *SMALL, "--steps", "1"]) == 0, capsys.readouterr().err
+    with Image.open(out / "wide.png") as wide, Image.open(out / "tall.png") as tall:
+        assert wide.mode == "RGBA" and wide.getchannel("A").getextrema() == (0, 0)
+        assert tall.mode == "RGB"

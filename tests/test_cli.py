@@ -117,6 +117,23 @@ def test_a_full_disk_is_a_one_line_error(tmp_path, small_images, capsys, monkeyp
     assert not out.exists()
 
 
+def test_a_cut_out_photo_stays_cut_out(tmp_path, small_images, capsys):
+    content, style = small_images
+    photo = Image.open(content).convert("RGBA")
+    alpha = np.full((48, 64), 255, np.uint8)
+    alpha[:, :32] = 0
+    photo.putalpha(Image.fromarray(alpha))
+    photo.save(tmp_path / "cut.png")
+    for name, mode in (("out.png", "RGBA"), ("out.jpg", "RGB")):
+        code = cli.main([str(tmp_path / "cut.png"), str(style), "-o", str(tmp_path / name), *SMALL, "--steps", "2"])
+        assert code == 0, capsys.readouterr().err
+        with Image.open(tmp_path / name) as out:
+            assert out.mode == mode and out.size == (32, 24)
+    with Image.open(tmp_path / "out.png") as out:
+        a = np.asarray(out.getchannel("A"))
+    assert (a[:, :15] == 0).all() and (a[:, 17:] == 255).all()
+
+
 def test_init_from_an_image_file(tmp_path, small_images):
     content, style = small_images
     out = tmp_path / "out.png"

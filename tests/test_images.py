@@ -173,7 +173,7 @@ def test_save_atomic_rejects_unknown_extension(tmp_path):
 
 
 def _read_png16(path):
-    """Decode a 16-bit RGB PNG written with the Sub filter, independently of the writer."""
+    """Decode a 16-bit RGB(A) PNG written with the Sub filter, independently of the writer."""
     import struct
     import zlib
 
@@ -187,13 +187,14 @@ def _read_png16(path):
         chunks[tag] = chunks.get(tag, b"") + body
         pos += 12 + length
     width, height, depth, colour = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
-    assert (depth, colour) == (16, 2)
-    rows = np.frombuffer(zlib.decompress(chunks[b"IDAT"]), np.uint8).reshape(height, 1 + width * 6)
+    assert depth == 16 and colour in (2, 6)
+    channels = 4 if colour == 6 else 3
+    rows = np.frombuffer(zlib.decompress(chunks[b"IDAT"]), np.uint8).reshape(height, 1 + width * 2 * channels)
     assert (rows[:, 0] == 1).all()
     raw = rows[:, 1:].astype(np.int64)
-    for i in range(6, raw.shape[1]):
-        raw[:, i] = (raw[:, i] + raw[:, i - 6]) % 256
-    return (raw[:, 0::2] * 256 + raw[:, 1::2]).reshape(height, width, 3)
+    for i in range(2 * channels, raw.shape[1]):
+        raw[:, i] = (raw[:, i] + raw[:, i - 2 * channels]) % 256
+    return (raw[:, 0::2] * 256 + raw[:, 1::2]).reshape(height, width, channels)
 
 
 def test_sixteen_bit_png_output(tmp_path):
@@ -212,3 +213,47 @@ def test_sixteen_bit_png_output(tmp_path):
         images.save_atomic(image, tmp_path / "out.jpg", bits=16)
     with pytest.raises(NstError, match="bits must be 8 or 16"):
         images.save_atomic(image, tmp_path / "x.png", bits=12)
+
+
+def _cut_out(size=(20, 14)):
+    """An RGBA photo whose left half is transparent, with a half-transparent column."""
+    img = _rgb(size=size).convert("RGBA")
+    a = np.full((size[1], size[0]), 255, np.uint8)
+    a[:, : size[0] // 2] = 0
+    a[:, size[0] // 2] = 128
+    img.putalpha(Image.fromarray(a))
+    return img, a
+
+
+def test_transparency_is_read_where_an_image_has_some(tmp_path):
+    img, a = _cut_out()
+    img.save(tmp_path / "cut.png")
+    got = images.alpha(tmp_path / "cut.png")
+    assert got.shape == (1, 1, 14, 20)
+    assert np.array_equal((got[0, 0].numpy() * 255).round().astype(np.uint8), a)
+    assert images.to_tensor(tmp_path / "cut.png").shape == (1, 3, 14, 20)  # the photo itself stays RGB
+    assert images.alpha(_rgb().convert("RGBA")) is None  # opaque everywhere: nothing to keep
+    assert images.alpha(_rgb()) is None and images.alpha(torch.rand(1, 3, 4, 4)) is None
+    palette = _rgb().convert("P")
+    palette.info["transparency"] = palette.getpixel((0, 0))
+    assert images.alpha(palette).min() == 0
+
+
+def test_results_keep_the_transparency_in_formats_that_hold_it(tmp_path):
+    img, a = _cut_out()
+    result = images.with_alpha(torch.rand(1, 3, 7, 10), images.alpha(img))  # half size: area-averaged
+    assert result.shape == (1, 4, 7, 10)
+    assert (result[0, 3, :, :4] == 0).all() and (result[0, 3, :, 6:] == 1).all()
+    images.save_atomic(result, tmp_path / "out.png")
+    images.save_atomic(result, tmp_path / "out.webp")
+    images.save_atomic(result, tmp_path / "out.jpg")
+    for name, mode in (("out.png", "RGBA"), ("out.webp", "RGBA"), ("out.jpg", "RGB")):
+        with Image.open(tmp_path / name) as saved:
+            assert saved.mode == mode, name
+    with Image.open(tmp_path / "out.png") as saved:
+        want = (result[0, 3].numpy() * 255 + 0.5).astype(np.uint8)
+        assert np.array_equal(np.asarray(saved.getchannel("A")), want)
+    images.save_atomic(result, tmp_path / "deep.png", bits=16)
+    levels = _read_png16(tmp_path / "deep.png")
+    assert levels.shape == (7, 10, 4)
+    assert np.array_equal(levels, (result[0].permute(1, 2, 0).numpy() * 65535).round().astype(np.int64))

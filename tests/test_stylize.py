@@ -137,6 +137,19 @@ def test_module_level_stylize_reuses_the_network(small_images):
     assert img.size == (32, 24)
 
 
+def test_stylize_returns_rgba_for_a_transparent_content(small_images):
+    from PIL import Image
+
+    content, style = small_images
+    photo = Image.open(content).convert("RGBA")
+    photo.putalpha(Image.linear_gradient("L").resize(photo.size))
+    out = nst_fast.stylize(photo, style, weights="random", device="cpu", size=32, steps=1, progress=False)
+    assert out.mode == "RGBA" and out.size == (32, 24)
+    assert out.getchannel("A").getextrema()[0] < 20  # the gradient's transparent top survives
+    plain = nst_fast.stylize(content, style, weights="random", device="cpu", size=32, steps=1, progress=False)
+    assert plain.mode == "RGB"
+
+
 def test_stylize_shows_progress_unless_asked_not_to(small_images, capsys):
     content, style = small_images
     nst_fast.stylize(content, style, weights="random", device="cpu", size=32, steps=4)
