@@ -5,6 +5,7 @@ import signal
 import sys
 import threading
 
+from . import __version__
 from .files import IMAGE_EXTENSIONS, images_in
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "examples")
@@ -134,6 +135,7 @@ def build_parser():
     p.add_argument("--report-every", type=int, default=None,
                    help="read the losses back every N steps (1 on the CPU, 20 on a GPU)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--version", action="version", version=f"nst-fast {__version__}")
     return p
 
 

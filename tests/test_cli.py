@@ -171,6 +171,14 @@ def test_the_command_starts_without_importing_torch():
     assert proc.returncode == 0, proc.stderr
 
 
+def test_version(capsys):
+    from nst_fast import __version__
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"nst-fast {__version__}"
+
+
 def test_missing_arguments(capsys):
     assert _one_line_error(capsys, [], "CONTENT") == 2
 
