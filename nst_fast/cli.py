@@ -299,7 +299,7 @@ def run(args) -> int:
         return _error("out of GPU memory; try a smaller --size or --precision bf16")
     except OSError as exc:  # a full disk, a folder without write permission
         where = f": {exc.filename}" if exc.filename else ""
-        return _error(f"cannot write: {exc.strerror or exc}{where}")
+        return _error(f"{exc.strerror or exc}{where}")
     except KeyboardInterrupt:
         return _error("interrupted", _interrupted_code())
     finally:
