@@ -4,12 +4,15 @@ output folder, with the network loaded once.
 Outputs that exist are kept, so the same command run again after a stop goes on
 where it stopped. Ctrl-C leaves a checkpoint of the image in progress beside its
 output (as does --checkpoint-every, against crashes); that next run resumes it.
+
+For the frames of a video, each image can start from the result of the one before
+it in name order (init_previous, nst_fast/video.py), against flicker.
 """
 import os
 import sys
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
-from . import images
+from . import images, video
 from .errors import CheckpointMismatch, Interrupted, NonFiniteLoss, NstError
 from .files import IMAGE_EXTENSIONS, images_in
 
@@ -18,6 +21,7 @@ class Job(NamedTuple):
     content: str
     output: str
     checkpoint: str
+    previous: Optional["Job"]  # the content before this one in name order
 
 
 def plan(content_dir, out_dir, overwrite=False):
@@ -28,7 +32,7 @@ def plan(content_dir, out_dir, overwrite=False):
         raise NstError(f"content folder {content_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     if os.path.isdir(out_dir) and os.path.samefile(content_dir, out_dir):
         raise NstError("the output folder is the content folder; name another one with -o")
-    jobs, by_output = [], {}
+    jobs, by_output, previous = [], {}, None
     for content in contents:
         stem = os.path.join(out_dir, os.path.splitext(os.path.basename(content))[0])
         output = stem + ".png"
@@ -36,7 +40,8 @@ def plan(content_dir, out_dir, overwrite=False):
             raise NstError(f"{os.path.basename(by_output[output])} and {os.path.basename(content)} would both "
                            f"be written to {output}; rename one")
         by_output[output] = content
-        jobs.append(Job(content, output, stem + ".ckpt"))
+        previous = Job(content, output, stem + ".ckpt", previous and previous._replace(previous=None))
+        jobs.append(previous)
     kept = [] if overwrite else [job for job in jobs if os.path.exists(job.output)]
     return [job for job in jobs if job not in kept], kept
 
@@ -45,11 +50,27 @@ def _say(message):
     sys.stderr.write(f"nst-fast: {message}\n")
 
 
+def _start_from_previous(job: Job, content):
+    """The start for job's content from the frame before and its result (video.carry_over),
+    or None where that result is missing or of another shape."""
+    before = job.previous
+    if before is None or not os.path.isfile(before.output):
+        return None
+    output = images.to_tensor(before.output)
+    long_side = max(output.shape[-2:])
+    previous_content = images.resize_long_side(images.to_tensor(before.content), long_side)
+    content = images.resize_long_side(images.to_tensor(content), long_side)
+    if not previous_content.shape == content.shape == output.shape:
+        return None
+    return video.carry_over(previous_content, output, content)
+
+
 def run(transfer, jobs, styles, options: dict, *, save: Callable, new_progress: Callable, checkpoint_every=0,
-        save_every=0, live=None) -> int:
+        save_every=0, live=None, init_previous=False) -> int:
     """Stylize each job's content with the same styles and options -> the number that
     failed. save(image, path, alpha) writes an image with the content's transparency
-    (images.alpha); new_progress() makes a step callback.
+    (images.alpha); new_progress() makes a step callback. init_previous: start each
+    image from the result before it where that exists (else from options["init"]).
     A content that cannot be read or optimised is reported and skipped; Ctrl-C stops
     the batch (Interrupted)."""
     failed = 0
@@ -68,12 +89,14 @@ def run(transfer, jobs, styles, options: dict, *, save: Callable, new_progress: 
         try:
             content = images.open_image(job.content)
             transparency = images.alpha(content)
+            start = _start_from_previous(job, content) if init_previous else None
+            init = options["init"] if start is None else start
             while True:
                 try:
                     result = transfer.stylize_tensor(
                         content, styles, checkpoint=job.checkpoint if checkpoint_every else None,
                         interrupt_checkpoint=job.checkpoint, resume=resume, save_every=save_every,
-                        snapshot=snapshot, live=live, **dict(options, callback=new_progress()))
+                        snapshot=snapshot, live=live, **dict(options, init=init, callback=new_progress()))
                     break
                 except CheckpointMismatch:
                     _say(f"{resume} is from a run with other images or options; starting this image over")

@@ -73,7 +73,8 @@ def build_parser():
                         "(Li and Wand; 9x the style patches)")
     p.add_argument("--init", default="content",
                    help="noise | gray | content | style | style_stats (noise with the style's colour mean and "
-                        "spread) | an image path (content)")
+                        "spread) | an image path | previous (a batch of video frames: each starts from the "
+                        "output before it) (content)")
     p.add_argument("--optimizer", default="lbfgs", choices=["lbfgs", "adam"], help="(lbfgs)")
     p.add_argument("--lr", type=float, default=None, help="step size (lbfgs 1, adam 0.02)")
     p.add_argument("--lbfgs-history", type=int, default=10, help="curvature pairs L-BFGS keeps (10)")
@@ -185,6 +186,11 @@ def run(args) -> int:
                 return _error(f"style folder {style} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
             styles += found
     batch_mode = not args.demo and os.path.isdir(content)
+    init_previous = args.init == "previous"
+    if init_previous:
+        if not batch_mode:
+            return _error("--init previous needs a folder of contents (the frames of a video) as CONTENT")
+        args.init = "content"  # the first frame's start
     if batch_mode:
         args.output = args.output or "out"
         for flag, given in (("--resume", args.resume), ("--checkpoint", args.checkpoint),
@@ -275,7 +281,8 @@ def run(args) -> int:
             live = web.LivePreview(args.web_host, args.web_port)
             sys.stderr.write(f"nst-fast: live view at {live.url}\n")
         if batch_mode:
-            return _run_batch(args, transfer, jobs, kept, [opened[s] for s in styles], options, save, live)
+            return _run_batch(args, transfer, jobs, kept, [opened[s] for s in styles], options, save, live,
+                              init_previous)
         try:
             result = transfer.stylize_tensor(opened[content], [opened[s] for s in styles], checkpoint=args.checkpoint,
                                              interrupt_checkpoint=interrupt_checkpoint, resume=args.resume,
@@ -315,7 +322,7 @@ def run(args) -> int:
     return 0
 
 
-def _run_batch(args, transfer, jobs, kept, styles, options, save, live) -> int:
+def _run_batch(args, transfer, jobs, kept, styles, options, save, live, init_previous) -> int:
     """Every job of a batch; errors of single images are reported and counted, Ctrl-C
     stops the batch. Exceptions other than those go to run()'s handlers."""
     from . import batch
@@ -329,7 +336,7 @@ def _run_batch(args, transfer, jobs, kept, styles, options, save, live) -> int:
         os.mkdir(args.output)
     try:
         failed = batch.run(transfer, jobs, styles, options, save=save, checkpoint_every=args.checkpoint_every,
-                           save_every=args.save_every, live=live,
+                           save_every=args.save_every, live=live, init_previous=init_previous,
                            new_progress=lambda: Progress(not args.quiet, options["report_every"]))
     except Interrupted as exc:
         return _error(str(exc), _interrupted_code())

@@ -4,6 +4,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -150,3 +151,30 @@ def test_a_cut_out_content_keeps_its_transparency(tmp_path, folder, capsys):
     with Image.open(out / "wide.png") as wide, Image.open(out / "tall.png") as tall:
         assert wide.mode == "RGBA" and wide.getchannel("A").getextrema() == (0, 0)
         assert tall.mode == "RGB"
+
+
+def test_video_frames_start_from_the_result_before(tmp_path, folder, capsys):
+    from nst_fast import images, video
+
+    contents, style = folder
+    os.remove(contents / "tall.jpg")
+    Image.open(contents / "wide.png").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(contents / "xframe.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    painted = np.random.default_rng(0).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    Image.fromarray(painted).save(out / "wide.png")  # the first frame's result, kept
+    # Zero steps: the second output is the image its run started from.
+    code = cli.main([str(contents), str(style), "-o", str(out), *SMALL, "--steps", "0", "--init", "previous"])
+    assert code == 0, capsys.readouterr().err
+    frames = [images.resize_long_side(images.to_tensor(contents / n), 32) for n in ("wide.png", "xframe.png")]
+    expected = video.carry_over(frames[0], images.to_tensor(out / "wide.png"), frames[1])
+    got = images.to_tensor(out / "xframe.png")
+    assert (got - expected).abs().max() <= 1 / 255 + 1e-6
+    assert (got - frames[1]).abs().mean() > 0.1  # not its own content
+
+
+def test_init_previous_needs_a_folder(tmp_path, small_images, capsys):
+    content, style = small_images
+    code = cli.main([str(content), str(style), "-o", str(tmp_path / "x.png"), *SMALL, "--init", "previous"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "--init previous needs a folder of contents" in err[0]
