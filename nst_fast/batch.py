@@ -77,8 +77,7 @@ def run(transfer, jobs, styles, options: dict, *, save: Callable, new_progress: 
     for number, job in enumerate(jobs, 1):
         _say(f"[{number}/{len(jobs)}] {job.content} -> {job.output}")
         stem = os.path.splitext(job.output)[0]
-
-        transparency = None
+        transparency = None  # the content's, once it is read
 
         def snapshot(step, image, stem=stem):
             save(image, f"{stem}.step{step:04d}.png", transparency)

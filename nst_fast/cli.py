@@ -74,7 +74,7 @@ def build_parser():
     p.add_argument("--init", default="content",
                    help="noise | gray | content | style | style_stats (noise with the style's colour mean and "
                         "spread) | an image path | previous (a batch of video frames: each starts from the "
-                        "output before it) (content)")
+                        "result before it, moved with the camera) (content)")
     p.add_argument("--optimizer", default="lbfgs", choices=["lbfgs", "adam"], help="(lbfgs)")
     p.add_argument("--lr", type=float, default=None, help="step size (lbfgs 1, adam 0.02)")
     p.add_argument("--lbfgs-history", type=int, default=10, help="curvature pairs L-BFGS keeps (10)")
