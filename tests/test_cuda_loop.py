@@ -82,9 +82,9 @@ def test_no_host_sync_inside_steps(transfer, small_images, cuda_graph):
         torch.cuda.set_sync_debug_mode(0)
 
 
-def test_masks_averaging_and_l2_pooling_are_captured_and_match_eager(small_images):
-    """Spatial control, iterate averaging and L2 pooling inside a captured step."""
-    transfer = StyleTransfer(weights="random", device="cuda", pooling="l2")
+def test_masks_averaging_pooling_and_padding_are_captured_and_match_eager(small_images):
+    """Spatial control, iterate averaging, L2 pooling and replicate padding inside a captured step."""
+    transfer = StyleTransfer(weights="random", device="cuda", pooling="l2", padding="replicate")
     content, style = small_images
     left = torch.zeros(1, 1, 48, 64)
     left[..., :32] = 1.0
