@@ -1,5 +1,6 @@
 """A batch: every image in a folder repainted in the same style, one PNG each in an
-output folder, with the network loaded once.
+output folder, with the network loaded once; or each content in each style on its
+own (each_style), instead of in their blend.
 
 Outputs that exist are kept, so the same command run again after a stop goes on
 where it stopped. Ctrl-C leaves a checkpoint of the image in progress beside its
@@ -21,27 +22,39 @@ class Job(NamedTuple):
     content: str
     output: str
     checkpoint: str
-    previous: Optional["Job"]  # the content before this one in name order
+    previous: Optional["Job"]  # the content before this one in name order (in the same style)
+    style: Optional[str] = None  # each_style: the one style image of this job; None: all, blended
 
 
-def plan(content_dir, out_dir, overwrite=False):
-    """-> (jobs to run, jobs whose output exists and is kept). Two contents that
-    would write the same output (photo.jpg, photo.png) are refused."""
-    contents = images_in(content_dir)
-    if not contents:
-        raise NstError(f"content folder {content_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-    if os.path.isdir(out_dir) and os.path.samefile(content_dir, out_dir):
-        raise NstError("the output folder is the content folder; name another one with -o")
-    jobs, by_output, previous = [], {}, None
-    for content in contents:
-        stem = os.path.join(out_dir, os.path.splitext(os.path.basename(content))[0])
-        output = stem + ".png"
-        if output in by_output:
-            raise NstError(f"{os.path.basename(by_output[output])} and {os.path.basename(content)} would both "
-                           f"be written to {output}; rename one")
-        by_output[output] = content
-        previous = Job(content, output, stem + ".ckpt", previous and previous._replace(previous=None))
-        jobs.append(previous)
+def _name(path) -> str:
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def plan(content_dir, out_dir, overwrite=False, each_style=None):
+    """-> (jobs to run, jobs whose output exists and is kept). content_dir: a folder of
+    contents, or one content image. each_style: style image paths, one job per content
+    and style, written to CONTENT_STYLE.png. Two jobs that would write the same output
+    (photo.jpg, photo.png) are refused."""
+    if os.path.isdir(content_dir):
+        contents = images_in(content_dir)
+        if not contents:
+            raise NstError(f"content folder {content_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        if os.path.isdir(out_dir) and os.path.samefile(content_dir, out_dir):
+            raise NstError("the output folder is the content folder; name another one with -o")
+    else:
+        contents = [os.fspath(content_dir)]
+    jobs, by_output = [], {}
+    for style in each_style or [None]:
+        previous = None
+        for content in contents:
+            stem = os.path.join(out_dir, _name(content) + ("" if style is None else f"_{_name(style)}"))
+            output = stem + ".png"
+            what = os.path.basename(content) + ("" if style is None else f" in {os.path.basename(style)}'s style")
+            if output in by_output:
+                raise NstError(f"{by_output[output]} and {what} would both be written to {output}; rename one")
+            by_output[output] = what
+            previous = Job(content, output, stem + ".ckpt", previous and previous._replace(previous=None), style)
+            jobs.append(previous)
     kept = [] if overwrite else [job for job in jobs if os.path.exists(job.output)]
     return [job for job in jobs if job not in kept], kept
 
@@ -68,7 +81,7 @@ def _start_from_previous(job: Job, content):
 def run(transfer, jobs, styles, options: dict, *, save: Callable, new_progress: Callable, checkpoint_every=0,
         save_every=0, live=None, init_previous=False) -> int:
     """Stylize each job's content with the same styles and options -> the number that
-    failed. save(image, path, alpha) writes an image with the content's transparency
+    failed. styles: {path: image}, in order; a job with a style takes only that one. save(image, path, alpha) writes an image with the content's transparency
     (images.alpha); new_progress() makes a step callback. init_previous: start each
     image from the result before it where that exists (else from options["init"]).
     A content that cannot be read or optimised is reported and skipped; Ctrl-C stops
@@ -93,7 +106,7 @@ def run(transfer, jobs, styles, options: dict, *, save: Callable, new_progress: 
             while True:
                 try:
                     result = transfer.stylize_tensor(
-                        content, styles, checkpoint=job.checkpoint if checkpoint_every else None,
+                        content, [styles[job.style]] if job.style else list(styles.values()), checkpoint=job.checkpoint if checkpoint_every else None,
                         interrupt_checkpoint=job.checkpoint, resume=resume, save_every=save_every,
                         snapshot=snapshot, live=live, **dict(options, init=init, callback=new_progress()))
                     break

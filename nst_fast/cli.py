@@ -46,6 +46,8 @@ def build_parser():
     p.add_argument("content", nargs="?", help="content image, or a folder of them (a batch)")
     p.add_argument("style", nargs="*", help="style image(s), or a folder of them")
     p.add_argument("-o", "--output", default=None, help="output image (default out.png); for a batch, a folder (out)")
+    p.add_argument("--each-style", action="store_true",
+                   help="one output per style image (CONTENT_STYLE.png in the -o folder) instead of their blend")
     p.add_argument("--overwrite", action="store_true",
                    help="batch: stylize again the images whose output exists (default: keep them, so a stopped "
                         "batch goes on where it stopped)")
@@ -185,7 +187,9 @@ def run(args) -> int:
             if not found:
                 return _error(f"style folder {style} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
             styles += found
-    batch_mode = not args.demo and os.path.isdir(content)
+    batch_mode = (not args.demo and os.path.isdir(content)) or args.each_style
+    if args.each_style and (args.style_blend or args.style_masks):
+        return _error("--each-style runs each style on its own: it takes no --style-blend or --style-masks")
     init_previous = args.init == "previous"
     if init_previous:
         if not batch_mode:
@@ -196,12 +200,13 @@ def run(args) -> int:
         for flag, given in (("--resume", args.resume), ("--checkpoint", args.checkpoint),
                             ("--history", args.history), ("--plot", args.plot)):
             if given:
-                return _error(f"{flag} names one file; a batch (a folder as CONTENT) cannot take it")
+                return _error(f"{flag} names one file; a batch (a folder as CONTENT, or --each-style) "
+                              "cannot take it")
         if os.path.splitext(args.output)[1].lower() in IMAGE_EXTENSIONS or os.path.isfile(args.output):
-            return _error(f"for a folder of contents, -o names a folder for the outputs, got {args.output!r}")
+            return _error(f"for a batch, -o names a folder for the outputs, got {args.output!r}")
         out_dir = os.path.dirname(os.path.abspath(args.output))
         try:
-            jobs, kept = batch.plan(content, args.output, args.overwrite)
+            jobs, kept = batch.plan(content, args.output, args.overwrite, styles if args.each_style else None)
         except NstError as exc:
             return _error(str(exc))
         outputs = [job.output for job in jobs]
@@ -216,7 +221,7 @@ def run(args) -> int:
         outputs = [args.output]
     if not os.path.isdir(out_dir):
         return _error(f"output directory does not exist: {out_dir}")
-    inputs = [*([] if batch_mode else [content]), *styles, *(args.style_masks or [])]
+    inputs = [*([] if os.path.isdir(content) else [content]), *styles, *(args.style_masks or [])]
     if args.init not in INITS and os.path.isfile(args.init):
         inputs.append(args.init)
     for path in inputs:
@@ -240,7 +245,7 @@ def run(args) -> int:
     live = None
     try:
         # Mistakes in the options and missing images show before the weights load.
-        Options(**options).validate(n_styles=len(styles), network=args.network)
+        Options(**options).validate(n_styles=1 if args.each_style else len(styles), network=args.network)
         vgg.check_padding(args.padding, args.network)
         opened = {path: images.open_image(path) for path in inputs}  # decoded once, used for the run
         if args.style_masks:
@@ -281,7 +286,7 @@ def run(args) -> int:
             live = web.LivePreview(args.web_host, args.web_port)
             sys.stderr.write(f"nst-fast: live view at {live.url}\n")
         if batch_mode:
-            return _run_batch(args, transfer, jobs, kept, [opened[s] for s in styles], options, save, live,
+            return _run_batch(args, transfer, jobs, kept, {s: opened[s] for s in styles}, options, save, live,
                               init_previous)
         try:
             result = transfer.stylize_tensor(opened[content], [opened[s] for s in styles], checkpoint=args.checkpoint,

@@ -178,3 +178,24 @@ def test_init_previous_needs_a_folder(tmp_path, small_images, capsys):
     code = cli.main([str(content), str(style), "-o", str(tmp_path / "x.png"), *SMALL, "--init", "previous"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "--init previous needs a folder of contents" in err[0]
+
+
+def test_each_style_gives_one_output_per_content_and_style(tmp_path, folder, capsys):
+    contents, style = folder
+    styles = tmp_path / "styles"
+    styles.mkdir()
+    Image.open(style).save(styles / "calm.png")
+    Image.open(style).convert("L").transpose(Image.Transpose.ROTATE_90).save(styles / "storm.png")
+    out = tmp_path / "out"
+    code = cli.main([str(contents / "wide.png"), str(styles), "--each-style", "-o", str(out), *SMALL,
+                     "--steps", "3"])
+    assert code == 0, capsys.readouterr().err
+    assert _files(out) == ["wide_calm.png", "wide_storm.png"]
+    calm, storm = (np.asarray(Image.open(out / n), dtype=float) for n in _files(out))
+    assert np.abs(calm - storm).mean() > 1  # each painted in its own style, not the blend twice
+    code = cli.main([str(contents), str(styles), "--each-style", "-o", str(out), *SMALL, "--steps", "1"])
+    assert code == 0, capsys.readouterr().err
+    assert _files(out) == ["tall_calm.png", "tall_storm.png", "wide_calm.png", "wide_storm.png"]
+    code = cli.main([str(contents), str(styles), "--each-style", "--style-blend", "1,2", *SMALL])
+    err = capsys.readouterr().err
+    assert code == 1 and "takes no --style-blend" in err
