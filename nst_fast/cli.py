@@ -91,7 +91,7 @@ def build_parser():
     p.add_argument("--padding", default="zeros", choices=["zeros", "replicate", "reflect"],
                    help="how the first convolution pads the image's border: zeros (the network's own), "
                         "replicate or reflect (crowsonkb's, against edge artifacts)")
-    p.add_argument("--network", default="vgg19", choices=["vgg19", "vgg16", "nin"],
+    p.add_argument("--network", default="vgg19", choices=["vgg19", "vgg16", "vgg13", "vgg11", "nin"],
                    help="the CNN whose features are matched (vgg19, the paper's; nin needs --weights PATH "
                         "to nin_imagenet.pth or nin_imagenet_conv.caffemodel)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"], help="(fp32)")

@@ -17,12 +17,14 @@ from . import caffemodel
 from .errors import NstError, WeightsUnavailable
 from .winograd import WinogradConv2d
 
-# torchvision's vgg19().features and vgg16().features: output channels per conv, "M" per pool.
+# torchvision's vgg19/16/13/11().features: output channels per conv, "M" per pool.
 CONFIGS = {
     "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
     "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+    "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
 }
-NETWORK_TITLES = {"vgg19": "VGG-19", "vgg16": "VGG-16", "nin": "NIN"}
+NETWORK_TITLES = {"vgg19": "VGG-19", "vgg16": "VGG-16", "vgg13": "VGG-13", "vgg11": "VGG-11", "nin": "NIN"}
 POOLINGS = ("max", "avg", "l2")
 # How the first convolution pads the image's border: with zeros (the networks' own
 # padding), or with the border pixels repeated or mirrored, so that the border does
@@ -76,7 +78,7 @@ def _nin_table() -> list:
             conv("cccp8-1024", 1000), relu("relu12")]
 
 
-TABLES = {"vgg19": _vgg_table(CONFIGS["vgg19"]), "vgg16": _vgg_table(CONFIGS["vgg16"]), "nin": _nin_table()}
+TABLES = {**{name: _vgg_table(config) for name, config in CONFIGS.items()}, "nin": _nin_table()}
 
 
 def check_network(network: str) -> str:
@@ -264,9 +266,9 @@ def _imagenet_state(network: str) -> dict:
     if network == "nin":
         raise WeightsUnavailable("torchvision has no NIN weights: pass --weights PATH to a NIN state dict "
                                  "(neural-style-pt's models/nin_imagenet.pth), or --weights random for a smoke run")
-    from torchvision.models import VGG16_Weights, VGG19_Weights
+    from torchvision import models
 
-    weights = {"vgg19": VGG19_Weights, "vgg16": VGG16_Weights}[network].IMAGENET1K_V1
+    weights = getattr(models, f"VGG{network[3:]}_Weights").IMAGENET1K_V1
     title = NETWORK_TITLES[network]
     try:
         # 548 MB (VGG-19) on the first run: show the download where someone watches.

@@ -147,26 +147,34 @@ def test_vgg16_layer_names():
     assert vgg.layer_shape("pool3", 64, 64, "vgg16")[1:] == (8, 8) == vgg.layer_shape("relu4_3", 64, 64, "vgg16")[1:]
     with pytest.raises(NstError, match="VGG-16 layers are conv1_1, relu1_1, ... relu5_3"):
         vgg.check_layer_names(["relu3_4"], network="vgg16")
-    with pytest.raises(NstError, match="network must be one of vgg19, vgg16, nin"):
+    with pytest.raises(NstError, match="network must be one of vgg19, vgg16, vgg13, vgg11, nin"):
         vgg.load_weights("random", network="resnet50")
 
 
-def test_vgg16_file_matches_torchvision(tmp_path):
+# torchvision's features index just past each block's last ReLU, and that ReLU's name.
+_BLOCK_ENDS = {"vgg16": (("relu3_3", 16), ("relu4_3", 23), ("relu5_3", 30)),
+               "vgg13": (("relu3_2", 14), ("relu4_2", 19), ("relu5_2", 24)),
+               "vgg11": (("relu3_2", 10), ("relu4_2", 15), ("relu5_2", 20))}
+
+
+@pytest.mark.parametrize("network", ["vgg16", "vgg13", "vgg11"])
+def test_smaller_vgg_files_match_torchvision(tmp_path, network):
     torch.manual_seed(1)
-    model = torchvision.models.vgg16().eval()
-    path = tmp_path / "vgg16.pth"
+    model = getattr(torchvision.models, network)().eval()
+    path = tmp_path / f"{network}.pth"
     torch.save(model.state_dict(), path)
     state, convention, _ = vgg.load_weights(str(path))
-    net = vgg.VGGFeatures(["relu3_3", "relu4_3"], state, convention, network="vgg16")
+    ends = _BLOCK_ENDS[network]
+    net = vgg.VGGFeatures([name for name, _ in ends], state, convention, network=network)
     image = torch.rand(1, 3, 40, 48, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         out = net(image)
         x = (image - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
             [0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-        for name, end in (("relu3_3", 16), ("relu4_3", 23)):
+        for name, end in ends:
             want = model.features[:end](x)
             assert ((out[name] - want).abs().max() / want.abs().max()).item() < 1e-4
-    # A VGG-16 file is not a VGG-19: the error says what is missing.
+    # Nor is such a file a VGG-19: the error says what does not fit.
     with pytest.raises(WeightsUnavailable, match="do not fit VGG-19|lack layers"):
         vgg.VGGFeatures(["relu4_1"], state)
 
@@ -184,3 +192,18 @@ def test_vgg16_stylizes_end_to_end_and_costs_less_memory(small_images):
         transfer.stylize(content, style, size=48, steps=1, style_layers="relu5_4")
     layers = (["relu4_2"], ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"])
     assert memory.estimate_bytes(512, 512, *layers, network="vgg16") < memory.estimate_bytes(512, 512, *layers)
+
+
+def test_vgg11_and_vgg13_stylize_and_cost_less_than_deeper_vggs(small_images, capsys, tmp_path):
+    from nst_fast import cli, memory
+
+    content, style = small_images
+    for network in ("vgg13", "vgg11"):
+        out = tmp_path / f"{network}.png"
+        code = cli.main([str(content), str(style), "-o", str(out), "--weights", "random", "--device", "cpu",
+                         "--size", "48", "--steps", "3", "-q", "--network", network])
+        assert code == 0, capsys.readouterr().err
+        assert out.exists()
+    layers = (["relu4_2"], ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"])
+    sizes = [memory.estimate_bytes(512, 512, *layers, network=n) for n in ("vgg11", "vgg13", "vgg16", "vgg19")]
+    assert sizes == sorted(sizes) and len(set(sizes)) == 4
