@@ -11,6 +11,7 @@ it in name order (init_previous, nst_fast/video.py), against flicker.
 """
 import os
 import sys
+import time
 from typing import Callable, NamedTuple, Optional
 
 from . import images, video
@@ -63,6 +64,12 @@ def _say(message):
     sys.stderr.write(f"nst-fast: {message}\n")
 
 
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
 def _start_from_previous(job: Job, content):
     """The start for job's content from the frame before and its result (video.carry_over),
     or None where that result is missing or of another shape."""
@@ -86,9 +93,13 @@ def run(transfer, jobs, styles, options: dict, *, save: Callable, new_progress: 
     image from the result before it where that exists (else from options["init"]).
     A content that cannot be read or optimised is reported and skipped; Ctrl-C stops
     the batch (Interrupted)."""
-    failed = 0
+    failed, spent = 0, []  # the seconds each written image took
     for number, job in enumerate(jobs, 1):
-        _say(f"[{number}/{len(jobs)}] {job.content} -> {job.output}")
+        left = ""
+        if spent:  # the batch's time left, from the images written so far
+            left = f" (about {_duration(sum(spent) / len(spent) * (len(jobs) - number + 1))} left)"
+        _say(f"[{number}/{len(jobs)}] {job.content} -> {job.output}{left}")
+        started = time.perf_counter()
         stem = os.path.splitext(job.output)[0]
         transparency = None  # the content's, once it is read
 
@@ -123,6 +134,7 @@ def run(transfer, jobs, styles, options: dict, *, save: Callable, new_progress: 
             failed += 1
             continue
         save(result, job.output, transparency)
+        spent.append(time.perf_counter() - started)
         if os.path.isfile(job.checkpoint):
             os.remove(job.checkpoint)
     return failed

@@ -40,6 +40,8 @@ def test_a_folder_gives_one_png_per_content(tmp_path, folder, capsys):
     assert Image.open(out / "wide.png").size == (32, 24)
     assert Image.open(out / "tall.png").size == (24, 32)
     assert "[1/2]" in err and "[2/2]" in err and "wrote 2 image(s)" in err
+    headers = [line for line in err.splitlines() if "] " in line and " -> " in line]
+    assert "left)" not in headers[0] and re.search(r"\(about \d+s left\)$", headers[1]), headers
 
 
 def test_outputs_that_exist_are_kept_unless_overwrite(tmp_path, folder, capsys):
