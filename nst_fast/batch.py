@@ -31,15 +31,19 @@ def _name(path) -> str:
     return os.path.splitext(os.path.basename(path))[0]
 
 
-def plan(content_dir, out_dir, overwrite=False, each_style=None):
+def plan(content_dir, out_dir, overwrite=False, each_style=None, inputs=()):
     """-> (jobs to run, jobs whose output exists and is kept). content_dir: a folder of
     contents, or one content image. each_style: style image paths, one job per content
-    and style, written to CONTENT_STYLE.png. Two jobs that would write the same output
-    (photo.jpg, photo.png) are refused."""
+    and style, written to CONTENT_STYLE.png. inputs: the run's other images (styles,
+    masks), which are not contents even inside the folder. Two jobs that would write
+    the same output (photo.jpg, photo.png) are refused."""
     if os.path.isdir(content_dir):
-        contents = images_in(content_dir)
+        others = [path for path in inputs if os.path.isfile(path)]
+        found = images_in(content_dir)
+        contents = [c for c in found if not any(os.path.samefile(c, o) for o in others)]
         if not contents:
-            raise NstError(f"content folder {content_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+            besides = " besides the style images and masks" if found else ""
+            raise NstError(f"content folder {content_dir} holds no images{besides} ({', '.join(IMAGE_EXTENSIONS)})")
         if os.path.isdir(out_dir) and os.path.samefile(content_dir, out_dir):
             raise NstError("the output folder is the content folder; name another one with -o")
     else:

@@ -206,7 +206,8 @@ def run(args) -> int:
             return _error(f"for a batch, -o names a folder for the outputs, got {args.output!r}")
         out_dir = os.path.dirname(os.path.abspath(args.output))
         try:
-            jobs, kept = batch.plan(content, args.output, args.overwrite, styles if args.each_style else None)
+            jobs, kept = batch.plan(content, args.output, args.overwrite, styles if args.each_style else None,
+                                    inputs=[*styles, *(args.style_masks or [])])
         except NstError as exc:
             return _error(str(exc))
         outputs = [job.output for job in jobs]

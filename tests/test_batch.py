@@ -201,3 +201,12 @@ def test_each_style_gives_one_output_per_content_and_style(tmp_path, folder, cap
     code = cli.main([str(contents), str(styles), "--each-style", "--style-blend", "1,2", *SMALL])
     err = capsys.readouterr().err
     assert code == 1 and "takes no --style-blend" in err
+
+
+def test_a_style_kept_in_the_content_folder_is_not_a_content(tmp_path, folder, capsys):
+    contents, style = folder
+    Image.open(style).save(contents / "painting.png")
+    out = tmp_path / "out"
+    code = cli.main([str(contents), str(contents / "painting.png"), "-o", str(out), *SMALL, "--steps", "1"])
+    assert code == 0, capsys.readouterr().err
+    assert _files(out) == ["tall.png", "wide.png"]
