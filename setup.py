@@ -3,13 +3,17 @@
 NST_FAST_NO_EXTENSION=1  pure-Python install (the reference ops only)
 NST_FAST_FORCE_CUDA=1    compile the CUDA kernels even if no toolkit is detected
 NST_FAST_NO_CUDA=1       skip the CUDA kernels
-TORCH_CUDA_ARCH_LIST     the CUDA architectures to build for (torch's own variable)
+TORCH_CUDA_ARCH_LIST     the CUDA architectures to build for (torch's own variable; default: the
+                         visible GPUs', or 9.0+PTX where none is visible)
 """
 import glob
 import os
 import sys
 
 from setuptools import find_packages, setup
+
+
+DEFAULT_ARCH_LIST = "9.0+PTX"  # Hopper, where the kernels are tuned; the PTX runs on later GPUs
 
 
 def _flag(name):
@@ -36,6 +40,15 @@ def extension_modules():
         # it is compiled with OpenMP; the libgomp torch already loaded is the one used.
         extra["cxx"].append("-fopenmp")
         link.append("-fopenmp")
+    if use_cuda and cuda_sources and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        import torch
+
+        if torch.cuda.device_count() == 0:
+            # torch's own default takes the visible GPUs' architectures, and fails with
+            # an IndexError where there are none (a build machine, a login node).
+            os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCH_LIST
+            print(f"nst_fast: no GPU visible; building the CUDA kernels for {DEFAULT_ARCH_LIST} "
+                  "(set TORCH_CUDA_ARCH_LIST for others)", file=sys.stderr)
     if use_cuda and cuda_sources:
         extra["nvcc"] = ["-O3", "--use_fast_math", "-lineinfo"]
         ext = cpp_extension.CUDAExtension(
