@@ -1,6 +1,7 @@
 """The optimisation loop: StyleTransfer keeps the network, stylize() runs one job."""
 import contextlib
 import dataclasses
+import os
 from typing import Optional
 
 import torch
@@ -135,6 +136,8 @@ class StyleTransfer:
 
         Keyword options are the fields of nst_fast.options.Options.
         """
+        if isinstance(content, (str, os.PathLike)):
+            content = images.open_image(content)  # decoded once, for the run and its transparency
         result = self.stylize_tensor(content, style, **kwargs)
         return images.to_pil(images.with_alpha(result, images.alpha(content)))
 
