@@ -215,7 +215,7 @@ def run(args) -> int:
         args.output = args.output or "out.png"
         out_ext = os.path.splitext(args.output)[1].lower()
         if out_ext not in IMAGE_EXTENSIONS:
-            return _error(f"output must end in .png or .jpg, got {args.output!r}")
+            return _error(f"output must end in one of {', '.join(IMAGE_EXTENSIONS)}; got {args.output!r}")
         if args.bits == 16 and out_ext != ".png":
             return _error(f"16-bit output is PNG only, got {args.output!r}")
         out_dir = os.path.dirname(os.path.abspath(args.output))

@@ -198,7 +198,7 @@ def save_atomic(image, path, bits: int = 8, text: Optional[dict] = None) -> None
         image = to_pil(image)
     fmt = Image.registered_extensions().get(ext)
     if fmt is None:
-        raise NstError(f"unknown output image type {ext or '(no extension)'!r}; use .png or .jpg")
+        raise NstError(f"unknown output image type {ext or '(no extension)'!r}; use .png, .jpg, .webp or .tif")
     if image.mode == "RGBA" and fmt not in _ALPHA_FORMATS:
         image = image.convert("RGB")
     options = dict(_SAVE_OPTIONS.get(fmt, {}))

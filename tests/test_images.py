@@ -158,6 +158,23 @@ def test_save_atomic_leaves_no_partial_file(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["out.png"]
 
 
+def test_save_atomic_gives_ordinary_permissions(tmp_path):
+    """A new output gets 0o666 less the umask, as open() would give it (the temporary
+    file it is renamed from is made 0o600); a rewritten one keeps its permissions."""
+    old = os.umask(0o022)
+    try:
+        images.save_atomic(_rgb(), tmp_path / "new.png")
+        assert os.stat(tmp_path / "new.png").st_mode & 0o777 == 0o644
+        os.umask(0o002)
+        images.save_atomic(_rgb(), tmp_path / "group.png")
+        assert os.stat(tmp_path / "group.png").st_mode & 0o777 == 0o664
+        os.chmod(tmp_path / "new.png", 0o640)
+        images.save_atomic(_rgb(1), tmp_path / "new.png")
+        assert os.stat(tmp_path / "new.png").st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)
+
+
 def test_jpeg_output_keeps_colour_detail(tmp_path):
     """Quality 95 with full-resolution chroma: PIL's default (75, 4:2:0) is ~4x further off."""
     painting = Image.open(os.path.join(os.path.dirname(images.__file__), "examples", "style.png")).convert("RGB")
