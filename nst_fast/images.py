@@ -98,8 +98,34 @@ def open_image(path) -> Image.Image:
         raise NstError(f"cannot read image {path}: {exc}") from None
 
 
+def _array_to_pil(arr: np.ndarray) -> Image.Image:
+    """A NumPy image as imageio, scikit-image or np.asarray(PIL image) give it:
+    (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) in RGB(A) order; uint8, uint16, bool, or
+    float in [0, 1]. Quantised to 8 bits, as a decoded file would be."""
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)) or 0 in arr.shape:
+        raise NstError(f"an image array must be (H, W), (H, W, 3) or (H, W, 4), got shape {arr.shape}")
+    if arr.dtype == np.uint16:
+        arr = (arr.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+    elif arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8) * 255
+    elif np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            raise NstError("the image array holds NaN or infinite values")
+        low, high = float(arr.min()), float(arr.max())
+        if low < -1e-3 or high > 1 + 1e-3:
+            raise NstError(f"a float image array must hold values in [0, 1], got {low:g}..{high:g}"
+                           f"{' (divide by 255)' if high > 1.5 else ''}")
+        arr = (np.clip(arr, 0, 1) * 255.0 + 0.5).astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        raise NstError(f"an image array must be uint8, uint16, bool or float, got {arr.dtype}")
+    return Image.fromarray(np.ascontiguousarray(arr), {2: "L", 3: "RGB", 4: "RGBA"}[arr.shape[2] if arr.ndim == 3 else 2])
+
+
 def to_tensor(image) -> torch.Tensor:
-    """A path, PIL image or tensor -> float32 (1, 3, H, W) RGB in [0, 1]."""
+    """A path, PIL image, NumPy array (H, W[, 3 or 4], RGB order) or tensor ->
+    float32 (1, 3, H, W) RGB in [0, 1]."""
     if isinstance(image, torch.Tensor):
         t = image.detach().float()
         if t.dim() == 3:
@@ -111,19 +137,24 @@ def to_tensor(image) -> torch.Tensor:
         return t.expand(1, 3, -1, -1).clamp(0, 1).cpu().contiguous()
     if isinstance(image, Image.Image):
         img = _to_rgb(image)
+    elif isinstance(image, np.ndarray):
+        img = _to_rgb(_array_to_pil(image))
     elif isinstance(image, (str, os.PathLike)):
         img = _to_rgb(open_image(image))
     else:
-        raise NstError(f"expected an image path, PIL image or tensor, got {type(image).__name__}")
+        raise NstError(f"expected an image path, PIL image, NumPy array or tensor, got {type(image).__name__}")
     arr = np.asarray(img, dtype=np.float32) / 255.0
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).unsqueeze(0)
 
 
 def alpha(image) -> Optional[torch.Tensor]:
-    """The transparency of an image path or PIL image: (1, 1, H, W) in [0, 1], 1 where
-    opaque; None where it is opaque everywhere (and for tensors, which are RGB)."""
+    """The transparency of an image path, PIL image or (H, W, 4) array: (1, 1, H, W) in
+    [0, 1], 1 where opaque; None where it is opaque everywhere (and for tensors, which
+    are RGB)."""
     if isinstance(image, (str, os.PathLike)):
         image = open_image(image)
+    elif isinstance(image, np.ndarray):
+        image = _array_to_pil(image)
     if not isinstance(image, Image.Image):
         return None
     img = _rgb_or_rgba(image)

@@ -1,5 +1,6 @@
 """Options of a stylize run: defaults, parsing of layer specs, validation."""
 import dataclasses
+import difflib
 import math
 import os
 from typing import Callable, Optional, Sequence
@@ -122,6 +123,17 @@ class Options:
     memory_limit: Optional[int] = None  # bytes; None: what the device has free
     fit_memory: bool = False  # shrink the size to what fits instead of refusing
     callback: Optional[Callable] = None
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict) -> "Options":
+        """Options(**kwargs), with an NstError naming the closest option for a misspelt one."""
+        names = [field.name for field in dataclasses.fields(cls)]
+        for key in kwargs:
+            if key not in names:
+                close = difflib.get_close_matches(key, names, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise NstError(f"unknown option {key!r}{hint}; the options are the fields of nst_fast.options.Options")
+        return cls(**kwargs)
 
     def validate(self, n_styles: int = 1, convention: str = "torchvision", network: str = "vgg19") -> "Options":
         if self.style_loss not in STYLE_LOSSES:

@@ -157,7 +157,7 @@ class StyleTransfer:
         styles = list(style) if isinstance(style, (list, tuple)) else [style]
         if not styles:
             raise NstError("at least one style image is needed")
-        opts = Options(**kwargs).validate(n_styles=len(styles), convention=self.convention, network=self.architecture)
+        opts = Options.from_kwargs(kwargs).validate(n_styles=len(styles), convention=self.convention, network=self.architecture)
         self.last_options = opts
         content_img = images.to_tensor(content)
         style_imgs = [images.to_tensor(s) for s in styles]
@@ -477,7 +477,8 @@ def stylize(content, style, *, weights=None, device=None, pooling="max", convent
     """Repaint `content` in the style of `style`; returns a PIL image (RGBA with the
     content's transparency where it has some).
 
-    content/style: paths, PIL images or (3, H, W) tensors in [0, 1] (style may be a list).
+    content/style: paths, PIL images, NumPy arrays ((H, W, 3) RGB, uint8 or float in
+    [0, 1]) or (3, H, W) tensors in [0, 1] (style may be a list).
     weights: "imagenet" (default, or $NST_FAST_WEIGHTS), "random", or a state-dict path.
     network: "vgg19" (default), "vgg16", "vgg13", "vgg11" or "nin". device, split_at, padding: see StyleTransfer.
     progress: a progress line with the losses and the time left on stderr, as the

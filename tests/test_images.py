@@ -136,6 +136,39 @@ def test_tensor_inputs():
         images.to_tensor(torch.full((3, 4, 4), float("nan")))
 
 
+def test_numpy_inputs_match_their_pil_image():
+    pil = _rgb()
+    expected = images.to_tensor(pil)
+    rgb = np.asarray(pil)
+    assert torch.equal(images.to_tensor(rgb), expected)
+    assert torch.equal(images.to_tensor(rgb.astype(np.float64) / 255.0), expected)
+    assert torch.equal(images.to_tensor(rgb.astype(np.uint16) * 257), expected)
+    grey = rgb[:, :, 0]
+    assert torch.equal(images.to_tensor(grey), images.to_tensor(Image.fromarray(grey, "L")))
+    assert torch.equal(images.to_tensor(grey[:, :, None]), images.to_tensor(grey))
+    cut, a = _cut_out()
+    rgba = np.asarray(cut)
+    assert torch.equal(images.to_tensor(rgba), images.to_tensor(cut))  # composited over white
+    assert np.array_equal((images.alpha(rgba)[0, 0].numpy() * 255).round().astype(np.uint8), a)
+    assert images.alpha(rgb) is None
+
+
+@pytest.mark.parametrize(
+    "array, message",
+    [
+        (np.zeros((4, 5, 2), np.uint8), "must be .H, W., .H, W, 3. or .H, W, 4., got shape"),
+        (np.zeros((0, 5, 3), np.uint8), "got shape"),
+        (np.full((4, 5, 3), 255.0), "values in \\[0, 1\\], got 255..255 \\(divide by 255\\)"),
+        (np.full((4, 5, 3), -0.5), "values in \\[0, 1\\]"),
+        (np.full((4, 5, 3), np.nan), "NaN"),
+        (np.zeros((4, 5, 3), np.int64), "uint8, uint16, bool or float, got int64"),
+    ],
+)
+def test_bad_numpy_inputs(array, message):
+    with pytest.raises(NstError, match=message):
+        images.to_tensor(array)
+
+
 def test_resize_long_side():
     t = torch.rand(1, 3, 30, 60)
     assert images.resize_long_side(t, 20).shape[-2:] == (10, 20)

@@ -1,6 +1,7 @@
 """End to end on small images with a seeded random VGG-19: behaviour, not beauty."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -44,6 +45,8 @@ def test_inputs_as_pil_and_tensor(transfer, small_images):
     content, style = small_images
     img = transfer.stylize(Image.open(content), nst_fast.images.to_tensor(style)[0], size=32, steps=2)
     assert img.size == (32, 24)
+    assert transfer.stylize(np.asarray(Image.open(content)), np.asarray(Image.open(style)), size=32,
+                            steps=2).size == (32, 24)
 
 
 def test_parts_and_weights(transfer, small_images):
@@ -81,6 +84,8 @@ def test_inits(transfer, small_images, init):
         ({"size": 8}, "at least 16"),
         ({"style_layers": "relu1_1:abc"}, "not a number"),
         ({"precision": "fp8"}, "precision must be"),
+        ({"stpes": 3}, "unknown option 'stpes' \\(did you mean 'steps'\\?\\)"),
+        ({"gpu": 0}, "unknown option 'gpu'; the options are the fields of nst_fast.options.Options"),
     ],
 )
 def test_bad_options(transfer, small_images, kwargs, message):
