@@ -1,7 +1,7 @@
 """Whole step per network, with its default layers: VGG-19 (the paper's) against the
 smaller VGGs and NIN, and the memory each is estimated to need.
 
-    python benchmarks/bench_networks.py [--device cpu|cuda] [--sizes 512] [--networks vgg19,vgg16,vgg13,vgg11,nin]
+    python benchmarks/bench_networks.py [--device cpu|cuda] [--sizes 512] [--networks vgg19,vgg16,vgg13,vgg11,alexnet,nin]
 
 ms per step as in bench_style_losses.py (the difference of two run lengths), Gram
 loss, random weights; memory: nst_fast.memory's estimate of the run's peak.
@@ -23,7 +23,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--sizes", default="512")
-    p.add_argument("--networks", default="vgg19,vgg16,vgg13,vgg11,nin")
+    p.add_argument("--networks", default="vgg19,vgg16,vgg13,vgg11,alexnet,nin")
     p.add_argument("--steps", default="3,13", help="n1,n2: the two run lengths whose difference is timed")
     args = p.parse_args(argv)
     device = torch.device(args.device)

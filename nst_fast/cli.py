@@ -62,10 +62,12 @@ def build_parser():
     p.add_argument("--style-weight", type=float, default=None,
                    help="beta (gram: 1e4 for Caffe-convention weights, 5e7 for torchvision's; w2, mrf: 1e6)")
     p.add_argument("--tv-weight", type=float, default=0.0, help="total-variation weight (0)")
-    p.add_argument("--content-layers", default=None, help="name[:weight],... (relu4_2; nin: relu0,relu3,relu7,relu12)")
+    p.add_argument("--content-layers", default=None,
+                   help="name[:weight],... (relu4_2; alexnet: relu4; nin: relu0,relu3,relu7,relu12)")
     p.add_argument("--style-layers", default=None,
                    help="name[:weight],...; weights are normalised to sum to 1 (equal) "
                         "(relu1_1,relu2_1,relu3_1,relu4_1,relu5_1; mrf: relu3_1,relu4_1; "
+                        "alexnet: relu1..relu5; alexnet mrf: relu2,relu3; "
                         "nin: relu0,relu3,relu7,relu12; nin mrf: relu3,relu7)")
     p.add_argument("--style-loss", default="gram", choices=["gram", "w2", "mrf"],
                    help="gram: Gatys' Gram matrices | w2: Wasserstein-2 distance of the features' mean and "
@@ -91,7 +93,7 @@ def build_parser():
     p.add_argument("--padding", default="zeros", choices=["zeros", "replicate", "reflect"],
                    help="how the first convolution pads the image's border: zeros (the network's own), "
                         "replicate or reflect (crowsonkb's, against edge artifacts)")
-    p.add_argument("--network", default="vgg19", choices=["vgg19", "vgg16", "vgg13", "vgg11", "nin"],
+    p.add_argument("--network", default="vgg19", choices=["vgg19", "vgg16", "vgg13", "vgg11", "alexnet", "nin"],
                    help="the CNN whose features are matched (vgg19, the paper's; nin needs --weights PATH "
                         "to nin_imagenet.pth or nin_imagenet_conv.caffemodel)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"], help="(fp32)")

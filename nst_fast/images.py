@@ -120,7 +120,8 @@ def _array_to_pil(arr: np.ndarray) -> Image.Image:
         arr = (np.clip(arr, 0, 1) * 255.0 + 0.5).astype(np.uint8)
     elif arr.dtype != np.uint8:
         raise NstError(f"an image array must be uint8, uint16, bool or float, got {arr.dtype}")
-    return Image.fromarray(np.ascontiguousarray(arr), {2: "L", 3: "RGB", 4: "RGBA"}[arr.shape[2] if arr.ndim == 3 else 2])
+    mode = "L" if arr.ndim == 2 else ("RGB" if arr.shape[2] == 3 else "RGBA")
+    return Image.fromarray(np.ascontiguousarray(arr), mode)
 
 
 def to_tensor(image) -> torch.Tensor:

@@ -14,6 +14,11 @@ MRF_STYLE_LAYERS = {"relu3_1": 0.5, "relu4_1": 0.5}  # Li and Wand's
 # NIN: jcjohnson's layers for content and style alike; for MRF, the two middle ones.
 NIN_LAYERS = {name: 0.25 for name in ("relu0", "relu3", "relu7", "relu12")}
 NIN_MRF_STYLE_LAYERS = {"relu3": 0.5, "relu7": 0.5}
+# AlexNet: every ReLU for style, the second-deepest for content (as relu4_2 in VGG-19);
+# for MRF, the two finest beyond relu1 (relu3 is already at 1/16 of the image).
+ALEXNET_CONTENT_LAYERS = {"relu4": 1.0}
+ALEXNET_STYLE_LAYERS = {f"relu{i}": 0.2 for i in range(1, 6)}
+ALEXNET_MRF_STYLE_LAYERS = {"relu2": 0.5, "relu3": 0.5}
 STYLE_LOSSES = ("gram", "w2", "mrf")
 # beta per weights convention: Caffe-convention activations are ~60x larger (0..255
 # input), and the Gram style term grows with their 4th power, the content term with
@@ -33,6 +38,9 @@ def default_layers(network: str, style_loss: str = "gram") -> tuple:
     """(content layers, style layers) with their weights, by default, for this network and style loss."""
     if check_network(network) == "nin":
         return dict(NIN_LAYERS), dict(NIN_MRF_STYLE_LAYERS if style_loss == "mrf" else NIN_LAYERS)
+    if network == "alexnet":
+        return dict(ALEXNET_CONTENT_LAYERS), dict(ALEXNET_MRF_STYLE_LAYERS if style_loss == "mrf"
+                                                  else ALEXNET_STYLE_LAYERS)
     return dict(DEFAULT_CONTENT_LAYERS), dict(MRF_STYLE_LAYERS if style_loss == "mrf" else DEFAULT_STYLE_LAYERS)
 
 

@@ -93,8 +93,8 @@ def precision_mode(precision: str, devices):
 class StyleTransfer:
     """Holds the network's weights between runs: build once, call stylize() many times.
 
-    network: "vgg19" (the paper's, default), "vgg16", "vgg13", "vgg11" or "nin" (Network-in-Network,
-    Caffe's weights converted: neural-style-pt's nin_imagenet.pth).
+    network: "vgg19" (the paper's, default), "vgg16", "vgg13", "vgg11", "alexnet" or "nin"
+    (Network-in-Network, Caffe's weights converted: neural-style-pt's nin_imagenet.pth).
     padding: how the first convolution pads the image's border: "zeros" (the
     network's own), "replicate" or "reflect" (crowsonkb's, against edge artifacts).
     device: one device, or several ("cuda:0,cuda:1" or a list) to spread the
@@ -480,7 +480,8 @@ def stylize(content, style, *, weights=None, device=None, pooling="max", convent
     content/style: paths, PIL images, NumPy arrays ((H, W, 3) RGB, uint8 or float in
     [0, 1]) or (3, H, W) tensors in [0, 1] (style may be a list).
     weights: "imagenet" (default, or $NST_FAST_WEIGHTS), "random", or a state-dict path.
-    network: "vgg19" (default), "vgg16", "vgg13", "vgg11" or "nin". device, split_at, padding: see StyleTransfer.
+    network: "vgg19" (default), "vgg16", "vgg13", "vgg11", "alexnet" or "nin".
+    device, split_at, padding: see StyleTransfer.
     progress: a progress line with the losses and the time left on stderr, as the
     command line shows it (False: silent).
     The network is kept between calls with the same weights, devices, pooling, padding and network.

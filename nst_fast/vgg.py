@@ -1,4 +1,4 @@
-"""VGG-19 (and VGG-16, NIN) feature extractor: layer names, weights, input conventions.
+"""VGG-19 (and VGG-16/13/11, AlexNet, NIN) feature extractor: layer names, weights, input conventions.
 
 Weights come from torchvision ("imagenet"), a local state dict, or a seeded
 random initialisation ("random"). Two input conventions exist:
@@ -24,7 +24,8 @@ CONFIGS = {
     "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
 }
-NETWORK_TITLES = {"vgg19": "VGG-19", "vgg16": "VGG-16", "vgg13": "VGG-13", "vgg11": "VGG-11", "nin": "NIN"}
+NETWORK_TITLES = {"vgg19": "VGG-19", "vgg16": "VGG-16", "vgg13": "VGG-13", "vgg11": "VGG-11", "alexnet": "AlexNet",
+                  "nin": "NIN"}
 POOLINGS = ("max", "avg", "l2")
 # How the first convolution pads the image's border: with zeros (the networks' own
 # padding), or with the border pixels repeated or mirrored, so that the border does
@@ -78,7 +79,20 @@ def _nin_table() -> list:
             conv("cccp8-1024", 1000), relu("relu12")]
 
 
-TABLES = {**{name: _vgg_table(config) for name, config in CONFIGS.items()}, "nin": _nin_table()}
+def _alexnet_table() -> list:
+    """torchvision's alexnet().features (module i is its features.i), with pystiche's
+    layer names: conv1, relu1, pool1, ... relu5, pool5."""
+    convs = {1: (64, 11, 4, 2), 2: (192, 5, 1, 2), 3: (384, 3, 1, 1), 4: (256, 3, 1, 1), 5: (256, 3, 1, 1)}
+    layers = []
+    for i, (channels, kernel, stride, padding) in convs.items():
+        layers += [Layer(f"conv{i}", "conv", channels, kernel, stride, padding), Layer(f"relu{i}", "relu")]
+        if i in (1, 2, 5):
+            layers.append(Layer(f"pool{i}", "pool", kernel=3, stride=2))
+    return layers
+
+
+TABLES = {**{name: _vgg_table(config) for name, config in CONFIGS.items()}, "alexnet": _alexnet_table(),
+          "nin": _nin_table()}
 
 
 def check_network(network: str) -> str:
@@ -268,7 +282,8 @@ def _imagenet_state(network: str) -> dict:
                                  "(neural-style-pt's models/nin_imagenet.pth), or --weights random for a smoke run")
     from torchvision import models
 
-    weights = getattr(models, f"VGG{network[3:]}_Weights").IMAGENET1K_V1
+    family = models.AlexNet_Weights if network == "alexnet" else getattr(models, f"VGG{network[3:]}_Weights")
+    weights = family.IMAGENET1K_V1
     title = NETWORK_TITLES[network]
     try:
         # 548 MB (VGG-19) on the first run: show the download where someone watches.
@@ -344,7 +359,8 @@ def load_weights(weights=None, convention="auto", seed=0, network="vgg19"):
 
 
 class VGGFeatures(nn.Module):
-    """VGG-19 (or VGG-16, NIN) truncated after the deepest requested layer; returns {name: activation}."""
+    """VGG-19 (or another network of TABLES) truncated after the deepest requested layer; returns
+    {name: activation}."""
 
     def __init__(self, layers, state: dict, convention: str = "torchvision", pooling="max", source="weights",
                  network="vgg19", padding="zeros"):

@@ -147,18 +147,19 @@ def test_vgg16_layer_names():
     assert vgg.layer_shape("pool3", 64, 64, "vgg16")[1:] == (8, 8) == vgg.layer_shape("relu4_3", 64, 64, "vgg16")[1:]
     with pytest.raises(NstError, match="VGG-16 layers are conv1_1, relu1_1, ... relu5_3"):
         vgg.check_layer_names(["relu3_4"], network="vgg16")
-    with pytest.raises(NstError, match="network must be one of vgg19, vgg16, vgg13, vgg11, nin"):
+    with pytest.raises(NstError, match="network must be one of vgg19, vgg16, vgg13, vgg11, alexnet, nin"):
         vgg.load_weights("random", network="resnet50")
 
 
 # torchvision's features index just past each block's last ReLU, and that ReLU's name.
 _BLOCK_ENDS = {"vgg16": (("relu3_3", 16), ("relu4_3", 23), ("relu5_3", 30)),
                "vgg13": (("relu3_2", 14), ("relu4_2", 19), ("relu5_2", 24)),
-               "vgg11": (("relu3_2", 10), ("relu4_2", 15), ("relu5_2", 20))}
+               "vgg11": (("relu3_2", 10), ("relu4_2", 15), ("relu5_2", 20)),
+               "alexnet": (("relu1", 2), ("pool1", 3), ("relu2", 5), ("relu4", 10), ("pool5", 13))}
 
 
-@pytest.mark.parametrize("network", ["vgg16", "vgg13", "vgg11"])
-def test_smaller_vgg_files_match_torchvision(tmp_path, network):
+@pytest.mark.parametrize("network", ["vgg16", "vgg13", "vgg11", "alexnet"])
+def test_other_torchvision_networks_match_torchvision(tmp_path, network):
     torch.manual_seed(1)
     model = getattr(torchvision.models, network)().eval()
     path = tmp_path / f"{network}.pth"
@@ -166,7 +167,7 @@ def test_smaller_vgg_files_match_torchvision(tmp_path, network):
     state, convention, _ = vgg.load_weights(str(path))
     ends = _BLOCK_ENDS[network]
     net = vgg.VGGFeatures([name for name, _ in ends], state, convention, network=network)
-    image = torch.rand(1, 3, 40, 48, generator=torch.Generator().manual_seed(2))
+    image = torch.rand(1, 3, 70, 83, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         out = net(image)
         x = (image - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
@@ -207,3 +208,26 @@ def test_vgg11_and_vgg13_stylize_and_cost_less_than_deeper_vggs(small_images, ca
     layers = (["relu4_2"], ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"])
     sizes = [memory.estimate_bytes(512, 512, *layers, network=n) for n in ("vgg11", "vgg13", "vgg16", "vgg19")]
     assert sizes == sorted(sizes) and len(set(sizes)) == 4
+
+
+def test_alexnet_layers_defaults_and_end_to_end(small_images, capsys, tmp_path):
+    from nst_fast import cli, options
+
+    names = vgg.layer_names("alexnet")
+    assert names == ["conv1", "relu1", "pool1", "conv2", "relu2", "pool2", "conv3", "relu3", "conv4", "relu4",
+                     "conv5", "relu5", "pool5"]  # pystiche's names for torchvision's alexnet().features
+    assert vgg.layer_shape("relu5", 512, 512, "alexnet") == (256, 31, 31)
+    assert vgg.min_side(["relu5"], "alexnet") == 31
+    content_layers, style_layers = options.default_layers("alexnet")
+    assert list(content_layers) == ["relu4"] and list(style_layers) == [f"relu{i}" for i in range(1, 6)]
+    assert list(options.default_layers("alexnet", "mrf")[1]) == ["relu2", "relu3"]
+    content, style = small_images
+    out = tmp_path / "alexnet.png"
+    args = [str(content), str(style), "-o", str(out), "--weights", "random", "--device", "cpu", "--steps", "3",
+            "-q", "--network", "alexnet"]
+    assert cli.main(args + ["--size", "64"]) == 0, capsys.readouterr().err
+    assert out.exists()
+    assert cli.main(args + ["--size", "24"]) == 1
+    assert "layers down to relu5 need at least 31 pixels per side" in capsys.readouterr().err
+    with pytest.raises(NstError, match="AlexNet layers are conv1, relu1, ... relu5, pool1..pool5"):
+        vgg.check_layer_names(["relu1_1"], network="alexnet")
