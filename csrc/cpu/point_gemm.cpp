@@ -4,6 +4,8 @@
 #include "point_gemm.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 #include <utility>
 
 #if defined(__GNUC__) && defined(__x86_64__)
@@ -75,7 +77,14 @@ NST_FAST_AVX512 void plane_gemm(int64_t rows, int64_t c, int64_t k, const float*
 
 }  // namespace
 
-bool point_gemm_supported(int64_t k) { return k % kNr == 0 && __builtin_cpu_supports("avx512f"); }
+bool point_gemm_supported(int64_t k) {
+  // NST_FAST_POINT_GEMM=0 hands every point's GEMM to BLAS (an A/B switch).
+  static const bool enabled = [] {
+    const char* flag = std::getenv("NST_FAST_POINT_GEMM");
+    return !(flag && std::string(flag) == "0") && __builtin_cpu_supports("avx512f");
+  }();
+  return enabled && k % kNr == 0;
+}
 
 void point_gemm(int64_t points, int64_t rows, int64_t c, int64_t k, const float* v, int64_t v_plane,
                 const float* u, float* m, int64_t m_plane) {
