@@ -7,8 +7,11 @@ Under pytest: pytest benchmarks/bench_conv.py   (pytest-benchmark, one group per
 direct = F.conv2d on channels-last fp32 input (oneDNN), as nst_fast ran before and as
 the naive loop runs; winograd = nst_fast's F(4x4, 3x3) kernel. The weights are frozen
 in both, so the backward computes the input gradient only, as in style transfer.
+On a CPU with AVX512-BF16, the same in bfloat16 (nst_fast's bf16 mode): oneDNN's
+bf16 convolution against the Winograd kernel's bf16 products.
 """
 import argparse
+import copy
 import os
 import sys
 
@@ -51,25 +54,41 @@ def main(argv=None):
     args = p.parse_args(argv)
     if not winograd.uses_winograd("cpu", torch.float32):
         sys.exit("the Winograd kernel is not available (extension not built, or NST_FAST_WINOGRAD=0)")
-    lines = [f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}", "",
-             "| layer | input px | C -> K, H x W | direct ms | winograd ms | direct / winograd |",
-             "|---|---|---|---|---|---|"]
+    bf16 = winograd.uses_winograd("cpu", torch.bfloat16)
+    head = "| layer | input px | C -> K, H x W | direct ms | winograd ms | direct / winograd |"
+    rule = "|---|---|---|---|---|---|"
+    if bf16:
+        head += " direct bf16 ms | winograd bf16 ms | direct bf16 / winograd bf16 | winograd / winograd bf16 |"
+        rule += "---|---|---|---|"
+    lines = [f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}", "", head, rule]
     for size in [int(s) for s in args.sizes.split(",")]:
-        total_direct = total_winograd = 0.0
+        totals = [0.0] * 4
         for name, c_in, c_out, down in LAYERS:
             x, conv, grad = make_inputs(c_in, c_out, size, down)
-            direct = median_ms(direct_step, (x, conv, grad))
-            fast = median_ms(winograd_step, (x, winograd.WinogradConv2d(conv), grad))
+            times = [median_ms(direct_step, (x, conv, grad)),
+                     median_ms(winograd_step, (x, winograd.WinogradConv2d(conv), grad))]
+            if bf16:
+                x16, grad16 = x.detach().bfloat16().requires_grad_(True), grad.bfloat16()
+                conv16 = copy.deepcopy(conv).bfloat16()
+                times += [median_ms(direct_step, (x16, conv16, grad16)),
+                          median_ms(winograd_step, (x16, winograd.WinogradConv2d(conv16), grad16))]
             n = REPEATS.get(name, 1)
-            total_direct, total_winograd = total_direct + n * direct, total_winograd + n * fast
+            totals = [t + n * v for t, v in zip(totals, times)]
             label = f"{name} (x{n})" if n > 1 else name
             side = size // down
-            lines.append(f"| {label} | {size} | {c_in} -> {c_out}, {side} x {side} | {direct:.2f} | {fast:.2f} "
-                         f"| {direct / fast:.2f}x |")
+            lines.append(f"| {label} | {size} | {c_in} -> {c_out}, {side} x {side} | " + _cells(times))
             print(lines[-1], flush=True)
-        lines.append(f"| the 12 convs after conv1_1 | {size} | | {total_direct:.1f} | {total_winograd:.1f} "
-                     f"| {total_direct / total_winograd:.2f}x |")
+        lines.append(f"| the 12 convs after conv1_1 | {size} | | " + _cells(totals[:len(times)], ".1f"))
     finish(lines, args.md)
+
+
+def _cells(times, fmt=".2f") -> str:
+    """direct, winograd[, direct bf16, winograd bf16] ms -> the table's cells with their ratios."""
+    cells = [f"{times[0]:{fmt}}", f"{times[1]:{fmt}}", f"{times[0] / times[1]:.2f}x"]
+    if len(times) == 4:
+        cells += [f"{times[2]:{fmt}}", f"{times[3]:{fmt}}", f"{times[2] / times[3]:.2f}x",
+                  f"{times[1] / times[3]:.2f}x"]
+    return " | ".join(cells) + " |"
 
 
 if "pytest" in sys.modules:  # collected by pytest-benchmark

@@ -11,7 +11,7 @@ backward over the matmul rate measured here in that precision). A step's time is
 (T(n2 steps) - T(n1 steps)) / (n2 - n1), so set-up work cancels out.
 With --quality, also the final loss after --quality-steps steps per precision
 mode, each image re-scored in fp32 with direct convolutions, relative to the fp32
-run; on the CPU also an fp32 run with direct convolutions.
+run; on the CPU also fp32 and bf16 runs with direct convolutions.
 
 On the CPU, fp32 runs Winograd convolutions (a quarter of the multiplies), so it can
 beat the floor, which counts the multiplies of direct convolutions.
@@ -209,6 +209,8 @@ def main(argv=None):
         runs = [(m, m, False) for m in modes if m != "naive"]
         if not cuda and "fp32" in modes and winograd.uses_winograd("cpu", torch.float32):
             runs.append(("fp32 direct convs", "fp32", True))
+        if not cuda and "bf16" in modes and winograd.uses_winograd("cpu", torch.bfloat16):
+            runs.append(("bf16 direct convs", "bf16", True))
         scores = {}
         for label, mode, direct in runs:
             with direct_convolutions(direct):

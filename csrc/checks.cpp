@@ -57,15 +57,22 @@ void check_cuda_features(const char* op, const at::Tensor& features) {
 void check_winograd_args(const at::Tensor& input, const at::Tensor& weight_transform,
                          const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK(input.dim() == 4, "nst_fast.conv3x3_winograd: input must be (N, C, H, W), got ", dims(input));
-  TORCH_CHECK(weight_transform.dim() == 3 && weight_transform.size(0) == 36 &&
-                  weight_transform.size(1) == input.size(1),
-              "nst_fast.conv3x3_winograd: weight_transform must be (36, C, K) with C = ", num(input.size(1)),
-              ", got ", dims(weight_transform));
-  TORCH_CHECK(weight_transform.scalar_type() == input.scalar_type() && weight_transform.device() == input.device(),
-              "nst_fast.conv3x3_winograd: weight_transform must match the input's dtype and device");
   auto t = input.scalar_type();
-  TORCH_CHECK(t == at::kFloat || t == at::kDouble,
-              "nst_fast.conv3x3_winograd: input must be float32 or float64, got ", t);
+  TORCH_CHECK(t == at::kFloat || t == at::kDouble || t == at::kBFloat16,
+              "nst_fast.conv3x3_winograd: input must be float32, float64 or bfloat16, got ", t);
+  if (t == at::kBFloat16) {
+    TORCH_CHECK(input.size(1) % 2 == 0 && weight_transform.dim() == 4 && weight_transform.size(0) == 36 &&
+                    weight_transform.size(1) * 2 == input.size(1) && weight_transform.size(3) == 2,
+                "nst_fast.conv3x3_winograd: bfloat16 needs an even C and weight_transform packed as "
+                "(36, C / 2, K, 2) with C = ", num(input.size(1)), ", got ", dims(weight_transform));
+  } else {
+    TORCH_CHECK(weight_transform.dim() == 3 && weight_transform.size(0) == 36 &&
+                    weight_transform.size(1) == input.size(1),
+                "nst_fast.conv3x3_winograd: weight_transform must be (36, C, K) with C = ", num(input.size(1)),
+                ", got ", dims(weight_transform));
+  }
+  TORCH_CHECK(weight_transform.scalar_type() == t && weight_transform.device() == input.device(),
+              "nst_fast.conv3x3_winograd: weight_transform must match the input's dtype and device");
   if (bias.has_value() && bias->defined()) {
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight_transform.size(2) &&
                     bias->scalar_type() == t && bias->device() == input.device(),

@@ -5,9 +5,9 @@ step of StyleTransfer._optimise (the backward of GatysLoss), not a simulation:
 
   weights      the truncated VGG's conv weights and biases (fp32; bf16
                autocast adds a bf16 copy of each, kept for the backward; on
-               the CPU in fp32 each Winograd layer adds two 36/9 = 4x weight
-               transforms, forward and input gradient)
-  scratch      CPU fp32: the transformed tiles a Winograd convolution holds
+               the CPU each Winograd layer adds two 36/9 = 4x weight
+               transforms, forward and input gradient, in the compute dtype)
+  scratch      CPU: the transformed tiles a Winograd convolution holds
                while it runs, at most WINOGRAD_SCRATCH_BYTES
   saved        what autograd keeps from the forward: each conv's input and
                output (the in-place ReLU writes into the conv output, so one
@@ -105,7 +105,8 @@ def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs
     batch = int(batch_styles)
 
     dev_type = torch.device(device).type
-    transformed = precision != "bf16" and winograd.uses_winograd(device, torch.float32)
+    compute = torch.bfloat16 if precision == "bf16" else torch.float32
+    transformed = winograd.uses_winograd(device, compute)
     weights = saved = largest = transforms = 0
     for i, (layer, c_in, c_out, h, w, oh, ow) in enumerate(vgg.walk(height, width, depth, network)):
         kind = layer.kind
@@ -113,8 +114,9 @@ def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs
         largest = max(largest, out)
         if kind == "conv":
             weights += c_in * c_out * layer.kernel ** 2 + c_out
-            if transformed and vgg.winograd_fits(layer, c_in):
-                transforms += winograd.transform_bytes(c_in, c_out)
+            if transformed and vgg.winograd_fits(layer, c_in) and (
+                    compute == torch.float32 or winograd.bf16_fits(c_in, c_out)):
+                transforms += winograd.transform_bytes(c_in, c_out, act)
             saved += out * act
             # The ReLU after a requested conv is not in place: a second buffer.
             if names[i] in requested and i + 1 < depth:

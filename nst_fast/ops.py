@@ -42,12 +42,6 @@ if backend.extension_loaded():
     def _style_loss_backward_fake(grad_loss, residual, features, scale):
         return torch.empty_like(features)
 
-    @torch.library.register_fake("nst_fast::conv3x3_winograd")
-    def _conv3x3_winograd_fake(x, weight_transform, bias):
-        n, _, h, w = x.shape
-        out = x.new_empty((n, weight_transform.shape[2], h, w))
-        return out.contiguous(memory_format=torch.channels_last)
-
     def _setup_context(ctx, inputs, output):
         features, _target, scale = inputs
         ctx.save_for_backward(features, output[1])

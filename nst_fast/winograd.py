@@ -1,4 +1,5 @@
-"""Winograd F(4x4, 3x3) convolutions for VGG-19 on the CPU (csrc/cpu/winograd_cpu.cpp).
+"""Winograd F(4x4, 3x3) convolutions for VGG-19 on the CPU (csrc/cpu/winograd_cpu.cpp):
+float32, and bfloat16 products with float32 sums on CPUs with AVX512-BF16.
 
 The weights are fixed during style transfer, so each layer's weight transform,
 and the one of its flipped, transposed weight for the input gradient, is made
@@ -33,9 +34,23 @@ def available() -> bool:
     return backend.has_op_kernel("conv3x3_winograd", "cpu") and backend.get_backend() != "reference"
 
 
+def bf16_available() -> bool:
+    """True where the kernel also takes bfloat16: a CPU with AVX512-BF16."""
+    return available() and torch.ops.nst_fast.winograd_bf16_supported()
+
+
 def uses_winograd(device, dtype) -> bool:
-    """True where a 3x3 convolution of VGG-19 runs by Winograd: float32 on the CPU."""
-    return torch.device(device).type == "cpu" and dtype == torch.float32 and available()
+    """True where a 3x3 convolution of VGG-19 runs by Winograd on the CPU: float32, and
+    bfloat16 (nst_fast's bf16 mode) where the CPU has AVX512-BF16."""
+    if torch.device(device).type != "cpu":
+        return False
+    return available() if dtype == torch.float32 else dtype == torch.bfloat16 and bf16_available()
+
+
+def bf16_fits(in_channels: int, out_channels: int) -> bool:
+    """Whether the bfloat16 kernel takes this layer, forward and input gradient: its
+    products run 32 output channels at a time over pairs of input channels."""
+    return in_channels % 32 == 0 and out_channels % 32 == 0
 
 
 def transform_bytes(in_channels: int, out_channels: int, itemsize: int = 4) -> int:
@@ -50,6 +65,22 @@ def weight_transform(weight: torch.Tensor) -> torch.Tensor:
     return u.reshape(36, weight.size(1), weight.size(0)).to(weight.dtype).contiguous()
 
 
+def weight_transform_bf16(weight: torch.Tensor) -> torch.Tensor:
+    """(K, C, 3, 3) -> U in bfloat16, packed (36, C / 2, K, 2): rows 2i and 2i + 1 of
+    each point's C x K matrix interleaved, as the kernel's pairwise products want."""
+    u = weight_transform(weight.float()).to(torch.bfloat16)
+    return u.view(36, weight.size(1) // 2, 2, weight.size(0)).transpose(2, 3).contiguous()
+
+
+if backend.extension_loaded():
+
+    @torch.library.register_fake("nst_fast::conv3x3_winograd")
+    def _conv3x3_winograd_fake(x, weight_transform, bias):
+        n, _, h, w = x.shape
+        out = x.new_empty((n, weight_transform.shape[2], h, w))  # K: dim 2 of both layouts
+        return out.contiguous(memory_format=torch.channels_last)
+
+
 class _Conv3x3(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, u, u_input_grad, bias):
@@ -61,7 +92,7 @@ class _Conv3x3(torch.autograd.Function):
         (u_input_grad,) = ctx.saved_tensors
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.ops.nst_fast.conv3x3_winograd(grad, u_input_grad, None)
+            grad_x = torch.ops.nst_fast.conv3x3_winograd(grad.to(u_input_grad.dtype), u_input_grad, None)
         return grad_x, None, None, None
 
 
@@ -71,8 +102,9 @@ def conv3x3(x, u, u_input_grad, bias=None):
 
 
 class WinogradConv2d(nn.Module):
-    """A frozen 3x3/stride-1/padding-1 Conv2d that runs Winograd on float32 CPU input
-    outside autocast, and the ordinary convolution everywhere else."""
+    """A frozen 3x3/stride-1/padding-1 Conv2d that runs Winograd on the CPU: float32
+    input outside autocast; bfloat16 (bf16 weights, or bf16 autocast) where the CPU
+    has AVX512-BF16. The ordinary convolution everywhere else."""
 
     def __init__(self, conv: nn.Conv2d):
         super().__init__()
@@ -82,23 +114,37 @@ class WinogradConv2d(nn.Module):
         self.weight, self.bias = conv.weight, conv.bias
         self._transforms = None
 
-    def _weights(self):
-        key = (self.weight.data_ptr(), self.weight.dtype, self.weight._version)
+    def _weights(self, bf16: bool):
+        key = (self.weight.data_ptr(), self.weight.dtype, self.weight._version, bf16)
         if self._transforms is None or self._transforms[0] != key:
             w = self.weight.detach()
             flipped = w.flip(2, 3).transpose(0, 1)
-            self._transforms = (key, weight_transform(w), weight_transform(flipped))
+            transform = weight_transform_bf16 if bf16 else weight_transform
+            self._transforms = (key, transform(w), transform(flipped))
         return self._transforms[1:]
 
+    def _bf16(self, x) -> bool:
+        """bf16 mode on a CPU that runs it: bf16 weights, or bf16 autocast."""
+        autocast = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        wanted = autocast or (x.dtype == self.weight.dtype == torch.bfloat16)
+        return (wanted and x.device.type == "cpu" and bf16_available()
+                and bf16_fits(self.weight.size(1), self.weight.size(0)))
+
     def forward(self, x):
+        if self.weight.requires_grad:
+            return F.conv2d(x, self.weight, self.bias, padding=1)
+        if self._bf16(x):
+            u, u_input_grad = self._weights(bf16=True)
+            bias = None if self.bias is None else self.bias.detach().to(torch.bfloat16)
+            with torch.autocast("cpu", enabled=False):
+                return conv3x3(x.to(torch.bfloat16), u, u_input_grad, bias)
         use = (
             uses_winograd(x.device, x.dtype)
-            and self.weight.dtype == torch.float32
-            and not self.weight.requires_grad
+            and x.dtype == self.weight.dtype == torch.float32
             and not torch.is_autocast_enabled("cpu")
         )
         if not use:
             return F.conv2d(x, self.weight, self.bias, padding=1)
-        u, u_input_grad = self._weights()
+        u, u_input_grad = self._weights(bf16=False)
         bias = None if self.bias is None else self.bias.detach()
         return conv3x3(x, u, u_input_grad, bias)

@@ -95,7 +95,9 @@ def test_traces_under_torch_compile_fullgraph():
         ((torch.randn(1, 4, 5, 5), torch.randn(36, 3, 2), None), "weight_transform must be"),
         ((torch.randn(4, 5, 5), torch.randn(36, 4, 2), None), "input must be"),
         ((torch.randn(1, 4, 5, 5), torch.randn(36, 4, 2), torch.randn(3)), "bias must be"),
-        ((torch.randn(1, 4, 5, 5).bfloat16(), torch.randn(36, 4, 2).bfloat16(), None), "float32 or float64"),
+        ((torch.randn(1, 4, 5, 5).half(), torch.randn(36, 4, 2).half(), None), "float32, float64 or bfloat16"),
+        ((torch.randn(1, 4, 5, 5).bfloat16(), torch.randn(36, 4, 2).bfloat16(), None), "packed as .36, C / 2, K, 2."),
+        ((torch.randn(1, 5, 5, 5).bfloat16(), torch.randn(36, 2, 32, 2).bfloat16(), None), "an even C"),
         ((torch.randn(1, 4, 5, 5), torch.randn(36, 4, 2).double(), None), "dtype and device"),
     ],
 )
@@ -119,7 +121,7 @@ def _counting(monkeypatch):
     return calls
 
 
-def test_vgg_runs_winograd_in_fp32_on_the_cpu_only(monkeypatch):
+def test_vgg_runs_winograd_in_fp32_on_the_cpu_and_in_bf16_where_it_can(monkeypatch):
     calls = _counting(monkeypatch)
     net = vgg.VGGFeatures(["relu2_1"], vgg.random_state(0))
     image = torch.rand(1, 3, 20, 24)
@@ -127,10 +129,11 @@ def test_vgg_runs_winograd_in_fp32_on_the_cpu_only(monkeypatch):
     assert len(calls) == 2  # conv1_2 and conv2_1; conv1_1 stays direct
     with torch.autocast("cpu", dtype=torch.bfloat16):
         net(image)
-    assert len(calls) == 2
+    bf16 = 2 if winograd.bf16_available() else 0
+    assert len(calls) == 2 + bf16
     monkeypatch.setenv("NST_FAST_WINOGRAD", "0")
     direct = net(image)["relu2_1"]
-    assert len(calls) == 2
+    assert len(calls) == 2 + bf16
     assert _rel_max(out, direct) <= 3e-5
 
 
@@ -176,3 +179,71 @@ def test_stylize_with_winograd_tracks_direct_convolutions(small_images, monkeypa
     assert (fast_short - direct_short).abs().mean() <= 1e-4
     assert direct[0] / direct[-1] > 10  # the runs did optimise
     assert abs(fast[-1] - direct[-1]) / direct[-1] <= 0.03
+
+
+# ---- bfloat16 (AVX512-BF16 CPUs): bf16 operands, float32 products and sums
+
+needs_bf16 = pytest.mark.skipif(not winograd.bf16_available(), reason="this CPU has no AVX512-BF16")
+# C and K multiples of 32; partial tiles, batch 2, the blocked path (169 tiles), the
+# one-pass path (deep layers: few tiles, many channels) with every row remainder.
+BF16_SHAPES = [(1, 32, 32, 13, 7), (2, 64, 32, 9, 10), (1, 64, 64, 50, 50), (1, 64, 96, 12, 12),
+               (1, 384, 384, 6, 5)]
+
+
+def test_bf16_weight_transform_packs_pairs_of_rows():
+    _, weight, _ = _case((1, 6, 32, 1, 1), torch.float32)
+    u = winograd.weight_transform(weight).to(torch.bfloat16)
+    packed = winograd.weight_transform_bf16(weight)
+    assert packed.shape == (36, 3, 32, 2) and packed.dtype == torch.bfloat16
+    for i in range(3):
+        for j in range(2):
+            assert torch.equal(packed[:, i, :, j], u[:, 2 * i + j, :])
+
+
+@needs_bf16
+@pytest.mark.parametrize("shape", BF16_SHAPES)
+def test_bf16_forward_and_input_gradient_match_conv2d(shape):
+    """Against float64 convolutions of the same bf16 inputs. Rounding the transformed
+    tiles and weights to bf16 costs accuracy that the transforms' coefficients (up to
+    8 per side) amplify. Measured on these signed random inputs, relative to the
+    largest output: mean 1.8-2.8e-3 forward and 2.9-4.0e-3 for the gradient (8-13x a
+    direct bf16 convolution's), at most 3-5e-2 and 7-8e-2. Bounds ~1.5x those. A
+    whole run's final loss is what this costs in the end (benchmarks/RESULTS.md)."""
+    x, weight, bias = (t.to(torch.bfloat16) for t in _case(shape, torch.float32))
+    grad_out = torch.randn(shape[0], shape[2], shape[3], shape[4], generator=torch.Generator().manual_seed(1))
+    grad_out = grad_out.to(torch.bfloat16)
+    x64 = x.double().requires_grad_(True)
+    want = F.conv2d(x64, weight.double(), bias.double(), padding=1)
+    (want_grad,) = torch.autograd.grad(want, x64, grad_out.double())
+
+    flipped = weight.flip(2, 3).transpose(0, 1)
+    u, u_grad = winograd.weight_transform_bf16(weight), winograd.weight_transform_bf16(flipped)
+    xw = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    got = winograd.conv3x3(xw, u, u_grad, bias)
+    (got_grad,) = torch.autograd.grad(got, xw, grad_out)
+    assert got.dtype == torch.bfloat16 and got.shape == want.shape and got_grad.dtype == torch.bfloat16
+    direct = F.conv2d(x, weight, bias, padding=1)
+    for value, reference in ((got, want), (got_grad, want_grad)):
+        scale = reference.abs().max()
+        assert ((value.double() - reference).abs().max() / scale).item() <= 0.12
+        assert ((value.double() - reference).abs().mean() / scale).item() <= 6e-3
+    mean_error = lambda t: (t.double() - want).abs().mean().item()  # noqa: E731
+    assert mean_error(got) <= 20 * mean_error(direct)
+
+
+@needs_bf16
+def test_bf16_layers_run_winograd_only_where_their_channels_fit(monkeypatch):
+    calls = _counting(monkeypatch)
+    fits = winograd.WinogradConv2d(torch.nn.Conv2d(32, 64, 3, padding=1)).to(torch.bfloat16).requires_grad_(False)
+    odd = winograd.WinogradConv2d(torch.nn.Conv2d(32, 40, 3, padding=1)).to(torch.bfloat16).requires_grad_(False)
+    x = torch.rand(1, 32, 9, 9, dtype=torch.bfloat16)
+    fits(x)
+    assert len(calls) == 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fits(x.float())
+    assert len(calls) == 2
+    odd(x)
+    assert len(calls) == 2  # K = 40: the ordinary convolution
+    monkeypatch.setenv("NST_FAST_WINOGRAD", "0")
+    fits(x)
+    assert len(calls) == 2

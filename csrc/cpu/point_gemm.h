@@ -14,4 +14,13 @@ bool point_gemm_supported(int64_t k);
 void point_gemm(int64_t points, int64_t rows, int64_t c, int64_t k, const float* v, int64_t v_plane,
                 const float* u, float* m, int64_t m_plane);
 
+// True where point_gemm_bf16 can run: a CPU with AVX512-BF16 and K a multiple of 32.
+bool point_gemm_bf16_supported(int64_t k);
+
+// As point_gemm with bfloat16 operands (raw bits) and float32 products and sums
+// (vdpbf16ps): v_p is (rows x c), c even; u_p is packed in pairs of its rows,
+// (c / 2, k, 2), so that one 32-bit word holds u[2i][j] and u[2i + 1][j].
+void point_gemm_bf16(int64_t points, int64_t rows, int64_t c, int64_t k, const uint16_t* v, int64_t v_plane,
+                     const uint16_t* u, float* m, int64_t m_plane);
+
 }  // namespace nst_fast

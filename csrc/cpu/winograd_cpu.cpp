@@ -6,6 +6,10 @@
 //
 //   conv3x3_winograd(X, U, bias) -> Y      X (N, C, H, W), U (36, C, K), Y (N, K, H, W)
 //
+// bfloat16 X takes U packed as (36, C / 2, K, 2) bfloat16 (pairs of rows interleaved):
+// the transforms run in float, the products on AVX512-BF16 (bf16 operands, float32
+// sums), Y is bfloat16 (nst_fast's bf16 mode on the CPU).
+//
 // U is the transformed weight G g G^T (nst_fast/winograd.py makes it once per
 // layer). The input-gradient of the same convolution is this op again with the
 // transform of the spatially flipped, transposed weight. Y is channels-last.
@@ -19,6 +23,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -81,16 +86,42 @@ NST_FAST_INLINE void output_rows(const T* m0, const T* m1, const T* m2, const T*
   }
 }
 
-// Fixed-size copies: the compiler turns these into a few vector moves, where a
-// memcpy of a runtime size would be a library call per 16 channels.
-template <typename T>
-NST_FAST_INLINE void copy_lanes(const T* src, T* dst) {
-  for (int64_t l = 0; l < kLanes; ++l) dst[l] = src[l];
+using BF16 = c10::BFloat16;
+
+// Element conversions. float -> bfloat16 rounds to nearest even, as c10's does, but
+// branch-free (NaN by a select), so that the loops below vectorise.
+template <typename D, typename S>
+NST_FAST_INLINE D convert_element(S value) {
+  return static_cast<D>(value);
 }
 
-template <typename T>
-NST_FAST_INLINE void copy_some(const T* src, T* dst, int64_t lanes) {
-  for (int64_t l = 0; l < kLanes; ++l) dst[l] = l < lanes ? src[l] : T(0);
+template <>
+NST_FAST_INLINE BF16 convert_element<BF16, float>(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+  const bool nan = (bits & 0x7FFFFFFFu) > 0x7F800000u;
+  return BF16(static_cast<uint16_t>(nan ? 0x7FC0u : rounded), BF16::from_bits());
+}
+
+template <>
+NST_FAST_INLINE float convert_element<float, BF16>(BF16 value) {
+  const uint32_t bits = static_cast<uint32_t>(value.x) << 16;
+  float out;
+  std::memcpy(&out, &bits, sizeof(out));
+  return out;
+}
+
+// Fixed-size copies: the compiler turns these into a few vector moves, where a
+// memcpy of a runtime size would be a library call per 16 channels.
+template <typename S, typename D>
+NST_FAST_INLINE void copy_lanes(const S* src, D* dst) {
+  for (int64_t l = 0; l < kLanes; ++l) dst[l] = convert_element<D>(src[l]);
+}
+
+template <typename S, typename D>
+NST_FAST_INLINE void copy_some(const S* src, D* dst, int64_t lanes) {
+  for (int64_t l = 0; l < kLanes; ++l) dst[l] = l < lanes ? convert_element<D>(src[l]) : D(0);
 }
 
 struct Geometry {
@@ -99,13 +130,14 @@ struct Geometry {
 };
 
 // Input tiles [first, first + count) of x (N, H, W, C) -> rows 0..count of v, whose
-// 36 planes of (rows, C) lie `plane` values apart.
+// 36 planes of (rows, C) lie `plane` values apart. X: x's element type, V: v's, A:
+// the arithmetic's (bfloat16 values are transformed in float).
 // Inlined into each target_clones copy below, so each gets its own instruction set.
-template <typename T>
-NST_FAST_INLINE void transform_input(const T* x, const Geometry& g, int64_t first, int64_t count,
-                                     int64_t plane, T* v, const T* zeros) {
-  T d[kPoints][kLanes], t[kPoints][kLanes], out[kPoints][kLanes];
-  const T* src[kPoints];
+template <typename A, typename X, typename V>
+NST_FAST_INLINE void transform_input(const X* x, const Geometry& g, int64_t first, int64_t count,
+                                     int64_t plane, V* v, const X* zeros) {
+  A d[kPoints][kLanes], t[kPoints][kLanes], out[kPoints][kLanes];
+  const X* src[kPoints];
   for (int64_t i = 0; i < count; ++i) {
     const int64_t tile = first + i;
     const int64_t n = tile / (g.tiles_y * g.tiles_x), rest = tile % (g.tiles_y * g.tiles_x);
@@ -132,22 +164,24 @@ NST_FAST_INLINE void transform_input(const T* x, const Geometry& g, int64_t firs
       for (int64_t s = 0; s < kIn; ++s) {
         input_rows(t[s], t[s + 6], t[s + 12], t[s + 18], t[s + 24], t[s + 30], kIn * kLanes, out[s]);
       }
-      T* dst = v + i * g.c + c0;
+      V* dst = v + i * g.c + c0;
       if (lanes == kLanes) {
         for (int64_t p = 0; p < kPoints; ++p) copy_lanes(out[p], dst + p * plane);
       } else {
-        for (int64_t p = 0; p < kPoints; ++p) std::copy(out[p], out[p] + lanes, dst + p * plane);
+        for (int64_t p = 0; p < kPoints; ++p) {
+          for (int64_t l = 0; l < lanes; ++l) dst[p * plane + l] = convert_element<V>(out[p][l]);
+        }
       }
     }
   }
 }
 
 // Rows 0..count of m (36 planes of (rows, K), `plane` values apart) -> output tiles
-// [first, first + count) of y (N, H, W, K), plus bias.
-template <typename T>
-NST_FAST_INLINE void transform_output(const T* m, int64_t plane, const T* bias, const Geometry& g,
-                                      int64_t first, int64_t count, T* y) {
-  T in[kPoints][kLanes], t[kIn * kOut][kLanes], out[kOut * kOut][kLanes], b[kLanes];
+// [first, first + count) of y (N, H, W, K), plus bias; Y: y's element type.
+template <typename A, typename Y>
+NST_FAST_INLINE void transform_output(const A* m, int64_t plane, const A* bias, const Geometry& g,
+                                      int64_t first, int64_t count, Y* y) {
+  A in[kPoints][kLanes], t[kIn * kOut][kLanes], out[kOut * kOut][kLanes], b[kLanes];
   for (int64_t i = 0; i < count; ++i) {
     const int64_t tile = first + i;
     const int64_t n = tile / (g.tiles_y * g.tiles_x), rest = tile % (g.tiles_y * g.tiles_x);
@@ -155,7 +189,7 @@ NST_FAST_INLINE void transform_output(const T* m, int64_t plane, const T* bias, 
     const int64_t rows = std::min(kOut, g.h - y0), cols = std::min(kOut, g.w - x0);
     for (int64_t k0 = 0; k0 < g.k; k0 += kLanes) {
       const int64_t lanes = std::min(kLanes, g.k - k0);
-      const T* src = m + i * g.k + k0;
+      const A* src = m + i * g.k + k0;
       if (lanes == kLanes) {
         for (int64_t p = 0; p < kPoints; ++p) copy_lanes(src + p * plane, in[p]);
       } else {
@@ -169,15 +203,15 @@ NST_FAST_INLINE void transform_output(const T* m, int64_t plane, const T* bias, 
       for (int64_t j = 0; j < kOut; ++j) {
         output_rows(t[j], t[j + 4], t[j + 8], t[j + 12], t[j + 16], t[j + 20], kOut * kLanes, out[j]);
       }
-      for (int64_t l = 0; l < kLanes; ++l) b[l] = (bias && l < lanes) ? bias[k0 + l] : T(0);
+      for (int64_t l = 0; l < kLanes; ++l) b[l] = (bias && l < lanes) ? bias[k0 + l] : A(0);
       for (int64_t r = 0; r < rows; ++r) {
         for (int64_t s = 0; s < cols; ++s) {
-          T* dst = y + ((n * g.h + y0 + r) * g.w + x0 + s) * g.k + k0;
-          const T* row = out[r * kOut + s];
+          Y* dst = y + ((n * g.h + y0 + r) * g.w + x0 + s) * g.k + k0;
+          const A* row = out[r * kOut + s];
           if (lanes == kLanes) {
-            for (int64_t l = 0; l < kLanes; ++l) dst[l] = row[l] + b[l];
+            for (int64_t l = 0; l < kLanes; ++l) dst[l] = convert_element<Y>(row[l] + b[l]);
           } else {
-            for (int64_t l = 0; l < lanes; ++l) dst[l] = row[l] + b[l];
+            for (int64_t l = 0; l < lanes; ++l) dst[l] = convert_element<Y>(row[l] + b[l]);
           }
         }
       }
@@ -187,29 +221,42 @@ NST_FAST_INLINE void transform_output(const T* m, int64_t plane, const T* bias, 
 
 NST_FAST_CLONES void transform_input_f(const float* x, const Geometry& g, int64_t first, int64_t count,
                                        int64_t plane, float* v, const float* zeros) {
-  transform_input(x, g, first, count, plane, v, zeros);
+  transform_input<float>(x, g, first, count, plane, v, zeros);
 }
 NST_FAST_CLONES void transform_output_f(const float* m, int64_t plane, const float* bias, const Geometry& g,
                                         int64_t first, int64_t count, float* y) {
   transform_output(m, plane, bias, g, first, count, y);
 }
+NST_FAST_CLONES void transform_input_bf16(const BF16* x, const Geometry& g, int64_t first, int64_t count,
+                                          int64_t plane, BF16* v, const BF16* zeros) {
+  transform_input<float>(x, g, first, count, plane, v, zeros);
+}
+NST_FAST_CLONES void transform_output_bf16(const float* m, int64_t plane, const float* bias, const Geometry& g,
+                                           int64_t first, int64_t count, BF16* y) {
+  transform_output(m, plane, bias, g, first, count, y);
+}
 
-// float64 (for tests) runs the generic code; float32 gets the instruction-set clones.
+// float64 (for tests) runs the generic code; float32 and bfloat16 get the
+// instruction-set clones.
 template <typename T>
 void input_tiles(const T* x, const Geometry& g, int64_t first, int64_t count, int64_t plane, T* v,
                  const T* zeros) {
   if constexpr (std::is_same_v<T, float>) {
     transform_input_f(x, g, first, count, plane, v, zeros);
+  } else if constexpr (std::is_same_v<T, BF16>) {
+    transform_input_bf16(x, g, first, count, plane, v, zeros);
   } else {
-    transform_input(x, g, first, count, plane, v, zeros);
+    transform_input<T>(x, g, first, count, plane, v, zeros);
   }
 }
 
-template <typename T>
-void output_tiles(const T* m, int64_t plane, const T* bias, const Geometry& g, int64_t first, int64_t count,
-                  T* y) {
-  if constexpr (std::is_same_v<T, float>) {
+template <typename A, typename Y>
+void output_tiles(const A* m, int64_t plane, const A* bias, const Geometry& g, int64_t first, int64_t count,
+                  Y* y) {
+  if constexpr (std::is_same_v<Y, float>) {
     transform_output_f(m, plane, bias, g, first, count, y);
+  } else if constexpr (std::is_same_v<Y, BF16>) {
+    transform_output_bf16(m, plane, bias, g, first, count, y);
   } else {
     transform_output(m, plane, bias, g, first, count, y);
   }
@@ -226,10 +273,10 @@ int64_t block_tiles(const Geometry& g) {
 // values of V and M than that (the deep layers: few tiles, many channels), one block
 // for all tiles reads U once, and the GEMM over the 36 points is what is split
 // across threads; unless V and M would take more than kMaxOnePassBytes.
-bool one_pass(const Geometry& g, int64_t itemsize) {
+bool one_pass(const Geometry& g, int64_t v_itemsize, int64_t m_itemsize) {
   const int64_t threads = at::get_num_threads();
   const int64_t tiles_per_thread = (g.tiles() + threads - 1) / threads;
-  const bool fits = kPoints * g.tiles() * (g.c + g.k) * itemsize <= kMaxOnePassBytes;
+  const bool fits = kPoints * g.tiles() * (g.c * v_itemsize + g.k * m_itemsize) <= kMaxOnePassBytes;
   return fits && (tiles_per_thread < kMinBlock || tiles_per_thread * (g.c + g.k) <= g.c * g.k);
 }
 
@@ -244,6 +291,61 @@ void multiply_points(const at::Tensor& v, const at::Tensor& u, at::Tensor m, boo
   }
 }
 
+// bfloat16 input and output, transformed in float, the 36 products by point_gemm_bf16
+// (bfloat16 operands, float32 sums); u is (36, C / 2, K, 2), packed as it wants.
+at::Tensor conv3x3_winograd_bf16(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias,
+                                 const Geometry& g) {
+  TORCH_CHECK(point_gemm_bf16_supported(g.k), "nst_fast.conv3x3_winograd: bfloat16 needs a CPU with "
+              "AVX512-BF16 and K a multiple of 32, got K = ", g.k);
+  auto y = at::empty({g.n, g.k, g.h, g.w}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (y.numel() == 0) return y;
+  at::Tensor b;
+  if (bias.defined()) b = bias.to(at::kFloat).contiguous();
+  const float* bp = b.defined() ? b.const_data_ptr<float>() : nullptr;
+  const BF16* xp = x.const_data_ptr<BF16>();
+  BF16* yp = y.mutable_data_ptr<BF16>();
+  const auto* up = reinterpret_cast<const uint16_t*>(u.const_data_ptr<BF16>());
+  const std::vector<BF16> zeros(g.c, BF16(0.0f));
+  const auto v_options = x.options().memory_format(at::MemoryFormat::Contiguous);
+  const auto m_options = v_options.dtype(at::kFloat);
+  // Points [first, first + points) of v (rows of each plane) times u into m.
+  auto multiply = [&](const at::Tensor& v, at::Tensor& m, int64_t first, int64_t points, int64_t rows) {
+    point_gemm_bf16(points, rows, g.c, g.k,
+                    reinterpret_cast<const uint16_t*>(v.const_data_ptr<BF16>()) + first * v.stride(0),
+                    v.stride(0), up + first * g.c * g.k, m.mutable_data_ptr<float>() + first * m.stride(0),
+                    m.stride(0));
+  };
+  if (one_pass(g, sizeof(BF16), sizeof(float))) {
+    const int64_t tiles = g.tiles();
+    auto v = at::empty({kPoints, tiles, g.c}, v_options);
+    auto m = at::empty({kPoints, tiles, g.k}, m_options);
+    BF16* vp = v.mutable_data_ptr<BF16>();
+    at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+      input_tiles(xp, g, begin, end - begin, v.stride(0), vp + begin * g.c, zeros.data());
+    });
+    at::parallel_for(0, kPoints, 1, [&](int64_t begin, int64_t end) { multiply(v, m, begin, end - begin, tiles); });
+    const float* mp = m.const_data_ptr<float>();
+    at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+      output_tiles(mp + begin * g.k, m.stride(0), bp, g, begin, end - begin, yp);
+    });
+    return y;
+  }
+  const int64_t per_block = block_tiles(g);
+  const int64_t blocks = (g.tiles() + per_block - 1) / per_block;
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    auto v = at::empty({kPoints, per_block, g.c}, v_options);
+    auto m = at::empty({kPoints, per_block, g.k}, m_options);
+    for (int64_t block = begin; block < end; ++block) {
+      const int64_t first = block * per_block;
+      const int64_t count = std::min(per_block, g.tiles() - first);
+      input_tiles(xp, g, first, count, v.stride(0), v.mutable_data_ptr<BF16>(), zeros.data());
+      multiply(v, m, 0, kPoints, count);
+      output_tiles(m.const_data_ptr<float>(), m.stride(0), bp, g, first, count, yp);
+    }
+  });
+  return y;
+}
+
 at::Tensor conv3x3_winograd_cpu(const at::Tensor& input, const at::Tensor& weight_transform,
                                 const c10::optional<at::Tensor>& bias) {
   check_winograd_args(input, weight_transform, bias);
@@ -252,10 +354,11 @@ at::Tensor conv3x3_winograd_cpu(const at::Tensor& input, const at::Tensor& weigh
   Geometry g{x.size(0), x.size(1), x.size(2), x.size(3), u.size(2), 0, 0};
   g.tiles_y = (g.h + kOut - 1) / kOut;
   g.tiles_x = (g.w + kOut - 1) / kOut;
-  auto y = at::empty({g.n, g.k, g.h, g.w}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
-  if (y.numel() == 0) return y;
   at::Tensor b;
   if (bias.has_value() && bias->defined()) b = bias->contiguous();
+  if (x.scalar_type() == at::kBFloat16) return conv3x3_winograd_bf16(x, u, b, g);
+  auto y = at::empty({g.n, g.k, g.h, g.w}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (y.numel() == 0) return y;
   const int64_t per_block = block_tiles(g);
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv3x3_winograd_cpu", [&] {
@@ -265,7 +368,7 @@ at::Tensor conv3x3_winograd_cpu(const at::Tensor& input, const at::Tensor& weigh
     const std::vector<scalar_t> zeros(g.c, scalar_t(0));
     const auto scratch = x.options().memory_format(at::MemoryFormat::Contiguous);
     const bool fast_gemm = std::is_same_v<scalar_t, float> && point_gemm_supported(g.k);
-    if (one_pass(g, x.element_size())) {
+    if (one_pass(g, x.element_size(), x.element_size())) {
       const int64_t tiles = g.tiles();
       auto v = at::empty({kPoints, tiles, g.c}, scratch), m = at::empty({kPoints, tiles, g.k}, scratch);
       scalar_t* vp = v.mutable_data_ptr<scalar_t>();
