@@ -34,9 +34,13 @@ def available() -> bool:
     return backend.has_op_kernel("conv3x3_winograd", "cpu") and backend.get_backend() != "reference"
 
 
+# Asked once at import, as backend asks for its kernels: torch.compile cannot trace the query.
+_BF16_CPU = backend.extension_loaded() and bool(torch.ops.nst_fast.winograd_bf16_supported())
+
+
 def bf16_available() -> bool:
     """True where the kernel also takes bfloat16: a CPU with AVX512-BF16."""
-    return available() and torch.ops.nst_fast.winograd_bf16_supported()
+    return available() and _BF16_CPU
 
 
 def uses_winograd(device, dtype) -> bool:

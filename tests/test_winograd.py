@@ -78,14 +78,17 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.nst_fast.conv3x3_winograd, (x, u, None))
 
 
-def test_traces_under_torch_compile_fullgraph():
-    conv = winograd.WinogradConv2d(torch.nn.Conv2d(6, 5, 3, padding=1).requires_grad_(False))
-    x = torch.randn(1, 6, 9, 7, requires_grad=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_traces_under_torch_compile_fullgraph(dtype):
+    if dtype == torch.bfloat16 and not winograd.bf16_available():
+        pytest.skip("this CPU has no AVX512-BF16")
+    conv = winograd.WinogradConv2d(torch.nn.Conv2d(32, 32, 3, padding=1).to(dtype).requires_grad_(False))
+    x = torch.randn(1, 32, 9, 7, dtype=dtype, requires_grad=True)
     compiled = torch.compile(conv, fullgraph=True, backend="aot_eager")
     got = compiled(x)
-    (got_grad,) = torch.autograd.grad(got.square().sum(), x)
+    (got_grad,) = torch.autograd.grad(got.float().square().sum(), x)
     want = conv(x)
-    (want_grad,) = torch.autograd.grad(want.square().sum(), x)
+    (want_grad,) = torch.autograd.grad(want.float().square().sum(), x)
     assert _rel_max(got, want) <= 1e-6 and _rel_max(got_grad, want_grad) <= 1e-6
 
 
