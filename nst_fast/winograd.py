@@ -62,17 +62,19 @@ def transform_bytes(in_channels: int, out_channels: int, itemsize: int = 4) -> i
     return 2 * 36 * in_channels * out_channels * itemsize
 
 
-def weight_transform(weight: torch.Tensor) -> torch.Tensor:
-    """(K, C, 3, 3) -> U = G g G^T laid out (36, C, K), computed in float64."""
-    g = _G.to(weight.device)
-    u = torch.einsum("ai,kcij,bj->abck", g, weight.double(), g)
+def weight_transform(weight: torch.Tensor, compute=torch.float64) -> torch.Tensor:
+    """(K, C, 3, 3) -> U = G g G^T laid out (36, C, K), computed in float64 (or `compute`)."""
+    g = _G.to(weight.device, compute)
+    u = torch.einsum("ai,kcij,bj->abck", g, weight.to(compute), g)
     return u.reshape(36, weight.size(1), weight.size(0)).to(weight.dtype).contiguous()
 
 
 def weight_transform_bf16(weight: torch.Tensor) -> torch.Tensor:
     """(K, C, 3, 3) -> U in bfloat16, packed (36, C / 2, K, 2): rows 2i and 2i + 1 of
-    each point's C x K matrix interleaved, as the kernel's pairwise products want."""
-    u = weight_transform(weight.float()).to(torch.bfloat16)
+    each point's C x K matrix interleaved, as the kernel's pairwise products want.
+    Computed in float32, far finer than the bf16 it is rounded to (and half float64's
+    transient memory)."""
+    u = weight_transform(weight.to(torch.bfloat16), compute=torch.float32)
     return u.view(36, weight.size(1) // 2, 2, weight.size(0)).transpose(2, 3).contiguous()
 
 

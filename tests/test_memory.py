@@ -26,8 +26,8 @@ import json, sys
 import torch
 import nst_fast
 
-h, w, steps, optimizer, pooling, regions, style_loss, variants, network = (
-    int(a) if a.isdigit() else a for a in sys.argv[1:10])
+h, w, steps, optimizer, pooling, regions, style_loss, variants, network, precision = (
+    int(a) if a.isdigit() else a for a in sys.argv[1:11])
 st = nst_fast.StyleTransfer(weights="random", device="cpu", pooling=pooling, network=network)
 gen = torch.Generator().manual_seed(0)
 content = torch.rand(1, 3, h, w, generator=gen)
@@ -44,44 +44,47 @@ def status_kib(field):
 before_rss, before_max = status_kib("VmRSS"), status_kib("VmHWM")
 st.stylize_tensor(content, [style] * max(1, regions), size=max(h, w), steps=steps, optimizer=optimizer,
                   style_scale=0.5, style_masks=masks, style_loss=style_loss,
-                  mrf_variants=bool(variants))
+                  mrf_variants=bool(variants), precision=precision)
 after_max = status_kib("VmHWM")
 print(json.dumps({"before_rss": before_rss, "before_max": before_max, "after_max": after_max}))
 """
 
 
 def _measure_cpu(h, w, steps, optimizer, pooling="max", regions=0, style_loss="gram", variants=False,
-                 network="vgg19"):
+                 network="vgg19", precision="fp32"):
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run([sys.executable, "-c", _MEASURE, str(h), str(w), str(steps), optimizer, pooling,
-                           str(regions), style_loss, str(int(variants)), network],
+                           str(regions), style_loss, str(int(variants)), network, precision],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
-@pytest.mark.parametrize("pooling,regions,style_loss,variants,network",
-                         [("max", 0, "gram", 0, "vgg19"), ("l2", 0, "gram", 0, "vgg19"), ("max", 2, "gram", 0, "vgg19"),
-                          ("max", 0, "w2", 0, "vgg19"), ("max", 2, "w2", 0, "vgg19"), ("max", 0, "mrf", 0, "vgg19"),
-                          ("max", 2, "mrf", 0, "vgg19"), ("max", 0, "mrf", 9, "vgg19"), ("max", 0, "gram", 0, "nin"),
-                          ("max", 0, "mrf", 0, "nin")])
-def test_cpu_estimate_matches_measured_peak(pooling, regions, style_loss, variants, network):
+@pytest.mark.parametrize("pooling,regions,style_loss,variants,network,precision",
+                         [("max", 0, "gram", 0, "vgg19", "fp32"), ("l2", 0, "gram", 0, "vgg19", "fp32"),
+                          ("max", 2, "gram", 0, "vgg19", "fp32"), ("max", 0, "w2", 0, "vgg19", "fp32"),
+                          ("max", 2, "w2", 0, "vgg19", "fp32"), ("max", 0, "mrf", 0, "vgg19", "fp32"),
+                          ("max", 2, "mrf", 0, "vgg19", "fp32"), ("max", 0, "mrf", 9, "vgg19", "fp32"),
+                          ("max", 0, "gram", 0, "nin", "fp32"), ("max", 0, "mrf", 0, "nin", "fp32"),
+                          ("max", 0, "gram", 0, "vgg19", "bf16")])
+def test_cpu_estimate_matches_measured_peak(pooling, regions, style_loss, variants, network, precision):
     """Also with L2 pooling, with two masked styles (spatial control), with the W2 and
-    MRF style losses, unmasked and masked, MRF with the style's variants, and NIN."""
+    MRF style losses, unmasked and masked, MRF with the style's variants, NIN, and bf16
+    (Winograd with bf16 products where the CPU has AVX512-BF16, else autocast)."""
     h, w = 576, 768  # activations are ~60% of the estimate at this size (VGG-19)
     r = _measure_cpu(h, w, steps=2, optimizer="lbfgs", pooling=pooling, regions=regions, style_loss=style_loss,
-                     variants=bool(variants), network=network)
+                     variants=bool(variants), network=network, precision=precision)
     measured = (r["after_max"] - r["before_rss"]) * 1024  # VmHWM and VmRSS are in KiB
     measured_hwm = (r["after_max"] - r["before_max"]) * 1024
     kw = dict(device="cpu", pooling=pooling, style_regions=regions, style_loss=style_loss, styles=max(1, regions),
               style_scale=0.5, mrf_variants=max(1, variants), network=network)
     content, style = default_layers(network, style_loss)  # as the run uses (VGG: relu4_2)
-    parts = memory.estimate_parts(h, w, content, style, "lbfgs", "fp32", **kw)
-    estimate = memory.estimate_bytes(h, w, content, style, "lbfgs", "fp32", **kw)
-    report = (f"{w}x{h} {network} lbfgs {pooling} pooling, {regions} masked styles, {style_loss} loss "
+    parts = memory.estimate_parts(h, w, content, style, "lbfgs", precision, **kw)
+    estimate = memory.estimate_bytes(h, w, content, style, "lbfgs", precision, **kw)
+    report = (f"{w}x{h} {network} {precision} lbfgs {pooling} pooling, {regions} masked styles, {style_loss} loss "
               f"({max(1, variants)} style variants): "
               f"estimate {estimate / MiB:.0f} MiB, measured {measured / MiB:.0f} MiB "
               f"(over the high-water mark before: {measured_hwm / MiB:.0f}), ratio {estimate / measured:.3f}; "

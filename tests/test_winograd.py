@@ -195,8 +195,9 @@ BF16_SHAPES = [(1, 32, 32, 13, 7), (2, 64, 32, 9, 10), (1, 64, 64, 50, 50), (1, 
 
 def test_bf16_weight_transform_packs_pairs_of_rows():
     _, weight, _ = _case((1, 6, 32, 1, 1), torch.float32)
-    u = winograd.weight_transform(weight).to(torch.bfloat16)
+    u = winograd.weight_transform(weight.to(torch.bfloat16), compute=torch.float32)
     packed = winograd.weight_transform_bf16(weight)
+    assert u.dtype == torch.bfloat16 and _rel_max(u, winograd.weight_transform(weight)) <= 1e-2
     assert packed.shape == (36, 3, 32, 2) and packed.dtype == torch.bfloat16
     for i in range(3):
         for j in range(2):
