@@ -88,40 +88,49 @@ NST_FAST_INLINE void output_rows(const T* m0, const T* m1, const T* m2, const T*
 
 using BF16 = c10::BFloat16;
 
-// Element conversions. float -> bfloat16 rounds to nearest even, as c10's does, but
-// branch-free (NaN by a select), so that the loops below vectorise.
-template <typename D, typename S>
-NST_FAST_INLINE D convert_element(S value) {
-  return static_cast<D>(value);
-}
-
-template <>
-NST_FAST_INLINE BF16 convert_element<BF16, float>(float value) {
+// Element conversions, on the raw bits of bfloat16 (uint16_t) so that the loops
+// below vectorise: float -> bfloat16 rounds to nearest even, as c10's does, with
+// NaN by a select instead of a branch.
+NST_FAST_INLINE uint16_t bf16_bits(float value) {
   uint32_t bits;
   std::memcpy(&bits, &value, sizeof(bits));
   const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
-  const bool nan = (bits & 0x7FFFFFFFu) > 0x7F800000u;
-  return BF16(static_cast<uint16_t>(nan ? 0x7FC0u : rounded), BF16::from_bits());
+  return static_cast<uint16_t>((bits & 0x7FFFFFFFu) > 0x7F800000u ? 0x7FC0u : rounded);
 }
 
-template <>
-NST_FAST_INLINE float convert_element<float, BF16>(BF16 value) {
-  const uint32_t bits = static_cast<uint32_t>(value.x) << 16;
+NST_FAST_INLINE float from_bf16_bits(uint16_t value) {
+  const uint32_t bits = static_cast<uint32_t>(value) << 16;
   float out;
   std::memcpy(&out, &bits, sizeof(out));
   return out;
 }
 
-// Fixed-size copies: the compiler turns these into a few vector moves, where a
-// memcpy of a runtime size would be a library call per 16 channels.
+// n values of src into dst, converted. n is kLanes in the hot calls: a fixed count
+// the compiler turns into a few vector instructions, where a memcpy of a runtime
+// size would be a library call per 16 channels.
 template <typename S, typename D>
-NST_FAST_INLINE void copy_lanes(const S* src, D* dst) {
-  for (int64_t l = 0; l < kLanes; ++l) dst[l] = convert_element<D>(src[l]);
+NST_FAST_INLINE void convert_n(const S* src, D* dst, int64_t n) {
+  if constexpr (std::is_same_v<D, BF16>) {
+    auto* out = reinterpret_cast<uint16_t*>(dst);
+    for (int64_t l = 0; l < n; ++l) out[l] = bf16_bits(src[l]);
+  } else if constexpr (std::is_same_v<S, BF16>) {
+    const auto* in = reinterpret_cast<const uint16_t*>(src);
+    for (int64_t l = 0; l < n; ++l) dst[l] = from_bf16_bits(in[l]);
+  } else {
+    for (int64_t l = 0; l < n; ++l) dst[l] = static_cast<D>(src[l]);
+  }
 }
 
 template <typename S, typename D>
+NST_FAST_INLINE void copy_lanes(const S* src, D* dst) {
+  convert_n(src, dst, kLanes);
+}
+
+// The first `lanes` values, the rest of the kLanes zero.
+template <typename S, typename D>
 NST_FAST_INLINE void copy_some(const S* src, D* dst, int64_t lanes) {
-  for (int64_t l = 0; l < kLanes; ++l) dst[l] = l < lanes ? convert_element<D>(src[l]) : D(0);
+  for (int64_t l = 0; l < kLanes; ++l) dst[l] = D(0);
+  convert_n(src, dst, lanes);
 }
 
 struct Geometry {
@@ -168,9 +177,7 @@ NST_FAST_INLINE void transform_input(const X* x, const Geometry& g, int64_t firs
       if (lanes == kLanes) {
         for (int64_t p = 0; p < kPoints; ++p) copy_lanes(out[p], dst + p * plane);
       } else {
-        for (int64_t p = 0; p < kPoints; ++p) {
-          for (int64_t l = 0; l < lanes; ++l) dst[p * plane + l] = convert_element<V>(out[p][l]);
-        }
+        for (int64_t p = 0; p < kPoints; ++p) convert_n(out[p], dst + p * plane, lanes);
       }
     }
   }
@@ -208,10 +215,12 @@ NST_FAST_INLINE void transform_output(const A* m, int64_t plane, const A* bias, 
         for (int64_t s = 0; s < cols; ++s) {
           Y* dst = y + ((n * g.h + y0 + r) * g.w + x0 + s) * g.k + k0;
           const A* row = out[r * kOut + s];
+          A sum[kLanes];
+          for (int64_t l = 0; l < kLanes; ++l) sum[l] = row[l] + b[l];
           if (lanes == kLanes) {
-            for (int64_t l = 0; l < kLanes; ++l) dst[l] = convert_element<Y>(row[l] + b[l]);
+            copy_lanes(sum, dst);
           } else {
-            for (int64_t l = 0; l < lanes; ++l) dst[l] = convert_element<Y>(row[l] + b[l]);
+            convert_n(sum, dst, lanes);
           }
         }
       }
