@@ -96,7 +96,9 @@ def build_parser():
     p.add_argument("--network", default="vgg19", choices=["vgg19", "vgg16", "vgg13", "vgg11", "alexnet", "nin"],
                    help="the CNN whose features are matched (vgg19, the paper's; nin needs --weights PATH "
                         "to nin_imagenet.pth or nin_imagenet_conv.caffemodel)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"], help="(fp32)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"],
+                   help="fp32: exact | tf32: TF32 convolutions and matmuls (GPU) | bf16: bf16 activations "
+                        "(GPU; on a CPU with AVX512-BF16 the fastest mode) (fp32)")
     p.add_argument("--weights", default=None,
                    help="imagenet | random | PATH to a state dict of the network or a Caffe .caffemodel "
                         "(default $NST_FAST_WEIGHTS or imagenet)")
