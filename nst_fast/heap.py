@@ -63,14 +63,6 @@ def worth_keeping(largest_block_bytes: int) -> bool:
     return largest_block_bytes > MMAP_THRESHOLD_MAX and keeps_freed_memory()
 
 
-def give_back() -> None:
-    """Return the heap's free memory to the system now (glibc's malloc_trim), as after
-    making many medium-sized temporaries that glibc would otherwise keep."""
-    libc = _glibc()
-    if libc is not None:
-        libc.malloc_trim(0)
-
-
 @contextlib.contextmanager
 def keep_freed_memory(enabled: bool = True):
     """Within: large allocations reuse freed memory instead of fresh pages.

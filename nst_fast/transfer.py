@@ -11,7 +11,6 @@ from . import color, heap, images, memory, mrf, vgg, wasserstein
 from .errors import Interrupted, NonFiniteLoss, NstError
 from .losses import GatysLoss, GuidedStyle, WeightedSum, gram_target
 from .mrf import MRFStyle
-from .winograd import WinogradConv2d
 from .optim import make_optimizer
 from .options import Options, report_interval
 from .progress import Progress
@@ -128,10 +127,6 @@ class StyleTransfer:
             net.net.to(dtype)  # the convolutions; preprocessing stays in fp32
             if self.split_at:
                 net.place(self.devices, self.split_at)
-            for module in net.net:
-                if isinstance(module, WinogradConv2d):
-                    module.prepare(precision)
-            heap.give_back()  # the transforms' temporaries
             self._nets[layers, dtype] = net
         return self._nets[layers, dtype]
 

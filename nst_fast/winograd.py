@@ -129,17 +129,6 @@ class WinogradConv2d(nn.Module):
             self._transforms = (key, transform(w), transform(flipped))
         return self._transforms[1:]
 
-    def prepare(self, precision: str) -> None:
-        """Make the weight transforms a run in `precision` will use, before it starts:
-        made during the first step instead, while a run keeps freed memory
-        (nst_fast/heap.py), their temporaries would stay in the process."""
-        if self.weight.device.type != "cpu" or self.weight.requires_grad:
-            return
-        if precision == "bf16" and bf16_available() and bf16_fits(self.weight.size(1), self.weight.size(0)):
-            self._weights(bf16=True)
-        elif precision != "bf16" and available() and self.weight.dtype == torch.float32:
-            self._weights(bf16=False)
-
     def _bf16(self, x) -> bool:
         """bf16 mode on a CPU that runs it: bf16 weights, or bf16 autocast."""
         autocast = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
