@@ -300,44 +300,29 @@ void multiply_points(const at::Tensor& v, const at::Tensor& u, at::Tensor m, boo
   }
 }
 
-// bfloat16 input and output, transformed in float, the 36 products by point_gemm_bf16
-// (bfloat16 operands, float32 sums); u is (36, C / 2, K, 2), packed as it wants.
-at::Tensor conv3x3_winograd_bf16(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias,
-                                 const Geometry& g) {
-  TORCH_CHECK(point_gemm_bf16_supported(g.k), "nst_fast.conv3x3_winograd: bfloat16 needs a CPU with "
-              "AVX512-BF16 and K a multiple of 32, got K = ", g.k);
-  auto y = at::empty({g.n, g.k, g.h, g.w}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
-  if (y.numel() == 0) return y;
-  at::Tensor b;
-  if (bias.defined()) b = bias.to(at::kFloat).contiguous();
-  const float* bp = b.defined() ? b.const_data_ptr<float>() : nullptr;
-  const BF16* xp = x.const_data_ptr<BF16>();
-  BF16* yp = y.mutable_data_ptr<BF16>();
-  const auto* up = reinterpret_cast<const uint16_t*>(u.const_data_ptr<BF16>());
-  const std::vector<BF16> zeros(g.c, BF16(0.0f));
-  const auto v_options = x.options().memory_format(at::MemoryFormat::Contiguous);
-  const auto m_options = v_options.dtype(at::kFloat);
-  // Points [first, first + points) of v (rows of each plane) times u into m.
-  auto multiply = [&](const at::Tensor& v, at::Tensor& m, int64_t first, int64_t points, int64_t rows) {
-    point_gemm_bf16(points, rows, g.c, g.k,
-                    reinterpret_cast<const uint16_t*>(v.const_data_ptr<BF16>()) + first * v.stride(0),
-                    v.stride(0), up + first * g.c * g.k, m.mutable_data_ptr<float>() + first * m.stride(0),
-                    m.stride(0));
-  };
-  if (one_pass(g, sizeof(BF16), sizeof(float))) {
+// The three stages over every tile, into y: V = the transformed input tiles (element
+// type V), M = their 36 point products with U (type A, as the bias), y = the
+// transformed output. Either one block of all tiles (one_pass(): multiply_all(v, m)
+// threads the products), or blocks of block_tiles() per thread (multiply_rows(v, m,
+// rows): the first `rows` rows of each plane of v).
+template <typename V, typename A, typename X, typename Y, typename MultiplyAll, typename MultiplyRows>
+void run_tiles(const Geometry& g, const X* xp, const A* bp, Y* yp, const at::TensorOptions& v_options,
+               const at::TensorOptions& m_options, MultiplyAll multiply_all, MultiplyRows multiply_rows) {
+  const std::vector<X> zeros(g.c, X(0.0f));
+  if (one_pass(g, sizeof(V), sizeof(A))) {
     const int64_t tiles = g.tiles();
     auto v = at::empty({kPoints, tiles, g.c}, v_options);
     auto m = at::empty({kPoints, tiles, g.k}, m_options);
-    BF16* vp = v.mutable_data_ptr<BF16>();
+    V* vp = v.template mutable_data_ptr<V>();
     at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
       input_tiles(xp, g, begin, end - begin, v.stride(0), vp + begin * g.c, zeros.data());
     });
-    at::parallel_for(0, kPoints, 1, [&](int64_t begin, int64_t end) { multiply(v, m, begin, end - begin, tiles); });
-    const float* mp = m.const_data_ptr<float>();
+    multiply_all(v, m);
+    const A* mp = m.template const_data_ptr<A>();
     at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
       output_tiles(mp + begin * g.k, m.stride(0), bp, g, begin, end - begin, yp);
     });
-    return y;
+    return;
   }
   const int64_t per_block = block_tiles(g);
   const int64_t blocks = (g.tiles() + per_block - 1) / per_block;
@@ -347,12 +332,39 @@ at::Tensor conv3x3_winograd_bf16(const at::Tensor& x, const at::Tensor& u, const
     for (int64_t block = begin; block < end; ++block) {
       const int64_t first = block * per_block;
       const int64_t count = std::min(per_block, g.tiles() - first);
-      input_tiles(xp, g, first, count, v.stride(0), v.mutable_data_ptr<BF16>(), zeros.data());
-      multiply(v, m, 0, kPoints, count);
-      output_tiles(m.const_data_ptr<float>(), m.stride(0), bp, g, first, count, yp);
+      // A short last block uses the first `count` rows of each plane.
+      input_tiles(xp, g, first, count, v.stride(0), v.template mutable_data_ptr<V>(), zeros.data());
+      multiply_rows(v, m, count);
+      output_tiles(m.template const_data_ptr<A>(), m.stride(0), bp, g, first, count, yp);
     }
   });
-  return y;
+}
+
+// bfloat16 input and output, transformed in float, the 36 products by point_gemm_bf16
+// (bfloat16 operands, float32 sums); u is (36, C / 2, K, 2), packed as it wants.
+void conv3x3_winograd_bf16(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias, const Geometry& g,
+                           at::Tensor& y) {
+  TORCH_CHECK(point_gemm_bf16_supported(g.k), "nst_fast.conv3x3_winograd: bfloat16 needs a CPU with "
+              "AVX512-BF16 and K a multiple of 32, got K = ", g.k);
+  at::Tensor b;
+  if (bias.defined()) b = bias.to(at::kFloat).contiguous();
+  const auto* up = reinterpret_cast<const uint16_t*>(u.const_data_ptr<BF16>());
+  // Points [first, first + points) of the first `rows` rows of v's planes, into m.
+  auto multiply = [&](const at::Tensor& v, at::Tensor& m, int64_t first, int64_t points, int64_t rows) {
+    point_gemm_bf16(points, rows, g.c, g.k,
+                    reinterpret_cast<const uint16_t*>(v.const_data_ptr<BF16>()) + first * v.stride(0),
+                    v.stride(0), up + first * g.c * g.k, m.mutable_data_ptr<float>() + first * m.stride(0),
+                    m.stride(0));
+  };
+  const auto v_options = x.options().memory_format(at::MemoryFormat::Contiguous);
+  run_tiles<BF16>(
+      g, x.const_data_ptr<BF16>(), b.defined() ? b.const_data_ptr<float>() : nullptr, y.mutable_data_ptr<BF16>(),
+      v_options, v_options.dtype(at::kFloat),
+      [&](const at::Tensor& v, at::Tensor& m) {
+        const int64_t rows = v.size(1);
+        at::parallel_for(0, kPoints, 1, [&](int64_t begin, int64_t end) { multiply(v, m, begin, end - begin, rows); });
+      },
+      [&](const at::Tensor& v, at::Tensor& m, int64_t rows) { multiply(v, m, 0, kPoints, rows); });
 }
 
 at::Tensor conv3x3_winograd_cpu(const at::Tensor& input, const at::Tensor& weight_transform,
@@ -363,56 +375,35 @@ at::Tensor conv3x3_winograd_cpu(const at::Tensor& input, const at::Tensor& weigh
   Geometry g{x.size(0), x.size(1), x.size(2), x.size(3), u.size(2), 0, 0};
   g.tiles_y = (g.h + kOut - 1) / kOut;
   g.tiles_x = (g.w + kOut - 1) / kOut;
-  at::Tensor b;
-  if (bias.has_value() && bias->defined()) b = bias->contiguous();
-  if (x.scalar_type() == at::kBFloat16) return conv3x3_winograd_bf16(x, u, b, g);
   auto y = at::empty({g.n, g.k, g.h, g.w}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   if (y.numel() == 0) return y;
-  const int64_t per_block = block_tiles(g);
-
+  at::Tensor b;
+  if (bias.has_value() && bias->defined()) b = bias->contiguous();
+  if (x.scalar_type() == at::kBFloat16) {
+    conv3x3_winograd_bf16(x, u, b, g, y);
+    return y;
+  }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv3x3_winograd_cpu", [&] {
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    const scalar_t* bp = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
-    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
-    const std::vector<scalar_t> zeros(g.c, scalar_t(0));
-    const auto scratch = x.options().memory_format(at::MemoryFormat::Contiguous);
     const bool fast_gemm = std::is_same_v<scalar_t, float> && point_gemm_supported(g.k);
-    if (one_pass(g, x.element_size(), x.element_size())) {
-      const int64_t tiles = g.tiles();
-      auto v = at::empty({kPoints, tiles, g.c}, scratch), m = at::empty({kPoints, tiles, g.k}, scratch);
-      scalar_t* vp = v.mutable_data_ptr<scalar_t>();
-      at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
-        input_tiles(xp, g, begin, end - begin, v.stride(0), vp + begin * g.c, zeros.data());
-      });
-      // BLAS (threaded itself) was faster on the 512 x 512 points, point_gemm on the
-      // smaller ones.
-      if (fast_gemm && g.c * g.k <= 256 * 512) {
-        at::parallel_for(0, kPoints, 1, [&](int64_t begin, int64_t end) {
-          const int64_t n = end - begin;
-          multiply_points(v.narrow(0, begin, n), u.narrow(0, begin, n), m.narrow(0, begin, n), true);
+    const auto scratch = x.options().memory_format(at::MemoryFormat::Contiguous);
+    run_tiles<scalar_t>(
+        g, x.const_data_ptr<scalar_t>(), b.defined() ? b.const_data_ptr<scalar_t>() : nullptr,
+        y.mutable_data_ptr<scalar_t>(), scratch, scratch,
+        [&](const at::Tensor& v, at::Tensor& m) {
+          // BLAS (threaded itself) was faster on the 512 x 512 points, point_gemm on
+          // the smaller ones.
+          if (fast_gemm && g.c * g.k <= 256 * 512) {
+            at::parallel_for(0, kPoints, 1, [&](int64_t begin, int64_t end) {
+              const int64_t n = end - begin;
+              multiply_points(v.narrow(0, begin, n), u.narrow(0, begin, n), m.narrow(0, begin, n), true);
+            });
+          } else {
+            multiply_points(v, u, m, false);
+          }
+        },
+        [&](const at::Tensor& v, at::Tensor& m, int64_t rows) {
+          multiply_points(v.narrow(1, 0, rows), u, m.narrow(1, 0, rows), fast_gemm);
         });
-      } else {
-        multiply_points(v, u, m, false);
-      }
-      const scalar_t* mp = m.const_data_ptr<scalar_t>();
-      at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
-        output_tiles(mp + begin * g.k, m.stride(0), bp, g, begin, end - begin, yp);
-      });
-      return;
-    }
-    const int64_t blocks = (g.tiles() + per_block - 1) / per_block;
-    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-      auto v = at::empty({kPoints, per_block, g.c}, scratch);
-      auto m = at::empty({kPoints, per_block, g.k}, scratch);
-      for (int64_t block = begin; block < end; ++block) {
-        const int64_t first = block * per_block;
-        const int64_t count = std::min(per_block, g.tiles() - first);
-        // A short last block uses the first `count` rows of each plane.
-        input_tiles(xp, g, first, count, v.stride(0), v.mutable_data_ptr<scalar_t>(), zeros.data());
-        multiply_points(v.narrow(1, 0, count), u, m.narrow(1, 0, count), fast_gemm);
-        output_tiles(m.const_data_ptr<scalar_t>(), m.stride(0), bp, g, first, count, yp);
-      }
-    });
   });
   return y;
 }
