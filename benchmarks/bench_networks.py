@@ -1,7 +1,8 @@
 """Whole step per network, with its default layers: VGG-19 (the paper's) against the
 smaller VGGs and NIN, and the memory each is estimated to need.
 
-    python benchmarks/bench_networks.py [--device cpu|cuda] [--sizes 512] [--networks vgg19,vgg16,vgg13,vgg11,alexnet,nin]
+    python benchmarks/bench_networks.py [--device cpu|cuda] [--sizes 512]
+        [--networks vgg19,vgg16,vgg13,vgg11,alexnet,nin]
 
 ms per step as in bench_style_losses.py (the difference of two run lengths), Gram
 loss, random weights; memory: nst_fast.memory's estimate of the run's peak.

@@ -157,7 +157,8 @@ class StyleTransfer:
         styles = list(style) if isinstance(style, (list, tuple)) else [style]
         if not styles:
             raise NstError("at least one style image is needed")
-        opts = Options.from_kwargs(kwargs).validate(n_styles=len(styles), convention=self.convention, network=self.architecture)
+        opts = Options.from_kwargs(kwargs).validate(n_styles=len(styles), convention=self.convention,
+                                                     network=self.architecture)
         self.last_options = opts
         content_img = images.to_tensor(content)
         style_imgs = [images.to_tensor(s) for s in styles]
