@@ -7,8 +7,9 @@ Under pytest: pytest benchmarks/bench_conv.py   (pytest-benchmark, one group per
 direct = F.conv2d on channels-last fp32 input (oneDNN), as nst_fast ran before and as
 the naive loop runs; winograd = nst_fast's F(4x4, 3x3) kernel. The weights are frozen
 in both, so the backward computes the input gradient only, as in style transfer.
-On a CPU with AVX512-BF16, the same in bfloat16 (nst_fast's bf16 mode): oneDNN's
-bf16 convolution against the Winograd kernel's bf16 products.
+On a CPU with AVX512-BF16, the same in bfloat16: oneDNN's bf16 convolution (bf16
+mode's default) against the Winograd kernel's bf16 products (NST_FAST_WINOGRAD_BF16=1,
+which this script sets).
 """
 import argparse
 import copy
@@ -54,7 +55,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if not winograd.uses_winograd("cpu", torch.float32):
         sys.exit("the Winograd kernel is not available (extension not built, or NST_FAST_WINOGRAD=0)")
-    bf16 = winograd.uses_winograd("cpu", torch.bfloat16)
+    bf16 = winograd.bf16_kernel_available()
+    os.environ["NST_FAST_WINOGRAD_BF16"] = "1"
     head = "| layer | input px | C -> K, H x W | direct ms | winograd ms | direct / winograd |"
     rule = "|---|---|---|---|---|---|"
     if bf16:

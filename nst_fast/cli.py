@@ -98,7 +98,7 @@ def build_parser():
                         "to nin_imagenet.pth or nin_imagenet_conv.caffemodel)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"],
                    help="fp32: exact | tf32: TF32 convolutions and matmuls (GPU) | bf16: bf16 activations "
-                        "(GPU; on a CPU with AVX512-BF16 the fastest mode) (fp32)")
+                        "(GPU, or a CPU with bf16 support) (fp32)")
     p.add_argument("--weights", default=None,
                    help="imagenet | random | PATH to a state dict of the network or a Caffe .caffemodel "
                         "(default $NST_FAST_WEIGHTS or imagenet)")
@@ -164,7 +164,7 @@ def _list_layers(network: str, size: int) -> int:
 def run(args) -> int:
     import torch
 
-    from . import batch, history, images, recipe, vgg, web, winograd
+    from . import batch, history, images, recipe, vgg, web
     from .errors import Interrupted, NonFiniteLoss, NstError, WeightsUnavailable
     from .options import INITS, Options, report_interval
     from .progress import Progress
@@ -272,10 +272,6 @@ def run(args) -> int:
         if transfer.weights == "random" and not fell_back:
             title = vgg.NETWORK_TITLES[transfer.architecture]
             sys.stderr.write(f"nst-fast: WARNING: using RANDOM {title} weights; the result is not a real stylization\n")
-        if (not args.quiet and args.precision == "fp32" and transfer.device.type == "cpu"
-                and winograd.uses_winograd("cpu", torch.bfloat16)):
-            sys.stderr.write("nst-fast: this CPU has AVX512-BF16: --precision bf16 runs 1.3-1.7x faster here, "
-                             "at a final loss within about 1% of fp32's\n")
         report_every = report_interval(args.report_every, transfer.device.type)
         progress = Progress(not args.quiet, report_every)
         options.update(report_every=report_every, callback=progress)

@@ -262,24 +262,6 @@ def test_progress_estimates_the_time_left_by_work_not_steps():
     assert line.startswith("[####....") and "1/4" in line and "10s, 40s left" in line, line
 
 
-def test_a_bf16_capable_cpu_is_pointed_to_bf16(tmp_path, small_images, capsys, monkeypatch):
-    from nst_fast import winograd
-
-    content, style = small_images
-    args = [str(content), str(style), "-o", str(tmp_path / "out.png"), *SMALL, "--steps", "1"]
-    monkeypatch.setenv("NST_FAST_WINOGRAD", "1")
-    real = winograd._BF16_CPU
-    for capable in (True, False):
-        monkeypatch.setattr(winograd, "_BF16_CPU", capable)
-        cases = [([], capable), (["-q"], False)]
-        if capable == real:  # a bf16 run needs the real capability
-            cases.append((["--precision", "bf16"], False))
-        for extra, shown in cases:
-            assert cli.main(args + extra) == 0
-            assert ("--precision bf16 runs 1.3-1.7x faster" in capsys.readouterr().err) == (
-                shown and winograd.available()), (capable, extra)
-
-
 def test_network_vgg16(tmp_path, small_images, capsys):
     content, style = small_images
     out = tmp_path / "out.png"

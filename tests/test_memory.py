@@ -72,8 +72,7 @@ def _measure_cpu(h, w, steps, optimizer, pooling="max", regions=0, style_loss="g
                           ("max", 0, "gram", 0, "vgg19", "bf16")])
 def test_cpu_estimate_matches_measured_peak(pooling, regions, style_loss, variants, network, precision):
     """Also with L2 pooling, with two masked styles (spatial control), with the W2 and
-    MRF style losses, unmasked and masked, MRF with the style's variants, NIN, and bf16
-    (Winograd with bf16 products where the CPU has AVX512-BF16, else autocast)."""
+    MRF style losses, unmasked and masked, MRF with the style's variants, NIN, and bf16."""
     h, w = 576, 768  # activations are ~60% of the estimate at this size (VGG-19)
     r = _measure_cpu(h, w, steps=2, optimizer="lbfgs", pooling=pooling, regions=regions, style_loss=style_loss,
                      variants=bool(variants), network=network, precision=precision)

@@ -79,9 +79,10 @@ def test_opcheck():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_traces_under_torch_compile_fullgraph(dtype):
-    if dtype == torch.bfloat16 and not winograd.bf16_available():
+def test_traces_under_torch_compile_fullgraph(dtype, monkeypatch):
+    if dtype == torch.bfloat16 and not winograd.bf16_kernel_available():
         pytest.skip("this CPU has no AVX512-BF16")
+    monkeypatch.setenv("NST_FAST_WINOGRAD_BF16", "1")
     conv = winograd.WinogradConv2d(torch.nn.Conv2d(32, 32, 3, padding=1).to(dtype).requires_grad_(False))
     x = torch.randn(1, 32, 9, 7, dtype=dtype, requires_grad=True)
     compiled = torch.compile(conv, fullgraph=True, backend="aot_eager")
@@ -113,6 +114,7 @@ def _counting(monkeypatch):
     """Counts Winograd convolutions, with Winograd on whatever the environment says."""
     monkeypatch.setenv("NST_FAST_WINOGRAD", "1")
     monkeypatch.setenv("NST_FAST_BACKEND", "auto")
+    monkeypatch.delenv("NST_FAST_WINOGRAD_BF16", raising=False)
     calls = []
     real = winograd.conv3x3
 
@@ -124,12 +126,16 @@ def _counting(monkeypatch):
     return calls
 
 
-def test_vgg_runs_winograd_in_fp32_on_the_cpu_and_in_bf16_where_it_can(monkeypatch):
+def test_vgg_runs_winograd_in_fp32_on_the_cpu_and_in_bf16_where_asked(monkeypatch):
     calls = _counting(monkeypatch)
     net = vgg.VGGFeatures(["relu2_1"], vgg.random_state(0))
     image = torch.rand(1, 3, 20, 24)
     out = net(image)["relu2_1"]
     assert len(calls) == 2  # conv1_2 and conv2_1; conv1_1 stays direct
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        net(image)
+    assert len(calls) == 2  # bf16: oneDNN unless NST_FAST_WINOGRAD_BF16=1
+    monkeypatch.setenv("NST_FAST_WINOGRAD_BF16", "1")
     with torch.autocast("cpu", dtype=torch.bfloat16):
         net(image)
     bf16 = 2 if winograd.bf16_available() else 0
@@ -186,7 +192,7 @@ def test_stylize_with_winograd_tracks_direct_convolutions(small_images, monkeypa
 
 # ---- bfloat16 (AVX512-BF16 CPUs): bf16 operands, float32 products and sums
 
-needs_bf16 = pytest.mark.skipif(not winograd.bf16_available(), reason="this CPU has no AVX512-BF16")
+needs_bf16 = pytest.mark.skipif(not winograd.bf16_kernel_available(), reason="this CPU has no AVX512-BF16")
 # C and K multiples of 32; partial tiles, batch 2, the blocked path (169 tiles), the
 # one-pass path (deep layers: few tiles, many channels) with every row remainder.
 BF16_SHAPES = [(1, 32, 32, 13, 7), (2, 64, 32, 9, 10), (1, 64, 64, 50, 50), (1, 64, 96, 12, 12),
@@ -236,8 +242,13 @@ def test_bf16_forward_and_input_gradient_match_conv2d(shape):
 
 
 @needs_bf16
-def test_bf16_layers_run_winograd_only_where_their_channels_fit(monkeypatch):
+def test_bf16_layers_run_winograd_only_where_asked_and_their_channels_fit(monkeypatch):
     calls = _counting(monkeypatch)
+    monkeypatch.setenv("NST_FAST_WINOGRAD_BF16", "0")
+    off = winograd.WinogradConv2d(torch.nn.Conv2d(32, 64, 3, padding=1)).to(torch.bfloat16).requires_grad_(False)
+    off(torch.rand(1, 32, 9, 9, dtype=torch.bfloat16))
+    assert not calls  # bf16 Winograd is opt-in
+    monkeypatch.setenv("NST_FAST_WINOGRAD_BF16", "1")
     fits = winograd.WinogradConv2d(torch.nn.Conv2d(32, 64, 3, padding=1)).to(torch.bfloat16).requires_grad_(False)
     odd = winograd.WinogradConv2d(torch.nn.Conv2d(32, 40, 3, padding=1)).to(torch.bfloat16).requires_grad_(False)
     x = torch.rand(1, 32, 9, 9, dtype=torch.bfloat16)
