@@ -8,7 +8,7 @@
 //
 // bfloat16 X takes U packed as (36, C / 2, K, 2) bfloat16 (pairs of rows interleaved):
 // the transforms run in float, the products on AVX512-BF16 (bf16 operands, float32
-// sums), Y is bfloat16 (nst_fast's bf16 mode on the CPU).
+// sums), Y is bfloat16 (bf16 mode on the CPU with NST_FAST_WINOGRAD_BF16=1).
 //
 // U is the transformed weight G g G^T (nst_fast/winograd.py makes it once per
 // layer). The input-gradient of the same convolution is this op again with the
