@@ -92,7 +92,8 @@ def _start_from_previous(job: Job, content):
 def run(transfer, jobs, styles, options: dict, *, save: Callable, new_progress: Callable, checkpoint_every=0,
         save_every=0, live=None, init_previous=False) -> int:
     """Stylize each job's content with the same styles and options -> the number that
-    failed. styles: {path: image}, in order; a job with a style takes only that one. save(image, path, alpha) writes an image with the content's transparency
+    failed. styles: {path: image}, in order; a job with a style takes only that one.
+    save(image, path, alpha) writes an image with the content's transparency
     (images.alpha); new_progress() makes a step callback. init_previous: start each
     image from the result before it where that exists (else from options["init"]).
     A content that cannot be read or optimised is reported and skipped; Ctrl-C stops
@@ -121,8 +122,9 @@ def run(transfer, jobs, styles, options: dict, *, save: Callable, new_progress: 
             while True:
                 try:
                     result = transfer.stylize_tensor(
-                        content, [styles[job.style]] if job.style else list(styles.values()), checkpoint=job.checkpoint if checkpoint_every else None,
-                        interrupt_checkpoint=job.checkpoint, resume=resume, save_every=save_every,
+                        content, [styles[job.style]] if job.style else list(styles.values()),
+                        checkpoint=job.checkpoint if checkpoint_every else None, interrupt_checkpoint=job.checkpoint,
+                        resume=resume, save_every=save_every,
                         snapshot=snapshot, live=live, **dict(options, init=init, callback=new_progress()))
                     break
                 except CheckpointMismatch:
