@@ -208,18 +208,21 @@ def sweep_splitk(size=512, values=(1, 2, 4, 8, 16)):
 def ab_async(sizes=(512, 1024)):
     """fwd+bwd with the cp.async pipeline (default) vs register-staged double buffering."""
     old = os.environ.get("NST_FAST_CUDA_ASYNC")
-    lines = ["", "cp.async pipeline A/B (fused fwd+bwd, float32, ms, CUDA-graph replays)", "",
-             "| layer | px | async (default) | NST_FAST_CUDA_ASYNC=0 | speed-up |", "|---|---|---|---|---|"]
+    lines = ["", "cp.async pipeline A/B (fused fwd+bwd, ms, CUDA-graph replays)", "",
+             "| layer | px | dtype | async (default) | NST_FAST_CUDA_ASYNC=0 | speed-up |",
+             "|---|---|---|---|---|---|"]
     for size in sizes:
         for name, c, down in LAYERS:
-            c, m = layer_shape(c, down, size)
-            inputs, s = make_inputs(c, m)
-            t = {}
-            for flag in ("1", "0"):
-                os.environ["NST_FAST_CUDA_ASYNC"] = flag
-                t[flag] = time_graph_ms(lambda f, a: fused_step(f, a, s), inputs)[0]
-            lines.append(f"| {name} | {size} | {t['1']:.4f} | {t['0']:.4f} | {t['0'] / t['1']:.2f} |")
-            del inputs
+            for dtype in (torch.float32, torch.bfloat16):
+                c_, m = layer_shape(c, down, size)
+                inputs, s = make_inputs(c_, m, dtype)
+                t = {}
+                for flag in ("1", "0"):
+                    os.environ["NST_FAST_CUDA_ASYNC"] = flag
+                    t[flag] = time_graph_ms(lambda f, a: fused_step(f, a, s), inputs)[0]
+                kind = str(dtype).replace("torch.", "")
+                lines.append(f"| {name} | {size} | {kind} | {t['1']:.4f} | {t['0']:.4f} | {t['0'] / t['1']:.2f} |")
+                del inputs
     if old is None:
         os.environ.pop("NST_FAST_CUDA_ASYNC", None)
     else:

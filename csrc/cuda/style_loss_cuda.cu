@@ -2,9 +2,10 @@
 //
 // Both kernels are 64x64-output-tile GEMMs on the tensor cores through
 // mma.sync.m16n8k8 tf32 with fp32 accumulation, 128 threads (2x2 warps of 32x32),
-// a 32-deep reduction stage. float32 features with 16-byte-aligned rows stream
-// through a 4-stage cp.async pipeline; other dtypes and layouts use register-staged
-// double buffering with bounds checks (NST_FAST_CUDA_ASYNC=0 forces the latter).
+// a 32-deep reduction stage. Features whose rows are 16-byte aligned and a multiple
+// of 16 bytes long stream through a 4-stage cp.async pipeline (bf16 / fp16 kept as
+// they are in shared memory); other layouts use register-staged double buffering
+// with bounds checks (NST_FAST_CUDA_ASYNC=0 forces the latter).
 //
 //   * float32 operands use 3xTF32: x = hi + lo (both tf32), a*b ~ ah*bh + ah*bl + al*bh,
 //     which keeps fp32-level accuracy (the dropped al*bl term is ~2^-22 relative).
@@ -57,8 +58,18 @@ constexpr int BK = 32;                 // reduction depth per shared-memory stag
 constexpr int THREADS = 128;           // 4 warps, 2x2 of 32x32
 constexpr int LD_KC = BK + 4;          // [row][k] layout: fragment reads conflict-free (LD = 4 mod 32)
 constexpr int LD_NC = TILE + 8;        // [k][row] layout: fragment reads conflict-free (LD = 8 mod 32)
-constexpr int SMEM_TILE = TILE * LD_KC;
+constexpr int SMEM_TILE = TILE * LD_KC;  // floats per operand buffer
 static_assert(TILE * LD_KC == BK * LD_NC, "both tile layouts use the same shared-memory size");
+
+// Row strides (elements) of the two layouts for a shared-memory element type S. The
+// cp.async path keeps bf16 / fp16 features as they are; two neighbours then share a
+// 4-byte word, so the [row][k] stride grows to 40 (20 words: the 8 rows of a fragment
+// read land 20 words apart, on distinct bank pairs); [k][row] keeps 72 (36 words: the
+// 4 k rows land 4 banks apart). Every row starts on 16 bytes, as cp.async needs.
+template <typename S>
+constexpr int ld_kc() { return sizeof(S) == 4 ? LD_KC : BK + 8; }
+static_assert(TILE * (BK + 8) * 2 <= SMEM_TILE * 4 && BK * LD_NC * 2 <= SMEM_TILE * 4,
+              "2-byte tiles fit the float buffers");
 
 // ---------------------------------------------------------------- element helpers
 __device__ __forceinline__ float to_float(float x) { return x; }
@@ -146,10 +157,12 @@ __device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], 
 }
 
 // One BK-deep stage of the warp's 32x32 product. A is (rows x k), B is (k x cols).
-// A_KC: sA is [row][k] (LD_KC); else [k][row] (LD_NC). B_KC: sB is [col][k]; else [k][col].
-template <bool A_KC, bool B_KC, int MODE_A, int MODE_B>
-__device__ __forceinline__ void mma_stage(const float* __restrict__ sA, const float* __restrict__ sB,
+// A_KC: sA is [row][k] (ld_kc); else [k][row] (LD_NC). B_KC: sB is [col][k]; else [k][col].
+template <bool A_KC, bool B_KC, int MODE_A, int MODE_B, typename SA, typename SB>
+__device__ __forceinline__ void mma_stage(const SA* __restrict__ sA, const SB* __restrict__ sB,
                                           float (&acc)[2][4][4], int wm, int wn, int lane) {
+  constexpr int LDA = A_KC ? ld_kc<SA>() : LD_NC;
+  constexpr int LDB = B_KC ? ld_kc<SB>() : LD_NC;
   const int g = lane >> 2, t = lane & 3;
 #pragma unroll
   for (int kk = 0; kk < BK; kk += 8) {
@@ -159,15 +172,15 @@ __device__ __forceinline__ void mma_stage(const float* __restrict__ sA, const fl
       const int r = wm * 32 + mt * 16 + g;
       float a[4];
       if (A_KC) {
-        a[0] = sA[r * LD_KC + kk + t];
-        a[1] = sA[(r + 8) * LD_KC + kk + t];
-        a[2] = sA[r * LD_KC + kk + t + 4];
-        a[3] = sA[(r + 8) * LD_KC + kk + t + 4];
+        a[0] = to_float(sA[r * LDA + kk + t]);
+        a[1] = to_float(sA[(r + 8) * LDA + kk + t]);
+        a[2] = to_float(sA[r * LDA + kk + t + 4]);
+        a[3] = to_float(sA[(r + 8) * LDA + kk + t + 4]);
       } else {
-        a[0] = sA[(kk + t) * LD_NC + r];
-        a[1] = sA[(kk + t) * LD_NC + r + 8];
-        a[2] = sA[(kk + t + 4) * LD_NC + r];
-        a[3] = sA[(kk + t + 4) * LD_NC + r + 8];
+        a[0] = to_float(sA[(kk + t) * LDA + r]);
+        a[1] = to_float(sA[(kk + t) * LDA + r + 8]);
+        a[2] = to_float(sA[(kk + t + 4) * LDA + r]);
+        a[3] = to_float(sA[(kk + t + 4) * LDA + r + 8]);
       }
 #pragma unroll
       for (int q = 0; q < 4; ++q) split_tf32<MODE_A>(a[q], ah[mt][q], al[mt][q]);
@@ -177,11 +190,11 @@ __device__ __forceinline__ void mma_stage(const float* __restrict__ sA, const fl
       const int n = wn * 32 + nt * 8 + g;
       float b[2];
       if (B_KC) {
-        b[0] = sB[n * LD_KC + kk + t];
-        b[1] = sB[n * LD_KC + kk + t + 4];
+        b[0] = to_float(sB[n * LDB + kk + t]);
+        b[1] = to_float(sB[n * LDB + kk + t + 4]);
       } else {
-        b[0] = sB[(kk + t) * LD_NC + n];
-        b[1] = sB[(kk + t + 4) * LD_NC + n];
+        b[0] = to_float(sB[(kk + t) * LDB + n]);
+        b[1] = to_float(sB[(kk + t + 4) * LDB + n]);
       }
 #pragma unroll
       for (int q = 0; q < 2; ++q) split_tf32<MODE_B>(b[q], bh[nt][q], bl[nt][q]);
@@ -256,12 +269,12 @@ struct TileLoader {
   }
 };
 
-// cp.async path (float32 features with 16-byte aligned rows): the same tile layout
-// in shared memory, filled asynchronously NSTAGE - 1 stages ahead, zero-filled
-// outside the matrix.
+// cp.async path (16-byte aligned rows whose length is a multiple of 16 bytes): the
+// tiles in shared memory in the features' own type, filled asynchronously
+// NSTAGE - 1 stages ahead, zero-filled outside the matrix.
 constexpr int NSTAGE = 4;
 
-__device__ __forceinline__ void cp_async16(float* smem_dst, const float* gsrc, bool pred) {
+__device__ __forceinline__ void cp_async16(void* smem_dst, const void* gsrc, bool pred) {
   const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
   const int n = pred ? 16 : 0;
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gsrc), "r"(n));
@@ -272,15 +285,17 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
-template <int TR, int TC>
-__device__ __forceinline__ void async_tile(float* __restrict__ s, int lds, const float* __restrict__ base,
+template <int TR, int TC, typename T>
+__device__ __forceinline__ void async_tile(T* __restrict__ s, int lds, const T* __restrict__ base,
                                            long long ld, int rows, int cols, int r0, int c0) {
-  constexpr int VPR = TC / 4;
-  constexpr int NV = TR * TC / 4 / THREADS;
+  constexpr int E = 16 / sizeof(T);  // elements per copy
+  constexpr int VPR = TC / E;
+  constexpr int NV = TR * TC / E / THREADS;
+  static_assert(NV * THREADS * E == TR * TC, "tile must split evenly over the block");
 #pragma unroll
   for (int i = 0; i < NV; ++i) {
     const int v = threadIdx.x + i * THREADS;
-    const int rr = v / VPR, cc = (v % VPR) * 4;
+    const int rr = v / VPR, cc = (v % VPR) * E;
     const int gr = r0 + rr, gc = c0 + cc;
     const bool p = gr < rows && gc < cols;
     cp_async16(s + rr * lds + cc, p ? base + (long long)gr * ld + gc : base, p);
@@ -356,9 +371,12 @@ __global__ void __launch_bounds__(THREADS)
 #pragma unroll
       for (int q = 0; q < 4; ++q) acc[i][j][q] = stage[i][j][q] = 0.f;
 
+  // Shared-memory features: as they are on the cp.async path, as float on the other.
+  using SF = typename std::conditional<ASYNC, T, float>::type;
+  auto fbuf = [&](int buf, int op) { return reinterpret_cast<SF*>(sbuf(buf, op)); };
   constexpr int TR = CL ? BK : TILE;
   constexpr int TC = CL ? TILE : BK;
-  constexpr int LDS = CL ? LD_NC : LD_KC;
+  constexpr int LDS = CL ? LD_NC : ld_kc<SF>();
   TileLoader<T, TR, TC> la, lb;
   auto load = [&](int kb) {
     if (CL) {
@@ -375,22 +393,21 @@ __global__ void __launch_bounds__(THREADS)
   };
   auto compute = [&](int buf) {
     if (active) {
-      const float* sA = sbuf(buf, 0);
-      const float* sB = diag ? sbuf(buf, 0) : sbuf(buf, 1);
+      const SF* sA = fbuf(buf, 0);
+      const SF* sB = diag ? fbuf(buf, 0) : fbuf(buf, 1);
       mma_stage<!CL, !CL, features_mode<T, TF32>(), features_mode<T, TF32>()>(sA, sB, stage, wm, wn, lane);
       flush_stage(acc, stage);
     }
   };
 
   if constexpr (ASYNC) {
-    const float* Fp = reinterpret_cast<const float*>(Fb);
     auto issue = [&](int buf, int kb) {
       if (CL) {
-        async_tile<TR, TC>(sbuf(buf, 0), LDS, Fp, ld, k1, C, kb, ti * TILE);
-        if (!diag) async_tile<TR, TC>(sbuf(buf, 1), LDS, Fp, ld, k1, C, kb, tj * TILE);
+        async_tile<TR, TC>(fbuf(buf, 0), LDS, Fb, ld, k1, C, kb, ti * TILE);
+        if (!diag) async_tile<TR, TC>(fbuf(buf, 1), LDS, Fb, ld, k1, C, kb, tj * TILE);
       } else {
-        async_tile<TR, TC>(sbuf(buf, 0), LDS, Fp, ld, C, k1, ti * TILE, kb);
-        if (!diag) async_tile<TR, TC>(sbuf(buf, 1), LDS, Fp, ld, C, k1, tj * TILE, kb);
+        async_tile<TR, TC>(fbuf(buf, 0), LDS, Fb, ld, C, k1, ti * TILE, kb);
+        if (!diag) async_tile<TR, TC>(fbuf(buf, 1), LDS, Fb, ld, C, k1, tj * TILE, kb);
       }
     };
 #pragma unroll
@@ -531,7 +548,9 @@ __global__ void __launch_bounds__(THREADS)
   TileLoader<float, TILE, BK> ld_d;
   using FLoader = TileLoader<T, CL ? TILE : BK, CL ? BK : TILE>;
   FLoader ld_f;
-  constexpr int LDS_F = CL ? LD_KC : LD_NC;
+  using SF = typename std::conditional<ASYNC, T, float>::type;  // as in the forward
+  auto fbuf = [&](int buf, int op) { return reinterpret_cast<SF*>(sbuf(buf, op)); };
+  constexpr int LDS_F = CL ? ld_kc<SF>() : LD_NC;
   auto load = [&](int j0) {
     ld_d.load(Db, C, C, C, i0, j0, vecD);
     if (CL)
@@ -551,23 +570,22 @@ __global__ void __launch_bounds__(THREADS)
   };
   auto compute = [&](int buf) {
     if (CL)
-      mma_stage<true, true, residual_mode<TF32>(), features_mode<T, TF32>()>(sbuf(buf, 0), sbuf(buf, 1), stage,
+      mma_stage<true, true, features_mode<T, TF32>(), residual_mode<TF32>()>(fbuf(buf, 0), sbuf(buf, 1), stage,
                                                                             wm, wn, lane);
     else
-      mma_stage<true, false, residual_mode<TF32>(), features_mode<T, TF32>()>(sbuf(buf, 0), sbuf(buf, 1), stage,
+      mma_stage<true, false, residual_mode<TF32>(), features_mode<T, TF32>()>(sbuf(buf, 0), fbuf(buf, 1), stage,
                                                                              wm, wn, lane);
     flush_stage(acc, stage);
   };
 
   if constexpr (ASYNC) {
-    const float* Fp = reinterpret_cast<const float*>(Fb);
     auto issue = [&](int buf, int j0) {
       if (CL) {
-        async_tile<TILE, BK>(sbuf(buf, 0), LDS_F, Fp, ld, M, C, m0, j0);
+        async_tile<TILE, BK>(fbuf(buf, 0), LDS_F, Fb, ld, M, C, m0, j0);
         async_tile<TILE, BK>(sbuf(buf, 1), LD_KC, Db, C, C, C, i0, j0);
       } else {
         async_tile<TILE, BK>(sbuf(buf, 0), LD_KC, Db, C, C, C, i0, j0);
-        async_tile<BK, TILE>(sbuf(buf, 1), LDS_F, Fp, ld, C, M, j0, m0);
+        async_tile<BK, TILE>(fbuf(buf, 1), LDS_F, Fb, ld, C, M, j0, m0);
       }
     };
 #pragma unroll
@@ -690,6 +708,13 @@ bool async_enabled() {
   return env == nullptr || std::atoi(env) != 0;
 }
 
+// The cp.async pipeline copies 16 bytes at a time: the base, the row and batch
+// strides and the row length must all be multiples of 16 bytes.
+bool use_async_pipeline(const void* p, size_t elem, long long sb, long long ld, long long cols, long long B) {
+  const long long e = 16 / (long long)elem;
+  return async_enabled() && aligned(p, 16) && ld % e == 0 && (B == 1 || sb % e == 0) && cols % e == 0;
+}
+
 void ensure_smem(const void* fn, int bytes) {
   if (bytes <= 48 * 1024) return;
   int dev = 0;
@@ -718,8 +743,8 @@ void launch_variant(void (*async_kernel)(Params...), void (*sync_kernel)(Params.
 }
 
 // pick(cl, async, tf32), given std::true_type / std::false_type, names the kernel
-// instantiation. float32 features take the async pipeline where aligned and TF32
-// where allowed; other dtypes take neither.
+// instantiation. Features take the async pipeline where aligned; float32 features
+// take TF32 products where allowed.
 template <typename cuda_t, typename Pick, typename... Args>
 void launch_kernel(Pick pick, bool cl, dim3 grid, cudaStream_t stream, bool async_ok, bool tf32, Args... args) {
   using Yes = std::true_type;
@@ -732,7 +757,7 @@ void launch_kernel(Pick pick, bool cl, dim3 grid, cudaStream_t stream, bool asyn
         launch_variant(pick(layout, Yes{}, No{}), pick(layout, No{}, No{}), grid, stream, async_ok, args...);
       }
     } else {
-      launch_variant(pick(layout, No{}, No{}), pick(layout, No{}, No{}), grid, stream, false, args...);
+      launch_variant(pick(layout, Yes{}, No{}), pick(layout, No{}, No{}), grid, stream, async_ok, args...);
     }
   };
   if (cl) {
@@ -796,12 +821,12 @@ void launch_gram(const at::Tensor& features, const at::Tensor* target, at::Tenso
     using cuda_t = typename CudaType<scalar_t>::type;
     const cuda_t* F = reinterpret_cast<const cuda_t*>(fv.f.data_ptr<scalar_t>());
     const bool vec = vec_ok(F, sizeof(cuda_t), fv.sb, fv.ld, fv.cl ? C : M, B);
-    const bool async_ok = vec && async_enabled();
+    const bool use_async = use_async_pipeline(F, sizeof(cuda_t), fv.sb, fv.ld, fv.cl ? C : M, B);
     const bool tf32 = tf32_allowed();
     auto pick = [](auto cl, auto async, auto tf32) {
       return gram_splitk_kernel<cuda_t, decltype(cl)::value, decltype(async)::value, decltype(tf32)::value>;
     };
-    launch_kernel<cuda_t>(pick, fv.cl, grid, stream, async_ok, tf32, F, fv.sb, fv.ld, (int)C, (int)M, ntile,
+    launch_kernel<cuda_t>(pick, fv.cl, grid, stream, use_async, tf32, F, fv.sb, fv.ld, (int)C, (int)M, ntile,
                           (int)chunk, vec, gacc, tile_cnt, done_cnt, loss_part, A, sAb, sA1, sA2,
                           out.data_ptr<float>(), loss_ptr, (float)scale);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -883,14 +908,14 @@ at::Tensor style_loss_backward_cuda(const at::Tensor& grad_loss, const at::Tenso
     const bool vec_out = oCol == 1 && aligned(O, 2 * sizeof(cuda_t)) && oRow % 2 == 0 &&
                          (B == 1 || sOb % 2 == 0) && cols % 2 == 0;
     const float coef = (float)(4.0 * scale);
-    const bool async_ok = vecD && vecF && async_enabled();
+    const bool use_async = vecD && use_async_pipeline(F, sizeof(cuda_t), fv.sb, fv.ld, cols, B);
     const bool tf32 = tf32_allowed();
     const float* Dp = d.data_ptr<float>();
     const float* glp = gl.data_ptr<float>();
     auto pick = [](auto cl, auto async, auto tf32) {
       return style_bwd_kernel<cuda_t, decltype(cl)::value, decltype(async)::value, decltype(tf32)::value>;
     };
-    launch_kernel<cuda_t>(pick, fv.cl, grid, stream, async_ok, tf32, Dp, vecD, F, fv.sb, fv.ld, vecF, (int)C,
+    launch_kernel<cuda_t>(pick, fv.cl, grid, stream, use_async, tf32, Dp, vecD, F, fv.sb, fv.ld, vecF, (int)C,
                           (int)M, O, sOb, oRow, oCol, vec_out, glp, coef);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
