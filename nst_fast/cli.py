@@ -139,6 +139,8 @@ def build_parser():
                    help="watch the run in a browser: serve a live view at http://WEB_HOST:WEB_PORT/")
     p.add_argument("--web-host", default="127.0.0.1", help="address the live view listens on (127.0.0.1)")
     p.add_argument("--web-port", type=int, default=8080, help="port of the live view (8080; 0: any free port)")
+    p.add_argument("--browser", action="store_true", help="open the live view in the default web browser "
+                   "(implies --web)")
     p.add_argument("--report-every", type=int, default=None,
                    help="read the losses back every N steps (1 on the CPU, 20 on a GPU)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -287,9 +289,11 @@ def run(args) -> int:
         def snapshot(step, image):
             save(image, f"{stem}.step{step:04d}.png")
 
-        if args.web:
+        if args.web or args.browser:
             live = web.LivePreview(args.web_host, args.web_port)
             sys.stderr.write(f"nst-fast: live view at {live.url}\n")
+            if args.browser:
+                web.open_in_browser(live)
         if batch_mode:
             return _run_batch(args, transfer, jobs, kept, {s: opened[s] for s in styles}, options, save, live,
                               init_previous)

@@ -10,7 +10,10 @@ far and the losses, refreshed as the run goes:
 import http.server
 import io
 import json
+import os
+import sys
 import threading
+import webbrowser
 
 from .errors import NstError
 
@@ -124,3 +127,26 @@ class LivePreview:
                 pass
 
         return Handler
+
+
+def open_in_browser(live: LivePreview) -> None:
+    """Open the live view in the default browser, without waiting for it. On Linux
+    without a graphical display only a console browser could open, which would take
+    over the terminal: the address is printed instead."""
+    host, port = live.server.server_address[:2]
+    if host == "0.0.0.0":  # listening everywhere: this machine reaches it on loopback
+        host = "127.0.0.1"
+    url = f"http://{host}:{port}/"
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        sys.stderr.write(f"nst-fast: warning: no graphical display to open a browser on; visit {url}\n")
+        return
+
+    def run():
+        try:
+            opened = webbrowser.open(url)
+        except webbrowser.Error:
+            opened = False
+        if not opened:
+            sys.stderr.write(f"nst-fast: warning: no web browser could be opened; visit {url}\n")
+
+    threading.Thread(target=run, name="nst-fast-browser", daemon=True).start()

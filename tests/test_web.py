@@ -2,6 +2,7 @@
 import io
 import json
 import socket
+import time
 import urllib.error
 import urllib.request
 
@@ -95,3 +96,25 @@ def test_cli_web_prints_the_address_and_stops_serving(tmp_path, small_images, ca
                          str(taken.getsockname()[1])])
     assert code == 1 and "cannot serve the live view" in capsys.readouterr().err
     assert not (tmp_path / "b.png").exists()
+
+
+def test_cli_browser_opens_the_live_view(tmp_path, small_images, capsys, monkeypatch):
+    content, style = small_images
+    opened = []
+    monkeypatch.setattr(web.webbrowser, "open", lambda url: opened.append(url) or True)
+    monkeypatch.setattr(web.sys, "platform", "linux")
+    argv = [str(content), str(style), "--weights", "random", "--device", "cpu", "--size", "32", "--steps", "2",
+            "--browser", "--web-port", "0", "--web-host", "0.0.0.0"]
+    monkeypatch.setenv("DISPLAY", ":0")
+    assert cli.main(argv + ["-o", str(tmp_path / "a.png")]) == 0  # --browser alone serves the view
+    err = capsys.readouterr().err
+    port = next(line.rsplit(":", 1)[1].rstrip("/") for line in err.splitlines() if "live view at" in line)
+    for _ in range(100):  # the browser is opened from a thread
+        if opened:
+            break
+        time.sleep(0.05)
+    assert opened == [f"http://127.0.0.1:{port}/"]  # loopback for an everywhere-listening server
+    monkeypatch.delenv("DISPLAY")
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    assert cli.main(argv + ["-o", str(tmp_path / "b.png")]) == 0
+    assert "no graphical display" in capsys.readouterr().err and len(opened) == 1
