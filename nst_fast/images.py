@@ -17,10 +17,14 @@ from .files import atomic_write
 
 def _rgb_or_rgba(img: Image.Image) -> Image.Image:
     """Any mode -> RGB, or RGBA where the image has transparency."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit (or 32-bit integer) greyscale: scale the full range down to 8 bits.
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if arr.max() > 255 else 255.0
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit or 32-bit integer greyscale: the full range scaled down to 8 bits;
+        # 32-bit float (a float TIFF): [0, 1] as image tools write it, else PIL's 0..255.
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        if img.mode == "F":
+            top = 1.0 if arr.max() <= 1.0 + 1e-3 else 255.0
+        else:
+            top = 65535.0 if arr.max() > 255 else 255.0
         img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
     if img.mode in ("P", "LA", "PA", "RGBA", "RGBa", "La") or "transparency" in img.info:
         img = img.convert("RGBA")
@@ -98,6 +102,34 @@ def open_image(path) -> Image.Image:
         raise NstError(f"cannot read image {path}: {exc}") from None
 
 
+def _check_unit_range(kind: str, finite: bool, low: float, high: float, slack: float = 1e-3) -> None:
+    """Float pixels must be finite and in [0, 1], give or take `slack` (0..255 and
+    mean/std-normalised pixels are the usual mistakes)."""
+    if not finite:
+        raise NstError(f"the image {kind} holds NaN or infinite values")
+    if low < -slack or high > 1 + slack:
+        raise NstError(f"a float image {kind} must hold values in [0, 1], got {low:g}..{high:g}"
+                       f"{' (divide by 255)' if high > 1.5 else ''}")
+
+
+def _tensor_pixels(image: torch.Tensor) -> torch.Tensor:
+    """A tensor's pixels as float in [0, 1]: uint8 (as torchvision.io.read_image gives
+    them) and uint16 scaled, bool as 0 / 1, floats checked."""
+    if image.dtype == torch.uint8:
+        return image.detach().float() / 255.0
+    if image.dtype == torch.uint16:
+        return image.detach().float() / 65535.0
+    if image.dtype == torch.bool:
+        return image.detach().float()
+    if not image.is_floating_point():
+        raise NstError(f"an image tensor must be float in [0, 1], uint8 or uint16, got {image.dtype}")
+    t = image.detach().float()
+    if t.numel():
+        # A result or a bicubic resize may overshoot [0, 1] a little: that is clamped.
+        _check_unit_range("tensor", bool(torch.isfinite(t).all()), t.min().item(), t.max().item(), slack=0.25)
+    return t
+
+
 def _array_to_pil(arr: np.ndarray) -> Image.Image:
     """A NumPy image as imageio, scikit-image or np.asarray(PIL image) give it:
     (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) in RGB(A) order; uint8, uint16, bool, or
@@ -111,12 +143,7 @@ def _array_to_pil(arr: np.ndarray) -> Image.Image:
     elif arr.dtype == np.bool_:
         arr = arr.astype(np.uint8) * 255
     elif np.issubdtype(arr.dtype, np.floating):
-        if not np.isfinite(arr).all():
-            raise NstError("the image array holds NaN or infinite values")
-        low, high = float(arr.min()), float(arr.max())
-        if low < -1e-3 or high > 1 + 1e-3:
-            raise NstError(f"a float image array must hold values in [0, 1], got {low:g}..{high:g}"
-                           f"{' (divide by 255)' if high > 1.5 else ''}")
+        _check_unit_range("array", bool(np.isfinite(arr).all()), float(arr.min()), float(arr.max()))
         arr = (np.clip(arr, 0, 1) * 255.0 + 0.5).astype(np.uint8)
     elif arr.dtype != np.uint8:
         raise NstError(f"an image array must be uint8, uint16, bool or float, got {arr.dtype}")
@@ -125,17 +152,13 @@ def _array_to_pil(arr: np.ndarray) -> Image.Image:
 
 
 def to_tensor(image) -> torch.Tensor:
-    """A path, PIL image, NumPy array (H, W[, 3 or 4], RGB order) or tensor ->
-    float32 (1, 3, H, W) RGB in [0, 1]."""
+    """A path, PIL image, NumPy array (H, W[, 3 or 4], RGB order) or tensor ((3, H, W)
+    or (1, 3, H, W): float in [0, 1], uint8 or uint16) -> float32 (1, 3, H, W) RGB in [0, 1]."""
     if isinstance(image, torch.Tensor):
-        t = image.detach().float()
-        if t.dim() == 3:
-            t = t.unsqueeze(0)
-        if t.dim() != 4 or t.size(0) != 1 or t.size(1) not in (1, 3):
+        t = image.unsqueeze(0) if image.dim() == 3 else image
+        if t.dim() != 4 or t.size(0) != 1 or t.size(1) not in (1, 3) or 0 in t.shape:
             raise NstError(f"an image tensor must be (3, H, W) or (1, 3, H, W), got {tuple(image.shape)}")
-        if not torch.isfinite(t).all():
-            raise NstError("the image tensor holds NaN or infinite values")
-        return t.expand(1, 3, -1, -1).clamp(0, 1).cpu().contiguous()
+        return _tensor_pixels(t).expand(1, 3, -1, -1).clamp(0, 1).cpu().contiguous()
     if isinstance(image, Image.Image):
         img = _to_rgb(image)
     elif isinstance(image, np.ndarray):

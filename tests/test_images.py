@@ -307,3 +307,37 @@ def test_results_keep_the_transparency_in_formats_that_hold_it(tmp_path):
     levels = _read_png16(tmp_path / "deep.png")
     assert levels.shape == (7, 10, 4)
     assert np.array_equal(levels, (result[0].permute(1, 2, 0).numpy() * 65535).round().astype(np.int64))
+
+
+def test_tensor_inputs_by_dtype():
+    pixels = torch.randint(0, 256, (3, 6, 7), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    expected = pixels.float().unsqueeze(0) / 255.0
+    assert torch.equal(images.to_tensor(pixels), expected)  # as torchvision.io.read_image gives them
+    assert torch.allclose(images.to_tensor(pixels.to(torch.int32).mul(257).to(torch.uint16)), expected)
+    assert torch.equal(images.to_tensor(pixels > 127), (pixels > 127).float().unsqueeze(0))
+    overshoot = expected * 1.1 - 0.05  # a bicubic resize's ringing: clamped
+    assert torch.equal(images.to_tensor(overshoot), overshoot.clamp(0, 1))
+
+
+@pytest.mark.parametrize(
+    "tensor, message",
+    [
+        (torch.full((3, 4, 5), 255.0), "values in \\[0, 1\\], got 255..255 \\(divide by 255\\)"),
+        (torch.full((3, 4, 5), -2.0), "values in \\[0, 1\\]"),  # mean/std-normalised
+        (torch.zeros(3, 4, 5, dtype=torch.int64), "float in \\[0, 1\\], uint8 or uint16, got torch.int64"),
+        (torch.zeros(3, 4, 5, dtype=torch.complex64), "got torch.complex64"),
+        (torch.rand(3, 0, 5), "got \\(3, 0, 5\\)"),
+        (torch.full((3, 4, 5), float("nan")), "NaN"),
+    ],
+)
+def test_bad_tensor_inputs(tensor, message):
+    with pytest.raises(NstError, match=message):
+        images.to_tensor(tensor)
+
+
+def test_float_tiff_in_unit_range(tmp_path):
+    values = np.linspace(0, 1, 6 * 8, dtype=np.float32).reshape(6, 8)
+    Image.fromarray(values, "F").save(tmp_path / "float.tif")
+    got = images.to_tensor(tmp_path / "float.tif")
+    assert got.shape == (1, 3, 6, 8)
+    assert torch.allclose(got[0, 0], torch.from_numpy(values), atol=0.5 / 255 + 1e-6)
