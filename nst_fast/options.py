@@ -6,7 +6,7 @@ import os
 from typing import Callable, Optional, Sequence
 
 from .errors import NstError
-from .vgg import check_layer_names, check_network, layer_channels
+from .vgg import check_layer_names, check_network, check_seed, layer_channels
 
 DEFAULT_CONTENT_LAYERS = {"relu4_2": 1.0}
 DEFAULT_STYLE_LAYERS = {name: 0.2 for name in ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")}
@@ -32,6 +32,9 @@ INITS = ("noise", "gray", "content", "style", "style_stats")
 OPTIMIZERS = ("lbfgs", "adam")
 PRECISIONS = ("fp32", "tf32", "bf16")
 PRESERVE_COLORS = (None, "luminance", "match", "histogram")
+# Arguments of nst_fast.stylize and StyleTransfer() that are not run options: named
+# in the suggestion for a misspelt option.
+SETUP_ARGUMENTS = ("weights", "device", "pooling", "convention", "network", "split_at", "padding", "progress")
 
 
 def default_layers(network: str, style_loss: str = "gram") -> tuple:
@@ -51,6 +54,8 @@ def parse_layers(spec, what: str, network: str = "vgg19") -> dict:
     """
     if isinstance(spec, dict):
         items = [(str(k), v) for k, v in spec.items()]
+    elif not isinstance(spec, (str, list, tuple)):
+        raise NstError(f"{what} layers must be a string like 'relu1_1:0.5,relu2_1', a list or a dict, got {spec!r}")
     else:
         if isinstance(spec, str):
             spec = [s for s in spec.split(",") if s.strip()]
@@ -88,6 +93,17 @@ def _per_channel(weights: dict, network: str) -> dict:
     divided = {name: w / layer_channels(name, network) for name, w in weights.items()}
     scale = sum(weights.values()) / sum(divided.values())
     return {name: w * scale for name, w in divided.items()}
+
+
+def _numbers(value, name: str, kind=float) -> list:
+    """A list, tuple or comma-separated string of numbers -> a list of `kind`."""
+    items = [v for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise NstError(f"{name} must be a list of numbers, got {value!r}")
+    try:
+        return [kind(v) for v in items]
+    except (TypeError, ValueError):
+        raise NstError(f"{name} must be a list of {'whole ' if kind is int else ''}numbers, got {value!r}") from None
 
 
 def _check_weight(name, value, positive=False):
@@ -138,8 +154,10 @@ class Options:
         names = [field.name for field in dataclasses.fields(cls)]
         for key in kwargs:
             if key not in names:
-                close = difflib.get_close_matches(key, names, n=1)
+                close = difflib.get_close_matches(key, names + list(SETUP_ARGUMENTS), n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
+                if close and close[0] in SETUP_ARGUMENTS:
+                    hint = f" (did you mean {close[0]!r}? an argument of nst_fast.stylize and StyleTransfer)"
                 raise NstError(f"unknown option {key!r}{hint}; the options are the fields of nst_fast.options.Options")
         return cls(**kwargs)
 
@@ -162,6 +180,7 @@ class Options:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise NstError(f"{name} must be an integer, got {value!r}")
+        check_seed(self.seed)
         if self.size < 16:
             raise NstError(f"size must be at least 16 pixels, got {self.size}")
         if self.steps < 0:
@@ -203,7 +222,7 @@ class Options:
             raise NstError(f"preserve_colors must be luminance, match or histogram, got {self.preserve_colors!r}")
         if self.style_blend is None:
             self.style_blend = [1.0 / n_styles] * n_styles
-        blend = [float(b) for b in self.style_blend]
+        blend = _numbers(self.style_blend, "style_blend")
         if len(blend) != n_styles:
             raise NstError(f"{len(blend)} style blend weights given for {n_styles} style images")
         for b in blend:
@@ -217,7 +236,7 @@ class Options:
             if len(self.style_masks) != n_styles:
                 raise NstError(f"{len(self.style_masks)} style masks given for {n_styles} style images")
         if self.scales is not None:
-            scales = [int(s) for s in self.scales]
+            scales = _numbers(self.scales, "scales", int)
             if not scales or any(s < 16 for s in scales) or scales != sorted(scales):
                 raise NstError(f"scales must be increasing sizes of at least 16 pixels, got {list(self.scales)}")
             self.scales = scales
@@ -231,8 +250,11 @@ class Options:
         if isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) \
                 or self.checkpoint_every < 0:
             raise NstError(f"checkpoint_every must be 0 (off) or a number of steps, got {self.checkpoint_every!r}")
-        if self.report_every is not None and self.report_every < 1:
-            raise NstError(f"report_every must be at least 1, got {self.report_every}")
+        if self.report_every is not None and (isinstance(self.report_every, bool)
+                                              or not isinstance(self.report_every, int) or self.report_every < 1):
+            raise NstError(f"report_every must be a whole number, at least 1, got {self.report_every!r}")
+        if self.memory_limit is not None:
+            _check_weight("memory_limit (bytes)", self.memory_limit, positive=True)
         return self
 
     def sizes(self):

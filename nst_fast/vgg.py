@@ -309,9 +309,18 @@ def guess_convention(weights: str, state: dict) -> str:
     return "torchvision"
 
 
+MAX_SEED = 2**63 - 1  # torch's generators take a signed 64-bit seed
+
+
+def check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise NstError(f"seed must be a whole number from 0 to 2**63 - 1, got {seed!r}")
+    return seed
+
+
 def random_state(seed: int = 0, network: str = "vgg19") -> dict:
     """Seeded Kaiming-normal weights (as torchvision initialises VGG), for smoke runs and tests."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(check_seed(seed))
     state = {}
     for i, m in enumerate(_build(len(TABLES[check_network(network)]), "max", network)):
         if isinstance(m, nn.Conv2d):

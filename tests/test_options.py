@@ -1,0 +1,38 @@
+"""Options given through the Python API: wrong types and values are NstErrors that say what is wanted."""
+import pytest
+
+from nst_fast import NstError
+from nst_fast.options import Options
+
+
+def validated(**kwargs):
+    return Options.from_kwargs(kwargs).validate(n_styles=2)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"seed": 2**64}, "seed must be a whole number from 0 to 2\\*\\*63 - 1"),
+        ({"seed": -1}, "seed must be"),
+        ({"scales": 32}, "scales must be a list of numbers, got 32"),
+        ({"scales": "32,4x8"}, "scales must be a list of whole numbers"),
+        ({"style_blend": 1}, "style_blend must be a list of numbers"),
+        ({"style_blend": ["a", "b"]}, "style_blend must be a list of numbers"),
+        ({"report_every": "5"}, "report_every must be a whole number"),
+        ({"report_every": 0}, "report_every must be a whole number, at least 1"),
+        ({"memory_limit": "1G"}, "memory_limit \\(bytes\\) must be a finite number"),
+        ({"memory_limit": 0}, "memory_limit \\(bytes\\) must be positive"),
+        ({"content_layers": 5}, "content layers must be a string like"),
+        ({"wieghts": "random"}, "did you mean 'weights'\\? an argument of nst_fast.stylize and StyleTransfer"),
+        ({"devise": "cpu"}, "did you mean 'device'"),
+    ],
+)
+def test_bad_option_types(kwargs, message):
+    with pytest.raises(NstError, match=message):
+        validated(**kwargs)
+
+
+def test_lists_may_be_given_as_comma_separated_strings():
+    opts = validated(scales="32, 48", style_blend="3,1", memory_limit=8e9, seed=2**63 - 1)
+    assert opts.scales == [32, 48]
+    assert opts.style_blend == [0.75, 0.25]
