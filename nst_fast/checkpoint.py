@@ -32,16 +32,36 @@ def save(path, data: dict) -> None:
     atomic_write(path, lambda f: torch.save({"version": VERSION, **data}, f), suffix=".ckpt")
 
 
+def _well_formed(data) -> bool:
+    """Has data the fields, of the types and shapes, that resuming reads?"""
+    fields = {"fingerprint": str, "size": list, "scale_index": int, "step": int, "optimizer": dict,
+              "rows_before": list, "history_rows": list,
+              **dict.fromkeys(("x", "best", "best_loss", "bad_streak", "history"), torch.Tensor)}
+    if not all(isinstance(data.get(key), kind) for key, kind in fields.items()):
+        return False
+    optional = [data.get(key, data["x"]) for key in ("result", "average", "average_weight")]
+    return (all(torch.is_tensor(t) for t in optional)
+            and len(data["size"]) == 2 and all(isinstance(n, int) and n > 0 for n in data["size"])
+            and data["x"].shape == data["best"].shape == (1, 3, *data["size"])
+            and data["step"] >= 0 and data["history"].dim() == 2 and data["history"].size(0) == data["step"])
+
+
 def load(path, expected_fingerprint: str) -> dict:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise NstError(f"no such checkpoint: {path}")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise NstError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict) or data.get("version") != VERSION:
-        raise NstError(f"{path} is not an nst_fast checkpoint (or one of another version)")
+    except OSError as exc:
+        raise NstError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
+    except Exception:  # torch's own message suggests weights_only=False, which is no advice for a user
+        raise NstError(f"{path} is not a readable nst-fast checkpoint") from None
+    if not isinstance(data, dict) or not isinstance(data.get("version"), int):
+        raise NstError(f"{path} is not a readable nst-fast checkpoint")
+    if data["version"] != VERSION:
+        raise NstError(f"{path} is a checkpoint of another version of nst-fast ({data['version']})")
+    if not _well_formed(data):
+        raise NstError(f"{path} is not a readable nst-fast checkpoint")
     if data["fingerprint"] != expected_fingerprint:
         raise CheckpointMismatch(f"checkpoint {path} is from another run: its images or options differ from these")
     return data

@@ -2,6 +2,7 @@
 import contextlib
 import dataclasses
 import os
+import sys
 from typing import Optional
 
 import torch
@@ -191,6 +192,7 @@ class StyleTransfer:
         total_steps = sum(opts.steps_at(i) for i in range(len(sizes)))
         work = [opts.steps_at(i) * size**2 for i, size in enumerate(sizes)]  # a step's cost ~ its pixels
         self.history, x = [], None
+        self.last_run = {"cuda_graph": False, "why_not": "no steps were run"}  # until a scale runs some
         for scale_index, size in enumerate(sizes):
             content_t = images.resize_long_side(content_img, size)
             h, w = content_t.shape[-2:]
@@ -201,6 +203,16 @@ class StyleTransfer:
                 )
             resume_state = None
             if saved is not None:
+                if tuple(saved["size"]) == (h, w) and saved["step"] >= opts.steps_at(scale_index):
+                    # This scale holds the steps asked for, or more: go on from its image as from a finished scale.
+                    x, self.history = saved.get("result", saved["best"]), saved["history_rows"]
+                    if scale_index == len(sizes) - 1:
+                        sys.stderr.write(f"nst-fast: the checkpoint {resume} is already at step {saved['step']} "
+                                         f"(>= steps {opts.steps_at(scale_index)}); its image is the result\n")
+                        if checkpoint:
+                            checkpoint_io.save(checkpoint, saved)
+                    saved = None
+                    continue
                 if tuple(saved["size"]) == (h, w):
                     resume_state, self.history, saved = saved, saved["rows_before"], None
                 elif max(h, w) <= max(saved["size"]):
@@ -385,7 +397,6 @@ class StyleTransfer:
         runner = StepRunner(one_step, dev, False if eager_because else opts.cuda_graph)
         if eager_because and dev.type == "cuda":
             runner.why_not = eager_because
-        step = state.step
         try:
             for step in range(state.step + 1, steps + 1):
                 parts = runner()
@@ -404,8 +415,9 @@ class StyleTransfer:
         except KeyboardInterrupt:
             if checkpoint or interrupt_checkpoint:
                 save_checkpoint(state, x, opt, checkpoint or interrupt_checkpoint)
-            raise Interrupted(f"interrupted at step {step_offset + step}", image=state.output().clamp(0, 1).cpu(),
-                              step=step_offset + step) from None
+            # state.step: the steps finished, as the checkpoint holds (Ctrl-C mostly comes in mid-step).
+            raise Interrupted(f"interrupted at step {step_offset + state.step}",
+                              image=state.output().clamp(0, 1).cpu(), step=step_offset + state.step) from None
         why_not = runner.why_not or (None if runner.graphed else "fewer steps than the warm-up before capture")
         self.last_run = {"cuda_graph": runner.graphed, "why_not": why_not}
         if checkpoint:

@@ -143,6 +143,23 @@ def test_a_checkpoint_of_other_options_is_not_resumed(tmp_path, folder, capsys):
     assert _files(out) == ["wide.png"]
 
 
+def test_a_checkpoint_past_the_steps_asked_for_gives_its_image(tmp_path, folder, capsys):
+    contents, style = folder
+    os.remove(contents / "tall.jpg")
+    out = tmp_path / "out"
+    out.mkdir()
+    code = cli.main([str(contents / "wide.png"), str(style), "-o", str(tmp_path / "alone.png"), *SMALL,
+                     "--steps", "3", "--checkpoint", str(out / "wide.ckpt")])
+    assert code == 0 and (out / "wide.ckpt").exists()
+    capsys.readouterr()
+    code = cli.main([str(contents), str(style), "-o", str(out), *SMALL, "--steps", "2"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "is already at step 3 (>= steps 2)" in err and "Traceback" not in err
+    assert _files(out) == ["wide.png"]
+    assert Image.open(out / "wide.png").tobytes() == Image.open(tmp_path / "alone.png").tobytes()
+
+
 def test_a_cut_out_content_keeps_its_transparency(tmp_path, folder, capsys):
     contents, style = folder
     photo = Image.open(contents / "wide.png").convert("RGBA")
