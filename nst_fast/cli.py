@@ -1,6 +1,7 @@
 """nst-fast: the command line. Errors are one line on stderr and a non-zero exit."""
 import argparse
 import os
+import re
 import signal
 import sys
 import threading
@@ -153,6 +154,64 @@ def _error(message, code=EXIT_ERROR):
     return code
 
 
+DEFAULT_CHECKPOINT = "the default --checkpoint (where Ctrl-C saves)"  # OUT.ckpt, without --checkpoint
+# --resume may name the checkpoint the run writes: it goes on in the same file.
+RESUMABLE = ("--checkpoint", DEFAULT_CHECKPOINT)
+
+
+def _check_folders(writes):
+    """writes: (option, path) of files the run writes -> why one cannot be written, or None."""
+    for option, path in writes:
+        what = "output" if option == "-o" else option
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            return f"{what} directory does not exist: {folder}"
+        if os.path.isdir(path):
+            return f"{option} {path} is a folder; name a file"
+        if not os.access(folder, os.W_OK | os.X_OK):
+            return f"cannot write into the {what} directory {folder}"
+    return None
+
+
+def _file_key(path):
+    """What identifies a file: device and inode where it exists (links alike), else its real path."""
+    try:
+        st = os.stat(path)
+        return st.st_dev, st.st_ino
+    except OSError:
+        return os.path.normcase(os.path.realpath(path))
+
+
+def _check_distinct(writes, reads, snapshots=None):
+    """writes, reads: (option, path) of the files the run writes and reads -> why a write
+    would replace an input or another write, or None. snapshots: OUT, the stem of the
+    --save-every snapshots OUT.stepNNNN.png, which must not replace any of them either."""
+    named = {}
+    for option, path in reads:
+        if os.path.isfile(path):  # a missing input is reported as such, later
+            named.setdefault(_file_key(path), (option, path, "read"))
+    for option, path in writes:
+        key = _file_key(path)
+        if key not in named:
+            named[key] = (option, path, "write")
+            continue
+        other, _, how = named[key]
+        if other == "--resume":
+            if option in RESUMABLE:
+                continue
+            return f"{option} {path} is the checkpoint --resume reads; name another file"
+        if how == "read":
+            return f"{option} {path} is one of the input images ({other}); name another file"
+        return f"{other} and {option} both name {path}; name different files"
+    if snapshots:
+        folder = os.path.realpath(os.path.dirname(os.path.abspath(snapshots)))
+        pattern = re.escape(os.path.normcase(os.path.join(folder, os.path.basename(snapshots)))) + r"\.step\d{4,}\.png"
+        for option, path, _ in named.values():
+            if re.fullmatch(pattern, os.path.normcase(os.path.realpath(path))):
+                return f"the --save-every snapshots {snapshots}.stepNNNN.png would replace {option} {path}"
+    return None
+
+
 def _list_layers(network: str, size: int) -> int:
     from . import vgg
 
@@ -173,7 +232,19 @@ def run(args) -> int:
     from .transfer import StyleTransfer
 
     if args.list_layers:
-        return _list_layers(args.network, args.size or 512)
+        try:
+            Options(size=512 if args.size is None else args.size).validate(network=args.network)
+        except NstError as exc:
+            return _error(str(exc))
+        return _list_layers(args.network, 512 if args.size is None else args.size)
+    if args.demo and (args.content or args.style):
+        return _error("--demo uses the bundled example images; give it no CONTENT or STYLE")
+    for option, path in (("-o", args.output), ("--checkpoint", args.checkpoint), ("--history", args.history),
+                         ("--plot", args.plot), ("--resume", args.resume)):
+        if path == "":
+            return _error(f"{option} names no file (an empty path)")
+    if args.save_every < 0:
+        return _error(f"--save-every must be 0 (off) or a number of steps, got {args.save_every}")
     if args.size is None:
         args.size = 256 if args.demo else 512
     if args.steps is None:
@@ -216,7 +287,9 @@ def run(args) -> int:
                                     inputs=[*styles, *(args.style_masks or [])])
         except NstError as exc:
             return _error(str(exc))
-        outputs = [job.output for job in jobs]
+        if not os.path.isdir(out_dir):
+            return _error(f"output directory does not exist: {out_dir}")
+        writes = [("-o", job.output) for job in jobs]
     else:
         args.output = args.output or "out.png"
         out_ext = os.path.splitext(args.output)[1].lower()
@@ -224,17 +297,22 @@ def run(args) -> int:
             return _error(f"output must end in one of {', '.join(IMAGE_EXTENSIONS)}; got {args.output!r}")
         if args.bits == 16 and out_ext != ".png":
             return _error(f"16-bit output is PNG only, got {args.output!r}")
-        out_dir = os.path.dirname(os.path.abspath(args.output))
-        outputs = [args.output]
-    if not os.path.isdir(out_dir):
-        return _error(f"output directory does not exist: {out_dir}")
-    inputs = [*([] if os.path.isdir(content) else [content]), *styles, *(args.style_masks or [])]
+        checkpoint = ("--checkpoint", args.checkpoint) if args.checkpoint else \
+            (DEFAULT_CHECKPOINT, os.path.splitext(args.output)[0] + ".ckpt")
+        writes = [("-o", args.output), checkpoint]
+        writes += [(option, path) for option, path in (("--history", args.history), ("--plot", args.plot)) if path]
+        problem = _check_folders(writes)
+        if problem:
+            return _error(problem)
+    reads = [*([] if os.path.isdir(content) else [("CONTENT", content)]), *(("STYLE", s) for s in styles),
+             *(("--style-masks", m) for m in args.style_masks or [])]
     if args.init not in INITS and os.path.isfile(args.init):
-        inputs.append(args.init)
-    for path in inputs:
-        for output in outputs:
-            if os.path.isfile(path) and os.path.isfile(output) and os.path.samefile(path, output):
-                return _error(f"the output {output} is one of the input images; name another output")
+        reads.append(("--init", args.init))
+    inputs = [path for _, path in reads]
+    snapshots = os.path.splitext(args.output)[0] if args.save_every and not batch_mode else None
+    problem = _check_distinct(writes, reads + ([("--resume", args.resume)] if args.resume else []), snapshots)
+    if problem:
+        return _error(problem)
 
     options = dict(
         size=args.size, steps=args.steps, content_weight=args.content_weight, style_weight=args.style_weight,
@@ -371,6 +449,9 @@ def main(argv=None) -> int:
         return run(args)
     except KeyboardInterrupt:
         return _error("interrupted", _interrupted_code())
+    except BrokenPipeError:  # stdout closed early (`nst-fast --list-layers | head`): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+        return EXIT_ERROR
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)

@@ -4,6 +4,7 @@ import os
 import tempfile
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+_TEMP_PREFIX = ".nst_fast-"
 
 
 def _new_file_mode(path) -> int:
@@ -22,18 +23,28 @@ def atomic_write(path, write, suffix=""):
     at `path` is then whole or absent, never half written, even after a power cut
     (the data reach the disk before the rename)."""
     path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(prefix=".nst_fast-", suffix=suffix, dir=os.path.dirname(os.path.abspath(path)))
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=suffix, dir=os.path.dirname(os.path.abspath(path)))
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, _new_file_mode(path))
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as exc:
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(exc, OSError) and _of_temporary(exc):  # told of the file the user named, not of ours
+            raise OSError(exc.errno, exc.strerror, path) from None  # the errno's subclass (FileNotFoundError...)
         raise
+
+
+def _of_temporary(exc: OSError) -> bool:
+    """Whether `exc` is a system error about our temporary file, or about no file (a
+    full disk); not one about another file, nor PIL's encoder errors (no errno)."""
+    return exc.errno is not None and (exc.filename is None
+                                      or os.path.basename(str(exc.filename)).startswith(_TEMP_PREFIX))
 
 
 def images_in(folder) -> list:

@@ -287,3 +287,110 @@ def test_sixteen_bit_output_and_snapshots(tmp_path, small_images, capsys):
     jpg = tmp_path / "out.jpg"
     assert cli.main(args[:3] + [str(jpg)] + args[4:]) == 1
     assert "16-bit output is PNG only" in capsys.readouterr().err and not jpg.exists()
+
+
+NO_WEIGHTS = ["--weights", "/nonexistent/none.pth", "--device", "cpu", "--size", "32", "--steps", "1"]
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--history", "{c}"], "--history {c} is one of the input images (CONTENT)"),
+    (["--checkpoint", "{c}"], "--checkpoint {c} is one of the input images (CONTENT)"),
+    (["--plot", "{s}"], "--plot {s} is one of the input images (STYLE)"),
+    (["--plot", "{d}/./s.png"], "is one of the input images (STYLE)"),
+    (["--checkpoint", "{d}/init.png", "--init", "{d}/init.png"], "is one of the input images (--init)"),
+    (["--history", "{d}/out.png"], "-o and --history both name"),
+    (["--checkpoint", "{d}/out.png"], "-o and --checkpoint both name"),
+    (["--history", "{d}/out.ckpt"], "the default --checkpoint (where Ctrl-C saves) and --history both name"),
+    (["--history", "{d}/h", "--plot", "{d}/sub/../h"], "--history and --plot both name"),
+    (["--checkpoint", "{d}/k.ckpt", "--history", "{d}/k.ckpt"], "--checkpoint and --history both name"),
+    (["--resume", "{d}/k.ckpt", "--history", "{d}/k.ckpt"], "is the checkpoint --resume reads"),
+    (["--save-every", "1", "--init", "{d}/out.step0002.png"], "snapshots"),
+])
+def test_the_files_a_run_writes_differ_from_its_inputs_and_each_other(tmp_path, small_images, capsys, extra,
+                                                                     expected):
+    content, style = small_images
+    for name in ("c.png", "s.png", "init.png", "out.step0002.png"):
+        (tmp_path / name).write_bytes((content if name != "s.png" else style).read_bytes())
+    (tmp_path / "k.ckpt").write_bytes(b"a checkpoint")
+    (tmp_path / "sub").mkdir()
+    before = {p: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    fill = dict(d=tmp_path, c=tmp_path / "c.png", s=tmp_path / "s.png")
+    argv = [str(tmp_path / "c.png"), str(tmp_path / "s.png"), "-o", str(tmp_path / "out.png"), *NO_WEIGHTS]
+    _one_line_error(capsys, argv + [e.format(**fill) for e in extra], expected.format(**fill))
+    assert {p: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before  # nothing written
+
+
+def test_a_run_may_resume_into_the_checkpoint_it_writes(tmp_path, small_images, capsys):
+    content, style = small_images
+    ckpt, out = tmp_path / "k.ckpt", tmp_path / "out.png"
+    base = [str(content), str(style), "-o", str(out), *SMALL, "-q"]
+    assert cli.main(base + ["--steps", "2", "--checkpoint", str(ckpt)]) == 0, capsys.readouterr().err
+    assert cli.main(base + ["--steps", "3", "--checkpoint", str(ckpt), "--resume", str(ckpt)]) == 0, \
+        capsys.readouterr().err
+    os.replace(ckpt, tmp_path / "out.ckpt")  # where Ctrl-C saves one; the next run resumes from it
+    assert cli.main(base + ["--steps", "4", "--resume", str(tmp_path / "out.ckpt")]) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--checkpoint", "{d}/nodir/x.ckpt"], "--checkpoint directory does not exist: {d}/nodir"),
+    (["--history", "{d}/nodir/h.json"], "--history directory does not exist: {d}/nodir"),
+    (["--plot", "{d}/nodir/p.png"], "--plot directory does not exist: {d}/nodir"),
+    (["-o", "{d}/folder.png"], "-o {d}/folder.png is a folder"),
+    (["--history", "{d}/folder.png"], "--history {d}/folder.png is a folder"),
+    (["--checkpoint", "{d}/locked/x.ckpt"], "cannot write into the --checkpoint directory {d}/locked"),
+])
+def test_the_folders_of_all_outputs_are_checked_before_the_run(tmp_path, small_images, capsys, monkeypatch, extra,
+                                                              expected):
+    content, style = small_images
+    (tmp_path / "folder.png").mkdir()
+    (tmp_path / "locked").mkdir()
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: "locked" not in str(path) and access(path, mode))
+    argv = [str(content), str(style), "-o", str(tmp_path / "out.png"), *NO_WEIGHTS]
+    _one_line_error(capsys, argv + [e.format(d=tmp_path) for e in extra], expected.format(d=tmp_path))
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_a_failing_atomic_write_names_the_file_asked_for(tmp_path):
+    from nst_fast.files import atomic_write
+
+    for target, error in ((tmp_path / "nodir" / "x.ckpt", FileNotFoundError), (tmp_path, IsADirectoryError)):
+        with pytest.raises(error) as raised:
+            atomic_write(target, lambda f: f.write(b"data"))
+        assert raised.value.filename == str(target) and ".nst_fast-" not in str(raised.value)
+    assert os.listdir(tmp_path) == []  # no temporary file left behind
+
+    def encoder_error(f):
+        raise OSError("encoder error -2")  # as PIL's: no errno, and not about a file
+
+    with pytest.raises(OSError, match="^encoder error -2$"):
+        atomic_write(tmp_path / "x.png", encoder_error)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["{c}", "{s}", "--save-every", "-1"], "--save-every must be 0 (off) or a number of steps, got -1"),
+    (["{c}", "{s}", "--checkpoint-every", "-1"], "checkpoint_every must be 0"),
+    (["{c}", "{s}", "--report-every", "0"], "report_every must be"),
+    (["{c}", "{s}", "-o", ""], "-o names no file"),
+    (["{c}", "{s}", "--checkpoint", ""], "--checkpoint names no file"),
+    (["--demo", "{c}", "{s}"], "--demo uses the bundled example images"),
+    (["--list-layers", "--size", "-5"], "size must be at least 16 pixels, got -5"),
+    (["--list-layers", "--size", "0"], "size must be at least 16 pixels, got 0"),
+])
+def test_small_option_mistakes_are_refused(tmp_path, small_images, capsys, monkeypatch, argv, expected):
+    content, style = small_images
+    monkeypatch.chdir(tmp_path)
+    argv = [a.format(c=content, s=style) for a in argv]
+    out = [] if "-o" in argv or "--list-layers" in argv else ["-o", str(tmp_path / "out.png")]
+    code = _one_line_error(capsys, argv + out + NO_WEIGHTS[:4] + ["--steps", "1"], expected)
+    assert code == 1 and os.listdir(tmp_path) == []
+
+
+def test_a_closed_stdout_is_not_a_traceback():
+    """`nst-fast --list-layers | head -1`: the reader is gone before the listing is written."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    proc = subprocess.run([sys.executable, "-m", "nst_fast.cli", "--list-layers"], stdout=write_end,
+                          stderr=subprocess.PIPE, text=True, timeout=120)
+    os.close(write_end)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
