@@ -224,6 +224,22 @@ def estimate_bytes(height, width, content_layers, style_layers, optimizer="lbfgs
                                   style_regions, style_loss, styles, style_scale, mrf_variants).values()))
 
 
+def style_pass_bytes(long_side, aspect, layers, precision="fp32", device="cpu", network="vgg19") -> int:
+    """Peak memory (bytes) of taking the targets of a style image of this long side
+    and aspect (width / height): a forward without autograd, which holds the weights,
+    a layer's input and output (the largest activation twice) and the requested
+    layers' features until their Gram matrices are made. It grows with the style
+    image's size, not the output's."""
+    height, width = _shape(long_side, aspect)
+    names = _layers(layers, network)
+    act = 2 if precision == "bf16" else 4
+    depth = max(vgg.layer_index(n, network) for n in names) + 1
+    largest = max(c_out * oh * ow for _, _, c_out, _, _, oh, ow in vgg.walk(height, width, depth, network))
+    kept = sum(c * h * w for c, h, w in (vgg.layer_shape(n, height, width, network) for n in names))
+    parts = estimate_parts(height, width, names, names[:1], precision=precision, device=device, network=network)
+    return int(parts["weights"] + parts["scratch"] + parts["runtime"] + (2 * largest + kept) * act)
+
+
 def _shape(long_side: int, aspect: float):
     """(height, width) with the given long side; aspect is width / height."""
     if aspect >= 1:

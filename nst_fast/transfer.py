@@ -43,6 +43,8 @@ def _device(device) -> torch.device:
         device = torch.device(device)
     except RuntimeError as exc:
         raise NstError(f"unknown device {device!r}: {exc}") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise NstError(f"device {str(device)!r} is not supported; use cpu, cuda (cuda:N) or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise NstError("device cuda was asked for but no CUDA GPU is available here; use --device cpu")
     if device.type == "mps" and not torch.backends.mps.is_available():
@@ -273,17 +275,25 @@ class StyleTransfer:
         # Split over several devices, the check is against their free memory together.
         budget = opts.memory_limit if opts.memory_limit is not None else \
             sum(memory.available_bytes(d) for d in dict.fromkeys(self.devices))
-        if need <= budget:
-            return sizes
-        fits = memory.largest_size(budget, w / h, **args)
-        if fits < 16:
-            raise NstError(f"not enough memory on {self._where()} for even a 16-pixel run")
-        if not opts.fit_memory:
-            raise NstError(
-                f"a {width}x{height} run needs about {need / 2**30:.1f} GiB but {budget / 2**30:.1f} GiB is "
-                f"available on {self._where()}; the largest size that fits is {fits} (use --size {fits}, "
-                "or --fit-memory to pick it)")
-        return [s for s in sizes if s < fits] + [fits]
+        if need > budget:
+            fits = memory.largest_size(budget, w / h, **args)
+            if fits < 16:
+                raise NstError(f"not enough memory on {self._where()} for even a 16-pixel run")
+            if not opts.fit_memory:
+                raise NstError(
+                    f"a {width}x{height} run needs about {need / 2**30:.1f} GiB but {budget / 2**30:.1f} GiB is "
+                    f"available on {self._where()}; the largest size that fits is {fits} (use --size {fits}, "
+                    "or --fit-memory to pick it)")
+            sizes = [s for s in sizes if s < fits] + [fits]
+        # The style targets are taken before the steps run, at the style images' own size.
+        style_side = opts.style_size or round(sizes[-1] * opts.style_scale)
+        style_need = memory.style_pass_bytes(style_side, w / h, list(opts.style_layers),
+                                             opts.precision, self.device.type, self.architecture)
+        if style_need > budget:
+            raise NstError(f"the style images at {style_side} px (style_size / style_scale) need about "
+                           f"{style_need / 2**30:.1f} GiB but {budget / 2**30:.1f} GiB is available on "
+                           f"{self._where()}; give a smaller style size")
+        return sizes
 
     def _where(self) -> str:
         return ", ".join(str(d) for d in dict.fromkeys(self.devices))

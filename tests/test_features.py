@@ -301,6 +301,14 @@ def test_memory_estimate_refuses_an_oversized_run_before_allocating(transfer, sm
         transfer.stylize(content, style, size=200_000, steps=1)
 
 
+def test_a_style_image_too_large_for_memory_is_refused_before_allocating(transfer, small_images, monkeypatch):
+    content, style = small_images
+    monkeypatch.setattr(transfer, "_loss", lambda *a, **k: pytest.fail("allocated before refusing"))
+    for option in ({"style_size": 100_000}, {"style_scale": 3000.0}):
+        with pytest.raises(NstError, match=r"the style images at \d+ px .* GiB is available on cpu; give a smaller"):
+            transfer.stylize(content, style, size=32, steps=1, **option)
+
+
 def test_fit_memory_picks_the_largest_size_that_fits(transfer, small_images):
     from nst_fast import memory
     from nst_fast.options import DEFAULT_STYLE_LAYERS

@@ -175,6 +175,12 @@ def test_unknown_device():
         StyleTransfer(weights="random", device="toaster")
 
 
+@pytest.mark.parametrize("device", ["meta", "xla"])
+def test_a_device_type_nst_fast_cannot_run_on_is_refused(device):
+    with pytest.raises(NstError, match=f"device '{device}' is not supported; use cpu, cuda"):
+        StyleTransfer(weights="random", device=device)
+
+
 @pytest.mark.parametrize("device, available", [("cuda", torch.cuda.is_available), ("mps", torch.backends.mps.is_available)])
 def test_a_device_this_machine_lacks_is_named(device, available):
     if available():
