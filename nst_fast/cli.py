@@ -53,7 +53,7 @@ def build_parser():
                    help="batch: stylize again the images whose output exists (default: keep them, so a stopped "
                         "batch goes on where it stopped)")
     p.add_argument("--bits", type=int, default=8, choices=[8, 16],
-                   help="bits per channel of the output and snapshots (16: PNG only) (8)")
+                   help="bits per channel of the output and snapshots (16: PNG or TIFF) (8)")
     p.add_argument("--demo", action="store_true", help="use the bundled example images")
     p.add_argument("--list-layers", action="store_true",
                    help="print the --network's layers with their channels and size at --size (square), and exit")
@@ -295,8 +295,8 @@ def run(args) -> int:
         out_ext = os.path.splitext(args.output)[1].lower()
         if out_ext not in IMAGE_EXTENSIONS:
             return _error(f"output must end in one of {', '.join(IMAGE_EXTENSIONS)}; got {args.output!r}")
-        if args.bits == 16 and out_ext != ".png":
-            return _error(f"16-bit output is PNG only, got {args.output!r}")
+        if args.bits == 16 and out_ext not in (".png", ".tif", ".tiff"):
+            return _error(f"16-bit output is PNG or TIFF only, got {args.output!r}")
         checkpoint = ("--checkpoint", args.checkpoint) if args.checkpoint else \
             (DEFAULT_CHECKPOINT, os.path.splitext(args.output)[0] + ".ckpt")
         writes = [("-o", args.output), checkpoint]

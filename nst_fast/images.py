@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
-from . import png16
+from . import png16, tiff16
 from .errors import NstError
 from .files import atomic_write
 
@@ -233,8 +233,8 @@ _ALPHA_FORMATS = ("PNG", "WEBP", "TIFF")
 
 def save_atomic(image, path, bits: int = 8, text: Optional[dict] = None) -> None:
     """Write a PIL image or a (1, 3 or 4, H, W) tensor in [0, 1] to a temporary file
-    beside `path`, then rename: never half an image. bits=16: a 16-bit PNG (tensors
-    only). Transparency is kept in PNG, WebP and TIFF, dropped in the other formats.
+    beside `path`, then rename: never half an image. bits=16: a 16-bit PNG or TIFF
+    (tensors only). Transparency is kept in PNG, WebP and TIFF, dropped in the other formats.
     text: entries written into the file (PNG text chunks; one JPEG comment)."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -242,9 +242,10 @@ def save_atomic(image, path, bits: int = 8, text: Optional[dict] = None) -> None
         raise NstError(f"output directory does not exist: {directory}")
     ext = os.path.splitext(path)[1].lower()
     if bits == 16:
-        if ext != ".png" or not isinstance(image, torch.Tensor):
-            raise NstError(f"16-bit output is written as PNG from a tensor; {path} is not a .png")
-        data = png16.encode(image, text)
+        encode = {".png": png16.encode, ".tif": tiff16.encode, ".tiff": tiff16.encode}.get(ext)
+        if encode is None or not isinstance(image, torch.Tensor):
+            raise NstError(f"16-bit output is written as PNG or TIFF from a tensor; {path} is neither")
+        data = encode(image, text)
         atomic_write(path, lambda f: f.write(data), suffix=ext)
         return
     if bits != 8:

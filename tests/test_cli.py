@@ -286,7 +286,10 @@ def test_sixteen_bit_output_and_snapshots(tmp_path, small_images, capsys):
         assert open(path, "rb").read()[24:26] == b"\x10\x02"  # IHDR: bit depth 16, truecolour
     jpg = tmp_path / "out.jpg"
     assert cli.main(args[:3] + [str(jpg)] + args[4:]) == 1
-    assert "16-bit output is PNG only" in capsys.readouterr().err and not jpg.exists()
+    assert "16-bit output is PNG or TIFF only" in capsys.readouterr().err and not jpg.exists()
+    tif = tmp_path / "out.tif"
+    assert cli.main(args[:3] + [str(tif)] + args[4:]) == 0
+    assert open(tif, "rb").read()[:4] == b"II*\0"
 
 
 NO_WEIGHTS = ["--weights", "/nonexistent/none.pth", "--device", "cpu", "--size", "32", "--steps", "1"]

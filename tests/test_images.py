@@ -247,6 +247,45 @@ def _read_png16(path):
     return (raw[:, 0::2] * 256 + raw[:, 1::2]).reshape(height, width, channels)
 
 
+def _read_tiff16(path):
+    """Decode the 16-bit TIFF layout the writer uses (little-endian, one Deflate strip,
+    horizontal differencing), independently of it -> (levels, {tag: value})."""
+    import struct
+    import zlib
+
+    data = open(path, "rb").read()
+    assert data[:4] == b"II*\0"
+    (ifd,) = struct.unpack("<I", data[4:8])
+    (count,) = struct.unpack("<H", data[ifd:ifd + 2])
+    tags = {}
+    for i in range(count):
+        tag, kind, n, raw = struct.unpack("<HHI4s", data[ifd + 2 + 12 * i:ifd + 14 + 12 * i])
+        size = {2: 1, 3: 2, 4: 4}[kind] * n
+        body = raw[:size] if size <= 4 else data[struct.unpack("<I", raw)[0]:][:size]
+        fmt = f"<{n}{'H' if kind == 3 else 'I'}"
+        tags[tag] = body.rstrip(b"\0").decode() if kind == 2 else struct.unpack(fmt, body)
+    width, height, channels = tags[256][0], tags[257][0], tags[277][0]
+    assert tags[258] == (16,) * channels and tags[259] == (8,) and tags[317] == (2,) and tags[262] == (2,)
+    strip = data[tags[273][0]:tags[273][0] + tags[279][0]]
+    diffs = np.frombuffer(zlib.decompress(strip), "<u2").reshape(height, width, channels).astype(np.int64)
+    return np.cumsum(diffs, axis=1) % 65536, tags
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_sixteen_bit_tiff_output(tmp_path, channels):
+    image = torch.rand(1, channels, 7, 11, generator=torch.Generator().manual_seed(1))
+    image[0, :3, 0, 0] = torch.tensor([0.0, 1.0, 0.5])
+    path = tmp_path / "out.tif"
+    images.save_atomic(image, path, bits=16, text={"Comment": "nst-fast settings: {}"})
+    levels, tags = _read_tiff16(path)
+    want = (image[0].permute(1, 2, 0).numpy() * 65535).round().astype(np.int64)
+    assert np.array_equal(levels, want)
+    assert tags[270] == "Comment: nst-fast settings: {}" and (tags.get(338) == (2,)) == (channels == 4)
+    with Image.open(path) as img:  # libtiff (through PIL) decodes it too, to 8 bits
+        assert img.size == (11, 7) and img.mode == ("RGBA" if channels == 4 else "RGB")
+        assert np.abs(np.asarray(img).astype(np.int64) - want / 257).max() <= 1
+
+
 def test_sixteen_bit_png_output(tmp_path):
     gen = torch.Generator().manual_seed(0)
     image = torch.rand(1, 3, 7, 11, generator=gen)
