@@ -139,6 +139,8 @@ def run(transfer, jobs, styles, options: dict, *, save: Callable, new_progress: 
             _say(f"{kind}: {message}")
             failed += 1
             continue
+        if transfer.last_run.get("note"):
+            _say(f"{job.content}: {transfer.last_run['note']}")
         save(result, job.output, transparency)
         spent.append(time.perf_counter() - started)
         if os.path.isfile(job.checkpoint):

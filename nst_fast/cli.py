@@ -245,8 +245,10 @@ def run(args) -> int:
             return _error(f"{option} names no file (an empty path)")
     if args.save_every < 0:
         return _error(f"--save-every must be 0 (off) or a number of steps, got {args.save_every}")
+    if args.size is not None and args.scales and args.size != args.scales[-1]:
+        return _error(f"--size {args.size} and --scales ending at {args.scales[-1]} disagree; give one of them")
     if args.size is None:
-        args.size = 256 if args.demo else 512
+        args.size = args.scales[-1] if args.scales else 256 if args.demo else 512
     if args.steps is None:
         args.steps = 100 if args.demo else 500
     if args.demo:
@@ -405,6 +407,8 @@ def run(args) -> int:
         if live is not None:
             live.finish()
             live.close()
+    if transfer.last_run.get("note"):
+        sys.stderr.write(f"nst-fast: {transfer.last_run['note']}\n")
     if not args.quiet:
         if transfer.device.type == "cuda":
             run = transfer.last_run

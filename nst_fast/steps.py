@@ -51,6 +51,11 @@ class LoopState:
             return self.best
         return torch.where(self.average_weight > 0, self.average / self.average_weight.clamp(min=1e-12), self.best)
 
+    def output_copy(self):
+        """output() as a tensor of its own, which a callback may keep or change."""
+        out = self.output()
+        return out.clone() if out is self.best else out
+
     def tensors(self):
         out = {"best": self.best, "best_loss": self.best_loss, "bad_streak": self.bad_streak,
                "history": self.history[: self.step], "step": self.step, "result": self.output()}

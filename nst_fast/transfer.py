@@ -2,7 +2,6 @@
 import contextlib
 import dataclasses
 import os
-import sys
 from typing import Optional
 
 import torch
@@ -32,7 +31,7 @@ class StepInfo:
     steps: int  # total steps of the run
     size: tuple  # (H, W) being optimised
     losses: dict
-    image: torch.Tensor  # the best image so far, (1, 3, H, W), not yet clamped to [0, 1]
+    image: torch.Tensor  # the best image so far, (1, 3, H, W), not yet clamped to [0, 1]; a copy of its own
     done: float = 0.0  # the run's work done so far, steps weighted by their pixels (for time estimates)
 
 
@@ -209,8 +208,8 @@ class StyleTransfer:
                     # This scale holds the steps asked for, or more: go on from its image as from a finished scale.
                     x, self.history = saved.get("result", saved["best"]), saved["history_rows"]
                     if scale_index == len(sizes) - 1:
-                        sys.stderr.write(f"nst-fast: the checkpoint {resume} is already at step {saved['step']} "
-                                         f"(>= steps {opts.steps_at(scale_index)}); its image is the result\n")
+                        self.last_run["note"] = (f"the checkpoint {resume} is already at step {saved['step']} "
+                                                 f"(>= steps {opts.steps_at(scale_index)}); its image is the result")
                         if checkpoint:
                             checkpoint_io.save(checkpoint, saved)
                     saved = None
@@ -412,8 +411,8 @@ class StyleTransfer:
                 parts = runner()
                 state.step = step
                 if opts.callback is not None:
-                    opts.callback(StepInfo(step_offset + step, total_steps, tuple(x.shape[-2:]), parts, state.output(),
-                                           done=min(1.0, work[0] + step * work[1])))
+                    opts.callback(StepInfo(step_offset + step, total_steps, tuple(x.shape[-2:]), parts,
+                                           state.output_copy(), done=min(1.0, work[0] + step * work[1])))
                 if step % report_every == 0 or step == steps:
                     if state.bad_streak >= MAX_NONFINITE or not torch.isfinite(state.best_loss):
                         raise NonFiniteLoss(

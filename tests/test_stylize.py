@@ -199,3 +199,21 @@ def test_bf16_precision_keeps_bf16_weights_and_tracks_fp32(transfer, small_image
     first, last = float(bf16[0].losses["total"]), float(bf16[-1].losses["total"])
     assert last < first / 10
     assert abs(last / float(fp32[-1].losses["total"]) - 1) < 0.1
+
+
+def test_callback_images_are_the_callbacks_to_keep(transfer, small_images):
+    """Frames kept from a callback (for an animation) stay as they were, and changing
+    one does not change the run."""
+    content, style = small_images
+    kept = []
+
+    def keep_and_scribble(info):
+        kept.append(info.image.clone())
+        info.image.zero_()
+
+    result = transfer.stylize_tensor(content, style, size=32, steps=4, init="noise", callback=keep_and_scribble)
+    assert torch.equal(kept[-1].clamp(0, 1), result)
+    assert not torch.equal(kept[0], kept[-1])
+    frames = []
+    transfer.stylize_tensor(content, style, size=32, steps=4, init="noise", callback=lambda i: frames.append(i.image))
+    assert all(torch.equal(a, b) for a, b in zip(frames, kept))
