@@ -157,7 +157,7 @@ def to_tensor(image) -> torch.Tensor:
     if isinstance(image, torch.Tensor):
         t = image.unsqueeze(0) if image.dim() == 3 else image
         if t.dim() != 4 or t.size(0) != 1 or t.size(1) not in (1, 3) or 0 in t.shape:
-            raise NstError(f"an image tensor must be (3, H, W) or (1, 3, H, W), got {tuple(image.shape)}")
+            raise NstError(f"an image tensor must be (3, H, W), (1, H, W) or (1, 3, H, W), got {tuple(image.shape)}")
         return _tensor_pixels(t).expand(1, 3, -1, -1).clamp(0, 1).cpu().contiguous()
     if isinstance(image, Image.Image):
         img = _to_rgb(image)
@@ -196,9 +196,16 @@ def with_alpha(image: torch.Tensor, transparency: Optional[torch.Tensor]) -> tor
 
 
 def to_mask(image) -> torch.Tensor:
-    """A path, PIL image or tensor -> float32 (1, 1, H, W) in [0, 1]: its grey level,
-    white where a region is."""
-    return to_tensor(image).mean(dim=1, keepdim=True)
+    """A path, PIL image, NumPy array or tensor ((H, W) too) -> float32 (1, 1, H, W) in
+    [0, 1]: its grey level, white where a region is; transparent parts are not in it
+    (a white shape on a transparent background covers the shape only)."""
+    if isinstance(image, torch.Tensor) and image.dim() == 2:
+        image = image.unsqueeze(0)
+    grey = to_tensor(image).mean(dim=1, keepdim=True)  # transparent parts over white
+    transparency = alpha(image)
+    if transparency is None:
+        return grey
+    return (grey - (1 - transparency)).clamp(0, 1)  # over black instead: grey * alpha
 
 
 def resize_mask(mask: torch.Tensor, size) -> torch.Tensor:
@@ -229,13 +236,15 @@ def to_pil(image: torch.Tensor) -> Image.Image:
 # falls from 11.5 to 2.9 levels.
 _SAVE_OPTIONS = {"JPEG": {"quality": 95, "subsampling": 0}, "WEBP": {"quality": 95}}
 _ALPHA_FORMATS = ("PNG", "WEBP", "TIFF")
+_IMAGE_DESCRIPTION = 270  # the TIFF / EXIF tag
 
 
 def save_atomic(image, path, bits: int = 8, text: Optional[dict] = None) -> None:
     """Write a PIL image or a (1, 3 or 4, H, W) tensor in [0, 1] to a temporary file
     beside `path`, then rename: never half an image. bits=16: a 16-bit PNG or TIFF
     (tensors only). Transparency is kept in PNG, WebP and TIFF, dropped in the other formats.
-    text: entries written into the file (PNG text chunks; one JPEG comment)."""
+    text: entries written into the file (PNG text chunks; a JPEG comment; TIFF's and
+    WebP's ImageDescription)."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
@@ -264,4 +273,12 @@ def save_atomic(image, path, bits: int = 8, text: Optional[dict] = None) -> None
             options["pnginfo"].add_text(key, value)
     elif text and fmt == "JPEG":
         options["comment"] = "\n".join(f"{key}: {value}" for key, value in text.items())
+    elif text and fmt in ("TIFF", "WEBP"):  # as ImageDescription: a TIFF tag, in WebP's EXIF
+        description = "\n".join(f"{key}: {value}" for key, value in text.items())
+        if fmt == "TIFF":
+            options["tiffinfo"] = {_IMAGE_DESCRIPTION: description}
+        else:
+            exif = Image.Exif()
+            exif[_IMAGE_DESCRIPTION] = description
+            options["exif"] = exif.tobytes()
     atomic_write(path, lambda f: image.save(f, format=fmt, **options), suffix=ext)

@@ -380,3 +380,18 @@ def test_float_tiff_in_unit_range(tmp_path):
     got = images.to_tensor(tmp_path / "float.tif")
     assert got.shape == (1, 3, 6, 8)
     assert torch.allclose(got[0, 0], torch.from_numpy(values), atol=0.5 / 255 + 1e-6)
+
+
+def test_masks_from_transparency_and_plain_tensors():
+    shape = np.zeros((6, 8, 4), np.uint8)
+    shape[:, :4] = 255  # a white shape on the left, transparent on the right
+    mask = images.to_mask(shape)
+    assert mask.shape == (1, 1, 6, 8)
+    assert (mask[..., :4] == 1).all() and (mask[..., 4:] == 0).all()
+    half = np.full((6, 8, 4), 255, np.uint8)
+    half[..., 3] = 128  # white at half opacity: half in
+    assert torch.allclose(images.to_mask(Image.fromarray(half, "RGBA")), torch.full((1, 1, 6, 8), 128 / 255))
+    plain = torch.zeros(6, 8)
+    plain[:, :4] = 1
+    assert torch.equal(images.to_mask(plain), mask)  # an (H, W) tensor, as a NumPy mask may be
+    assert torch.equal(images.to_mask(plain > 0.5), mask)
