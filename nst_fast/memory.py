@@ -73,7 +73,12 @@ STYLE_LOSSES = ("gram", "w2", "mrf")
 
 
 def _layers(layers, network="vgg19") -> list:
+    """Layer names from a list, a dict or a comma-separated string."""
+    if isinstance(layers, str):
+        layers = [n.strip() for n in layers.split(",") if n.strip()]
     names = list(layers.keys()) if isinstance(layers, dict) else list(layers)
+    if not names:
+        raise ValueError("no layers given")
     vgg.check_layer_names(names, network=network)
     return names
 
@@ -97,6 +102,8 @@ def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs
         raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
     if style_loss not in STYLE_LOSSES:
         raise ValueError(f"unknown style loss {style_loss!r}; choose one of {', '.join(STYLE_LOSSES)}")
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in (height, width)):
+        raise ValueError(f"height and width must be positive whole numbers of pixels, got {height!r}, {width!r}")
     content_layers, style_layers = _layers(content_layers, network), _layers(style_layers, network)
     requested = set(content_layers) | set(style_layers)
     names = vgg.layer_names(network)
@@ -271,8 +278,9 @@ def largest_size(budget_bytes, aspect, content_layers, style_layers, optimizer="
     lo, hi = 0, 1
     while fits(hi):  # the estimate grows with the side: find a side that does not fit
         lo, hi = hi, hi * 2
-        if hi > 1 << 20:
-            return lo
+        if hi > 1 << 20:  # no size is too large: at this aspect none can run at all, or any can
+            h, w = _shape(lo, aspect)
+            return lo if min(h, w) >= smallest else 0
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)

@@ -210,3 +210,15 @@ def test_available_bytes_fallback(monkeypatch):
 def test_available_bytes_cuda():
     free = memory.available_bytes("cuda")
     assert 0 < free <= torch.cuda.get_device_properties(0).total_memory
+
+
+def test_odd_arguments():
+    for height, width in ((0, 0), (-5, 10), (10.5, 20.5)):
+        with pytest.raises(ValueError, match="positive whole numbers of pixels"):
+            memory.estimate_bytes(height, width, CONTENT, STYLE)
+    with pytest.raises(ValueError, match="no layers given"):
+        memory.estimate_bytes(64, 64, [], STYLE)
+    assert memory.estimate_bytes(64, 64, "relu4_2", "relu1_1, relu2_1") == memory.estimate_bytes(
+        64, 64, ["relu4_2"], ["relu1_1", "relu2_1"])  # comma-separated names, as the options take them
+    for aspect in (1e7, 1e-7, float("inf")):  # too thin for any size to run
+        assert memory.largest_size(1 << 30, aspect, CONTENT, STYLE) == 0
