@@ -237,9 +237,9 @@ class Options:
                 raise NstError(f"{len(self.style_masks)} style masks given for {n_styles} style images")
         if self.scales is not None:
             scales = _numbers(self.scales, "scales", int)
-            if not scales or any(s < 16 for s in scales) or scales != sorted(scales):
-                raise NstError(f"scales must be increasing sizes of at least 16 pixels, got {list(self.scales)}")
-            self.scales = scales
+            if not scales or any(s < 16 for s in scales) or scales != sorted(set(scales)):
+                raise NstError(f"scales must be increasing sizes of at least 16 pixels, got {self.scales!r}")
+            self.scales, self.size = scales, scales[-1]  # the output's size is the last scale's
         if self.min_scale is not None:
             if isinstance(self.min_scale, bool) or not isinstance(self.min_scale, int) \
                     or not 16 <= self.min_scale <= self.size:

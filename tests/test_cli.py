@@ -149,12 +149,14 @@ def test_init_from_an_image_file(tmp_path, small_images):
 
 def test_outputs_carry_their_settings_but_no_input_paths(tmp_path, small_images):
     content, style = small_images
-    for name, extra in (("out.png", []), ("out16.png", ["--bits", "16"]), ("out.jpg", [])):
+    for name, extra in (("out.png", []), ("out16.png", ["--bits", "16"]), ("out.jpg", []), ("out.tif", []),
+                        ("out16.tif", ["--bits", "16"]), ("out.webp", [])):
         out = tmp_path / name
         assert cli.main([str(content), str(style), "-o", str(out), *SMALL, "--steps", "2", "--init", str(style),
                          "--style-weight", "123", "-q", *extra]) == 0
-        info = Image.open(out).info
-        text = info["Comment"] if "Comment" in info else info["comment"].decode()
+        img = Image.open(out)
+        info = img.info
+        text = info.get("Comment") or (info["comment"].decode() if "comment" in info else img.getexif()[270])
         settings = json.loads(text.split("nst-fast settings: ", 1)[1].splitlines()[0])
         assert settings["steps"] == 2 and settings["style_weight"] == 123 and settings["init"] == "style.png"
         assert settings["weights"] == "random" and settings["network"] == "vgg19"
@@ -379,6 +381,7 @@ def test_a_failing_atomic_write_names_the_file_asked_for(tmp_path):
     (["--demo", "{c}", "{s}"], "--demo uses the bundled example images"),
     (["--list-layers", "--size", "-5"], "size must be at least 16 pixels, got -5"),
     (["--list-layers", "--size", "0"], "size must be at least 16 pixels, got 0"),
+    (["{c}", "{s}", "--size", "48", "--scales", "32,64"], "--size 48 and --scales ending at 64 disagree"),
 ])
 def test_small_option_mistakes_are_refused(tmp_path, small_images, capsys, monkeypatch, argv, expected):
     content, style = small_images

@@ -25,6 +25,7 @@ def validated(**kwargs):
         ({"content_layers": 5}, "content layers must be a string like"),
         ({"wieghts": "random"}, "did you mean 'weights'\\? an argument of nst_fast.stylize and StyleTransfer"),
         ({"devise": "cpu"}, "did you mean 'device'"),
+        ({"scales": [48, 48]}, "scales must be increasing"),
     ],
 )
 def test_bad_option_types(kwargs, message):
@@ -36,3 +37,7 @@ def test_lists_may_be_given_as_comma_separated_strings():
     opts = validated(scales="32, 48", style_blend="3,1", memory_limit=8e9, seed=2**63 - 1)
     assert opts.scales == [32, 48]
     assert opts.style_blend == [0.75, 0.25]
+
+
+def test_the_size_is_the_last_scale():
+    assert validated(scales=[32, 64]).size == 64  # the recipe then says what was made
