@@ -247,6 +247,9 @@ class Options:
                                f"got {self.min_scale!r}")
             if self.scales is not None:
                 raise NstError("give scales or min_scale, not both")
+        if self.initial_steps is not None and self.scales is None and self.min_scale is None:
+            raise NstError("initial_steps sets the steps at the first of several scales: give scales or min_scale "
+                           "too (or just steps)")
         if isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) \
                 or self.checkpoint_every < 0:
             raise NstError(f"checkpoint_every must be 0 (off) or a number of steps, got {self.checkpoint_every!r}")

@@ -26,6 +26,7 @@ def validated(**kwargs):
         ({"wieghts": "random"}, "did you mean 'weights'\\? an argument of nst_fast.stylize and StyleTransfer"),
         ({"devise": "cpu"}, "did you mean 'device'"),
         ({"scales": [48, 48]}, "scales must be increasing"),
+        ({"initial_steps": 5}, "initial_steps sets the steps at the first of several scales: give scales"),
     ],
 )
 def test_bad_option_types(kwargs, message):
