@@ -509,10 +509,12 @@ def stylize(content, style, *, weights=None, device=None, pooling="max", convent
     The network is kept between calls with the same weights, devices, pooling, padding and network.
     """
     global _default
-    key = (vgg.resolve_weights(weights), str(_devices(device)), pooling, convention, network, str(split_at), padding)
+    seed = options.get("seed", 0)  # the random weights' too, as on the command line
+    key = (vgg.resolve_weights(weights), str(_devices(device)), pooling, convention, network, str(split_at), padding,
+           seed if vgg.resolve_weights(weights) == "random" else None)
     if _default is None or _default._key != key:
-        _default = StyleTransfer(weights, device, pooling, convention, network=network, split_at=split_at,
-                                 padding=padding)
+        _default = StyleTransfer(weights, device, pooling, convention, seed=seed, network=network,
+                                 split_at=split_at, padding=padding)
         _default._key = key
     if progress:
         bar = Progress(True, report_interval(options.get("report_every"), _default.device.type))

@@ -217,3 +217,10 @@ def test_callback_images_are_the_callbacks_to_keep(transfer, small_images):
     frames = []
     transfer.stylize_tensor(content, style, size=32, steps=4, init="noise", callback=lambda i: frames.append(i.image))
     assert all(torch.equal(a, b) for a, b in zip(frames, kept))
+
+
+def test_stylize_seeds_random_weights_as_the_command_line_does(small_images):
+    content, style = small_images
+    run = dict(weights="random", device="cpu", size=32, steps=3, progress=False)  # from the content: no noise
+    a, b, again = (nst_fast.stylize(content, style, seed=s, **run) for s in (0, 7, 0))
+    assert a.tobytes() != b.tobytes() and a.tobytes() == again.tobytes()
