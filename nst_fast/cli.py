@@ -33,6 +33,19 @@ def _csv_ints(text):
     return [int(t) for t in text.replace(",", " ").split()]
 
 
+def _bytes(text):
+    """"8G", "512M", "1.5GiB" or a number of bytes -> bytes (binary units)."""
+    number = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = 1 << {"K": 10, "M": 20, "G": 30, "T": 40}.get(number[-1:], 0)
+    try:
+        value = float(number[:-1] if unit > 1 else number) * unit
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an amount of memory: {text!r} (e.g. 8G, 512M)") from None
+    if not value >= 1:
+        raise argparse.ArgumentTypeError(f"the memory limit must be positive, got {text!r}")
+    return int(value)
+
+
 def _csv_paths(text):
     return [t.strip() for t in text.split(",") if t.strip()]
 
@@ -133,6 +146,8 @@ def build_parser():
                         "Ctrl-C always saves one, to OUT.ckpt if this is not given")
     p.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (0: end only)")
     p.add_argument("--resume", default=None, help="continue from a checkpoint (more steps, or a larger --size)")
+    p.add_argument("--memory-limit", type=_bytes, default=None,
+                   help="the memory the run may use, e.g. 8G (default: what the device has free)")
     p.add_argument("--fit-memory", action="store_true",
                    help="if the run cannot fit in memory, shrink --size to the largest that fits")
     p.add_argument("--no-cuda-graph", action="store_true", help="run each step eagerly on a GPU")
@@ -326,7 +341,7 @@ def run(args) -> int:
         precision=args.precision, style_blend=args.style_blend, style_masks=args.style_masks,
         style_scale=args.style_scale, style_size=args.style_size, scales=args.scales, min_scale=args.min_scale,
         initial_steps=args.initial_steps, preserve_colors=args.preserve_colors, report_every=args.report_every,
-        checkpoint_every=args.checkpoint_every, fit_memory=args.fit_memory,
+        checkpoint_every=args.checkpoint_every, fit_memory=args.fit_memory, memory_limit=args.memory_limit,
         cuda_graph=False if args.no_cuda_graph else None,
     )
     live = None

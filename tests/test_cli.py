@@ -400,3 +400,14 @@ def test_a_closed_stdout_is_not_a_traceback():
                           stderr=subprocess.PIPE, text=True, timeout=120)
     os.close(write_end)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_memory_limit_flag(tmp_path, small_images, capsys):
+    content, style = small_images
+    argv = [str(content), str(style), "-o", str(tmp_path / "out.png"), *SMALL, "--steps", "1", "-q"]
+    assert cli.main(argv + ["--memory-limit", "1M"]) == 1
+    assert "not enough memory on cpu for even a 16-pixel run" in capsys.readouterr().err
+    assert cli.main(argv + ["--memory-limit", "4GiB"]) == 0
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv + ["--memory-limit", "lots"])
+    assert exc.value.code == 2 and "not an amount of memory: 'lots'" in capsys.readouterr().err
