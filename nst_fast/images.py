@@ -201,6 +201,8 @@ def to_mask(image) -> torch.Tensor:
     (a white shape on a transparent background covers the shape only)."""
     if isinstance(image, torch.Tensor) and image.dim() == 2:
         image = image.unsqueeze(0)
+    elif isinstance(image, (str, os.PathLike)):
+        image = open_image(image)  # decoded once, for the grey level and the transparency
     grey = to_tensor(image).mean(dim=1, keepdim=True)  # transparent parts over white
     transparency = alpha(image)
     if transparency is None:
@@ -271,13 +273,13 @@ def save_atomic(image, path, bits: int = 8, text: Optional[dict] = None) -> None
         options["pnginfo"] = PngImagePlugin.PngInfo()
         for key, value in text.items():
             options["pnginfo"].add_text(key, value)
-    elif text and fmt == "JPEG":
-        options["comment"] = "\n".join(f"{key}: {value}" for key, value in text.items())
-    elif text and fmt in ("TIFF", "WEBP"):  # as ImageDescription: a TIFF tag, in WebP's EXIF
+    elif text:
         description = "\n".join(f"{key}: {value}" for key, value in text.items())
-        if fmt == "TIFF":
+        if fmt == "JPEG":
+            options["comment"] = description
+        elif fmt == "TIFF":  # as ImageDescription: a TIFF tag, or in WebP's EXIF
             options["tiffinfo"] = {_IMAGE_DESCRIPTION: description}
-        else:
+        elif fmt == "WEBP":
             exif = Image.Exif()
             exif[_IMAGE_DESCRIPTION] = description
             options["exif"] = exif.tobytes()

@@ -510,8 +510,9 @@ def stylize(content, style, *, weights=None, device=None, pooling="max", convent
     """
     global _default
     seed = options.get("seed", 0)  # the random weights' too, as on the command line
-    key = (vgg.resolve_weights(weights), str(_devices(device)), pooling, convention, network, str(split_at), padding,
-           seed if vgg.resolve_weights(weights) == "random" else None)
+    resolved = vgg.resolve_weights(weights)
+    key = (resolved, str(_devices(device)), pooling, convention, network, str(split_at), padding,
+           seed if resolved == "random" else None)
     if _default is None or _default._key != key:
         _default = StyleTransfer(weights, device, pooling, convention, seed=seed, network=network,
                                  split_at=split_at, padding=padding)
