@@ -16,7 +16,7 @@ def _sources():
         for dirpath, dirnames, filenames in os.walk(ROOT / folder):
             dirnames[:] = [d for d in dirnames if d != "__pycache__"]
             for name in filenames:
-                if name.endswith((".cpp", ".cu", ".h", ".py", ".png", ".sh")):
+                if name.endswith((".cpp", ".cu", ".cuh", ".h", ".py", ".png", ".sh")):
                     yield os.path.relpath(os.path.join(dirpath, name), ROOT)
 
 
@@ -39,4 +39,5 @@ def test_sdist_holds_every_source_header_and_example(tmp_path):
         members = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
     expected = set(_sources())
     assert "csrc/style_loss.h" in expected and "csrc/cuda/style_loss_cuda.cu" in expected
+    assert "csrc/cuda/style_loss_kernels.cuh" in expected and "tests/cuda_emulator/emulator.h" in expected
     assert expected - members == set()

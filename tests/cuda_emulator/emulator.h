@@ -1,0 +1,329 @@
+// A CPU emulator of the CUDA features the nst_fast style-loss kernels use, so that
+// their indexing, pipelining and split-K bookkeeping run on machines without a GPU.
+//
+// Every CUDA thread is a ucontext fiber; a block's fibers take turns on one OS thread
+// and switch only at __syncthreads and at warp-wide operations (mma.sync, shuffles).
+// Blocks run one after another, in a shuffled order. Semantics kept strict where a
+// kernel bug could hide:
+//   * cp.async copies land at the cp.async.wait_group that guarantees them, not
+//     before, so a stage read too early holds stale data;
+//   * shared memory starts as NaN bytes in every block;
+//   * mma.sync reads only the 19 bits of a tf32 operand (the rest is dropped, as the
+//     tensor cores do) and follows the PTX fragment layout of m16n8k8;
+//   * a barrier that can never complete (divergent __syncthreads) aborts.
+// Not modelled: bank conflicts, timing, concurrent blocks (the kernels' atomics are
+// order-independent, and the shuffled block order exercises the split-K arrival).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <vector_functions.h>
+#include <vector_types.h>
+#include <ucontext.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <vector>
+
+namespace emu {
+
+constexpr int kWarp = 32;
+
+[[noreturn]] inline void fail(const char* what) {
+  std::fprintf(stderr, "emulator: %s\n", what);
+  std::exit(3);
+}
+
+struct Dim {
+  unsigned x = 0, y = 0, z = 0;
+};
+
+struct Copy {
+  void* dst;
+  const void* src;
+  int bytes;  // copied; the rest of the 16 is zero-filled
+};
+
+struct Fiber {
+  ucontext_t ctx;
+  std::vector<char> stack;
+  Dim tid;
+  bool done = false;
+  std::vector<std::vector<Copy>> committed;  // oldest first
+  std::vector<Copy> open;
+};
+
+// Operands of one warp-wide operation; two slots so that a lane may post the next
+// operation while slower lanes still read the current one.
+struct WarpSlots {
+  uint32_t a[kWarp][4];
+  uint32_t b[kWarp][2];
+  double value[kWarp];
+};
+
+struct Warp {
+  long gen = 0;
+  int arrived = 0;
+  int live = 0;
+  long ops = 0;  // warp-wide operations so far, per lane (all lanes agree)
+  WarpSlots slot[2];
+};
+
+struct Runtime {
+  Dim grid, block;
+  int threads = 0;
+  std::vector<Fiber> fibers;
+  int current = -1;
+  ucontext_t scheduler;
+  long bar_gen = 0;
+  int bar_arrived = 0;
+  int live = 0;
+  long events = 0;  // arrivals, releases and exits: progress
+  std::vector<Warp> warps;
+  std::vector<long> lane_ops;  // per thread: its warp-wide operations so far
+  std::vector<unsigned char> smem;
+  std::function<void()> body;
+};
+
+inline Runtime& rt() {
+  static Runtime r;
+  return r;
+}
+inline Fiber& self() { return rt().fibers[rt().current]; }
+inline int lane_of(int t) { return t % kWarp; }
+
+inline float* dynamic_smem() { return reinterpret_cast<float*>(rt().smem.data()); }
+
+inline void yield() { swapcontext(&self().ctx, &rt().scheduler); }
+
+inline void release_block_barrier_if_full() {
+  Runtime& r = rt();
+  if (r.bar_arrived > 0 && r.bar_arrived == r.live) {
+    r.bar_arrived = 0;
+    ++r.bar_gen;
+    ++r.events;
+  }
+}
+
+inline void release_warp_if_full(Warp& w) {
+  if (w.arrived > 0 && w.arrived == w.live) {
+    w.arrived = 0;
+    ++w.gen;
+    ++rt().events;
+  }
+}
+
+inline void syncthreads() {
+  Runtime& r = rt();
+  const long gen = r.bar_gen;
+  ++r.bar_arrived;
+  ++r.events;
+  release_block_barrier_if_full();
+  while (r.bar_gen == gen) yield();
+}
+
+inline void warp_sync() {
+  Runtime& r = rt();
+  Warp& w = r.warps[r.current / kWarp];
+  const long gen = w.gen;
+  ++w.arrived;
+  ++r.events;
+  release_warp_if_full(w);
+  while (w.gen == gen) yield();
+}
+
+// The slot this lane's next warp-wide operation uses.
+inline WarpSlots& next_slot() {
+  Runtime& r = rt();
+  return r.warps[r.current / kWarp].slot[r.lane_ops[r.current] & 1];
+}
+inline void finish_warp_op() { ++rt().lane_ops[rt().current]; }
+
+inline void fiber_main() {
+  Runtime& r = rt();
+  r.body();
+  Fiber& f = self();
+  if (!f.open.empty() || !f.committed.empty()) fail("thread exited with cp.async copies pending");
+  f.done = true;
+  --r.live;
+  Warp& w = r.warps[r.current / kWarp];
+  --w.live;
+  ++r.events;
+  release_block_barrier_if_full();
+  release_warp_if_full(w);
+}
+
+// Runs body() as every thread of every block of the grid.
+inline void launch(Dim grid, int threads, size_t smem_bytes, std::function<void()> body, unsigned seed) {
+  Runtime& r = rt();
+  r.grid = grid;
+  r.threads = threads;
+  r.body = std::move(body);
+  std::vector<Dim> blocks;
+  for (unsigned z = 0; z < grid.z; ++z)
+    for (unsigned y = 0; y < grid.y; ++y)
+      for (unsigned x = 0; x < grid.x; ++x) blocks.push_back({x, y, z});
+  std::mt19937 rng(seed);
+  std::shuffle(blocks.begin(), blocks.end(), rng);
+  constexpr size_t kStack = 256 * 1024;
+  for (const Dim& b : blocks) {
+    r.block = b;
+    r.smem.assign(smem_bytes, 0xFF);  // NaN floats, NaN halves
+    r.fibers.assign(threads, Fiber());
+    r.warps.assign((threads + kWarp - 1) / kWarp, Warp());
+    r.lane_ops.assign(threads, 0);
+    for (int t = 0; t < threads; ++t) r.warps[t / kWarp].live++;
+    r.live = threads;
+    r.bar_arrived = 0;
+    for (int t = 0; t < threads; ++t) {
+      Fiber& f = r.fibers[t];
+      f.tid = {(unsigned)t, 0, 0};
+      f.stack.resize(kStack);
+      getcontext(&f.ctx);
+      f.ctx.uc_stack.ss_sp = f.stack.data();
+      f.ctx.uc_stack.ss_size = kStack;
+      f.ctx.uc_link = &r.scheduler;
+      makecontext(&f.ctx, fiber_main, 0);
+    }
+    while (r.live > 0) {
+      const long before = r.events;
+      for (int t = 0; t < threads; ++t) {
+        if (r.fibers[t].done) continue;
+        r.current = t;
+        swapcontext(&r.scheduler, &r.fibers[t].ctx);
+      }
+      if (r.live > 0 && r.events == before) fail("deadlock: a barrier that not every thread reaches");
+    }
+    r.current = -1;
+  }
+}
+
+}  // namespace emu
+
+// ---------------------------------------------------------------- CUDA names
+#undef __global__
+#define __global__
+#undef __device__
+#define __device__
+#undef __forceinline__
+#define __forceinline__ inline
+#undef __launch_bounds__
+#define __launch_bounds__(...)
+#undef __shared__
+#define __shared__ static  // one block at a time: a static is the block's shared variable
+
+#define threadIdx (::emu::self().tid)
+#define blockIdx (::emu::rt().block)
+#define gridDim (::emu::rt().grid)
+
+inline void __syncthreads() { emu::syncthreads(); }
+inline void __threadfence() {}
+
+template <typename T>
+T __shfl_xor_sync(unsigned mask, T v, int offset) {
+  if (mask != 0xffffffffu) emu::fail("__shfl_xor_sync: only full-warp masks are emulated");
+  const int lane = emu::lane_of(emu::rt().current);
+  emu::WarpSlots& s = emu::next_slot();
+  s.value[lane] = (double)v;
+  emu::warp_sync();
+  const T out = (T)s.value[lane ^ offset];
+  emu::finish_warp_op();
+  return out;
+}
+
+template <typename T>
+T __ldg(const T* p) {
+  return *p;
+}
+inline float __ldcg(const float* p) { return *p; }
+inline unsigned __float_as_uint(float x) {
+  unsigned u;
+  std::memcpy(&u, &x, 4);
+  return u;
+}
+inline float __uint_as_float(unsigned u) {
+  float x;
+  std::memcpy(&x, &u, 4);
+  return x;
+}
+inline int atomicAdd(int* p, int v) {
+  const int old = *p;
+  *p += v;
+  return old;
+}
+inline float atomicAdd(float* p, float v) {
+  const float old = *p;
+  *p += v;
+  return old;
+}
+
+// ---------------------------------------------------------------- the PTX wrappers
+#define NST_FAST_PTX_PROVIDED
+#define NST_DYNAMIC_SMEM(name) float* name = ::emu::dynamic_smem()
+
+namespace nst_fast {
+namespace kernels {
+
+// cvt.rna.tf32.f32: to nearest, ties away from zero, on the magnitude.
+inline uint32_t to_tf32(float x) {
+  const uint32_t u = __float_as_uint(x);
+  if ((u & 0x7f800000u) == 0x7f800000u) return u & 0xffffe000u;  // inf / nan
+  return (u + 0x1000u) & 0xffffe000u;
+}
+
+// mma.sync.m16n8k8.row.col.f32.tf32.tf32.f32, lane = 4 * group + thread_in_group:
+// a0 (g, t), a1 (g + 8, t), a2 (g, t + 4), a3 (g + 8, t + 4); b0 (k = t, n = g),
+// b1 (t + 4, g); c0 (g, 2t), c1 (g, 2t + 1), c2 (g + 8, 2t), c3 (g + 8, 2t + 1).
+inline void mma_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  const int lane = emu::lane_of(emu::rt().current);
+  emu::WarpSlots& s = emu::next_slot();
+  for (int q = 0; q < 4; ++q) s.a[lane][q] = a[q];
+  for (int q = 0; q < 2; ++q) s.b[lane][q] = b[q];
+  emu::warp_sync();
+  auto tf32 = [](uint32_t u) { return (double)__uint_as_float(u & 0xffffe000u); };
+  auto A = [&](int row, int k) { return tf32(s.a[4 * (row % 8) + k % 4][(row >= 8) + 2 * (k >= 4)]); };
+  auto B = [&](int k, int n) { return tf32(s.b[4 * n + k % 4][k >= 4]); };
+  const int g = lane >> 2, t = lane & 3;
+  for (int q = 0; q < 4; ++q) {
+    const int row = g + 8 * (q >> 1), col = 2 * t + (q & 1);
+    double sum = 0.0;
+    for (int k = 0; k < 8; ++k) sum += A(row, k) * B(k, col);
+    d[q] = (float)((double)d[q] + sum);
+  }
+  emu::finish_warp_op();
+}
+
+inline void cp_async16(void* smem_dst, const void* gsrc, bool pred) {
+  emu::Runtime& r = emu::rt();
+  const auto* dst = static_cast<unsigned char*>(smem_dst);
+  if (dst < r.smem.data() || dst + 16 > r.smem.data() + r.smem.size()) emu::fail("cp.async outside shared memory");
+  if (reinterpret_cast<uintptr_t>(smem_dst) % 16 != 0) emu::fail("cp.async: shared address not 16-byte aligned");
+  if (pred && reinterpret_cast<uintptr_t>(gsrc) % 16 != 0) emu::fail("cp.async: global address not 16-byte aligned");
+  emu::self().open.push_back({smem_dst, gsrc, pred ? 16 : 0});
+}
+
+inline void cp_async_commit() {
+  emu::Fiber& f = emu::self();
+  f.committed.push_back(std::move(f.open));
+  f.open.clear();
+}
+
+template <int N>
+void cp_async_wait() {
+  emu::Fiber& f = emu::self();
+  while (f.committed.size() > (size_t)N) {
+    for (const emu::Copy& c : f.committed.front()) {
+      std::memcpy(c.dst, c.src, c.bytes);
+      std::memset(static_cast<unsigned char*>(c.dst) + c.bytes, 0, 16 - c.bytes);
+    }
+    f.committed.erase(f.committed.begin());
+  }
+}
+
+}  // namespace kernels
+}  // namespace nst_fast

@@ -1,0 +1,175 @@
+// Runs one nst_fast style-loss CUDA kernel on the CPU emulator, with the host side's
+// own launch arithmetic (csrc/cuda/style_loss_kernels.cuh), for tests/test_cuda_emulated.py.
+//
+//   harness key=value ...
+//     op=gram|forward|backward  dtype=f32|bf16|f16  tf32=0|1  async=0|1 (NST_FAST_CUDA_ASYNC)
+//     blocks=N (split-K target: blocks per SM x SMs)  seed=N (block order)
+//     B= C= M=  fs=s0,s1,s2 (feature strides)  foff= (elements before the features)
+//     features=PATH (raw, foff + extent elements)
+//     forward:  target=PATH (float32, strides ts=a0,a1,a2, extent elements)  scale=
+//     backward: residual=PATH (float32 B*C*C)  grad=  scale=  os=o0,o1,o2 (output strides)
+//     out=PATH
+//   Writes gram / residual (B*C*C float32, then the loss for forward) or the gradient
+//   buffer (extent of os, in dtype) to out, and prints the variant that ran.
+#include "emulator.h"
+
+#include <algorithm>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+
+using std::min;  // the kernels call min() as in CUDA
+
+#include "style_loss_kernels.cuh"
+
+using namespace nst_fast::kernels;
+
+namespace {
+
+std::map<std::string, std::string> args;
+
+std::string arg(const std::string& k) {
+  auto it = args.find(k);
+  if (it == args.end()) emu::fail(("missing argument " + k).c_str());
+  return it->second;
+}
+long long num(const std::string& k) { return std::stoll(arg(k)); }
+double real(const std::string& k) { return std::stod(arg(k)); }
+void triple(const std::string& k, long long (&v)[3]) {
+  std::stringstream ss(arg(k));
+  std::string part;
+  for (int i = 0; i < 3; ++i) {
+    if (!std::getline(ss, part, ',')) emu::fail(("three strides expected in " + k).c_str());
+    v[i] = std::stoll(part);
+  }
+}
+
+long long extent(const long long (&s)[3], long long B, long long C, long long M) {
+  return (B - 1) * s[0] + (C - 1) * s[1] + (M - 1) * s[2] + 1;
+}
+
+// A heap buffer with its start 256-byte aligned, as cudaMalloc's are.
+struct Buffer {
+  std::vector<unsigned char> raw;
+  unsigned char* p = nullptr;
+  size_t bytes = 0;
+  explicit Buffer(size_t n) : raw(n + 256), bytes(n) {
+    p = raw.data() + (256 - reinterpret_cast<uintptr_t>(raw.data()) % 256) % 256;
+  }
+  template <typename T>
+  T* as() { return reinterpret_cast<T*>(p); }
+};
+
+Buffer read_file(const std::string& path, size_t bytes) {
+  Buffer b(bytes);
+  std::ifstream in(path, std::ios::binary);
+  in.read(reinterpret_cast<char*>(b.p), (std::streamsize)bytes);
+  if (!in || (size_t)in.gcount() != bytes) emu::fail(("short read: " + path).c_str());
+  return b;
+}
+
+void write_file(const std::string& path, const void* p, size_t bytes) {
+  std::ofstream out(path, std::ios::binary);
+  out.write(static_cast<const char*>(p), (std::streamsize)bytes);
+  if (!out) emu::fail(("cannot write " + path).c_str());
+}
+
+template <typename T>
+int run() {
+  const std::string op = arg("op");
+  const bool tf32 = num("tf32") != 0, async_enabled = num("async") != 0;
+  const unsigned seed = (unsigned)num("seed");
+  const long long B = num("B"), C = num("C"), M = num("M"), foff = num("foff");
+  long long fs[3];
+  triple("fs", fs);
+  const FeatureLayout fv = feature_layout(fs[0], fs[1], fs[2]);
+  if (!fv.dense) emu::fail("features with no unit stride: the host side copies them first");
+  Buffer fbuf = read_file(arg("features"), (size_t)(foff + extent(fs, B, C, M)) * sizeof(T));
+  const T* F = fbuf.as<T>() + foff;
+  const long long cols = fv.cl ? C : M;
+
+  if (op == "gram" || op == "forward") {
+    const GramPlan plan = plan_gram(B, C, M, num("blocks"));
+    const long long n_g = B * C * C, n_t = B * plan.tiles;
+    Buffer ws((size_t)(n_g + 2 * n_t + 1) * 4);
+    std::memset(ws.p, 0, ws.bytes);
+    float* gacc = ws.as<float>();
+    int* tile_cnt = reinterpret_cast<int*>(gacc + n_g);
+    int* done_cnt = tile_cnt + n_t;
+    float* loss_part = reinterpret_cast<float*>(done_cnt + 1);
+    const float* A = nullptr;
+    long long ts[3] = {0, 0, 0};
+    Buffer tbuf(0);
+    if (op == "forward") {
+      triple("ts", ts);
+      tbuf = read_file(arg("target"), (size_t)extent(ts, B, C, C) * 4);
+      A = tbuf.as<float>();
+    }
+    Buffer out((size_t)(n_g + 1) * 4);
+    float* loss = out.as<float>() + n_g;
+    *loss = -1.f;
+    const bool vec = vec_ok(F, sizeof(T), fv.sb, fv.ld, cols, B);
+    const bool use_async = async_enabled && async_layout_ok(F, sizeof(T), fv.sb, fv.ld, cols, B);
+    auto pick = [](auto cl, auto async, auto tf) {
+      return gram_splitk_kernel<T, decltype(cl)::value, decltype(async)::value, decltype(tf)::value>;
+    };
+    with_kernel<T>(pick, fv.cl, use_async, tf32, [&](auto kernel, bool async) {
+      std::printf("variant cl=%d async=%d vec=%d splits=%lld tiles=%lld\n", (int)fv.cl, (int)async, (int)vec,
+                  plan.splits, plan.tiles);
+      emu::launch({(unsigned)plan.tiles, (unsigned)plan.splits, (unsigned)B}, THREADS,
+                  async ? SMEM_ASYNC_BYTES : SMEM_SYNC_BYTES, [&] {
+                    kernel(F, fv.sb, fv.ld, (int)C, (int)M, plan.ntile, (int)plan.chunk, vec, gacc, tile_cnt,
+                           done_cnt, loss_part, A, ts[0], ts[1], ts[2], out.as<float>(),
+                           op == "forward" ? loss : nullptr, op == "forward" ? (float)real("scale") : 1.f);
+                  }, seed);
+    });
+    write_file(arg("out"), out.p, (size_t)(n_g + (op == "forward")) * 4);
+    return 0;
+  }
+  if (op == "backward") {
+    Buffer dbuf = read_file(arg("residual"), (size_t)(B * C * C) * 4);
+    const float grad = (float)real("grad");
+    long long os[3];
+    triple("os", os);
+    const long long olen = extent(os, B, C, M);
+    Buffer obuf((size_t)olen * sizeof(T));
+    std::memset(obuf.p, 0xFF, obuf.bytes);  // NaN where the kernel writes nothing
+    T* O = obuf.as<T>();
+    const float* D = dbuf.as<float>();
+    const bool vecD = aligned(D, 16) && C % 4 == 0;
+    const bool vecF = vec_ok(F, sizeof(T), fv.sb, fv.ld, cols, B);
+    const BackwardOut o = backward_out(O, sizeof(T), os[0], os[1], os[2], fv.cl, C, M, B);
+    const bool use_async = vecD && async_enabled && async_layout_ok(F, sizeof(T), fv.sb, fv.ld, cols, B);
+    const long long n_blocks = ((M + TILE - 1) / TILE) * ((C + TILE - 1) / TILE);
+    const float coef = (float)(4.0 * real("scale"));
+    auto pick = [](auto cl, auto async, auto tf) {
+      return style_bwd_kernel<T, decltype(cl)::value, decltype(async)::value, decltype(tf)::value>;
+    };
+    with_kernel<T>(pick, fv.cl, use_async, tf32, [&](auto kernel, bool async) {
+      std::printf("variant cl=%d async=%d vec=%d vec_out=%d\n", (int)fv.cl, (int)async, (int)vecF, (int)o.vec);
+      emu::launch({(unsigned)n_blocks, 1u, (unsigned)B}, THREADS, async ? SMEM_ASYNC_BYTES : SMEM_SYNC_BYTES, [&] {
+        kernel(D, vecD, F, fv.sb, fv.ld, vecF, (int)C, (int)M, O, o.sb, o.row, o.col, o.vec, &grad, coef);
+      }, seed);
+    });
+    write_file(arg("out"), obuf.p, obuf.bytes);
+    return 0;
+  }
+  emu::fail("op must be gram, forward or backward");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    const size_t eq = a.find('=');
+    if (eq == std::string::npos) emu::fail(("key=value expected: " + a).c_str());
+    args[a.substr(0, eq)] = a.substr(eq + 1);
+  }
+  const std::string dtype = arg("dtype");
+  if (dtype == "f32") return run<float>();
+  if (dtype == "bf16") return run<__nv_bfloat16>();
+  if (dtype == "f16") return run<__half>();
+  emu::fail("dtype must be f32, bf16 or f16");
+}
