@@ -12,7 +12,9 @@
 //     which keeps fp32-level accuracy (the dropped al*bl term is ~2^-22 relative).
 //   * bfloat16 / float16 values are exactly representable in tf32 (8 / 10 mantissa
 //     bits), so they need one product per pair; the fp32 residual D is still split
-//     in the backward (2 products).
+//     in the backward (2 products). The forward on the cp.async path multiplies them
+//     as they are, through mma.sync.m16n8k16 bf16 / f16 (the same exact products, half
+//     the instructions).
 //   * where the user allowed TF32 matmuls (torch.backends.cuda.matmul.allow_tf32, as
 //     nst_fast's tf32 precision mode does), float32 operands are rounded to tf32 and
 //     take one product, as cuBLAS's TF32 GEMMs do.
@@ -190,6 +192,58 @@ __device__ __forceinline__ void mma_stage(const SA* __restrict__ sA, const SB* _
         mma_tf32(acc[mt][nt], ah[mt], bh[nt]);
       }
     }
+  }
+}
+
+// Two neighbouring 2-byte values as one register, the first in the low half.
+template <typename S>
+__device__ __forceinline__ uint32_t bits16(S x) {
+  return *reinterpret_cast<const unsigned short*>(&x);
+}
+template <typename S>
+__device__ __forceinline__ uint32_t pack2(S lo, S hi) {
+  return bits16(lo) | (bits16(hi) << 16);
+}
+
+// One BK-deep stage of the warp's 32x32 product for bf16 / fp16 operands kept as they
+// are in shared memory (the cp.async path), through mma.m16n8k16: half the tensor
+// instructions and fragment loads of the tf32 path, the same exact products and fp32
+// accumulation. Layouts as in mma_stage; along k, [row][k] pairs are one 4-byte load.
+template <bool A_KC, bool B_KC, typename S>
+__device__ __forceinline__ void mma_stage_16(const S* __restrict__ sA, const S* __restrict__ sB,
+                                             float (&acc)[2][4][4], int wm, int wn, int lane) {
+  static_assert(sizeof(S) == 2, "2-byte operands only");
+  constexpr bool BF16 = std::is_same<S, __nv_bfloat16>::value;
+  constexpr int LDA = A_KC ? ld_kc<S>() : LD_NC;
+  constexpr int LDB = B_KC ? ld_kc<S>() : LD_NC;
+  // Elements (r, k) and (r, k + 1) of an operand stored [r][k] (KC) or [k][r].
+  auto two = [](const S* s, int ld, bool kc, int r, int k) -> uint32_t {
+    if (kc) return *reinterpret_cast<const uint32_t*>(s + r * ld + k);
+    return pack2(s[k * ld + r], s[(k + 1) * ld + r]);
+  };
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int kk = 0; kk < BK; kk += 16) {
+    const int k = kk + 2 * t;
+    uint32_t a[2][4], b[4][2];
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+      const int r = wm * 32 + mt * 16 + g;
+      a[mt][0] = two(sA, LDA, A_KC, r, k);
+      a[mt][1] = two(sA, LDA, A_KC, r + 8, k);
+      a[mt][2] = two(sA, LDA, A_KC, r, k + 8);
+      a[mt][3] = two(sA, LDA, A_KC, r + 8, k + 8);
+    }
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+      const int n = wn * 32 + nt * 8 + g;
+      b[nt][0] = two(sB, LDB, B_KC, n, k);
+      b[nt][1] = two(sB, LDB, B_KC, n, k + 8);
+    }
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) mma_16816<BF16>(acc[mt][nt], a[mt], b[nt]);
   }
 }
 
@@ -408,7 +462,10 @@ __global__ void __launch_bounds__(THREADS)
     if (active) {
       const SF* sA = fbuf(buf, 0);
       const SF* sB = diag ? fbuf(buf, 0) : fbuf(buf, 1);
-      mma_stage<!CL, !CL, features_mode<T, TF32>(), features_mode<T, TF32>()>(sA, sB, stage, wm, wn, lane);
+      if constexpr (ASYNC && sizeof(T) == 2)
+        mma_stage_16<!CL, !CL>(sA, sB, stage, wm, wn, lane);
+      else
+        mma_stage<!CL, !CL, features_mode<T, TF32>(), features_mode<T, TF32>()>(sA, sB, stage, wm, wn, lane);
       flush_stage(acc, stage);
     }
   };

@@ -8,8 +8,8 @@
 //   * cp.async copies land at the cp.async.wait_group that guarantees them, not
 //     before, so a stage read too early holds stale data;
 //   * shared memory starts as NaN bytes in every block;
-//   * mma.sync reads only the 19 bits of a tf32 operand (the rest is dropped, as the
-//     tensor cores do) and follows the PTX fragment layout of m16n8k8;
+//   * mma.sync follows the PTX fragment layouts of m16n8k8 (tf32) and m16n8k16 (bf16,
+//     fp16), and reads only the 19 bits of a tf32 operand (the tensor cores drop the rest);
 //   * a barrier that can never complete (divergent __syncthreads) aborts.
 // Not modelled: bank conflicts, timing, concurrent blocks (the kernels' atomics are
 // order-independent, and the shuffled block order exercises the split-K arrival).
@@ -276,26 +276,56 @@ inline uint32_t to_tf32(float x) {
   return (u + 0x1000u) & 0xffffe000u;
 }
 
-// mma.sync.m16n8k8.row.col.f32.tf32.tf32.f32, lane = 4 * group + thread_in_group:
-// a0 (g, t), a1 (g + 8, t), a2 (g, t + 4), a3 (g + 8, t + 4); b0 (k = t, n = g),
-// b1 (t + 4, g); c0 (g, 2t), c1 (g, 2t + 1), c2 (g + 8, 2t), c3 (g + 8, 2t + 1).
-inline void mma_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+// The warp-wide part of an mma.sync.m16n8kK: every lane posts its fragments; then each
+// computes its four outputs c0 (g, 2t), c1 (g, 2t + 1), c2 (g + 8, 2t), c3 (g + 8, 2t + 1)
+// from A(slots, row, k) and B(slots, k, col), exact products summed in double.
+template <int K, typename ElemA, typename ElemB>
+void warp_mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], ElemA A, ElemB B) {
   const int lane = emu::lane_of(emu::rt().current);
   emu::WarpSlots& s = emu::next_slot();
   for (int q = 0; q < 4; ++q) s.a[lane][q] = a[q];
   for (int q = 0; q < 2; ++q) s.b[lane][q] = b[q];
   emu::warp_sync();
-  auto tf32 = [](uint32_t u) { return (double)__uint_as_float(u & 0xffffe000u); };
-  auto A = [&](int row, int k) { return tf32(s.a[4 * (row % 8) + k % 4][(row >= 8) + 2 * (k >= 4)]); };
-  auto B = [&](int k, int n) { return tf32(s.b[4 * n + k % 4][k >= 4]); };
   const int g = lane >> 2, t = lane & 3;
   for (int q = 0; q < 4; ++q) {
     const int row = g + 8 * (q >> 1), col = 2 * t + (q & 1);
     double sum = 0.0;
-    for (int k = 0; k < 8; ++k) sum += A(row, k) * B(k, col);
+    for (int k = 0; k < K; ++k) sum += A(s, row, k) * B(s, k, col);
     d[q] = (float)((double)d[q] + sum);
   }
   emu::finish_warp_op();
+}
+
+// mma.sync.m16n8k8.row.col.f32.tf32.tf32.f32, lane = 4 * g + t: a0 (g, t), a1 (g + 8, t),
+// a2 (g, t + 4), a3 (g + 8, t + 4); b0 (k = t, n = g), b1 (t + 4, g).
+inline void mma_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  auto tf32 = [](uint32_t u) { return (double)__uint_as_float(u & 0xffffe000u); };
+  warp_mma<8>(
+      d, a, b,
+      [&](const emu::WarpSlots& s, int row, int k) {
+        return tf32(s.a[4 * (row % 8) + k % 4][(row >= 8) + 2 * (k >= 4)]);
+      },
+      [&](const emu::WarpSlots& s, int k, int n) { return tf32(s.b[4 * n + k % 4][k >= 4]); });
+}
+
+// mma.sync.m16n8k16.row.col.f32.{bf16,f16}: two values per register, the lower index in
+// the low half. a0 (g, 2t..2t+1), a1 (g + 8, 2t..), a2 (g, 2t + 8..), a3 (g + 8, 2t + 8..);
+// b0 (k = 2t..2t+1, n = g), b1 (k = 2t + 8.., g).
+template <bool BF16>
+void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  auto value = [](uint32_t reg, int half) -> double {
+    const unsigned short h = (unsigned short)(reg >> (16 * half));
+    if (BF16) return (double)__uint_as_float((uint32_t)h << 16);
+    __half_raw raw;
+    raw.x = h;
+    return (double)__half2float(__half(raw));
+  };
+  warp_mma<16>(
+      d, a, b,
+      [&](const emu::WarpSlots& s, int row, int k) {
+        return value(s.a[4 * (row % 8) + (k % 8) / 2][(row >= 8) + 2 * (k >= 8)], k % 2);
+      },
+      [&](const emu::WarpSlots& s, int k, int n) { return value(s.b[4 * n + (k % 8) / 2][k >= 8], k % 2); });
 }
 
 inline void cp_async16(void* smem_dst, const void* gsrc, bool pred) {
