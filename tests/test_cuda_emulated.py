@@ -34,13 +34,12 @@ def _cuda_include():
     return None
 
 
-@pytest.fixture(scope="module")
-def harness(tmp_path_factory):
+def _build(directory, flags):
     include = _cuda_include()
     if shutil.which("g++") is None or include is None:
         pytest.skip("needs g++ and the CUDA headers (set CUDA_HOME)")
-    exe = tmp_path_factory.mktemp("emulator") / "harness"
-    cmd = ["g++", "-std=c++20", "-O2", "-fno-strict-aliasing", f"-I{include}", f"-I{ROOT / 'csrc' / 'cuda'}",
+    exe = directory / "harness"
+    cmd = ["g++", "-std=c++20", *flags, "-fno-strict-aliasing", f"-I{include}", f"-I{ROOT / 'csrc' / 'cuda'}",
            str(EMULATOR / "harness.cpp"), "-o", str(exe)]
     built = subprocess.run(cmd, capture_output=True, text=True)
     if built.returncode != 0:
@@ -51,6 +50,19 @@ def harness(tmp_path_factory):
             pytest.fail(message)
         pytest.skip(message)
     return exe
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory):
+    return _build(tmp_path_factory.mktemp("emulator"), ["-O2"])
+
+
+@pytest.fixture(scope="module")
+def checked_harness(tmp_path_factory):
+    """The harness under AddressSanitizer: its buffers end where the tensors do, so a
+    read or write past a tensor's last element aborts the run (compute-sanitizer's
+    memcheck, on the CPU)."""
+    return _build(tmp_path_factory.mktemp("emulator_asan"), ["-O1", "-fsanitize=address"])
 
 
 class Run:
@@ -74,7 +86,7 @@ class Run:
         out = self.dir / "out.bin"
         done = subprocess.run([str(self.harness), f"op={op}", *self.common, *args, f"out={out}"],
                               capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr
+        assert done.returncode == 0, done.stderr[-5000:]
         self.variant = dict(kv.split("=") for kv in done.stdout.split()[1:])
         return out
 
@@ -208,3 +220,13 @@ def test_tf32_products_when_allowed(harness, tmp_path):
     _, _, exact = check(Run(harness, tmp_path), f)
     _, _, tf32 = check(Run(harness, tmp_path, tf32=True), f, tf32=True)
     assert exact <= FP32_TOL < tf32 <= TF32_TOL
+
+
+@pytest.mark.parametrize("dtype", ["f32", "bf16", "f16"])
+def test_no_access_outside_the_tensors(checked_harness, tmp_path, dtype):
+    """Odd sizes in every layout: the bounds checks keep every load and store inside."""
+    for _, f in layouts(2, 65, 97, DTYPES[dtype], seed=11):
+        check(Run(checked_harness, tmp_path, dtype), f)
+    for b, c, m in ((1, 3, 33), (1, 70, 1)):
+        for _, f in list(layouts(b, c, m, DTYPES[dtype], seed=c))[:4]:
+            check(Run(checked_harness, tmp_path, dtype, blocks=64), f)

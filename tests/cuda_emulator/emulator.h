@@ -173,7 +173,7 @@ inline void launch(Dim grid, int threads, size_t smem_bytes, std::function<void(
   constexpr size_t kStack = 256 * 1024;
   for (const Dim& b : blocks) {
     r.block = b;
-    r.smem.assign(smem_bytes, 0xFF);  // NaN floats, NaN halves
+    r.smem = std::vector<unsigned char>(smem_bytes, 0xFF);  // exact size; NaN floats and halves
     r.fibers.assign(threads, Fiber());
     r.warps.assign((threads + kWarp - 1) / kWarp, Warp());
     r.lane_ops.assign(threads, 0);

@@ -16,6 +16,8 @@
 #include <algorithm>
 #include <fstream>
 #include <map>
+#include <memory>
+#include <new>
 #include <sstream>
 #include <string>
 
@@ -49,13 +51,18 @@ long long extent(const long long (&s)[3], long long B, long long C, long long M)
   return (B - 1) * s[0] + (C - 1) * s[1] + (M - 1) * s[2] + 1;
 }
 
-// A heap buffer with its start 256-byte aligned, as cudaMalloc's are.
+// A heap buffer of exactly the bytes asked for, its start 256-byte aligned as
+// cudaMalloc's are, so that AddressSanitizer (the harness built with
+// -fsanitize=address) reports any access past its end.
 struct Buffer {
-  std::vector<unsigned char> raw;
+  std::unique_ptr<unsigned char, void (*)(unsigned char*)> mem;
   unsigned char* p = nullptr;
   size_t bytes = 0;
-  explicit Buffer(size_t n) : raw(n + 256), bytes(n) {
-    p = raw.data() + (256 - reinterpret_cast<uintptr_t>(raw.data()) % 256) % 256;
+  explicit Buffer(size_t n)
+      : mem(static_cast<unsigned char*>(::operator new(n ? n : 1, std::align_val_t(256))),
+            [](unsigned char* q) { ::operator delete(q, std::align_val_t(256)); }),
+        bytes(n) {
+    p = mem.get();
   }
   template <typename T>
   T* as() { return reinterpret_cast<T*>(p); }
