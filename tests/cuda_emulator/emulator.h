@@ -3,8 +3,8 @@
 //
 // Every CUDA thread is a ucontext fiber; a block's fibers take turns on one OS thread
 // and switch only at __syncthreads and at warp-wide operations (mma.sync, shuffles).
-// Blocks run one after another, in a shuffled order. Semantics kept strict where a
-// kernel bug could hide:
+// Blocks run one after another in a shuffled order, and a block's threads resume in a
+// new shuffled order every round. Semantics kept strict where a kernel bug could hide:
 //   * cp.async copies land at the cp.async.wait_group that guarantees them, not
 //     before, so a stage read too early holds stale data;
 //   * shared memory starts as NaN bytes in every block;
@@ -190,9 +190,12 @@ inline void launch(Dim grid, int threads, size_t smem_bytes, std::function<void(
       f.ctx.uc_link = &r.scheduler;
       makecontext(&f.ctx, fiber_main, 0);
     }
+    std::vector<int> order(threads);
+    for (int t = 0; t < threads; ++t) order[t] = t;
     while (r.live > 0) {
       const long before = r.events;
-      for (int t = 0; t < threads; ++t) {
+      std::shuffle(order.begin(), order.end(), rng);  // a new interleaving every round
+      for (int t : order) {
         if (r.fibers[t].done) continue;
         r.current = t;
         swapcontext(&r.scheduler, &r.fibers[t].ctx);
