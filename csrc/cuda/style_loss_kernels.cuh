@@ -12,9 +12,10 @@
 //     which keeps fp32-level accuracy (the dropped al*bl term is ~2^-22 relative).
 //   * bfloat16 / float16 values are exactly representable in tf32 (8 / 10 mantissa
 //     bits), so they need one product per pair; the fp32 residual D is still split
-//     in the backward (2 products). The forward on the cp.async path multiplies them
+//     in the backward (2 products). On the cp.async path the forward multiplies them
 //     as they are, through mma.sync.m16n8k16 bf16 / f16 (the same exact products, half
-//     the instructions).
+//     the instructions), and the bf16 backward splits D into three exact bf16 parts
+//     for m16n8k16 (3 products per 16 of k instead of 4 of 8).
 //   * where the user allowed TF32 matmuls (torch.backends.cuda.matmul.allow_tf32, as
 //     nst_fast's tf32 precision mode does), float32 operands are rounded to tf32 and
 //     take one product, as cuBLAS's TF32 GEMMs do.
@@ -244,6 +245,100 @@ __device__ __forceinline__ void mma_stage_16(const S* __restrict__ sA, const S* 
     for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
       for (int nt = 0; nt < 4; ++nt) mma_16816<BF16>(acc[mt][nt], a[mt], b[nt]);
+  }
+}
+
+// x = h + m + l in bf16, exactly: each part takes the next 8 significant bits of the
+// float (24 in all); the lower index of each returned pair is x, the higher y.
+__device__ __forceinline__ void split3_bf16(float x, float y, uint32_t (&parts)[3]) {
+#pragma unroll
+  for (int q = 0; q < 3; ++q) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(x, y);  // one cvt.rn.bf16x2.f32, x low
+    parts[q] = *reinterpret_cast<const uint32_t*>(&h);
+    const float2 back = __bfloat1622float2(h);
+    x -= back.x;
+    y -= back.y;
+  }
+}
+
+// One BK-deep stage of the backward's product of the fp32 residual D and bf16 features
+// kept as they are in shared memory (the cp.async path), through mma.m16n8k16 bf16:
+// D enters as its three exact bf16 parts, so 3 products per 16 of k where the tf32
+// route takes 2 x 2 of 8 (and keeps 21 of D's 24 bits). D is [row][k] in both
+// layouts (LD_KC). Standard: A = D [i][j], B = F [j][m] ([k][n], LD_NC). Channels-last:
+// A = F_cl [m][j] ([row][k]), B = D [i][j] read as [n][k].
+template <bool CL>
+__device__ __forceinline__ void mma_stage_residual_bf16(const float* __restrict__ sD,
+                                                        const __nv_bfloat16* __restrict__ sF,
+                                                        float (&acc)[2][4][4], int wm, int wn, int lane) {
+  constexpr int LDF = CL ? ld_kc<__nv_bfloat16>() : LD_NC;
+  auto d_parts = [&](int r, int k, uint32_t (&parts)[3]) {
+    const float2 v = *reinterpret_cast<const float2*>(sD + r * LD_KC + k);
+    split3_bf16(v.x, v.y, parts);
+  };
+  auto f_pair = [&](int r, int k) -> uint32_t {  // F elements (r, k), (r, k + 1) of the operand
+    if (CL) return *reinterpret_cast<const uint32_t*>(sF + r * LDF + k);
+    return pack2(sF[k * LDF + r], sF[(k + 1) * LDF + r]);
+  };
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int kk = 0; kk < BK; kk += 16) {
+    const int k = kk + 2 * t;
+    uint32_t p[4][3];  // D pairs as parts: p[register][part]
+    if constexpr (!CL) {
+      uint32_t a[3][2][4], b[4][2];
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+        const int r = wm * 32 + mt * 16 + g;
+        d_parts(r, k, p[0]);
+        d_parts(r + 8, k, p[1]);
+        d_parts(r, k + 8, p[2]);
+        d_parts(r + 8, k + 8, p[3]);
+#pragma unroll
+        for (int q = 0; q < 3; ++q)
+#pragma unroll
+          for (int reg = 0; reg < 4; ++reg) a[q][mt][reg] = p[reg][q];
+      }
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        const int n = wn * 32 + nt * 8 + g;
+        b[nt][0] = f_pair(n, k);
+        b[nt][1] = f_pair(n, k + 8);
+      }
+#pragma unroll
+      for (int q = 0; q < 3; ++q)
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+          for (int nt = 0; nt < 4; ++nt) mma_16816<true>(acc[mt][nt], a[q][mt], b[nt]);
+    } else {
+      uint32_t a[2][4], b[3][4][2];
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+        const int r = wm * 32 + mt * 16 + g;
+        a[mt][0] = f_pair(r, k);
+        a[mt][1] = f_pair(r + 8, k);
+        a[mt][2] = f_pair(r, k + 8);
+        a[mt][3] = f_pair(r + 8, k + 8);
+      }
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        const int n = wn * 32 + nt * 8 + g;
+        d_parts(n, k, p[0]);
+        d_parts(n, k + 8, p[1]);
+#pragma unroll
+        for (int q = 0; q < 3; ++q) {
+          b[q][nt][0] = p[0][q];
+          b[q][nt][1] = p[1][q];
+        }
+      }
+#pragma unroll
+      for (int q = 0; q < 3; ++q)
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+          for (int nt = 0; nt < 4; ++nt) mma_16816<true>(acc[mt][nt], a[mt], b[q][nt]);
+    }
   }
 }
 
@@ -607,7 +702,9 @@ __global__ void __launch_bounds__(THREADS)
     }
   };
   auto compute = [&](int buf) {
-    if (CL)
+    if constexpr (ASYNC && std::is_same<T, __nv_bfloat16>::value)
+      mma_stage_residual_bf16<CL>(sbuf(buf, CL ? 1 : 0), fbuf(buf, CL ? 0 : 1), stage, wm, wn, lane);
+    else if (CL)
       mma_stage<true, true, features_mode<T, TF32>(), residual_mode<TF32>()>(fbuf(buf, 0), sbuf(buf, 1), stage,
                                                                             wm, wn, lane);
     else
