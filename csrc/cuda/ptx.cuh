@@ -45,6 +45,25 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
   }
 }
 
+// Four 8x8 matrices of 16-bit elements from shared memory (warp-wide): lane i gives the
+// address of row i % 8 of matrix i / 8 (16 bytes, 16-byte aligned); register j of lane
+// i gets elements 2 (i % 4) and 2 (i % 4) + 1 of row i / 4 of matrix j, or with TRANS
+// the matrix transposed: rows 2 (i % 4) and 2 (i % 4) + 1 of column i / 4. For 32-bit
+// elements (no TRANS) the matrices are 8 x 4 and lane i gets element i % 4 of row i / 4.
+template <bool TRANS>
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
+  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  if constexpr (TRANS) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+  } else {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+  }
+}
+
 // 16-byte asynchronous copy global -> shared; pred false: zero-fill.
 __device__ __forceinline__ void cp_async16(void* smem_dst, const void* gsrc, bool pred) {
   const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));

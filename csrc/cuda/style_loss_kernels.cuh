@@ -141,6 +141,37 @@ constexpr int residual_mode() {
 }
 
 
+// m16n8k16 fragments of 2-byte values through ldmatrix, E = 8 values (16 bytes) of k
+// per matrix. KC: the tile is [row][k]; else [k][row], transposed on the way.
+// The A fragment of rows r0 .. r0 + 15 and k0 .. k0 + 15.
+template <bool KC, typename S>
+__device__ __forceinline__ void load_a(uint32_t (&a)[4], const S* s, int ld, int r0, int k0, int lane) {
+  constexpr int E = 8;
+  static_assert(sizeof(S) == 2, "2-byte values");
+  const int j = lane >> 3, i = lane & 7;  // matrix j: rows + 8 (j & 1), k + E (j >> 1)
+  if constexpr (KC)
+    ldmatrix_x4<false>(a, s + (r0 + 8 * (j & 1) + i) * ld + k0 + E * (j >> 1));
+  else
+    ldmatrix_x4<true>(a, s + (k0 + E * (j >> 1) + i) * ld + r0 + 8 * (j & 1));
+}
+// The B fragments of columns n0 .. n0 + 7 (b0) and n0 + 8 .. n0 + 15 (b1), k0 .. k0 + 15.
+template <bool KC, typename S>
+__device__ __forceinline__ void load_b2(uint32_t (&b0)[2], uint32_t (&b1)[2], const S* s, int ld, int n0, int k0,
+                                        int lane) {
+  constexpr int E = 8;
+  static_assert(sizeof(S) == 2, "2-byte values");
+  const int j = lane >> 3, i = lane & 7;  // matrix j: columns + 8 (j >> 1), k + E (j & 1)
+  uint32_t r[4];
+  if constexpr (KC)
+    ldmatrix_x4<false>(r, s + (n0 + 8 * (j >> 1) + i) * ld + k0 + E * (j & 1));
+  else
+    ldmatrix_x4<true>(r, s + (k0 + E * (j & 1) + i) * ld + n0 + 8 * (j >> 1));
+  b0[0] = r[0];
+  b0[1] = r[1];
+  b1[0] = r[2];
+  b1[1] = r[3];
+}
+
 // One BK-deep stage of the warp's 32x32 product. A is (rows x k), B is (k x cols).
 // A_KC: sA is [row][k] (ld_kc); else [k][row] (LD_NC). B_KC: sB is [col][k]; else [k][col].
 template <bool A_KC, bool B_KC, int MODE_A, int MODE_B, typename SA, typename SB>
@@ -196,20 +227,10 @@ __device__ __forceinline__ void mma_stage(const SA* __restrict__ sA, const SB* _
   }
 }
 
-// Two neighbouring 2-byte values as one register, the first in the low half.
-template <typename S>
-__device__ __forceinline__ uint32_t bits16(S x) {
-  return *reinterpret_cast<const unsigned short*>(&x);
-}
-template <typename S>
-__device__ __forceinline__ uint32_t pack2(S lo, S hi) {
-  return bits16(lo) | (bits16(hi) << 16);
-}
-
 // One BK-deep stage of the warp's 32x32 product for bf16 / fp16 operands kept as they
 // are in shared memory (the cp.async path), through mma.m16n8k16: half the tensor
-// instructions and fragment loads of the tf32 path, the same exact products and fp32
-// accumulation. Layouts as in mma_stage; along k, [row][k] pairs are one 4-byte load.
+// instructions of the tf32 path, the same exact products and fp32 accumulation, and
+// every fragment through ldmatrix (transposed for [k][row] tiles). Layouts as in mma_stage.
 template <bool A_KC, bool B_KC, typename S>
 __device__ __forceinline__ void mma_stage_16(const S* __restrict__ sA, const S* __restrict__ sB,
                                              float (&acc)[2][4][4], int wm, int wn, int lane) {
@@ -217,30 +238,13 @@ __device__ __forceinline__ void mma_stage_16(const S* __restrict__ sA, const S* 
   constexpr bool BF16 = std::is_same<S, __nv_bfloat16>::value;
   constexpr int LDA = A_KC ? ld_kc<S>() : LD_NC;
   constexpr int LDB = B_KC ? ld_kc<S>() : LD_NC;
-  // Elements (r, k) and (r, k + 1) of an operand stored [r][k] (KC) or [k][r].
-  auto two = [](const S* s, int ld, bool kc, int r, int k) -> uint32_t {
-    if (kc) return *reinterpret_cast<const uint32_t*>(s + r * ld + k);
-    return pack2(s[k * ld + r], s[(k + 1) * ld + r]);
-  };
-  const int g = lane >> 2, t = lane & 3;
 #pragma unroll
   for (int kk = 0; kk < BK; kk += 16) {
-    const int k = kk + 2 * t;
     uint32_t a[2][4], b[4][2];
 #pragma unroll
-    for (int mt = 0; mt < 2; ++mt) {
-      const int r = wm * 32 + mt * 16 + g;
-      a[mt][0] = two(sA, LDA, A_KC, r, k);
-      a[mt][1] = two(sA, LDA, A_KC, r + 8, k);
-      a[mt][2] = two(sA, LDA, A_KC, r, k + 8);
-      a[mt][3] = two(sA, LDA, A_KC, r + 8, k + 8);
-    }
+    for (int mt = 0; mt < 2; ++mt) load_a<A_KC>(a[mt], sA, LDA, wm * 32 + mt * 16, kk, lane);
 #pragma unroll
-    for (int nt = 0; nt < 4; ++nt) {
-      const int n = wn * 32 + nt * 8 + g;
-      b[nt][0] = two(sB, LDB, B_KC, n, k);
-      b[nt][1] = two(sB, LDB, B_KC, n, k + 8);
-    }
+    for (int nt = 0; nt < 4; nt += 2) load_b2<B_KC>(b[nt], b[nt + 1], sB, LDB, wn * 32 + nt * 8, kk, lane);
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
@@ -276,10 +280,6 @@ __device__ __forceinline__ void mma_stage_residual_bf16(const float* __restrict_
     const float2 v = *reinterpret_cast<const float2*>(sD + r * LD_KC + k);
     split3_bf16(v.x, v.y, parts);
   };
-  auto f_pair = [&](int r, int k) -> uint32_t {  // F elements (r, k), (r, k + 1) of the operand
-    if (CL) return *reinterpret_cast<const uint32_t*>(sF + r * LDF + k);
-    return pack2(sF[k * LDF + r], sF[(k + 1) * LDF + r]);
-  };
   const int g = lane >> 2, t = lane & 3;
 #pragma unroll
   for (int kk = 0; kk < BK; kk += 16) {
@@ -300,11 +300,7 @@ __device__ __forceinline__ void mma_stage_residual_bf16(const float* __restrict_
           for (int reg = 0; reg < 4; ++reg) a[q][mt][reg] = p[reg][q];
       }
 #pragma unroll
-      for (int nt = 0; nt < 4; ++nt) {
-        const int n = wn * 32 + nt * 8 + g;
-        b[nt][0] = f_pair(n, k);
-        b[nt][1] = f_pair(n, k + 8);
-      }
+      for (int nt = 0; nt < 4; nt += 2) load_b2<false>(b[nt], b[nt + 1], sF, LDF, wn * 32 + nt * 8, kk, lane);
 #pragma unroll
       for (int q = 0; q < 3; ++q)
 #pragma unroll
@@ -314,13 +310,7 @@ __device__ __forceinline__ void mma_stage_residual_bf16(const float* __restrict_
     } else {
       uint32_t a[2][4], b[3][4][2];
 #pragma unroll
-      for (int mt = 0; mt < 2; ++mt) {
-        const int r = wm * 32 + mt * 16 + g;
-        a[mt][0] = f_pair(r, k);
-        a[mt][1] = f_pair(r + 8, k);
-        a[mt][2] = f_pair(r, k + 8);
-        a[mt][3] = f_pair(r + 8, k + 8);
-      }
+      for (int mt = 0; mt < 2; ++mt) load_a<true>(a[mt], sF, LDF, wm * 32 + mt * 16, kk, lane);
 #pragma unroll
       for (int nt = 0; nt < 4; ++nt) {
         const int n = wn * 32 + nt * 8 + g;

@@ -10,6 +10,8 @@
 //   * shared memory starts as NaN bytes in every block;
 //   * mma.sync follows the PTX fragment layouts of m16n8k8 (tf32) and m16n8k16 (bf16,
 //     fp16), and reads only the 19 bits of a tf32 operand (the tensor cores drop the rest);
+//     ldmatrix (x4, plain and .trans) follows the PTX ISA's thread-to-row mapping and
+//     fails on rows outside shared memory or not 16-byte aligned;
 //   * a barrier that can never complete (divergent __syncthreads) aborts.
 // Not modelled: bank conflicts, timing, concurrent blocks (the kernels' atomics are
 // order-independent, and the shuffled block order exercises the split-K arrival).
@@ -64,6 +66,7 @@ struct WarpSlots {
   uint32_t a[kWarp][4];
   uint32_t b[kWarp][2];
   double value[kWarp];
+  const unsigned char* row[kWarp];
 };
 
 struct Warp {
@@ -329,6 +332,32 @@ void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
         return value(s.a[4 * (row % 8) + (k % 8) / 2][(row >= 8) + 2 * (k >= 8)], k % 2);
       },
       [&](const emu::WarpSlots& s, int k, int n) { return value(s.b[4 * n + (k % 8) / 2][k >= 8], k % 2); });
+}
+
+// ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16.
+template <bool TRANS>
+void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
+  emu::Runtime& rt = emu::rt();
+  const int lane = emu::lane_of(rt.current);
+  const auto* p = static_cast<const unsigned char*>(row);
+  if (p < rt.smem.data() || p + 16 > rt.smem.data() + rt.smem.size()) emu::fail("ldmatrix outside shared memory");
+  if (reinterpret_cast<uintptr_t>(p) % 16 != 0) emu::fail("ldmatrix: row address not 16-byte aligned");
+  emu::WarpSlots& s = emu::next_slot();
+  s.row[lane] = p;
+  emu::warp_sync();
+  auto half = [&](int matrix, int r, int c) {  // 16-bit element c of row r
+    unsigned short h;
+    std::memcpy(&h, s.row[8 * matrix + r] + 2 * c, 2);
+    return (uint32_t)h;
+  };
+  const int g = lane >> 2, t = lane & 3;
+  for (int j = 0; j < 4; ++j) {
+    if (TRANS)
+      r[j] = half(j, 2 * t, g) | (half(j, 2 * t + 1, g) << 16);
+    else
+      r[j] = half(j, g, 2 * t) | (half(j, g, 2 * t + 1) << 16);
+  }
+  emu::finish_warp_op();
 }
 
 inline void cp_async16(void* smem_dst, const void* gsrc, bool pred) {
