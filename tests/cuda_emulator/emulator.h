@@ -11,7 +11,7 @@
 //   * mma.sync follows the PTX fragment layouts of m16n8k8 (tf32) and m16n8k16 (bf16,
 //     fp16), and reads only the 19 bits of a tf32 operand (the tensor cores drop the rest);
 //     ldmatrix (x4, plain and .trans) follows the PTX ISA's thread-to-row mapping and
-//     fails on rows outside shared memory or not 16-byte aligned;
+//     fails on rows outside shared memory, not 16-byte aligned, or in bank conflict;
 //   * a barrier that can never complete (divergent __syncthreads) aborts.
 // Not modelled: bank conflicts, timing, concurrent blocks (the kernels' atomics are
 // order-independent, and the shuffled block order exercises the split-K arrival).
@@ -36,9 +36,11 @@ namespace emu {
 
 constexpr int kWarp = 32;
 
+// Exits at once: it may be called on a fiber's stack, where running destructors is unsafe.
 [[noreturn]] inline void fail(const char* what) {
   std::fprintf(stderr, "emulator: %s\n", what);
-  std::exit(3);
+  std::fflush(nullptr);
+  std::_Exit(3);
 }
 
 struct Dim {
@@ -345,6 +347,15 @@ void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
   emu::WarpSlots& s = emu::next_slot();
   s.row[lane] = p;
   emu::warp_sync();
+  if (lane == 0) {
+    // Shared memory serves 128 bytes a cycle: a matrix whose 8 rows do not fall in 8
+    // distinct 16-byte bank groups takes more than one.
+    for (int j = 0; j < 4; ++j) {
+      unsigned groups = 0;
+      for (int i = 0; i < 8; ++i) groups |= 1u << ((s.row[8 * j + i] - rt.smem.data()) / 16 % 8);
+      if (groups != 0xffu) emu::fail("ldmatrix: bank conflict (two rows of a matrix in one 16-byte bank group)");
+    }
+  }
   auto half = [&](int matrix, int r, int c) {  // 16-bit element c of row r
     unsigned short h;
     std::memcpy(&h, s.row[8 * matrix + r] + 2 * c, 2);
