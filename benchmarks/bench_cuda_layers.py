@@ -1,14 +1,16 @@
 """Fused CUDA style loss vs naive PyTorch, per VGG-19 style layer (forward + backward).
 
 As a script:  python benchmarks/bench_cuda_layers.py [--sizes 512,1024] [--md out.md]
-              [--sweep-splitk]      (also writes to $NST_FAST_BENCH_MD when set)
+              [--sweep-splitk] [--ab-async] [--ab-resident]
+              (also writes to $NST_FAST_BENCH_MD when set)
 Under pytest: pytest benchmarks/bench_cuda_layers.py   (pytest-benchmark; skips without CUDA)
 
 Times are medians of CUDA-event-timed replays of a CUDA graph holding several
 calls (GPU time; eager calls of the small layers are bound by Python and
 dispatcher overhead, which the "fused eager" column shows), after warm-up; inputs
 rotate over enough copies to exceed L2, so small layers are not timed out of cache.
-NST_FAST_CUDA_ASYNC=0 and NST_FAST_SPLITK_PER_SM=N switch kernel variants for A/B runs. "floor" is the bytes-moved floor of forward + backward for
+NST_FAST_CUDA_ASYNC=0, NST_FAST_CUDA_RESIDENT=0 and NST_FAST_SPLITK_PER_SM=N switch
+kernel variants for A/B runs. "floor" is the bytes-moved floor of forward + backward for
 float32 features (F read once forward, F read + dF written once backward) at the
 device-to-device copy bandwidth measured in the same run.
 """
@@ -205,28 +207,28 @@ def sweep_splitk(size=512, values=(1, 2, 4, 8, 16)):
     return "\n".join(lines)
 
 
-def ab_async(sizes=(512, 1024)):
-    """fwd+bwd with the cp.async pipeline (default) vs register-staged double buffering."""
-    old = os.environ.get("NST_FAST_CUDA_ASYNC")
-    lines = ["", "cp.async pipeline A/B (fused fwd+bwd, ms, CUDA-graph replays)", "",
-             "| layer | px | dtype | async (default) | NST_FAST_CUDA_ASYNC=0 | speed-up |",
+def ab_switch(env, title, layers=LAYERS, sizes=(512, 1024)):
+    """fwd+bwd with a kernel feature on (default) and with env=0, float32 and bfloat16."""
+    old = os.environ.get(env)
+    lines = ["", f"{title} A/B (fused fwd+bwd, ms, CUDA-graph replays)", "",
+             f"| layer | px | dtype | default | {env}=0 | speed-up |",
              "|---|---|---|---|---|---|"]
     for size in sizes:
-        for name, c, down in LAYERS:
+        for name, c, down in layers:
             for dtype in (torch.float32, torch.bfloat16):
                 c_, m = layer_shape(c, down, size)
                 inputs, s = make_inputs(c_, m, dtype)
                 t = {}
                 for flag in ("1", "0"):
-                    os.environ["NST_FAST_CUDA_ASYNC"] = flag
+                    os.environ[env] = flag
                     t[flag] = time_graph_ms(lambda f, a: fused_step(f, a, s), inputs)[0]
                 kind = str(dtype).replace("torch.", "")
                 lines.append(f"| {name} | {size} | {kind} | {t['1']:.4f} | {t['0']:.4f} | {t['0'] / t['1']:.2f} |")
                 del inputs
     if old is None:
-        os.environ.pop("NST_FAST_CUDA_ASYNC", None)
+        os.environ.pop(env, None)
     else:
-        os.environ["NST_FAST_CUDA_ASYNC"] = old
+        os.environ[env] = old
     return "\n".join(lines)
 
 
@@ -269,6 +271,8 @@ def main(argv=None):
     p.add_argument("--md", default=os.environ.get("NST_FAST_BENCH_MD"))
     p.add_argument("--sweep-splitk", action="store_true")
     p.add_argument("--ab-async", action="store_true", help="also time NST_FAST_CUDA_ASYNC=0")
+    p.add_argument("--ab-resident", action="store_true",
+                   help="also time NST_FAST_CUDA_RESIDENT=0 (the layers with C <= 128)")
     args = p.parse_args(argv)
     if not cuda_kernel_present():
         print("bench_cuda_layers: no CUDA GPU or no nst_fast CUDA kernel; nothing to do")
@@ -286,7 +290,10 @@ def main(argv=None):
     if args.sweep_splitk:
         text += "\n" + sweep_splitk()
     if args.ab_async:
-        text += "\n" + ab_async()
+        text += "\n" + ab_switch("NST_FAST_CUDA_ASYNC", "cp.async pipeline")
+    if args.ab_resident:
+        small = [layer for layer in LAYERS if layer[1] <= 128]
+        text += "\n" + ab_switch("NST_FAST_CUDA_RESIDENT", "D-resident backward", small)
     print(text)
     if args.md:
         with open(args.md, "w") as fh:

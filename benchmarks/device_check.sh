@@ -9,7 +9,7 @@
 #   QUICK=1          reduced run (subset of tests, memcheck quick, no racecheck, no sweep)
 #   SKIP_BUILD=1     reuse an existing build
 #   BENCH_SIZES=...  image sizes for the layer table (default 512,1024)
-#   SWEEP=0          skip the split-K sweep and the cp.async A/B in the benchmark
+#   SWEEP=0          skip the split-K sweep and the cp.async and D-resident A/Bs in the benchmark
 #   SKIP_SANITIZER=1, SKIP_LAYERS=1, SKIP_STYLE_LOSSES=1   leave out the sanitizer runs / the layer
 #                    table / the per-style-loss step table
 #   STEP_SIZES, STEP_STEPS, PROBE_SIZE   the whole-step benchmark's sizes, step counts, bf16 probe
@@ -101,8 +101,8 @@ fi
 if [ "${SKIP_LAYERS:-0}" != "1" ]; then
 stamp "== layer benchmark"
 BENCH_ARGS=(--sizes "$BENCH_SIZES" --md "$OUT/layers.md")
-[ "${SWEEP:-1}" = "1" ] && BENCH_ARGS+=(--sweep-splitk --ab-async)
-timeout "$(within "${BENCH_LIMIT:-110}")" python3 benchmarks/bench_cuda_layers.py "${BENCH_ARGS[@]}" >"$OUT/bench.log" 2>&1
+[ "${SWEEP:-1}" = "1" ] && BENCH_ARGS+=(--sweep-splitk --ab-async --ab-resident)
+timeout "$(within "${BENCH_LIMIT:-130}")" python3 benchmarks/bench_cuda_layers.py "${BENCH_ARGS[@]}" >"$OUT/bench.log" 2>&1
 rc=$?
 STATUS[bench]=$([ $rc = 0 ] && echo ok || echo "FAILED rc=$rc")
 [ $rc = 0 ] || tail -20 "$OUT/bench.log"

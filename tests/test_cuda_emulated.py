@@ -66,10 +66,11 @@ def checked_harness(tmp_path_factory):
 
 
 class Run:
-    def __init__(self, harness, tmp_path, dtype="f32", tf32=False, async_=True, blocks=8, seed=0):
+    def __init__(self, harness, tmp_path, dtype="f32", tf32=False, async_=True, blocks=8, seed=0, resident=True,
+                 sms=2):
         self.harness, self.dir = harness, tmp_path
         self.common = [f"dtype={dtype}", f"tf32={int(tf32)}", f"async={int(async_)}", f"blocks={blocks}",
-                       f"seed={seed}"]
+                       f"seed={seed}", f"resident={int(resident)}", f"sms={sms}"]
         self.dtype = DTYPES[dtype]
         self.variant = {}
 
@@ -212,6 +213,26 @@ def test_register_pipeline_forced(harness, tmp_path):
     for dtype in ("f32", "bf16"):
         fwd, bwd, _ = check(Run(harness, tmp_path, dtype, async_=False), features(1, 64, 512).to(DTYPES[dtype]))
         assert fwd["async"] == bwd["async"] == "0"
+
+
+@pytest.mark.parametrize("dtype", ["f32", "bf16", "f16"])
+@pytest.mark.parametrize("c,m,sms", [(64, 1000, 1), (96, 304, 1), (128, 600, 2)])
+def test_resident_backward(harness, tmp_path, dtype, c, m, sms):
+    """C <= 128 on the cp.async path: each block keeps its rows of D and walks several
+    output tiles (a grid of one wave on a GPU of `sms` multiprocessors)."""
+    for name, f in layouts(2, c, m, DTYPES[dtype], seed=c):
+        if name in ("contiguous", "channels_last", "batch_slice"):
+            _, bwd, _ = check(Run(harness, tmp_path, dtype, sms=sms), f)
+            assert bwd["resident"] == "1" and int(bwd["blocks"]) < (m + 63) // 64 * ((c + 63) // 64), name
+
+
+def test_resident_backward_tf32_and_forced_off(harness, tmp_path):
+    f = features(1, 128, 512, seed=9)
+    _, bwd, _ = check(Run(harness, tmp_path, tf32=True, sms=1), f, tf32=True)
+    assert bwd["resident"] == "1"
+    for dtype in ("f32", "bf16"):  # NST_FAST_CUDA_RESIDENT=0: one block per output tile
+        _, bwd, _ = check(Run(harness, tmp_path, dtype, resident=False), f.to(DTYPES[dtype]))
+        assert bwd["resident"] == "0" and bwd["async"] == "1"
 
 
 def test_tf32_products_when_allowed(harness, tmp_path):

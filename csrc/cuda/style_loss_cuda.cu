@@ -67,6 +67,13 @@ bool async_enabled() {
   return env == nullptr || std::atoi(env) != 0;
 }
 
+// NST_FAST_CUDA_RESIDENT=0 turns the D-resident backward off (one block per output
+// tile everywhere), for A/B timing on the device.
+bool resident_enabled() {
+  const char* env = std::getenv("NST_FAST_CUDA_RESIDENT");
+  return env == nullptr || std::atoi(env) != 0;
+}
+
 void ensure_smem(const void* fn, int bytes) {
   if (bytes <= 48 * 1024) return;
   int dev = 0;
@@ -80,12 +87,13 @@ void ensure_smem(const void* fn, int bytes) {
 }
 
 template <typename Kernel, typename... Args>
-void launch(Kernel kernel, dim3 grid, cudaStream_t stream, bool async, Args... args) {
-  const int smem = async ? SMEM_ASYNC_BYTES : SMEM_SYNC_BYTES;
-  if (async) ensure_smem((const void*)kernel, smem);
-  kernel<<<grid, THREADS, smem, stream>>>(args...);
+void launch(Kernel kernel, dim3 grid, cudaStream_t stream, int smem_bytes, Args... args) {
+  ensure_smem((const void*)kernel, smem_bytes);
+  kernel<<<grid, THREADS, smem_bytes, stream>>>(args...);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
+
+int smem_bytes(bool async) { return async ? SMEM_ASYNC_BYTES : SMEM_SYNC_BYTES; }
 
 // TF32 products for float32 features where the user allowed TF32 matmuls.
 bool tf32_allowed() { return at::globalContext().allowTF32CuBLAS(); }
@@ -156,8 +164,9 @@ void launch_gram(const at::Tensor& features, const at::Tensor* target, at::Tenso
       return gram_splitk_kernel<cuda_t, decltype(cl)::value, decltype(async)::value, decltype(tf32)::value>;
     };
     with_kernel<cuda_t>(pick, fv.cl, use_async, tf32_allowed(), [&](auto kernel, bool async) {
-      launch(kernel, grid, stream, async, F, fv.sb, fv.ld, (int)C, (int)M, plan.ntile, (int)plan.chunk, vec, gacc,
-             tile_cnt, done_cnt, loss_part, A, sAb, sA1, sA2, out.data_ptr<float>(), loss_ptr, (float)scale);
+      launch(kernel, grid, stream, smem_bytes(async), F, fv.sb, fv.ld, (int)C, (int)M, plan.ntile, (int)plan.chunk,
+             vec, gacc, tile_cnt, done_cnt, loss_part, A, sAb, sA1, sA2, out.data_ptr<float>(), loss_ptr,
+             (float)scale);
     });
   });
 }
@@ -221,9 +230,8 @@ at::Tensor style_loss_backward_cuda(const at::Tensor& grad_loss, const at::Tenso
   auto gl = grad_loss.reshape({}).to(at::kFloat).contiguous();
   const int64_t cols = fv.cl ? C : M;
   auto stream = c10::cuda::getCurrentCUDAStream();
-  const int64_t n_blocks = ((M + TILE - 1) / TILE) * ((C + TILE - 1) / TILE);
-  TORCH_CHECK(n_blocks < (1LL << 31), "nst_fast.style_loss_backward: features too large");
-  dim3 grid((unsigned)n_blocks, 1u, (unsigned)B);
+  TORCH_CHECK(((M + TILE - 1) / TILE) * ((C + TILE - 1) / TILE) < (1LL << 31),
+              "nst_fast.style_loss_backward: features too large");
   const bool vecD = aligned(d.data_ptr<float>(), 16) && C % 4 == 0;
 
   NST_DISPATCH_REDUCED(features.scalar_type(), "style_loss_backward", [&] {
@@ -236,12 +244,21 @@ at::Tensor style_loss_backward_cuda(const at::Tensor& grad_loss, const at::Tenso
     const float coef = (float)(4.0 * scale);
     const float* Dp = d.data_ptr<float>();
     const float* glp = gl.data_ptr<float>();
+    const BackwardPlan plan = plan_backward(B, C, M, use_async, resident_enabled(), multiprocessor_count());
+    const dim3 grid((unsigned)plan.blocks, 1u, (unsigned)B);
+    if (plan.resident) {
+      with_resident_kernel<cuda_t>(fv.cl, tf32_allowed(), plan.panel, [&](auto kernel) {
+        launch(kernel, grid, stream, plan.smem_bytes, Dp, F, fv.sb, fv.ld, (int)C, (int)M, O, o.sb, o.row, o.col,
+               o.vec, glp, coef);
+      });
+      return;
+    }
     auto pick = [](auto cl, auto async, auto tf32) {
       return style_bwd_kernel<cuda_t, decltype(cl)::value, decltype(async)::value, decltype(tf32)::value>;
     };
     with_kernel<cuda_t>(pick, fv.cl, use_async, tf32_allowed(), [&](auto kernel, bool async) {
-      launch(kernel, grid, stream, async, Dp, vecD, F, fv.sb, fv.ld, vecF, (int)C, (int)M, O, o.sb, o.row, o.col,
-             o.vec, glp, coef);
+      launch(kernel, grid, stream, smem_bytes(async), Dp, vecD, F, fv.sb, fv.ld, vecF, (int)C, (int)M, O, o.sb,
+             o.row, o.col, o.vec, glp, coef);
     });
   });
   return out;

@@ -314,6 +314,36 @@ __global__ void __launch_bounds__(THREADS)
   if (threadIdx.x == 0) *loss = (float)(sum * (double)scale);
 }
 
+// The backward's epilogue: alpha * acc into a tile of out with rows r0 .. and columns
+// c0 .. in the tile orientation; element (r, c) at out + r * oRow + c * oCol.
+template <typename T>
+__device__ __forceinline__ void store_tile(const float (&acc)[2][4][4], float alpha, T* __restrict__ out, int rows,
+                                           int cols, int r0, int c0, long long oRow, long long oCol, bool vec_out,
+                                           int wm, int wn, int lane) {
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = r0 + wm * 32 + mt * 16 + g + h * 8;
+      if (r >= rows) continue;
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        const int c = c0 + wn * 32 + nt * 8 + 2 * t;
+        if (c >= cols) continue;
+        const float v0 = alpha * acc[mt][nt][2 * h], v1 = alpha * acc[mt][nt][2 * h + 1];
+        T* p = out + (long long)r * oRow + (long long)c * oCol;
+        if (vec_out) {
+          store2(p, v0, v1);
+        } else {
+          store1(p, v0);
+          if (c + 1 < cols) store1(p + oCol, v1);
+        }
+      }
+    }
+  }
+}
+
 // ---------------------------------------------------------------- backward kernel
 // Standard: out tile (i, m) = sum_j D[i][j] F[j][m]; A = D [i][j] (k-contiguous),
 //           B = F [j][m] (n-contiguous).
@@ -390,32 +420,85 @@ __global__ void __launch_bounds__(THREADS)
   };
   reduce<ASYNC>(nk, 0, issue, load, store, compute);
 
+  const int rows = CL ? M : C, cols = CL ? C : M;
+  store_tile(acc, coef * __ldg(grad_loss), out + (long long)b * sOb, rows, cols, CL ? m0 : i0, CL ? i0 : m0, oRow,
+             oCol, vec_out, wm, wn, lane);
+}
+
+// ---------------------------------------------------------------- backward, D resident
+// For C <= CP (64 or 128) on the cp.async path. A block keeps its 64 rows of D (all C
+// columns, fp32) in shared memory and walks several output tiles, streaming only F;
+// the pipeline runs on across tiles, so the next tile's loads overlap this one's last
+// products and stores. The plain backward reloads the D panel from L2 for every tile:
+// as many bytes as its F tile at C = 64 in fp32, twice as many in bf16. Block x takes
+// channel tile x % n_i and the m tiles x / n_i, + G / n_i, ... (G blocks per batch item,
+// a multiple of n_i), so co-resident blocks still read neighbouring columns of F.
+template <typename T, bool CL, bool TF32, int CP>
+__global__ void __launch_bounds__(THREADS)
+    style_bwd_resident_kernel(const float* __restrict__ D, const T* __restrict__ F, long long sFb, long long ld,
+                              int C, int M, T* __restrict__ out, long long sOb, long long oRow, long long oCol,
+                              bool vec_out, const float* __restrict__ grad_loss, float coef) {
+  constexpr int LDD = CP + 4;  // [i][j] rows of the panel: fragment reads conflict-free (4 mod 32)
+  NST_DYNAMIC_SMEM(dsmem);  // [D panel: TILE x LDD][stages][SMEM_TILE]: resident_smem_bytes(CP)
+  float* sD = dsmem;
+  auto fbuf = [&](int buf) { return reinterpret_cast<T*>(dsmem + TILE * LDD + buf * SMEM_TILE); };
+  constexpr int LDS_F = CL ? ld_kc<T>() : LD_NC;
+
+  const int b = blockIdx.z;
+  const int n_i = (C + TILE - 1) / TILE, n_m = (M + TILE - 1) / TILE;
+  const int i0 = (blockIdx.x % n_i) * TILE;
+  const int first = blockIdx.x / n_i, stride = gridDim.x / n_i;
+  const int tiles = first < n_m ? (n_m - 1 - first) / stride + 1 : 0;
+  const int nk = (C + BK - 1) / BK;
+  const int steps = tiles * nk;  // (tile, 32 of k) pairs, in order
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int wm = warp >> 1, wn = warp & 1;
+  const float* Db = D + (long long)b * C * C;
+  const T* Fb = F + (long long)b * sFb;
+  auto m0_of = [&](int step) { return (first + (step / nk) * stride) * TILE; };
+
+  auto issue = [&](int step) {
+    const int m0 = m0_of(step), j0 = (step % nk) * BK;
+    if (CL)
+      async_tile<TILE, BK>(fbuf(step % NSTAGE), LDS_F, Fb, ld, M, C, m0, j0);
+    else
+      async_tile<BK, TILE>(fbuf(step % NSTAGE), LDS_F, Fb, ld, C, M, j0, m0);
+  };
+  async_tile<TILE, CP>(sD, LDD, Db, C, C, C, i0, 0);  // lands with the first F stage
+#pragma unroll
+  for (int st = 0; st < NSTAGE - 1; ++st) {
+    if (st < steps) issue(st);
+    cp_async_commit();
+  }
+
+  float acc[2][4][4], stage[2][4][4];
+  zero(acc);
+  zero(stage);
   const float alpha = coef * __ldg(grad_loss);
   const int rows = CL ? M : C, cols = CL ? C : M;
-  const int r0 = CL ? m0 : i0, c0 = CL ? i0 : m0;
-  const int g = lane >> 2, t = lane & 3;
-  T* Ob = out + (long long)b * sOb;
-#pragma unroll
-  for (int mt = 0; mt < 2; ++mt) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int r = r0 + wm * 32 + mt * 16 + g + h * 8;
-      if (r >= rows) continue;
-#pragma unroll
-      for (int nt = 0; nt < 4; ++nt) {
-        const int c = c0 + wn * 32 + nt * 8 + 2 * t;
-        if (c >= cols) continue;
-        const float v0 = alpha * acc[mt][nt][2 * h], v1 = alpha * acc[mt][nt][2 * h + 1];
-        T* p = Ob + (long long)r * oRow + (long long)c * oCol;
-        if (vec_out) {
-          store2(p, v0, v1);
-        } else {
-          store1(p, v0);
-          if (c + 1 < cols) store1(p + oCol, v1);
-        }
-      }
+  for (int step = 0; step < steps; ++step) {
+    cp_async_wait<NSTAGE - 2>();
+    __syncthreads();  // stage step landed for all threads; stage step - 1 fully consumed
+    if (step + NSTAGE - 1 < steps) issue(step + NSTAGE - 1);
+    cp_async_commit();
+    const int kt = step % nk;
+    const T* sF = fbuf(step % NSTAGE);
+    const float* sDk = sD + kt * BK;
+    if constexpr (std::is_same<T, __nv_bfloat16>::value)
+      mma_stage_residual_bf16<CL, LDD>(sDk, sF, stage, wm, wn, lane);
+    else if (CL)
+      mma_stage<true, true, features_mode<T, TF32>(), residual_mode<TF32>(), 0, LDD>(sF, sDk, stage, wm, wn, lane);
+    else
+      mma_stage<true, false, residual_mode<TF32>(), features_mode<T, TF32>(), LDD>(sDk, sF, stage, wm, wn, lane);
+    flush_stage(acc, stage);
+    if (kt == nk - 1) {
+      const int m0 = m0_of(step);
+      store_tile(acc, alpha, out + (long long)b * sOb, rows, cols, CL ? m0 : i0, CL ? i0 : m0, oRow, oCol, vec_out,
+                 wm, wn, lane);
+      zero(acc);
     }
   }
+  cp_async_wait<0>();
 }
 
 // ---------------------------------------------------------------- launch planning
@@ -486,6 +569,35 @@ inline BackwardOut backward_out(const void* out, size_t elem, long long s0, long
   return o;
 }
 
+// Shared memory of the D-resident backward: the D panel, then the F stages.
+constexpr int resident_smem_bytes(int panel) {
+  return (TILE * (panel + 4) + NSTAGE * SMEM_TILE) * (int)sizeof(float);
+}
+
+// Backward grid per batch item. The D-resident kernel where it applies (the cp.async
+// path, C <= 128): one wave of blocks (4 per SM with the 64-column panel's 53 KB of
+// shared memory, 3 with the 128-column one's 69 KB), each walking several m tiles of
+// one channel tile; else one block per output tile.
+struct BackwardPlan {
+  bool resident;
+  int panel;          // resident: the D panel's column capacity (64 or 128)
+  long long blocks;   // grid.x
+  int smem_bytes;     // dynamic shared memory
+};
+
+inline BackwardPlan plan_backward(long long B, long long C, long long M, bool async, bool resident_enabled,
+                                  long long sms) {
+  const long long n_i = (C + TILE - 1) / TILE, n_m = (M + TILE - 1) / TILE;
+  if (!async || !resident_enabled || C > 128) {
+    return {false, 0, n_i * n_m, async ? SMEM_ASYNC_BYTES : SMEM_SYNC_BYTES};
+  }
+  const int panel = C <= 64 ? 64 : 128;
+  long long groups = (panel == 64 ? 4 : 3) * sms / (B * n_i);
+  if (groups < 1) groups = 1;
+  if (groups > n_m) groups = n_m;
+  return {true, panel, groups * n_i, resident_smem_bytes(panel)};
+}
+
 // Calls launch(kernel, async) with the instantiation for the layout (channels-last or
 // not), the pipeline (cp.async or register-staged) and the precision: float32 features
 // take TF32 products where tf32 is set. pick(cl, async, tf32) names the kernel, given
@@ -513,6 +625,35 @@ void with_kernel(Pick pick, bool cl, bool async, bool tf32, Launch&& launch) {
     by_pipeline(Yes{});
   else
     by_pipeline(No{});
+}
+
+
+// Calls launch(kernel) with the D-resident backward for the layout, panel and precision.
+template <typename T, typename Launch>
+void with_resident_kernel(bool cl, bool tf32, int panel, Launch&& launch) {
+  auto go = [&](auto layout, auto cp) {
+    constexpr bool CL = decltype(layout)::value;
+    constexpr int CP = decltype(cp)::value;
+    if constexpr (std::is_same<T, float>::value) {
+      if (tf32) {
+        launch(style_bwd_resident_kernel<T, CL, true, CP>);
+        return;
+      }
+    }
+    launch(style_bwd_resident_kernel<T, CL, false, CP>);
+  };
+  using P64 = std::integral_constant<int, 64>;
+  using P128 = std::integral_constant<int, 128>;
+  auto by_panel = [&](auto layout) {
+    if (panel == 64)
+      go(layout, P64{});
+    else
+      go(layout, P128{});
+  };
+  if (cl)
+    by_panel(std::true_type{});
+  else
+    by_panel(std::false_type{});
 }
 
 }  // namespace kernels

@@ -152,11 +152,12 @@ __device__ __forceinline__ void load_b2(uint32_t (&b0)[2], uint32_t (&b1)[2], co
 
 // One BK-deep stage of the warp's 32x32 product. A is (rows x k), B is (k x cols).
 // A_KC: sA is [row][k] (ld_kc); else [k][row] (LD_NC). B_KC: sB is [col][k]; else [k][col].
-template <bool A_KC, bool B_KC, int MODE_A, int MODE_B, typename SA, typename SB>
+// LDA_ / LDB_: another row stride than the layout's (a resident D panel).
+template <bool A_KC, bool B_KC, int MODE_A, int MODE_B, int LDA_ = 0, int LDB_ = 0, typename SA, typename SB>
 __device__ __forceinline__ void mma_stage(const SA* __restrict__ sA, const SB* __restrict__ sB,
                                           float (&acc)[2][4][4], int wm, int wn, int lane) {
-  constexpr int LDA = A_KC ? ld_kc<SA>() : LD_NC;
-  constexpr int LDB = B_KC ? ld_kc<SB>() : LD_NC;
+  constexpr int LDA = LDA_ ? LDA_ : A_KC ? ld_kc<SA>() : LD_NC;
+  constexpr int LDB = LDB_ ? LDB_ : B_KC ? ld_kc<SB>() : LD_NC;
   const int g = lane >> 2, t = lane & 3;
 #pragma unroll
   for (int kk = 0; kk < BK; kk += 8) {
@@ -247,15 +248,15 @@ __device__ __forceinline__ void split3_bf16(float x, float y, uint32_t (&parts)[
 // kept as they are in shared memory (the cp.async path), through mma.m16n8k16 bf16:
 // D enters as its three exact bf16 parts, so 3 products per 16 of k where the tf32
 // route takes 2 x 2 of 8 (and keeps 21 of D's 24 bits). D is [row][k] in both
-// layouts (LD_KC). Standard: A = D [i][j], B = F [j][m] ([k][n], LD_NC). Channels-last:
+// layouts (row stride LDD). Standard: A = D [i][j], B = F [j][m] ([k][n], LD_NC). Channels-last:
 // A = F_cl [m][j] ([row][k]), B = D [i][j] read as [n][k].
-template <bool CL>
+template <bool CL, int LDD = LD_KC>
 __device__ __forceinline__ void mma_stage_residual_bf16(const float* __restrict__ sD,
                                                         const __nv_bfloat16* __restrict__ sF,
                                                         float (&acc)[2][4][4], int wm, int wn, int lane) {
   constexpr int LDF = CL ? ld_kc<__nv_bfloat16>() : LD_NC;
   auto d_parts = [&](int r, int k, uint32_t (&parts)[3]) {
-    const float2 v = *reinterpret_cast<const float2*>(sD + r * LD_KC + k);
+    const float2 v = *reinterpret_cast<const float2*>(sD + r * LDD + k);
     split3_bf16(v.x, v.y, parts);
   };
   const int g = lane >> 2, t = lane & 3;

@@ -4,6 +4,7 @@
 //   harness key=value ...
 //     op=gram|forward|backward  dtype=f32|bf16|f16  tf32=0|1  async=0|1 (NST_FAST_CUDA_ASYNC)
 //     blocks=N (split-K target: blocks per SM x SMs)  seed=N (block order)
+//     sms=N (multiprocessors: the D-resident backward's grid)  resident=0|1 (NST_FAST_CUDA_RESIDENT)
 //     B= C= M=  fs=s0,s1,s2 (feature strides)  foff= (elements before the features)
 //     features=PATH (raw, foff + extent elements)
 //     forward:  target=PATH (float32, strides ts=a0,a1,a2, extent elements)  scale=
@@ -148,14 +149,27 @@ int run() {
     const bool vecF = vec_ok(F, sizeof(T), fv.sb, fv.ld, cols, B);
     const BackwardOut o = backward_out(O, sizeof(T), os[0], os[1], os[2], fv.cl, C, M, B);
     const bool use_async = vecD && async_enabled && async_layout_ok(F, sizeof(T), fv.sb, fv.ld, cols, B);
-    const long long n_blocks = ((M + TILE - 1) / TILE) * ((C + TILE - 1) / TILE);
+    const BackwardPlan plan = plan_backward(B, C, M, use_async, num("resident") != 0, num("sms"));
+    const emu::Dim grid{(unsigned)plan.blocks, 1u, (unsigned)B};
     const float coef = (float)(4.0 * real("scale"));
+    if (plan.resident) {
+      with_resident_kernel<T>(fv.cl, tf32, plan.panel, [&](auto kernel) {
+        std::printf("variant cl=%d async=1 resident=1 panel=%d blocks=%lld vec_out=%d\n", (int)fv.cl, plan.panel,
+                    plan.blocks, (int)o.vec);
+        emu::launch(grid, THREADS, plan.smem_bytes, [&] {
+          kernel(D, F, fv.sb, fv.ld, (int)C, (int)M, O, o.sb, o.row, o.col, o.vec, &grad, coef);
+        }, seed);
+      });
+      write_file(arg("out"), obuf.p, obuf.bytes);
+      return 0;
+    }
     auto pick = [](auto cl, auto async, auto tf) {
       return style_bwd_kernel<T, decltype(cl)::value, decltype(async)::value, decltype(tf)::value>;
     };
     with_kernel<T>(pick, fv.cl, use_async, tf32, [&](auto kernel, bool async) {
-      std::printf("variant cl=%d async=%d vec=%d vec_out=%d\n", (int)fv.cl, (int)async, (int)vecF, (int)o.vec);
-      emu::launch({(unsigned)n_blocks, 1u, (unsigned)B}, THREADS, async ? SMEM_ASYNC_BYTES : SMEM_SYNC_BYTES, [&] {
+      std::printf("variant cl=%d async=%d resident=0 vec=%d vec_out=%d\n", (int)fv.cl, (int)async, (int)vecF,
+                  (int)o.vec);
+      emu::launch(grid, THREADS, plan.smem_bytes, [&] {
         kernel(D, vecD, F, fv.sb, fv.ld, vecF, (int)C, (int)M, O, o.sb, o.row, o.col, o.vec, &grad, coef);
       }, seed);
     });
