@@ -13,8 +13,9 @@
 //     ldmatrix (x4, plain and .trans) follows the PTX ISA's thread-to-row mapping and
 //     fails on rows outside shared memory, not 16-byte aligned, or in bank conflict;
 //   * a barrier that can never complete (divergent __syncthreads) aborts.
-// Not modelled: bank conflicts, timing, concurrent blocks (the kernels' atomics are
-// order-independent, and the shuffled block order exercises the split-K arrival).
+// Not modelled: bank conflicts of plain shared-memory accesses, timing, concurrent
+// blocks (the kernels' atomics are order-independent, and the shuffled block order
+// exercises the split-K arrival).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -75,7 +76,6 @@ struct Warp {
   long gen = 0;
   int arrived = 0;
   int live = 0;
-  long ops = 0;  // warp-wide operations so far, per lane (all lanes agree)
   WarpSlots slot[2];
 };
 

@@ -98,6 +98,7 @@ int run() {
   const long long cols = fv.cl ? C : M;
 
   if (op == "gram" || op == "forward") {
+    const bool forward = op == "forward";
     const GramPlan plan = plan_gram(B, C, M, num("blocks"));
     const long long n_g = B * C * C, n_t = B * plan.tiles;
     Buffer ws((size_t)(n_g + 2 * n_t + 1) * 4);
@@ -109,14 +110,14 @@ int run() {
     const float* A = nullptr;
     long long ts[3] = {0, 0, 0};
     Buffer tbuf(0);
-    if (op == "forward") {
+    if (forward) {
       triple("ts", ts);
       tbuf = read_file(arg("target"), (size_t)extent(ts, B, C, C) * 4);
       A = tbuf.as<float>();
     }
-    Buffer out((size_t)(n_g + 1) * 4);
-    float* loss = out.as<float>() + n_g;
-    *loss = -1.f;
+    Buffer out((size_t)(n_g + forward) * 4);  // the Gram or residual, then the loss
+    std::memset(out.p, 0xFF, out.bytes);       // NaN where the kernel writes nothing
+    float* loss = forward ? out.as<float>() + n_g : nullptr;
     const bool vec = vec_ok(F, sizeof(T), fv.sb, fv.ld, cols, B);
     const bool use_async = async_enabled && async_layout_ok(F, sizeof(T), fv.sb, fv.ld, cols, B);
     auto pick = [](auto cl, auto async, auto tf) {
@@ -129,10 +130,10 @@ int run() {
                   async ? SMEM_ASYNC_BYTES : SMEM_SYNC_BYTES, [&] {
                     kernel(F, fv.sb, fv.ld, (int)C, (int)M, plan.ntile, (int)plan.chunk, vec, gacc, tile_cnt,
                            done_cnt, loss_part, A, ts[0], ts[1], ts[2], out.as<float>(),
-                           op == "forward" ? loss : nullptr, op == "forward" ? (float)real("scale") : 1.f);
+                           loss, forward ? (float)real("scale") : 1.f);
                   }, seed);
     });
-    write_file(arg("out"), out.p, (size_t)(n_g + (op == "forward")) * 4);
+    write_file(arg("out"), out.p, out.bytes);
     return 0;
   }
   if (op == "backward") {
