@@ -244,7 +244,7 @@ at::Tensor style_loss_backward_cuda(const at::Tensor& grad_loss, const at::Tenso
     const float coef = (float)(4.0 * scale);
     const float* Dp = d.data_ptr<float>();
     const float* glp = gl.data_ptr<float>();
-    const BackwardPlan plan = plan_backward(B, C, M, use_async, resident_enabled(), multiprocessor_count());
+    const BackwardPlan plan = plan_backward<cuda_t>(B, C, M, use_async, resident_enabled(), multiprocessor_count());
     const dim3 grid((unsigned)plan.blocks, 1u, (unsigned)B);
     if (plan.resident) {
       with_resident_kernel<cuda_t>(fv.cl, tf32_allowed(), plan.panel, [&](auto kernel) {

@@ -433,13 +433,27 @@ __global__ void __launch_bounds__(THREADS)
 // as many bytes as its F tile at C = 64 in fp32, twice as many in bf16. Block x takes
 // channel tile x % n_i and the m tiles x / n_i, + G / n_i, ... (G blocks per batch item,
 // a multiple of n_i), so co-resident blocks still read neighbouring columns of F.
+// Row stride (floats) of the resident D panel. The tf32 route reads single floats at
+// rows g, g + 8 and columns t: a stride of 4 mod 32 keeps them conflict-free. The bf16
+// route reads float pairs at columns 2t, served per half-warp: 8 mod 32 does.
+template <typename T>
+constexpr int panel_ld(int panel) {
+  return panel + (std::is_same<T, __nv_bfloat16>::value ? 8 : 4);
+}
+
+// Shared memory of the D-resident backward: the D panel, then the F stages.
+template <typename T>
+constexpr int resident_smem_bytes(int panel) {
+  return (TILE * panel_ld<T>(panel) + NSTAGE * SMEM_TILE) * (int)sizeof(float);
+}
+
 template <typename T, bool CL, bool TF32, int CP>
 __global__ void __launch_bounds__(THREADS)
     style_bwd_resident_kernel(const float* __restrict__ D, const T* __restrict__ F, long long sFb, long long ld,
                               int C, int M, T* __restrict__ out, long long sOb, long long oRow, long long oCol,
                               bool vec_out, const float* __restrict__ grad_loss, float coef) {
-  constexpr int LDD = CP + 4;  // [i][j] rows of the panel: fragment reads conflict-free (4 mod 32)
-  NST_DYNAMIC_SMEM(dsmem);  // [D panel: TILE x LDD][stages][SMEM_TILE]: resident_smem_bytes(CP)
+  constexpr int LDD = panel_ld<T>(CP);
+  NST_DYNAMIC_SMEM(dsmem);  // [D panel: TILE x LDD][stages][SMEM_TILE]: resident_smem_bytes<T>(CP)
   float* sD = dsmem;
   auto fbuf = [&](int buf) { return reinterpret_cast<T*>(dsmem + TILE * LDD + buf * SMEM_TILE); };
   constexpr int LDS_F = CL ? ld_kc<T>() : LD_NC;
@@ -569,15 +583,10 @@ inline BackwardOut backward_out(const void* out, size_t elem, long long s0, long
   return o;
 }
 
-// Shared memory of the D-resident backward: the D panel, then the F stages.
-constexpr int resident_smem_bytes(int panel) {
-  return (TILE * (panel + 4) + NSTAGE * SMEM_TILE) * (int)sizeof(float);
-}
-
-// Backward grid per batch item. The D-resident kernel where it applies (the cp.async
-// path, C <= 128): one wave of blocks (4 per SM with the 64-column panel's 53 KB of
-// shared memory, 3 with the 128-column one's 69 KB), each walking several m tiles of
-// one channel tile; else one block per output tile.
+// Backward grid per batch item, for features of type T. The D-resident kernel where it
+// applies (the cp.async path, C <= 128): one wave of blocks (4 per SM with the
+// 64-column panel's 53-54 KB of shared memory, 3 with the 128-column one's 69-70 KB),
+// each walking several m tiles of one channel tile; else one block per output tile.
 struct BackwardPlan {
   bool resident;
   int panel;          // resident: the D panel's column capacity (64 or 128)
@@ -585,8 +594,8 @@ struct BackwardPlan {
   int smem_bytes;     // dynamic shared memory
 };
 
-inline BackwardPlan plan_backward(long long B, long long C, long long M, bool async, bool resident_enabled,
-                                  long long sms) {
+template <typename T>
+BackwardPlan plan_backward(long long B, long long C, long long M, bool async, bool resident_enabled, long long sms) {
   const long long n_i = (C + TILE - 1) / TILE, n_m = (M + TILE - 1) / TILE;
   if (!async || !resident_enabled || C > 128) {
     return {false, 0, n_i * n_m, async ? SMEM_ASYNC_BYTES : SMEM_SYNC_BYTES};
@@ -595,7 +604,7 @@ inline BackwardPlan plan_backward(long long B, long long C, long long M, bool as
   long long groups = (panel == 64 ? 4 : 3) * sms / (B * n_i);
   if (groups < 1) groups = 1;
   if (groups > n_m) groups = n_m;
-  return {true, panel, groups * n_i, resident_smem_bytes(panel)};
+  return {true, panel, groups * n_i, resident_smem_bytes<T>(panel)};
 }
 
 // Calls launch(kernel, async) with the instantiation for the layout (channels-last or

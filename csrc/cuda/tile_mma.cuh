@@ -313,7 +313,7 @@ __device__ __forceinline__ void mma_stage_residual_bf16(const float* __restrict_
 
 // The tensor cores' fp32 accumulation may round toward zero; long reductions flush
 // the stage accumulator into a round-to-nearest fp32 total after every stage, so
-// each mma accumulator only ever sums one stage (4 k-steps).
+// each mma accumulator only ever sums one stage (32 of k).
 __device__ __forceinline__ void flush_stage(float (&total)[2][4][4], float (&acc)[2][4][4]) {
 #pragma unroll
   for (int i = 0; i < 2; ++i)

@@ -150,7 +150,7 @@ int run() {
     const bool vecF = vec_ok(F, sizeof(T), fv.sb, fv.ld, cols, B);
     const BackwardOut o = backward_out(O, sizeof(T), os[0], os[1], os[2], fv.cl, C, M, B);
     const bool use_async = vecD && async_enabled && async_layout_ok(F, sizeof(T), fv.sb, fv.ld, cols, B);
-    const BackwardPlan plan = plan_backward(B, C, M, use_async, num("resident") != 0, num("sms"));
+    const BackwardPlan plan = plan_backward<T>(B, C, M, use_async, num("resident") != 0, num("sms"));
     const emu::Dim grid{(unsigned)plan.blocks, 1u, (unsigned)B};
     const float coef = (float)(4.0 * real("scale"));
     if (plan.resident) {
