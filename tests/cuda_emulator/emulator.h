@@ -30,6 +30,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <random>
 #include <vector>
 
@@ -56,7 +57,7 @@ struct Copy {
 
 struct Fiber {
   ucontext_t ctx;
-  std::vector<char> stack;
+  std::unique_ptr<char[]> stack;  // allocated once per launch, not cleared
   Dim tid;
   bool done = false;
   std::vector<std::vector<Copy>> committed;  // oldest first
@@ -176,10 +177,11 @@ inline void launch(Dim grid, int threads, size_t smem_bytes, std::function<void(
   std::mt19937 rng(seed);
   std::shuffle(blocks.begin(), blocks.end(), rng);
   constexpr size_t kStack = 256 * 1024;
+  r.fibers = std::vector<Fiber>(threads);
+  for (Fiber& f : r.fibers) f.stack.reset(new char[kStack]);
   for (const Dim& b : blocks) {
     r.block = b;
     r.smem = std::vector<unsigned char>(smem_bytes, 0xFF);  // exact size; NaN floats and halves
-    r.fibers.assign(threads, Fiber());
     r.warps.assign((threads + kWarp - 1) / kWarp, Warp());
     r.lane_ops.assign(threads, 0);
     for (int t = 0; t < threads; ++t) r.warps[t / kWarp].live++;
@@ -188,9 +190,9 @@ inline void launch(Dim grid, int threads, size_t smem_bytes, std::function<void(
     for (int t = 0; t < threads; ++t) {
       Fiber& f = r.fibers[t];
       f.tid = {(unsigned)t, 0, 0};
-      f.stack.resize(kStack);
+      f.done = false;
       getcontext(&f.ctx);
-      f.ctx.uc_stack.ss_sp = f.stack.data();
+      f.ctx.uc_stack.ss_sp = f.stack.get();
       f.ctx.uc_stack.ss_size = kStack;
       f.ctx.uc_link = &r.scheduler;
       makecontext(&f.ctx, fiber_main, 0);
