@@ -122,38 +122,38 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
   return s;  // valid in thread 0
 }
 
-// The reduction's main loop over nk stages of BK, the first at k_begin. cp.async:
-// issue(buf, k) starts the copies of the stage at k into buffer buf, NSTAGE - 1
-// stages ahead. Register-staged: load(k) into registers, store(buf) into shared
-// memory, double-buffered. compute(buf) consumes the stage in buf.
+// The main loop over a block's steps (stages of BK of the reduction). cp.async:
+// issue(buf, step) starts the copies of a step into buffer buf, NSTAGE - 1 steps
+// ahead. Register-staged: load(step) into registers, store(buf) into shared memory,
+// double-buffered. compute(buf, step) consumes the step in buf.
 template <bool ASYNC, typename Issue, typename Load, typename Store, typename Compute>
-__device__ __forceinline__ void reduce(int nk, int k_begin, Issue& issue, Load& load, Store& store, Compute& compute) {
+__device__ __forceinline__ void reduce(int steps, Issue& issue, Load& load, Store& store, Compute& compute) {
   if constexpr (ASYNC) {
 #pragma unroll
     for (int st = 0; st < NSTAGE - 1; ++st) {
-      if (st < nk) issue(st, k_begin + st * BK);
+      if (st < steps) issue(st, st);
       cp_async_commit();
     }
-    for (int kt = 0; kt < nk; ++kt) {
+    for (int step = 0; step < steps; ++step) {
       cp_async_wait<NSTAGE - 2>();
-      __syncthreads();  // stage kt landed for all threads; stage kt - 1 fully consumed
-      const int nxt = kt + NSTAGE - 1;
-      if (nxt < nk) issue(nxt % NSTAGE, k_begin + nxt * BK);
+      __syncthreads();  // this step's stage landed for all threads; the previous one is consumed
+      const int nxt = step + NSTAGE - 1;
+      if (nxt < steps) issue(nxt % NSTAGE, nxt);
       cp_async_commit();
-      compute(kt % NSTAGE);
+      compute(step % NSTAGE, step);
     }
     cp_async_wait<0>();
   } else {
-    if (nk > 0) {
-      load(k_begin);
+    if (steps > 0) {
+      load(0);
       store(0);
     }
     __syncthreads();
-    for (int kt = 0; kt < nk; ++kt) {
-      const int buf = kt & 1;
-      if (kt + 1 < nk) load(k_begin + (kt + 1) * BK);
-      compute(buf);
-      if (kt + 1 < nk) store(buf ^ 1);
+    for (int step = 0; step < steps; ++step) {
+      const int buf = step & 1;
+      if (step + 1 < steps) load(step + 1);
+      compute(buf, step);
+      if (step + 1 < steps) store(buf ^ 1);
       __syncthreads();
     }
   }
@@ -206,7 +206,8 @@ __global__ void __launch_bounds__(THREADS)
   constexpr int TC = CL ? TILE : BK;
   constexpr int LDS = CL ? LD_NC : ld_kc<SF>();
   TileLoader<T, TR, TC> la, lb;
-  auto load = [&](int kb) {
+  auto load = [&](int step) {
+    const int kb = k0 + step * BK;
     if (CL) {
       la.load(Fb, ld, k1, C, kb, ti * TILE, vec);
       if (!diag) lb.load(Fb, ld, k1, C, kb, tj * TILE, vec);
@@ -219,7 +220,7 @@ __global__ void __launch_bounds__(THREADS)
     la.store(sbuf(buf, 0), LDS);
     if (!diag) lb.store(sbuf(buf, 1), LDS);
   };
-  auto compute = [&](int buf) {
+  auto compute = [&](int buf, int) {
     if (active) {
       const SF* sA = fbuf(buf, 0);
       const SF* sB = diag ? fbuf(buf, 0) : fbuf(buf, 1);
@@ -231,7 +232,8 @@ __global__ void __launch_bounds__(THREADS)
     }
   };
 
-  auto issue = [&](int buf, auto kb) {  // generic: compiled only on the cp.async path
+  auto issue = [&](int buf, auto step) {  // generic: compiled only on the cp.async path
+    const auto kb = k0 + step * BK;
     if (CL) {
       async_tile<TR, TC>(fbuf(buf, 0), LDS, Fb, ld, k1, C, kb, ti * TILE);
       if (!diag) async_tile<TR, TC>(fbuf(buf, 1), LDS, Fb, ld, k1, C, kb, tj * TILE);
@@ -240,7 +242,7 @@ __global__ void __launch_bounds__(THREADS)
       if (!diag) async_tile<TR, TC>(fbuf(buf, 1), LDS, Fb, ld, C, k1, tj * TILE, kb);
     }
   };
-  reduce<ASYNC>(nk, k0, issue, load, store, compute);
+  reduce<ASYNC>(nk, issue, load, store, compute);
 
   // Partial tile -> fp32 accumulator (upper triangle of G only).
   if (active) {
@@ -380,7 +382,8 @@ __global__ void __launch_bounds__(THREADS)
   using SF = typename std::conditional<ASYNC, T, float>::type;  // as in the forward
   auto fbuf = [&](int buf, int op) { return reinterpret_cast<SF*>(sbuf(buf, op)); };
   constexpr int LDS_F = CL ? ld_kc<SF>() : LD_NC;
-  auto load = [&](int j0) {
+  auto load = [&](int step) {
+    const int j0 = step * BK;
     ld_d.load(Db, C, C, C, i0, j0, vecD);
     if (CL)
       ld_f.load(Fb, ld, M, C, m0, j0, vecF);
@@ -397,7 +400,7 @@ __global__ void __launch_bounds__(THREADS)
       ld_f.store(sbuf(buf, 1), LDS_F);
     }
   };
-  auto compute = [&](int buf) {
+  auto compute = [&](int buf, int) {
     if constexpr (ASYNC && std::is_same<T, __nv_bfloat16>::value)
       mma_stage_residual_bf16<CL>(sbuf(buf, CL ? 1 : 0), fbuf(buf, CL ? 0 : 1), stage, wm, wn, lane);
     else if (CL)
@@ -409,7 +412,8 @@ __global__ void __launch_bounds__(THREADS)
     flush_stage(acc, stage);
   };
 
-  auto issue = [&](int buf, auto j0) {  // generic: compiled only on the cp.async path
+  auto issue = [&](int buf, auto step) {  // generic: compiled only on the cp.async path
+    const auto j0 = step * BK;
     if (CL) {
       async_tile<TILE, BK>(fbuf(buf, 0), LDS_F, Fb, ld, M, C, m0, j0);
       async_tile<TILE, BK>(sbuf(buf, 1), LD_KC, Db, C, C, C, i0, j0);
@@ -418,7 +422,7 @@ __global__ void __launch_bounds__(THREADS)
       async_tile<BK, TILE>(fbuf(buf, 1), LDS_F, Fb, ld, C, M, j0, m0);
     }
   };
-  reduce<ASYNC>(nk, 0, issue, load, store, compute);
+  reduce<ASYNC>(nk, issue, load, store, compute);
 
   const int rows = CL ? M : C, cols = CL ? C : M;
   store_tile(acc, coef * __ldg(grad_loss), out + (long long)b * sOb, rows, cols, CL ? m0 : i0, CL ? i0 : m0, oRow,
@@ -471,32 +475,24 @@ __global__ void __launch_bounds__(THREADS)
   const T* Fb = F + (long long)b * sFb;
   auto m0_of = [&](int step) { return (first + (step / nk) * stride) * TILE; };
 
-  auto issue = [&](int step) {
+  auto issue = [&](int buf, int step) {
     const int m0 = m0_of(step), j0 = (step % nk) * BK;
     if (CL)
-      async_tile<TILE, BK>(fbuf(step % NSTAGE), LDS_F, Fb, ld, M, C, m0, j0);
+      async_tile<TILE, BK>(fbuf(buf), LDS_F, Fb, ld, M, C, m0, j0);
     else
-      async_tile<BK, TILE>(fbuf(step % NSTAGE), LDS_F, Fb, ld, C, M, j0, m0);
+      async_tile<BK, TILE>(fbuf(buf), LDS_F, Fb, ld, C, M, j0, m0);
   };
-  async_tile<TILE, CP>(sD, LDD, Db, C, C, C, i0, 0);  // lands with the first F stage
-#pragma unroll
-  for (int st = 0; st < NSTAGE - 1; ++st) {
-    if (st < steps) issue(st);
-    cp_async_commit();
-  }
+  auto no_load = [](int) {};  // cp.async only
+  auto no_store = [](int) {};
 
   float acc[2][4][4], stage[2][4][4];
   zero(acc);
   zero(stage);
   const float alpha = coef * __ldg(grad_loss);
   const int rows = CL ? M : C, cols = CL ? C : M;
-  for (int step = 0; step < steps; ++step) {
-    cp_async_wait<NSTAGE - 2>();
-    __syncthreads();  // stage step landed for all threads; stage step - 1 fully consumed
-    if (step + NSTAGE - 1 < steps) issue(step + NSTAGE - 1);
-    cp_async_commit();
+  auto compute = [&](int buf, int step) {
     const int kt = step % nk;
-    const T* sF = fbuf(step % NSTAGE);
+    const T* sF = fbuf(buf);
     const float* sDk = sD + kt * BK;
     if constexpr (std::is_same<T, __nv_bfloat16>::value)
       mma_stage_residual_bf16<CL, LDD>(sDk, sF, stage, wm, wn, lane);
@@ -511,8 +507,9 @@ __global__ void __launch_bounds__(THREADS)
                  wm, wn, lane);
       zero(acc);
     }
-  }
-  cp_async_wait<0>();
+  };
+  async_tile<TILE, CP>(sD, LDD, Db, C, C, C, i0, 0);  // lands with the first F stage
+  reduce<true>(steps, issue, no_load, no_store, compute);
 }
 
 // ---------------------------------------------------------------- launch planning

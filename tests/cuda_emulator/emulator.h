@@ -82,7 +82,6 @@ struct Warp {
 
 struct Runtime {
   Dim grid, block;
-  int threads = 0;
   std::vector<Fiber> fibers;
   int current = -1;
   ucontext_t scheduler;
@@ -168,7 +167,6 @@ inline void fiber_main() {
 inline void launch(Dim grid, int threads, size_t smem_bytes, std::function<void()> body, unsigned seed) {
   Runtime& r = rt();
   r.grid = grid;
-  r.threads = threads;
   r.body = std::move(body);
   std::vector<Dim> blocks;
   for (unsigned z = 0; z < grid.z; ++z)
