@@ -67,10 +67,12 @@ def checked_harness(tmp_path_factory):
 
 class Run:
     def __init__(self, harness, tmp_path, dtype="f32", tf32=False, async_=True, blocks=8, seed=0, resident=True,
-                 sms=2):
+                 sms=2, profile=None):
         self.harness, self.dir = harness, tmp_path
         self.common = [f"dtype={dtype}", f"tf32={int(tf32)}", f"async={int(async_)}", f"blocks={blocks}",
                        f"seed={seed}", f"resident={int(resident)}", f"sms={sms}"]
+        if profile is not None:  # a harness from emulated_profile.build: write each run's access profile
+            self.common.append(f"profile={profile}")
         self.dtype = DTYPES[dtype]
         self.variant = {}
 

@@ -13,9 +13,10 @@
 //     ldmatrix (x4, plain and .trans) follows the PTX ISA's thread-to-row mapping and
 //     fails on rows outside shared memory, not 16-byte aligned, or in bank conflict;
 //   * a barrier that can never complete (divergent __syncthreads) aborts.
-// Not modelled: bank conflicts of plain shared-memory accesses, timing, concurrent
-// blocks (the kernels' atomics are order-independent, and the shuffled block order
-// exercises the split-K arrival).
+// Not modelled: timing, concurrent blocks (the kernels' atomics are order-independent,
+// and the shuffled block order exercises the split-K arrival). Built with
+// -DNST_EMU_PROFILE -fsanitize=thread, it also profiles every shared and global access
+// (access_profile.h): bank conflicts and sectors per warp instruction.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -60,6 +61,7 @@ struct Fiber {
   std::unique_ptr<char[]> stack;  // allocated once per launch, not cleared
   Dim tid;
   bool done = false;
+  long epoch = 0;  // barriers and warp-wide operations passed: groups a warp's accesses
   std::vector<std::vector<Copy>> committed;  // oldest first
   std::vector<Copy> open;
 };
@@ -106,6 +108,20 @@ inline float* dynamic_smem() { return reinterpret_cast<float*>(rt().smem.data())
 
 inline void yield() { swapcontext(&self().ctx, &rt().scheduler); }
 
+}  // namespace emu
+
+#ifdef NST_EMU_PROFILE
+#include "access_profile.h"
+#define NST_EMU_NOINLINE __attribute__((noinline))
+#else
+namespace emu::profile {
+inline void block_end() {}
+}  // namespace emu::profile
+#define NST_EMU_NOINLINE
+#endif
+
+namespace emu {
+
 inline void release_block_barrier_if_full() {
   Runtime& r = rt();
   if (r.bar_arrived > 0 && r.bar_arrived == r.live) {
@@ -130,6 +146,7 @@ inline void syncthreads() {
   ++r.events;
   release_block_barrier_if_full();
   while (r.bar_gen == gen) yield();
+  ++self().epoch;
 }
 
 inline void warp_sync() {
@@ -140,6 +157,7 @@ inline void warp_sync() {
   ++r.events;
   release_warp_if_full(w);
   while (w.gen == gen) yield();
+  ++self().epoch;
 }
 
 // The slot this lane's next warp-wide operation uses.
@@ -189,6 +207,7 @@ inline void launch(Dim grid, int threads, size_t smem_bytes, std::function<void(
       Fiber& f = r.fibers[t];
       f.tid = {(unsigned)t, 0, 0};
       f.done = false;
+      f.epoch = 0;
       getcontext(&f.ctx);
       f.ctx.uc_stack.ss_sp = f.stack.get();
       f.ctx.uc_stack.ss_size = kStack;
@@ -208,10 +227,74 @@ inline void launch(Dim grid, int threads, size_t smem_bytes, std::function<void(
       if (r.live > 0 && r.events == before) fail("deadlock: a barrier that not every thread reaches");
     }
     r.current = -1;
+    profile::block_end();
   }
 }
 
 }  // namespace emu
+
+#ifdef NST_EMU_PROFILE
+namespace emu::profile {
+
+// Every load and store of the translation unit, and the emulated cp.async and ldmatrix.
+__attribute__((no_sanitize_thread)) inline void on_access(uintptr_t site, const void* p, int bytes, bool write) {
+  if (busy) return;
+  busy = true;
+  const Runtime& r = rt();
+  State& s = state();
+  if (r.current >= 0 && s.quiet == 0) {
+    const auto* a = static_cast<const unsigned char*>(p);
+    const long epoch = r.fibers[r.current].epoch;
+    if (a >= r.smem.data() && a < r.smem.data() + r.smem.size()) {
+      record(site, r.current, epoch, p, bytes, write, kShared, 0);
+    } else {
+      for (size_t i = 0; i < s.globals.size(); ++i)
+        if (a >= s.globals[i].lo && a < s.globals[i].lo + s.globals[i].bytes) {
+          record(site, r.current, epoch, p, bytes, write, kGlobal, (int)i);
+          break;
+        }
+    }
+  }
+  busy = false;
+}
+
+}  // namespace emu::profile
+
+#define NST_EMU_SITE reinterpret_cast<uintptr_t>(__builtin_return_address(0))
+#define NST_EMU_HOOK(n)                                                                                      \
+  extern "C" __attribute__((no_sanitize_thread)) void __tsan_read##n(void* p) {                              \
+    emu::profile::on_access(NST_EMU_SITE, p, n, false);                                                      \
+  }                                                                                                          \
+  extern "C" __attribute__((no_sanitize_thread)) void __tsan_write##n(void* p) {                             \
+    emu::profile::on_access(NST_EMU_SITE, p, n, true);                                                       \
+  }                                                                                                          \
+  extern "C" __attribute__((no_sanitize_thread)) void __tsan_unaligned_read##n(void* p) {                    \
+    emu::profile::on_access(NST_EMU_SITE, p, n, false);                                                      \
+  }                                                                                                          \
+  extern "C" __attribute__((no_sanitize_thread)) void __tsan_unaligned_write##n(void* p) {                   \
+    emu::profile::on_access(NST_EMU_SITE, p, n, true);                                                       \
+  }
+NST_EMU_HOOK(1)
+NST_EMU_HOOK(2)
+NST_EMU_HOOK(4)
+NST_EMU_HOOK(8)
+NST_EMU_HOOK(16)
+extern "C" __attribute__((no_sanitize_thread)) void __tsan_read_range(void* p, unsigned long n) {
+  emu::profile::on_access(NST_EMU_SITE, p, (int)n, false);
+}
+extern "C" __attribute__((no_sanitize_thread)) void __tsan_write_range(void* p, unsigned long n) {
+  emu::profile::on_access(NST_EMU_SITE, p, (int)n, true);
+}
+extern "C" __attribute__((no_sanitize_thread)) unsigned char __tsan_atomic8_load(const volatile unsigned char* a,
+                                                                                 int) {
+  return *a;
+}
+extern "C" void __tsan_init() {}
+extern "C" void __tsan_func_entry(void*) {}
+extern "C" void __tsan_func_exit() {}
+#else
+#define NST_EMU_SITE 0
+#endif
 
 // ---------------------------------------------------------------- CUDA names
 #undef __global__
@@ -219,7 +302,11 @@ inline void launch(Dim grid, int threads, size_t smem_bytes, std::function<void(
 #undef __device__
 #define __device__
 #undef __forceinline__
+#ifdef NST_EMU_PROFILE
+#define __forceinline__ inline __attribute__((always_inline))  // sites in the caller, as nvcc inlines
+#else
 #define __forceinline__ inline
+#endif
 #undef __launch_bounds__
 #define __launch_bounds__(...)
 #undef __shared__
@@ -269,10 +356,16 @@ inline float atomicAdd(float* p, float v) {
   *p += v;
   return old;
 }
+inline float2 atomicAdd(float2* p, float2 v) {  // sm_90's vector atomic
+  const float2 old = *p;
+  *p = make_float2(old.x + v.x, old.y + v.y);
+  return old;
+}
 
 // ---------------------------------------------------------------- the PTX wrappers
 #define NST_FAST_PTX_PROVIDED
 #define NST_DYNAMIC_SMEM(name) float* name = ::emu::dynamic_smem()
+#define NST_FAST_PAIR_ATOMICS 1  // the sm_90 build's
 
 namespace nst_fast {
 namespace kernels {
@@ -291,6 +384,9 @@ template <int K, typename ElemA, typename ElemB>
 void warp_mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], ElemA A, ElemB B) {
   const int lane = emu::lane_of(emu::rt().current);
   emu::WarpSlots& s = emu::next_slot();
+#ifdef NST_EMU_PROFILE
+  ++emu::profile::state().mma_lanes;
+#endif
   for (int q = 0; q < 4; ++q) s.a[lane][q] = a[q];
   for (int q = 0; q < 2; ++q) s.b[lane][q] = b[q];
   emu::warp_sync();
@@ -338,7 +434,10 @@ void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
 
 // ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16.
 template <bool TRANS>
-void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
+NST_EMU_NOINLINE void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
+#ifdef NST_EMU_PROFILE
+  emu::profile::on_access(NST_EMU_SITE, row, 16, false);
+#endif
   emu::Runtime& rt = emu::rt();
   const int lane = emu::lane_of(rt.current);
   const auto* p = static_cast<const unsigned char*>(row);
@@ -347,6 +446,9 @@ void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
   emu::WarpSlots& s = emu::next_slot();
   s.row[lane] = p;
   emu::warp_sync();
+#ifdef NST_EMU_PROFILE
+  emu::profile::Quiet quiet;  // the row reads below are this instruction's, recorded above (no yield follows)
+#endif
   if (lane == 0) {
     // Shared memory serves 128 bytes a cycle: a matrix whose 8 rows do not fall in 8
     // distinct 16-byte bank groups takes more than one.
@@ -371,7 +473,11 @@ void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
   emu::finish_warp_op();
 }
 
-inline void cp_async16(void* smem_dst, const void* gsrc, bool pred) {
+NST_EMU_NOINLINE inline void cp_async16(void* smem_dst, const void* gsrc, bool pred) {
+#ifdef NST_EMU_PROFILE
+  if (pred) emu::profile::on_access(NST_EMU_SITE, gsrc, 16, false);
+  emu::profile::on_access(NST_EMU_SITE, smem_dst, 16, true);
+#endif
   emu::Runtime& r = emu::rt();
   const auto* dst = static_cast<unsigned char*>(smem_dst);
   if (dst < r.smem.data() || dst + 16 > r.smem.data() + r.smem.size()) emu::fail("cp.async outside shared memory");

@@ -10,6 +10,7 @@
 //     forward:  target=PATH (float32, strides ts=a0,a1,a2, extent elements)  scale=
 //     backward: residual=PATH (float32 B*C*C)  grad=  scale=  os=o0,o1,o2 (output strides)
 //     out=PATH
+//     profile=PATH (a build with -DNST_EMU_PROFILE: the memory-access profile, access_profile.h)
 //   Writes gram / residual (B*C*C float32, then the loss for forward) or the gradient
 //   buffer (extent of os, in dtype) to out, and prints the variant that ran.
 #include "emulator.h"
@@ -69,6 +70,15 @@ struct Buffer {
   T* as() { return reinterpret_cast<T*>(p); }
 };
 
+// A buffer the kernel reads or writes, named in the memory-access profile.
+void watch(const Buffer& b, const char* name) {
+#ifdef NST_EMU_PROFILE
+  emu::profile::add_global(b.p, b.bytes, name);
+#else
+  (void)b, (void)name;
+#endif
+}
+
 Buffer read_file(const std::string& path, size_t bytes) {
   Buffer b(bytes);
   std::ifstream in(path, std::ios::binary);
@@ -94,6 +104,7 @@ int run() {
   const FeatureLayout fv = feature_layout(fs[0], fs[1], fs[2]);
   if (!fv.dense) emu::fail("features with no unit stride: the host side copies them first");
   Buffer fbuf = read_file(arg("features"), (size_t)(foff + extent(fs, B, C, M)) * sizeof(T));
+  watch(fbuf, "features");
   const T* F = fbuf.as<T>() + foff;
   const long long cols = fv.cl ? C : M;
 
@@ -103,6 +114,7 @@ int run() {
     const long long n_g = B * C * C, n_t = B * plan.tiles;
     Buffer ws((size_t)(n_g + 2 * n_t + 1) * 4);
     std::memset(ws.p, 0, ws.bytes);
+    watch(ws, "workspace");
     float* gacc = ws.as<float>();
     int* tile_cnt = reinterpret_cast<int*>(gacc + n_g);
     int* done_cnt = tile_cnt + n_t;
@@ -114,9 +126,11 @@ int run() {
       triple("ts", ts);
       tbuf = read_file(arg("target"), (size_t)extent(ts, B, C, C) * 4);
       A = tbuf.as<float>();
+      watch(tbuf, "target");
     }
     Buffer out((size_t)(n_g + forward) * 4);  // the Gram or residual, then the loss
     std::memset(out.p, 0xFF, out.bytes);       // NaN where the kernel writes nothing
+    watch(out, "out");
     float* loss = forward ? out.as<float>() + n_g : nullptr;
     const bool vec = vec_ok(F, sizeof(T), fv.sb, fv.ld, cols, B);
     const bool use_async = async_enabled && async_layout_ok(F, sizeof(T), fv.sb, fv.ld, cols, B);
@@ -138,12 +152,14 @@ int run() {
   }
   if (op == "backward") {
     Buffer dbuf = read_file(arg("residual"), (size_t)(B * C * C) * 4);
+    watch(dbuf, "residual");
     const float grad = (float)real("grad");
     long long os[3];
     triple("os", os);
     const long long olen = extent(os, B, C, M);
     Buffer obuf((size_t)olen * sizeof(T));
     std::memset(obuf.p, 0xFF, obuf.bytes);  // NaN where the kernel writes nothing
+    watch(obuf, "out");
     T* O = obuf.as<T>();
     const float* D = dbuf.as<float>();
     const bool vecD = aligned(D, 16) && C % 4 == 0;
@@ -190,8 +206,17 @@ int main(int argc, char** argv) {
     args[a.substr(0, eq)] = a.substr(eq + 1);
   }
   const std::string dtype = arg("dtype");
-  if (dtype == "f32") return run<float>();
-  if (dtype == "bf16") return run<__nv_bfloat16>();
-  if (dtype == "f16") return run<__half>();
-  emu::fail("dtype must be f32, bf16 or f16");
+  int rc = 0;
+  if (dtype == "f32")
+    rc = run<float>();
+  else if (dtype == "bf16")
+    rc = run<__nv_bfloat16>();
+  else if (dtype == "f16")
+    rc = run<__half>();
+  else
+    emu::fail("dtype must be f32, bf16 or f16");
+#ifdef NST_EMU_PROFILE
+  if (args.count("profile")) emu::profile::write(args["profile"].c_str());
+#endif
+  return rc;
 }
