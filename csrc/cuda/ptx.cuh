@@ -7,6 +7,13 @@
 // Dynamic shared memory of a kernel, as float.
 #define NST_DYNAMIC_SMEM(name) extern __shared__ __align__(16) float name[]
 
+// atomicAdd on a float2 (one red.global.add.v2.f32) exists from sm_90.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define NST_FAST_PAIR_ATOMICS 1
+#else
+#define NST_FAST_PAIR_ATOMICS 0
+#endif
+
 namespace nst_fast {
 namespace kernels {
 

@@ -77,12 +77,12 @@ struct TileLoader {
 
 // cp.async path (16-byte aligned rows whose length is a multiple of 16 bytes): the
 // tiles in shared memory in the features' own type, filled asynchronously
-// NSTAGE - 1 stages ahead, zero-filled outside the matrix.
+// NSTAGE - 1 stages ahead, zero-filled outside the matrix, in tile layout L.
 constexpr int NSTAGE = 4;
 
-template <int TR, int TC, typename T>
-__device__ __forceinline__ void async_tile(T* __restrict__ s, int lds, const T* __restrict__ base,
-                                           long long ld, int rows, int cols, int r0, int c0) {
+template <int TR, int TC, typename L, typename T>
+__device__ __forceinline__ void async_tile(T* __restrict__ s, const T* __restrict__ base, long long ld, int rows,
+                                           int cols, int r0, int c0) {
   constexpr int E = 16 / sizeof(T);  // elements per copy
   constexpr int VPR = TC / E;
   constexpr int NV = TR * TC / E / THREADS;
@@ -93,12 +93,12 @@ __device__ __forceinline__ void async_tile(T* __restrict__ s, int lds, const T* 
     const int rr = v / VPR, cc = (v % VPR) * E;
     const int gr = r0 + rr, gc = c0 + cc;
     const bool p = gr < rows && gc < cols;
-    cp_async16(s + rr * lds + cc, p ? base + (long long)gr * ld + gc : base, p);
+    cp_async16(s + L::at(rr, cc), p ? base + (long long)gr * ld + gc : base, p);
   }
 }
 
 __device__ __forceinline__ void red_add2(float* p, float a, float b, bool pair_ok, bool second_ok) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if NST_FAST_PAIR_ATOMICS
   if (pair_ok) {
     atomicAdd(reinterpret_cast<float2*>(p), make_float2(a, b));
     return;
@@ -204,7 +204,8 @@ __global__ void __launch_bounds__(THREADS)
   auto fbuf = [&](int buf, int op) { return reinterpret_cast<SF*>(sbuf(buf, op)); };
   constexpr int TR = CL ? BK : TILE;
   constexpr int TC = CL ? TILE : BK;
-  constexpr int LDS = CL ? LD_NC : ld_kc<SF>();
+  constexpr int LDS = CL ? LD_NC : LD_KC;  // float tiles (the register-staged path)
+  using Layout = typename std::conditional<CL, NcTile, KcTile<SF>>::type;
   TileLoader<T, TR, TC> la, lb;
   auto load = [&](int step) {
     const int kb = k0 + step * BK;
@@ -235,11 +236,11 @@ __global__ void __launch_bounds__(THREADS)
   auto issue = [&](int buf, auto step) {  // generic: compiled only on the cp.async path
     const auto kb = k0 + step * BK;
     if (CL) {
-      async_tile<TR, TC>(fbuf(buf, 0), LDS, Fb, ld, k1, C, kb, ti * TILE);
-      if (!diag) async_tile<TR, TC>(fbuf(buf, 1), LDS, Fb, ld, k1, C, kb, tj * TILE);
+      async_tile<TR, TC, Layout>(fbuf(buf, 0), Fb, ld, k1, C, kb, ti * TILE);
+      if (!diag) async_tile<TR, TC, Layout>(fbuf(buf, 1), Fb, ld, k1, C, kb, tj * TILE);
     } else {
-      async_tile<TR, TC>(fbuf(buf, 0), LDS, Fb, ld, C, k1, ti * TILE, kb);
-      if (!diag) async_tile<TR, TC>(fbuf(buf, 1), LDS, Fb, ld, C, k1, tj * TILE, kb);
+      async_tile<TR, TC, Layout>(fbuf(buf, 0), Fb, ld, C, k1, ti * TILE, kb);
+      if (!diag) async_tile<TR, TC, Layout>(fbuf(buf, 1), Fb, ld, C, k1, tj * TILE, kb);
     }
   };
   reduce<ASYNC>(nk, issue, load, store, compute);
@@ -288,16 +289,26 @@ __global__ void __launch_bounds__(THREADS)
     gv[r] = ok ? __ldcg(Gb + (long long)gi * C + gj) : 0.f;
     av[r] = (ok && A != nullptr) ? A[(long long)b * sAb + gi * sA1 + gj * sA2] : 0.f;
   }
+  // The mirror tile goes out through shared memory (free after the main loop), so
+  // that its stores are row-wise too: written straight, each warp's would touch 32 rows.
+  constexpr int LDT = TILE + 1;
+  float* sT = dsmem;  // [col][row] of the tile
   float local = 0.f;
 #pragma unroll
   for (int r = 0; r < PER; ++r) {
-    const int gi = ti * TILE + row0 + r * (THREADS / TILE);
+    const int lr = row0 + r * (THREADS / TILE), gi = ti * TILE + lr;
     if (gi < C && gj < C && gi <= gj) {
       const float d = gv[r] - av[r];
       Ob[(long long)gi * C + gj] = d;
-      Ob[(long long)gj * C + gi] = d;
+      sT[col * LDT + lr] = d;
       local += (gi == gj ? 1.f : 2.f) * d * d;
     }
+  }
+  __syncthreads();
+#pragma unroll
+  for (int r = 0; r < PER; ++r) {  // row gj = tj * TILE + lc of the output, columns gi = ti * TILE + col
+    const int lc = row0 + r * (THREADS / TILE), gi = ti * TILE + col, gjm = tj * TILE + lc;
+    if (gi < C && gjm < C && gi < gjm) Ob[(long long)gjm * C + gi] = sT[lc * LDT + col];
   }
   if (A == nullptr) return;
   const float tile_sum = block_sum(local, scratch);
@@ -381,7 +392,11 @@ __global__ void __launch_bounds__(THREADS)
   FLoader ld_f;
   using SF = typename std::conditional<ASYNC, T, float>::type;  // as in the forward
   auto fbuf = [&](int buf, int op) { return reinterpret_cast<SF*>(sbuf(buf, op)); };
-  constexpr int LDS_F = CL ? ld_kc<SF>() : LD_NC;
+  constexpr int LDS_F = CL ? LD_KC : LD_NC;  // float tiles (the register-staged path)
+  // cp.async tiles: F as it is; D swizzled where the bf16 route reads it in pairs.
+  using FLayout = typename std::conditional<CL, KcTile<T>, NcTile>::type;
+  constexpr bool BF16_ROUTE = ASYNC && std::is_same<T, __nv_bfloat16>::value;
+  using DLayout = typename std::conditional<BF16_ROUTE, SwizzledPairs, Padded<LD_KC>>::type;
   auto load = [&](int step) {
     const int j0 = step * BK;
     ld_d.load(Db, C, C, C, i0, j0, vecD);
@@ -401,8 +416,8 @@ __global__ void __launch_bounds__(THREADS)
     }
   };
   auto compute = [&](int buf, int) {
-    if constexpr (ASYNC && std::is_same<T, __nv_bfloat16>::value)
-      mma_stage_residual_bf16<CL>(sbuf(buf, CL ? 1 : 0), fbuf(buf, CL ? 0 : 1), stage, wm, wn, lane);
+    if constexpr (BF16_ROUTE)
+      mma_stage_residual_bf16<CL, DLayout>(sbuf(buf, CL ? 1 : 0), fbuf(buf, CL ? 0 : 1), stage, wm, wn, lane);
     else if (CL)
       mma_stage<true, true, features_mode<T, TF32>(), residual_mode<TF32>()>(fbuf(buf, 0), sbuf(buf, 1), stage,
                                                                             wm, wn, lane);
@@ -415,11 +430,11 @@ __global__ void __launch_bounds__(THREADS)
   auto issue = [&](int buf, auto step) {  // generic: compiled only on the cp.async path
     const auto j0 = step * BK;
     if (CL) {
-      async_tile<TILE, BK>(fbuf(buf, 0), LDS_F, Fb, ld, M, C, m0, j0);
-      async_tile<TILE, BK>(sbuf(buf, 1), LD_KC, Db, C, C, C, i0, j0);
+      async_tile<TILE, BK, FLayout>(fbuf(buf, 0), Fb, ld, M, C, m0, j0);
+      async_tile<TILE, BK, DLayout>(sbuf(buf, 1), Db, C, C, C, i0, j0);
     } else {
-      async_tile<TILE, BK>(sbuf(buf, 0), LD_KC, Db, C, C, C, i0, j0);
-      async_tile<BK, TILE>(fbuf(buf, 1), LDS_F, Fb, ld, C, M, j0, m0);
+      async_tile<TILE, BK, DLayout>(sbuf(buf, 0), Db, C, C, C, i0, j0);
+      async_tile<BK, TILE, FLayout>(fbuf(buf, 1), Fb, ld, C, M, j0, m0);
     }
   };
   reduce<ASYNC>(nk, issue, load, store, compute);
@@ -460,7 +475,8 @@ __global__ void __launch_bounds__(THREADS)
   NST_DYNAMIC_SMEM(dsmem);  // [D panel: TILE x LDD][stages][SMEM_TILE]: resident_smem_bytes<T>(CP)
   float* sD = dsmem;
   auto fbuf = [&](int buf) { return reinterpret_cast<T*>(dsmem + TILE * LDD + buf * SMEM_TILE); };
-  constexpr int LDS_F = CL ? ld_kc<T>() : LD_NC;
+  using FLayout = typename std::conditional<CL, KcTile<T>, NcTile>::type;
+  using Panel = Padded<LDD>;
 
   const int b = blockIdx.z;
   const int n_i = (C + TILE - 1) / TILE, n_m = (M + TILE - 1) / TILE;
@@ -478,9 +494,9 @@ __global__ void __launch_bounds__(THREADS)
   auto issue = [&](int buf, int step) {
     const int m0 = m0_of(step), j0 = (step % nk) * BK;
     if (CL)
-      async_tile<TILE, BK>(fbuf(buf), LDS_F, Fb, ld, M, C, m0, j0);
+      async_tile<TILE, BK, FLayout>(fbuf(buf), Fb, ld, M, C, m0, j0);
     else
-      async_tile<BK, TILE>(fbuf(buf), LDS_F, Fb, ld, C, M, j0, m0);
+      async_tile<BK, TILE, FLayout>(fbuf(buf), Fb, ld, C, M, j0, m0);
   };
   auto no_load = [](int) {};  // cp.async only
   auto no_store = [](int) {};
@@ -495,11 +511,12 @@ __global__ void __launch_bounds__(THREADS)
     const T* sF = fbuf(buf);
     const float* sDk = sD + kt * BK;
     if constexpr (std::is_same<T, __nv_bfloat16>::value)
-      mma_stage_residual_bf16<CL, LDD>(sDk, sF, stage, wm, wn, lane);
+      mma_stage_residual_bf16<CL, Panel>(sDk, sF, stage, wm, wn, lane);
     else if (CL)
-      mma_stage<true, true, features_mode<T, TF32>(), residual_mode<TF32>(), 0, LDD>(sF, sDk, stage, wm, wn, lane);
+      mma_stage<true, true, features_mode<T, TF32>(), residual_mode<TF32>(), void, Panel>(sF, sDk, stage, wm, wn,
+                                                                                           lane);
     else
-      mma_stage<true, false, residual_mode<TF32>(), features_mode<T, TF32>(), LDD>(sDk, sF, stage, wm, wn, lane);
+      mma_stage<true, false, residual_mode<TF32>(), features_mode<T, TF32>(), Panel>(sDk, sF, stage, wm, wn, lane);
     flush_stage(acc, stage);
     if (kt == nk - 1) {
       const int m0 = m0_of(step);
@@ -508,7 +525,7 @@ __global__ void __launch_bounds__(THREADS)
       zero(acc);
     }
   };
-  async_tile<TILE, CP>(sD, LDD, Db, C, C, C, i0, 0);  // lands with the first F stage
+  async_tile<TILE, CP, Panel>(sD, Db, C, C, C, i0, 0);  // lands with the first F stage
   reduce<true>(steps, issue, no_load, no_store, compute);
 }
 

@@ -36,15 +36,42 @@ constexpr int LD_NC = TILE + 8;        // [k][row] layout: fragment reads confli
 constexpr int SMEM_TILE = TILE * LD_KC;  // floats per operand buffer
 static_assert(TILE * LD_KC == BK * LD_NC, "both tile layouts use the same shared-memory size");
 
-// Row strides (elements) of the two layouts for a shared-memory element type S. The
-// cp.async path keeps bf16 / fp16 features as they are; two neighbours then share a
-// 4-byte word, so the [row][k] stride grows to 40 (20 words: the 8 rows of a fragment
-// read land 20 words apart, on distinct bank pairs); [k][row] keeps 72 (36 words: the
-// 4 k rows land 4 banks apart). Every row starts on 16 bytes, as cp.async needs.
+// ---------------------------------------------------------------- shared-memory layouts
+// A tile layout's at(r, c) is the offset of the element in memory row r, column c.
+// [row][k] tiles keep an operand row per memory row, [k][row] tiles a k per memory row.
+template <int LD>
+struct Padded {  // rows of LD elements
+  __device__ __forceinline__ static int at(int r, int c) { return r * LD + c; }
+};
+using NcTile = Padded<LD_NC>;
+
+// The cp.async path keeps bf16 / fp16 features as they are. Their [row][k] tiles are
+// not padded but swizzled: a row holds BK values (four 16-byte chunks), and chunk c of
+// row r sits at chunk c ^ ((r >> 1) & 3). The 8 rows an ldmatrix reads and the 2 rows a
+// quarter-warp of cp.async fills then each fall in 8 distinct 16-byte bank groups, which
+// no padded stride gives both (the 40-value stride used before cost the fills 2-way
+// conflicts). Their [k][row] tiles keep LD_NC = 72: 36 words, so a fragment read's 4 k
+// rows land 4 banks apart and a row's 8 chunks fill one quarter-warp without conflict.
+struct Swizzled16 {
+  __device__ __forceinline__ static int at(int r, int k) {
+    return r * BK + ((((k >> 3) ^ (r >> 1)) & 3) << 3) + (k & 7);
+  }
+};
+static_assert(TILE * BK * 2 <= SMEM_TILE * 4 && BK * LD_NC * 2 <= SMEM_TILE * 4, "2-byte tiles fit the float buffers");
+
+// An fp32 [row][k] tile read as float pairs by rows g, g + 1, .., g + 3 of a half-warp
+// (the bf16 backward's residual D): 32-byte segment s of row r sits at s ^ (r & 3), so
+// the 4 rows' pairs cover the 32 banks once. (LD_KC's 36 words would put them 4 banks
+// apart: a 2-way conflict.)
+struct SwizzledPairs {
+  __device__ __forceinline__ static int at(int r, int k) {
+    return r * BK + ((((k >> 3) ^ r) & 3) << 3) + (k & 7);
+  }
+};
+
+// The [row][k] tile of a features type S in shared memory.
 template <typename S>
-constexpr int ld_kc() { return sizeof(S) == 4 ? LD_KC : BK + 8; }
-static_assert(TILE * (BK + 8) * 2 <= SMEM_TILE * 4 && BK * LD_NC * 2 <= SMEM_TILE * 4,
-              "2-byte tiles fit the float buffers");
+using KcTile = typename std::conditional<sizeof(S) == 2, Swizzled16, Padded<LD_KC>>::type;
 
 // ---------------------------------------------------------------- element helpers
 __device__ __forceinline__ float to_float(float x) { return x; }
@@ -73,11 +100,15 @@ __device__ __forceinline__ void store1(__half* p, float v) { *p = __float2half_r
 __device__ __forceinline__ void store2(float* p, float a, float b) {
   *reinterpret_cast<float2*>(p) = make_float2(a, b);
 }
+// The 2-byte pairs go out as one 32-bit word (as nvcc stores them; the emulator's
+// profile sees the same width).
 __device__ __forceinline__ void store2(__nv_bfloat16* p, float a, float b) {
-  *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(a, b);
+  const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+  *reinterpret_cast<uint32_t*>(p) = *reinterpret_cast<const uint32_t*>(&h);
 }
 __device__ __forceinline__ void store2(__half* p, float a, float b) {
-  *reinterpret_cast<__half2*>(p) = __floats2half2_rn(a, b);
+  const __half2 h = __floats2half2_rn(a, b);
+  *reinterpret_cast<uint32_t*>(p) = *reinterpret_cast<const uint32_t*>(&h);
 }
 
 template <typename T>
@@ -120,30 +151,31 @@ constexpr int residual_mode() {
 
 
 // m16n8k16 fragments of 2-byte values through ldmatrix, E = 8 values (16 bytes) of k
-// per matrix. KC: the tile is [row][k]; else [k][row], transposed on the way.
+// per matrix. KC: the tile is [row][k] (layout L); else [k][row], transposed on the way.
 // The A fragment of rows r0 .. r0 + 15 and k0 .. k0 + 15.
-template <bool KC, typename S>
-__device__ __forceinline__ void load_a(uint32_t (&a)[4], const S* s, int ld, int r0, int k0, int lane) {
+template <bool KC, typename L, typename S>
+__device__ __forceinline__ void load_a(uint32_t (&a)[4], const S* s, int r0, int k0, int lane) {
   constexpr int E = 8;
   static_assert(sizeof(S) == 2, "2-byte values");
-  const int j = lane >> 3, i = lane & 7;  // matrix j: rows + 8 (j & 1), k + E (j >> 1)
+  const int j = lane >> 3, i = lane & 7;  // lane: row i of matrix j
+  const int r = r0 + 8 * (j & 1), k = k0 + E * (j >> 1);  // matrix j's first row and k
   if constexpr (KC)
-    ldmatrix_x4<false>(a, s + (r0 + 8 * (j & 1) + i) * ld + k0 + E * (j >> 1));
+    ldmatrix_x4<false>(a, s + L::at(r + i, k));
   else
-    ldmatrix_x4<true>(a, s + (k0 + E * (j >> 1) + i) * ld + r0 + 8 * (j & 1));
+    ldmatrix_x4<true>(a, s + L::at(k + i, r));
 }
 // The B fragments of columns n0 .. n0 + 7 (b0) and n0 + 8 .. n0 + 15 (b1), k0 .. k0 + 15.
-template <bool KC, typename S>
-__device__ __forceinline__ void load_b2(uint32_t (&b0)[2], uint32_t (&b1)[2], const S* s, int ld, int n0, int k0,
-                                        int lane) {
+template <bool KC, typename L, typename S>
+__device__ __forceinline__ void load_b2(uint32_t (&b0)[2], uint32_t (&b1)[2], const S* s, int n0, int k0, int lane) {
   constexpr int E = 8;
   static_assert(sizeof(S) == 2, "2-byte values");
-  const int j = lane >> 3, i = lane & 7;  // matrix j: columns + 8 (j >> 1), k + E (j & 1)
+  const int j = lane >> 3, i = lane & 7;  // lane: row i of matrix j
+  const int n = n0 + 8 * (j >> 1), k = k0 + E * (j & 1);  // matrix j's first column and k
   uint32_t r[4];
   if constexpr (KC)
-    ldmatrix_x4<false>(r, s + (n0 + 8 * (j >> 1) + i) * ld + k0 + E * (j & 1));
+    ldmatrix_x4<false>(r, s + L::at(n + i, k));
   else
-    ldmatrix_x4<true>(r, s + (k0 + E * (j & 1) + i) * ld + n0 + 8 * (j >> 1));
+    ldmatrix_x4<true>(r, s + L::at(k + i, n));
   b0[0] = r[0];
   b0[1] = r[1];
   b1[0] = r[2];
@@ -151,13 +183,16 @@ __device__ __forceinline__ void load_b2(uint32_t (&b0)[2], uint32_t (&b1)[2], co
 }
 
 // One BK-deep stage of the warp's 32x32 product. A is (rows x k), B is (k x cols).
-// A_KC: sA is [row][k] (ld_kc); else [k][row] (LD_NC). B_KC: sB is [col][k]; else [k][col].
-// LDA_ / LDB_: another row stride than the layout's (a resident D panel).
-template <bool A_KC, bool B_KC, int MODE_A, int MODE_B, int LDA_ = 0, int LDB_ = 0, typename SA, typename SB>
+// A_KC: sA is [row][k]; else [k][row]. B_KC: sB is [col][k]; else [k][col]. LA_ / LB_:
+// the tiles' layouts, if not the default (KcTile, NcTile): a resident D panel's.
+template <bool A_KC, bool B_KC, int MODE_A, int MODE_B, typename LA_ = void, typename LB_ = void, typename SA,
+          typename SB>
 __device__ __forceinline__ void mma_stage(const SA* __restrict__ sA, const SB* __restrict__ sB,
                                           float (&acc)[2][4][4], int wm, int wn, int lane) {
-  constexpr int LDA = LDA_ ? LDA_ : A_KC ? ld_kc<SA>() : LD_NC;
-  constexpr int LDB = LDB_ ? LDB_ : B_KC ? ld_kc<SB>() : LD_NC;
+  using LA = typename std::conditional<std::is_void<LA_>::value,
+                                      typename std::conditional<A_KC, KcTile<SA>, NcTile>::type, LA_>::type;
+  using LB = typename std::conditional<std::is_void<LB_>::value,
+                                      typename std::conditional<B_KC, KcTile<SB>, NcTile>::type, LB_>::type;
   const int g = lane >> 2, t = lane & 3;
 #pragma unroll
   for (int kk = 0; kk < BK; kk += 8) {
@@ -167,15 +202,15 @@ __device__ __forceinline__ void mma_stage(const SA* __restrict__ sA, const SB* _
       const int r = wm * 32 + mt * 16 + g;
       float a[4];
       if (A_KC) {
-        a[0] = to_float(sA[r * LDA + kk + t]);
-        a[1] = to_float(sA[(r + 8) * LDA + kk + t]);
-        a[2] = to_float(sA[r * LDA + kk + t + 4]);
-        a[3] = to_float(sA[(r + 8) * LDA + kk + t + 4]);
+        a[0] = to_float(sA[LA::at(r, kk + t)]);
+        a[1] = to_float(sA[LA::at(r + 8, kk + t)]);
+        a[2] = to_float(sA[LA::at(r, kk + t + 4)]);
+        a[3] = to_float(sA[LA::at(r + 8, kk + t + 4)]);
       } else {
-        a[0] = to_float(sA[(kk + t) * LDA + r]);
-        a[1] = to_float(sA[(kk + t) * LDA + r + 8]);
-        a[2] = to_float(sA[(kk + t + 4) * LDA + r]);
-        a[3] = to_float(sA[(kk + t + 4) * LDA + r + 8]);
+        a[0] = to_float(sA[LA::at(kk + t, r)]);
+        a[1] = to_float(sA[LA::at(kk + t, r + 8)]);
+        a[2] = to_float(sA[LA::at(kk + t + 4, r)]);
+        a[3] = to_float(sA[LA::at(kk + t + 4, r + 8)]);
       }
 #pragma unroll
       for (int q = 0; q < 4; ++q) split_tf32<MODE_A>(a[q], ah[mt][q], al[mt][q]);
@@ -185,11 +220,11 @@ __device__ __forceinline__ void mma_stage(const SA* __restrict__ sA, const SB* _
       const int n = wn * 32 + nt * 8 + g;
       float b[2];
       if (B_KC) {
-        b[0] = to_float(sB[n * LDB + kk + t]);
-        b[1] = to_float(sB[n * LDB + kk + t + 4]);
+        b[0] = to_float(sB[LB::at(n, kk + t)]);
+        b[1] = to_float(sB[LB::at(n, kk + t + 4)]);
       } else {
-        b[0] = to_float(sB[(kk + t) * LDB + n]);
-        b[1] = to_float(sB[(kk + t + 4) * LDB + n]);
+        b[0] = to_float(sB[LB::at(kk + t, n)]);
+        b[1] = to_float(sB[LB::at(kk + t + 4, n)]);
       }
 #pragma unroll
       for (int q = 0; q < 2; ++q) split_tf32<MODE_B>(b[q], bh[nt][q], bl[nt][q]);
@@ -215,15 +250,15 @@ __device__ __forceinline__ void mma_stage_16(const S* __restrict__ sA, const S* 
                                              float (&acc)[2][4][4], int wm, int wn, int lane) {
   static_assert(sizeof(S) == 2, "2-byte operands only");
   constexpr bool BF16 = std::is_same<S, __nv_bfloat16>::value;
-  constexpr int LDA = A_KC ? ld_kc<S>() : LD_NC;
-  constexpr int LDB = B_KC ? ld_kc<S>() : LD_NC;
+  using LA = typename std::conditional<A_KC, Swizzled16, NcTile>::type;
+  using LB = typename std::conditional<B_KC, Swizzled16, NcTile>::type;
 #pragma unroll
   for (int kk = 0; kk < BK; kk += 16) {
     uint32_t a[2][4], b[4][2];
 #pragma unroll
-    for (int mt = 0; mt < 2; ++mt) load_a<A_KC>(a[mt], sA, LDA, wm * 32 + mt * 16, kk, lane);
+    for (int mt = 0; mt < 2; ++mt) load_a<A_KC, LA>(a[mt], sA, wm * 32 + mt * 16, kk, lane);
 #pragma unroll
-    for (int nt = 0; nt < 4; nt += 2) load_b2<B_KC>(b[nt], b[nt + 1], sB, LDB, wn * 32 + nt * 8, kk, lane);
+    for (int nt = 0; nt < 4; nt += 2) load_b2<B_KC, LB>(b[nt], b[nt + 1], sB, wn * 32 + nt * 8, kk, lane);
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
@@ -248,15 +283,16 @@ __device__ __forceinline__ void split3_bf16(float x, float y, uint32_t (&parts)[
 // kept as they are in shared memory (the cp.async path), through mma.m16n8k16 bf16:
 // D enters as its three exact bf16 parts, so 3 products per 16 of k where the tf32
 // route takes 2 x 2 of 8 (and keeps 21 of D's 24 bits). D is [row][k] in both
-// layouts (row stride LDD). Standard: A = D [i][j], B = F [j][m] ([k][n], LD_NC). Channels-last:
-// A = F_cl [m][j] ([row][k]), B = D [i][j] read as [n][k].
-template <bool CL, int LDD = LD_KC>
+// layouts, in layout LD (SwizzledPairs for a stage's tile, Padded for a resident panel).
+// Standard: A = D [i][j], B = F [j][m] ([k][n]). Channels-last: A = F_cl [m][j]
+// ([row][k]), B = D [i][j] read as [n][k].
+template <bool CL, typename LD>
 __device__ __forceinline__ void mma_stage_residual_bf16(const float* __restrict__ sD,
                                                         const __nv_bfloat16* __restrict__ sF,
                                                         float (&acc)[2][4][4], int wm, int wn, int lane) {
-  constexpr int LDF = CL ? ld_kc<__nv_bfloat16>() : LD_NC;
+  using LF = typename std::conditional<CL, Swizzled16, NcTile>::type;
   auto d_parts = [&](int r, int k, uint32_t (&parts)[3]) {
-    const float2 v = *reinterpret_cast<const float2*>(sD + r * LDD + k);
+    const float2 v = *reinterpret_cast<const float2*>(sD + LD::at(r, k));
     split3_bf16(v.x, v.y, parts);
   };
   const int g = lane >> 2, t = lane & 3;
@@ -279,7 +315,7 @@ __device__ __forceinline__ void mma_stage_residual_bf16(const float* __restrict_
           for (int reg = 0; reg < 4; ++reg) a[q][mt][reg] = p[reg][q];
       }
 #pragma unroll
-      for (int nt = 0; nt < 4; nt += 2) load_b2<false>(b[nt], b[nt + 1], sF, LDF, wn * 32 + nt * 8, kk, lane);
+      for (int nt = 0; nt < 4; nt += 2) load_b2<false, LF>(b[nt], b[nt + 1], sF, wn * 32 + nt * 8, kk, lane);
 #pragma unroll
       for (int q = 0; q < 3; ++q)
 #pragma unroll
@@ -289,7 +325,7 @@ __device__ __forceinline__ void mma_stage_residual_bf16(const float* __restrict_
     } else {
       uint32_t a[2][4], b[3][4][2];
 #pragma unroll
-      for (int mt = 0; mt < 2; ++mt) load_a<true>(a[mt], sF, LDF, wm * 32 + mt * 16, kk, lane);
+      for (int mt = 0; mt < 2; ++mt) load_a<true, LF>(a[mt], sF, wm * 32 + mt * 16, kk, lane);
 #pragma unroll
       for (int nt = 0; nt < 4; ++nt) {
         const int n = wn * 32 + nt * 8 + g;

@@ -1,0 +1,107 @@
+"""How the CUDA kernels' memory accesses would be served on a GPU, counted on the CPU.
+
+The emulator built with its access profiler (tests/emulated_profile.py) groups every
+shared and global access into warp instructions and costs them as the hardware would:
+wavefronts per shared-memory request (bank conflicts) and 32-byte sectors per global
+request (coalescing). These tests hold the main loops to the ideal: no bank conflict in
+any fragment read or cp.async fill, every cp.async load whole sectors, and the
+D-resident backward reading its rows of D once per block. Counts, not times.
+Skips where g++, addr2line or the CUDA headers are missing (fails under
+NST_FAST_REQUIRE_EXTENSION, as in CI, if the profiler does not build).
+"""
+import os
+import re
+import shutil
+
+import pytest
+import torch
+
+import emulated_profile
+import test_cuda_emulated as emulated
+
+KERNELS = emulated.ROOT / "csrc" / "cuda" / "style_loss_kernels.cuh"
+
+
+def _cp_async_site():
+    """file:line of the cp.async in async_tile, the main loops' only global loads."""
+    for number, line in enumerate(KERNELS.read_text().splitlines(), 1):
+        if re.search(r"\bcp_async16\(", line):
+            return f"{KERNELS.name}:{number}"
+    raise AssertionError("no cp_async16 call in " + KERNELS.name)
+
+
+@pytest.fixture(scope="module")
+def profiler(tmp_path_factory):
+    include = emulated._cuda_include()
+    if include is None or shutil.which("g++") is None or shutil.which("addr2line") is None:
+        pytest.skip("needs g++, addr2line and the CUDA headers (set CUDA_HOME)")
+    try:
+        return emulated_profile.build(tmp_path_factory.mktemp("profiler"), include)
+    except RuntimeError as exc:
+        message = f"the profiling emulator did not build: {exc}"
+        if os.environ.get("NST_FAST_REQUIRE_EXTENSION"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def profile(profiler, tmp_path, op, dtype, channels_last, c, m, resident=True, tf32=False):
+    path = tmp_path / "profile.txt"
+    run = emulated.Run(profiler, tmp_path, dtype, tf32=tf32, resident=resident, sms=2, profile=path)
+    f = emulated.features(1, c, m, seed=c).to(emulated.DTYPES[dtype])
+    if channels_last:
+        f = f.transpose(1, 2).contiguous().transpose(1, 2)
+    target = emulated.symmetric_target(1, c)
+    if op == "forward":
+        run.forward(f, target, 1.0 / (c * m))
+    else:
+        residual = (f.double() @ f.double().transpose(1, 2) - target).float()
+        run.backward(0.75, residual, f, 1.0 / (c * m))
+    assert run.variant["async"] == "1", run.variant
+    return run.variant, emulated_profile.read(path, profiler)
+
+
+@pytest.mark.parametrize("dtype,tf32", [("f32", False), ("f32", True), ("bf16", False), ("f16", False)],
+                         ids=["f32", "tf32", "bf16", "f16"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["standard", "channels_last"])
+@pytest.mark.parametrize("op,resident", [("forward", True), ("backward", False), ("backward", True)],
+                         ids=["forward", "backward", "backward_resident"])
+def test_main_loops_conflict_free_and_coalesced(profiler, tmp_path, op, resident, dtype, tf32, channels_last):
+    variant, p = profile(profiler, tmp_path, op, dtype, channels_last, 128, 256, resident=resident, tf32=tf32)
+    if op == "backward":
+        assert variant["resident"] == str(int(resident))
+    cp_async = _cp_async_site()
+    main_loop = [s for s in p.sites if s.space == "shared" and (s.where.startswith("tile_mma.cuh")
+                                                               or s.where == cp_async)]
+    assert any(s.where == cp_async and s.write for s in main_loop), "no cp.async fill seen"
+    assert any(s.where.startswith("tile_mma.cuh") and not s.write for s in main_loop), "no fragment read seen"
+    conflicted = [s for s in main_loop if s.units != s.ideal or s.divergent]
+    assert not conflicted, f"bank conflicts: {conflicted}"
+    loads = [s for s in p.sites if s.space == "global" and s.where == cp_async]
+    assert loads and all(s.units == s.ideal and not s.divergent for s in loads), f"uncoalesced cp.async loads: {loads}"
+
+
+@pytest.mark.parametrize("dtype", ["f32", "bf16"])
+def test_resident_backward_reads_its_rows_of_d_once(profiler, tmp_path, dtype):
+    c, m = 64, 1024
+    variant, resident = profile(profiler, tmp_path, "backward", dtype, False, c, m, resident=True)
+    blocks = int(variant["blocks"])
+    assert variant["resident"] == "1" and blocks < m // 64
+    d_bytes = c * c * 4
+    assert resident.distinct["residual"] == d_bytes
+    assert resident.requested["residual"] == blocks * d_bytes  # one panel load per block
+    _, plain = profile(profiler, tmp_path, "backward", dtype, False, c, m, resident=False)
+    assert plain.requested["residual"] == (m // 64) * d_bytes  # one per output tile
+    for p in (resident, plain):  # the features once, and every gradient element written once
+        assert p.requested["features"] == p.distinct["features"] == c * m * torch.finfo(
+            emulated.DTYPES[dtype]).bits // 8
+
+
+def test_profiler_sees_partial_sectors(profiler, tmp_path):
+    """A control: the bf16 gradient's pair stores cover 16 bytes of each row per warp
+    instruction (the mma accumulator layout), half a sector, which the profile must count
+    as 2 sectors where 1 would hold the bytes; the fp32 stores fill their sectors."""
+    _, bf16 = profile(profiler, tmp_path, "backward", "bf16", False, 64, 256)
+    _, f32 = profile(profiler, tmp_path, "backward", "f32", False, 64, 256)
+    for p, excess in ((bf16, 2.0), (f32, 1.0)):
+        stores = [s for s in p.sites if s.space == "global" and s.write and s.region == "out"]
+        assert stores and {s.excess for s in stores} == {excess}, stores
