@@ -96,12 +96,24 @@ def test_resident_backward_reads_its_rows_of_d_once(profiler, tmp_path, dtype):
             emulated.DTYPES[dtype]).bits // 8
 
 
-def test_profiler_sees_partial_sectors(profiler, tmp_path):
-    """A control: the bf16 gradient's pair stores cover 16 bytes of each row per warp
-    instruction (the mma accumulator layout), half a sector, which the profile must count
-    as 2 sectors where 1 would hold the bytes; the fp32 stores fill their sectors."""
-    _, bf16 = profile(profiler, tmp_path, "backward", "bf16", False, 64, 256)
-    _, f32 = profile(profiler, tmp_path, "backward", "f32", False, 64, 256)
-    for p, excess in ((bf16, 2.0), (f32, 1.0)):
-        stores = [s for s in p.sites if s.space == "global" and s.write and s.region == "out"]
-        assert stores and {s.excess for s in stores} == {excess}, stores
+def test_gradient_stores_fill_whole_sectors(profiler, tmp_path):
+    """The gradient's stores use every byte of the sectors they touch: fp32 pairs fill
+    32 bytes of a row per warp instruction, and 2-byte pairs, which would cover only 16,
+    are traded between the four lanes of a row and stored 16 bytes a lane. Where a
+    row's length rules out 16-byte stores (here M = 258), the pairs go out as they
+    are: at least 2 sectors for every 16 bytes (more where a row starts mid-sector),
+    which shows the profile counts partial sectors."""
+    for dtype, m in (("f32", 256), ("bf16", 256), ("f16", 256), ("bf16", 258)):
+        path = tmp_path / "profile.txt"
+        run = emulated.Run(profiler, tmp_path, dtype, profile=path)
+        f = emulated.features(1, 64, m).to(emulated.DTYPES[dtype])
+        residual = (f.double() @ f.double().transpose(1, 2)).float()
+        run.backward(0.75, residual, f, 1.0 / (64 * m))
+        assert run.variant["vec_out"] == ("2" if m % 8 else "8" if dtype != "f32" else "2"), run.variant
+        stores = [s for s in emulated_profile.read(path, profiler).sites
+                  if s.space == "global" and s.write and s.region == "out" and s.instructions]
+        assert stores, (dtype, m)
+        if m % 8:
+            assert all(s.excess >= 2 for s in stores), (dtype, m, stores)
+        else:
+            assert all(s.excess == 1 for s in stores), (dtype, m, stores)

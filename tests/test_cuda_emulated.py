@@ -179,17 +179,20 @@ def layouts(b, c, m, dtype, seed=0):
 
 @pytest.mark.parametrize("dtype", ["f32", "bf16", "f16"])
 def test_every_layout(harness, tmp_path, dtype):
-    seen = set()
+    seen, stores = set(), set()
     for name, f in layouts(2, 64, 256, DTYPES[dtype]):
         fwd, bwd, _ = check(Run(harness, tmp_path, dtype), f)
         seen.add((fwd["async"], bwd["async"]))
+        stores.add(bwd["vec_out"])
         assert fwd["cl"] == bwd["cl"] == str(int(name.startswith("channels_last"))), name
-    # Both pipelines ran: cp.async for the 16-byte aligned layouts, registers for the rest.
+    # Both pipelines ran: cp.async for the 16-byte aligned layouts, registers for the rest;
+    # 2-byte gradients were stored 16 bytes a lane (rows traded between lanes).
     assert ("1", "1") in seen and ("0", "0") in seen
+    assert ("8" in stores) == (dtype != "f32"), stores
 
 
 @pytest.mark.parametrize("dtype", ["f32", "bf16", "f16"])
-@pytest.mark.parametrize("b,c,m", [(1, 3, 97), (3, 65, 1), (1, 65, 1025), (2, 130, 97), (1, 1, 40)])
+@pytest.mark.parametrize("b,c,m", [(1, 3, 97), (3, 65, 1), (1, 65, 1025), (2, 130, 97), (1, 1, 40), (1, 66, 98)])
 def test_odd_shapes(harness, tmp_path, dtype, b, c, m):
     for name, f in layouts(b, c, m, DTYPES[dtype], seed=c + m):
         if name in ("contiguous", "channels_last"):

@@ -327,13 +327,51 @@ __global__ void __launch_bounds__(THREADS)
   if (threadIdx.x == 0) *loss = (float)(sum * (double)scale);
 }
 
+// Lanes 4g .. 4g + 3 (t = 0 .. 3) each hold word nt of a row's four words nt = 0 .. 3
+// (columns 8 nt + 2t, + 1: the mma accumulator layout). Afterwards lane t holds the
+// words of columns 8t .. 8t + 7: word j from lane j's word t. Three shuffles; the
+// selects keep every index static, so the words stay in registers.
+__device__ __forceinline__ void transpose_row_words(const uint32_t (&in)[4], uint32_t (&out)[4], int t) {
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const int i = t ^ k;  // the word lane t ^ k wants from this lane, and the slot its reply fills
+    const uint32_t send = i == 0 ? in[0] : i == 1 ? in[1] : i == 2 ? in[2] : in[3];
+    const uint32_t got = k == 0 ? send : __shfl_xor_sync(0xffffffffu, send, k);
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+      if (j == i) out[j] = got;
+  }
+}
+
 // The backward's epilogue: alpha * acc into a tile of out with rows r0 .. and columns
-// c0 .. in the tile orientation; element (r, c) at out + r * oRow + c * oCol.
+// c0 .. in the tile orientation; element (r, c) at out + r * oRow + c * oCol. vec:
+// elements stored together along a tile row (BackwardOut::vec): 1, 2, or 8, where the
+// four lanes of a row trade their 2-byte pairs so that each stores 16 bytes and a
+// warp's stores fill whole 32-byte sectors (pairs cover half a sector per row).
 template <typename T>
 __device__ __forceinline__ void store_tile(const float (&acc)[2][4][4], float alpha, T* __restrict__ out, int rows,
-                                           int cols, int r0, int c0, long long oRow, long long oCol, bool vec_out,
+                                           int cols, int r0, int c0, long long oRow, long long oCol, int vec,
                                            int wm, int wn, int lane) {
   const int g = lane >> 2, t = lane & 3;
+  if constexpr (sizeof(T) == 2) {
+    if (vec == 8) {  // the same for the whole grid: the shuffles see every lane
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          uint32_t pairs[4], row[4];
+#pragma unroll
+          for (int nt = 0; nt < 4; ++nt)
+            pairs[nt] = pack2<T>(alpha * acc[mt][nt][2 * h], alpha * acc[mt][nt][2 * h + 1]);
+          transpose_row_words(pairs, row, t);
+          const int r = r0 + wm * 32 + mt * 16 + g + h * 8, c = c0 + wn * 32 + 8 * t;
+          if (r < rows && c < cols)  // cols % 8 == 0: all 8 columns are inside
+            *reinterpret_cast<uint4*>(out + (long long)r * oRow + c) = make_uint4(row[0], row[1], row[2], row[3]);
+        }
+      }
+      return;
+    }
+  }
 #pragma unroll
   for (int mt = 0; mt < 2; ++mt) {
 #pragma unroll
@@ -346,7 +384,7 @@ __device__ __forceinline__ void store_tile(const float (&acc)[2][4][4], float al
         if (c >= cols) continue;
         const float v0 = alpha * acc[mt][nt][2 * h], v1 = alpha * acc[mt][nt][2 * h + 1];
         T* p = out + (long long)r * oRow + (long long)c * oCol;
-        if (vec_out) {
+        if (vec > 1) {
           store2(p, v0, v1);
         } else {
           store1(p, v0);
@@ -368,7 +406,7 @@ template <typename T, bool CL, bool ASYNC, bool TF32>
 __global__ void __launch_bounds__(THREADS)
     style_bwd_kernel(const float* __restrict__ D, bool vecD, const T* __restrict__ F, long long sFb,
                      long long ld, bool vecF, int C, int M, T* __restrict__ out, long long sOb,
-                     long long oRow, long long oCol, bool vec_out,
+                     long long oRow, long long oCol, int vec_out,
                      const float* __restrict__ grad_loss, float coef) {
   NST_DYNAMIC_SMEM(dsmem);  // [stages][2 operands][SMEM_TILE]
   auto sbuf = [&](int buf, int op) { return dsmem + (buf * 2 + op) * SMEM_TILE; };
@@ -470,7 +508,7 @@ template <typename T, bool CL, bool TF32, int CP>
 __global__ void __launch_bounds__(THREADS)
     style_bwd_resident_kernel(const float* __restrict__ D, const T* __restrict__ F, long long sFb, long long ld,
                               int C, int M, T* __restrict__ out, long long sOb, long long oRow, long long oCol,
-                              bool vec_out, const float* __restrict__ grad_loss, float coef) {
+                              int vec_out, const float* __restrict__ grad_loss, float coef) {
   constexpr int LDD = panel_ld<T>(CP);
   NST_DYNAMIC_SMEM(dsmem);  // [D panel: TILE x LDD][stages][SMEM_TILE]: resident_smem_bytes<T>(CP)
   float* sD = dsmem;
@@ -586,14 +624,20 @@ inline GramPlan plan_gram(long long B, long long C, long long M, long long targe
 // Backward output in the kernel's tile orientation: (i, m) standard, (m, i) channels-last.
 struct BackwardOut {
   long long sb, row, col;  // element strides of batch, tile row, tile column
-  bool vec;                // pairs of neighbours along a tile row are stored together
+  int vec;                 // neighbours along a tile row stored together: 1, 2, or 8 (16 bytes of 2-byte values)
 };
 
 inline BackwardOut backward_out(const void* out, size_t elem, long long s0, long long s1, long long s2, bool cl,
                                 long long C, long long M, long long B) {
-  BackwardOut o{s0, cl ? s2 : s1, cl ? s1 : s2, false};
+  BackwardOut o{s0, cl ? s2 : s1, cl ? s1 : s2, 1};
   const long long cols = cl ? C : M;
-  o.vec = o.col == 1 && aligned(out, 2 * elem) && o.row % 2 == 0 && (B == 1 || o.sb % 2 == 0) && cols % 2 == 0;
+  auto rows_of = [&](long long n) {  // every tile row starts n-element aligned and holds whole groups of n
+    return o.col == 1 && aligned(out, n * elem) && o.row % n == 0 && (B == 1 || o.sb % n == 0) && cols % n == 0;
+  };
+  if (elem == 2 && rows_of(8))
+    o.vec = 8;
+  else if (rows_of(2))
+    o.vec = 2;
   return o;
 }
 

@@ -100,15 +100,27 @@ __device__ __forceinline__ void store1(__half* p, float v) { *p = __float2half_r
 __device__ __forceinline__ void store2(float* p, float a, float b) {
   *reinterpret_cast<float2*>(p) = make_float2(a, b);
 }
+// a and b rounded to a 2-byte type T and packed into one word, a in the low half.
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float a, float b) {
+  static_assert(sizeof(T) == 2, "2-byte values");
+  uint32_t w;
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+    w = *reinterpret_cast<const uint32_t*>(&h);
+  } else {
+    const __half2 h = __floats2half2_rn(a, b);
+    w = *reinterpret_cast<const uint32_t*>(&h);
+  }
+  return w;
+}
 // The 2-byte pairs go out as one 32-bit word (as nvcc stores them; the emulator's
 // profile sees the same width).
 __device__ __forceinline__ void store2(__nv_bfloat16* p, float a, float b) {
-  const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
-  *reinterpret_cast<uint32_t*>(p) = *reinterpret_cast<const uint32_t*>(&h);
+  *reinterpret_cast<uint32_t*>(p) = pack2<__nv_bfloat16>(a, b);
 }
 __device__ __forceinline__ void store2(__half* p, float a, float b) {
-  const __half2 h = __floats2half2_rn(a, b);
-  *reinterpret_cast<uint32_t*>(p) = *reinterpret_cast<const uint32_t*>(&h);
+  *reinterpret_cast<uint32_t*>(p) = pack2<__half>(a, b);
 }
 
 template <typename T>
