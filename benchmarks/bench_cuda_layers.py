@@ -207,11 +207,12 @@ def sweep_splitk(size=512, values=(1, 2, 4, 8, 16)):
     return "\n".join(lines)
 
 
-def ab_switch(env, title, layers=LAYERS, sizes=(512, 1024)):
-    """fwd+bwd with a kernel feature on (default) and with env=0, float32 and bfloat16."""
+def ab_switch(env, title, layers=LAYERS, sizes=(512, 1024), a="1", b="0"):
+    """fwd+bwd with env=a (the default: a kernel feature on) and env=b, float32 and
+    bfloat16; speed-up = time(b) / time(a)."""
     old = os.environ.get(env)
     lines = ["", f"{title} A/B (fused fwd+bwd, ms, CUDA-graph replays)", "",
-             f"| layer | px | dtype | default | {env}=0 | speed-up |",
+             f"| layer | px | dtype | {env}={a} | {env}={b} | speed-up |",
              "|---|---|---|---|---|---|"]
     for size in sizes:
         for name, c, down in layers:
@@ -219,11 +220,11 @@ def ab_switch(env, title, layers=LAYERS, sizes=(512, 1024)):
                 c_, m = layer_shape(c, down, size)
                 inputs, s = make_inputs(c_, m, dtype)
                 t = {}
-                for flag in ("1", "0"):
+                for flag in (a, b):
                     os.environ[env] = flag
                     t[flag] = time_graph_ms(lambda f, a: fused_step(f, a, s), inputs)[0]
                 kind = str(dtype).replace("torch.", "")
-                lines.append(f"| {name} | {size} | {kind} | {t['1']:.4f} | {t['0']:.4f} | {t['0'] / t['1']:.2f} |")
+                lines.append(f"| {name} | {size} | {kind} | {t[a]:.4f} | {t[b]:.4f} | {t[b] / t[a]:.2f} |")
                 del inputs
     if old is None:
         os.environ.pop(env, None)
@@ -272,7 +273,8 @@ def main(argv=None):
     p.add_argument("--sweep-splitk", action="store_true")
     p.add_argument("--ab-async", action="store_true", help="also time NST_FAST_CUDA_ASYNC=0")
     p.add_argument("--ab-resident", action="store_true",
-                   help="also time NST_FAST_CUDA_RESIDENT=0 (the layers with C <= 128)")
+                   help="also time NST_FAST_CUDA_RESIDENT=0 (the layers with C <= 128) and =256 (relu3_1's "
+                        "256-column panel against the default)")
     args = p.parse_args(argv)
     if not cuda_kernel_present():
         print("bench_cuda_layers: no CUDA GPU or no nst_fast CUDA kernel; nothing to do")
@@ -294,6 +296,8 @@ def main(argv=None):
     if args.ab_resident:
         small = [layer for layer in LAYERS if layer[1] <= 128]
         text += "\n" + ab_switch("NST_FAST_CUDA_RESIDENT", "D-resident backward", small)
+        c256 = [layer for layer in LAYERS if 128 < layer[1] <= 256]
+        text += "\n" + ab_switch("NST_FAST_CUDA_RESIDENT", "256-column D panel (2 blocks per SM)", c256, a="256", b="1")
     print(text)
     if args.md:
         with open(args.md, "w") as fh:

@@ -44,7 +44,7 @@ def profiler(tmp_path_factory):
         pytest.skip(message)
 
 
-def profile(profiler, tmp_path, op, dtype, channels_last, c, m, resident=True, tf32=False):
+def profile(profiler, tmp_path, op, dtype, channels_last, c, m, resident=1, tf32=False):
     path = tmp_path / "profile.txt"
     run = emulated.Run(profiler, tmp_path, dtype, tf32=tf32, resident=resident, sms=2, profile=path)
     f = emulated.features(1, c, m, seed=c).to(emulated.DTYPES[dtype])
@@ -63,12 +63,13 @@ def profile(profiler, tmp_path, op, dtype, channels_last, c, m, resident=True, t
 @pytest.mark.parametrize("dtype,tf32", [("f32", False), ("f32", True), ("bf16", False), ("f16", False)],
                          ids=["f32", "tf32", "bf16", "f16"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["standard", "channels_last"])
-@pytest.mark.parametrize("op,resident", [("forward", True), ("backward", False), ("backward", True)],
-                         ids=["forward", "backward", "backward_resident"])
+@pytest.mark.parametrize("op,resident", [("forward", 1), ("backward", 0), ("backward", 1), ("backward", 256)],
+                         ids=["forward", "backward", "backward_resident", "backward_resident256"])
 def test_main_loops_conflict_free_and_coalesced(profiler, tmp_path, op, resident, dtype, tf32, channels_last):
-    variant, p = profile(profiler, tmp_path, op, dtype, channels_last, 128, 256, resident=resident, tf32=tf32)
+    c = 256 if resident == 256 else 128
+    variant, p = profile(profiler, tmp_path, op, dtype, channels_last, c, 256, resident=resident, tf32=tf32)
     if op == "backward":
-        assert variant["resident"] == str(int(resident))
+        assert variant["resident"] == str(int(resident != 0))
     cp_async = _cp_async_site()
     main_loop = [s for s in p.sites if s.space == "shared" and (s.where.startswith("tile_mma.cuh")
                                                                or s.where == cp_async)]
@@ -81,19 +82,19 @@ def test_main_loops_conflict_free_and_coalesced(profiler, tmp_path, op, resident
 
 
 @pytest.mark.parametrize("dtype", ["f32", "bf16"])
-def test_resident_backward_reads_its_rows_of_d_once(profiler, tmp_path, dtype):
-    c, m = 64, 1024
-    variant, resident = profile(profiler, tmp_path, "backward", dtype, False, c, m, resident=True)
-    blocks = int(variant["blocks"])
-    assert variant["resident"] == "1" and blocks < m // 64
+@pytest.mark.parametrize("c,m,setting", [(64, 1024, 1), (256, 512, 256)], ids=["panel64", "panel256"])
+def test_resident_backward_reads_its_rows_of_d_once(profiler, tmp_path, dtype, c, m, setting):
+    variant, resident = profile(profiler, tmp_path, "backward", dtype, False, c, m, resident=setting)
+    blocks, n_i = int(variant["blocks"]), c // 64
+    assert variant["resident"] == "1" and blocks < n_i * (m // 64)
     d_bytes = c * c * 4
     assert resident.distinct["residual"] == d_bytes
-    assert resident.requested["residual"] == blocks * d_bytes  # one panel load per block
-    _, plain = profile(profiler, tmp_path, "backward", dtype, False, c, m, resident=False)
-    assert plain.requested["residual"] == (m // 64) * d_bytes  # one per output tile
-    for p in (resident, plain):  # the features once, and every gradient element written once
-        assert p.requested["features"] == p.distinct["features"] == c * m * torch.finfo(
-            emulated.DTYPES[dtype]).bits // 8
+    assert resident.requested["residual"] == (blocks // n_i) * d_bytes  # each block its 64 rows, once
+    _, plain = profile(profiler, tmp_path, "backward", dtype, False, c, m, resident=0)
+    assert plain.requested["residual"] == (m // 64) * d_bytes  # each output tile its 64 rows
+    f_bytes = c * m * torch.finfo(emulated.DTYPES[dtype]).bits // 8
+    for p in (resident, plain):  # the features once per channel tile
+        assert p.distinct["features"] == f_bytes and p.requested["features"] == n_i * f_bytes
 
 
 def test_gradient_stores_fill_whole_sectors(profiler, tmp_path):

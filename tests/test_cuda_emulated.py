@@ -70,7 +70,7 @@ class Run:
                  sms=2, profile=None):
         self.harness, self.dir = harness, tmp_path
         self.common = [f"dtype={dtype}", f"tf32={int(tf32)}", f"async={int(async_)}", f"blocks={blocks}",
-                       f"seed={seed}", f"resident={int(resident)}", f"sms={sms}"]
+                       f"seed={seed}", f"resident={int(resident)}", f"sms={sms}"]  # resident: 0, 1 or 256
         if profile is not None:  # a harness from emulated_profile.build: write each run's access profile
             self.common.append(f"profile={profile}")
         self.dtype = DTYPES[dtype]
@@ -229,6 +229,18 @@ def test_resident_backward(harness, tmp_path, dtype, c, m, sms):
         if name in ("contiguous", "channels_last", "batch_slice"):
             _, bwd, _ = check(Run(harness, tmp_path, dtype, sms=sms), f)
             assert bwd["resident"] == "1" and int(bwd["blocks"]) < (m + 63) // 64 * ((c + 63) // 64), name
+
+
+@pytest.mark.parametrize("dtype", ["f32", "bf16", "f16"])
+def test_resident_backward_256_panel(harness, tmp_path, dtype):
+    """NST_FAST_CUDA_RESIDENT=256 extends the D-resident backward to C <= 256 (a
+    256-column panel, 2 blocks per SM); by default C > 128 takes one block per tile."""
+    for name, f in layouts(1, 200, 400, DTYPES[dtype], seed=7):
+        if name in ("contiguous", "channels_last"):
+            _, bwd, _ = check(Run(harness, tmp_path, dtype, resident=256, sms=4), f)
+            assert bwd["resident"] == "1" and bwd["panel"] == "256" and bwd["blocks"] == "8", (name, bwd)
+    _, bwd, _ = check(Run(harness, tmp_path, dtype, sms=1), features(1, 200, 400, seed=7).to(DTYPES[dtype]))
+    assert bwd["resident"] == "0"
 
 
 def test_resident_backward_tf32_and_forced_off(harness, tmp_path):

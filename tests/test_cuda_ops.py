@@ -193,8 +193,9 @@ def test_layouts(dtype, b, c, m):
 
 
 @pytest.mark.parametrize("env", [{"NST_FAST_CUDA_ASYNC": "0"}, {"NST_FAST_SPLITK_PER_SM": "1"},
-                                 {"NST_FAST_SPLITK_PER_SM": "16"}, {"NST_FAST_CUDA_RESIDENT": "0"}],
-                         ids=["sync", "splitk1", "splitk16", "not_resident"])
+                                 {"NST_FAST_SPLITK_PER_SM": "16"}, {"NST_FAST_CUDA_RESIDENT": "0"},
+                                 {"NST_FAST_CUDA_RESIDENT": "256"}],
+                         ids=["sync", "splitk1", "splitk16", "not_resident", "resident256"])
 @pytest.mark.parametrize("dtype", [FP32, BF16, FP16])
 def test_kernel_variants(monkeypatch, env, dtype):
     """The A/B switches the benchmark uses compute the same function."""

@@ -68,10 +68,10 @@ bool async_enabled() {
 }
 
 // NST_FAST_CUDA_RESIDENT=0 turns the D-resident backward off (one block per output
-// tile everywhere), for A/B timing on the device.
-bool resident_enabled() {
+// tile everywhere), =256 extends it to C <= 256 (resident_limit), for A/B timing on the device.
+int resident_setting() {
   const char* env = std::getenv("NST_FAST_CUDA_RESIDENT");
-  return env == nullptr || std::atoi(env) != 0;
+  return resident_limit(env == nullptr ? 1 : std::atoi(env));
 }
 
 void ensure_smem(const void* fn, int bytes) {
@@ -244,7 +244,7 @@ at::Tensor style_loss_backward_cuda(const at::Tensor& grad_loss, const at::Tenso
     const float coef = (float)(4.0 * scale);
     const float* Dp = d.data_ptr<float>();
     const float* glp = gl.data_ptr<float>();
-    const BackwardPlan plan = plan_backward<cuda_t>(B, C, M, use_async, resident_enabled(), multiprocessor_count());
+    const BackwardPlan plan = plan_backward<cuda_t>(B, C, M, use_async, resident_setting(), multiprocessor_count());
     const dim3 grid((unsigned)plan.blocks, 1u, (unsigned)B);
     if (plan.resident) {
       with_resident_kernel<cuda_t>(fv.cl, tf32_allowed(), plan.panel, [&](auto kernel) {

@@ -483,7 +483,7 @@ __global__ void __launch_bounds__(THREADS)
 }
 
 // ---------------------------------------------------------------- backward, D resident
-// For C <= CP (64 or 128) on the cp.async path. A block keeps its 64 rows of D (all C
+// For C <= CP (64, 128 or 256) on the cp.async path. A block keeps its 64 rows of D (all C
 // columns, fp32) in shared memory and walks several output tiles, streaming only F;
 // the pipeline runs on across tiles, so the next tile's loads overlap this one's last
 // products and stores. The plain backward reloads the D panel from L2 for every tile:
@@ -641,25 +641,34 @@ inline BackwardOut backward_out(const void* out, size_t elem, long long s0, long
   return o;
 }
 
+// The widest D panel the D-resident backward takes, from the NST_FAST_CUDA_RESIDENT
+// setting: 0 turns it off; 256 adds the 256-column panel (C <= 256: relu3_1), which
+// leaves 2 blocks per SM, an experiment for the device's A/B; anything else gives the
+// default, C <= 128.
+inline int resident_limit(long long setting) {
+  return setting == 0 ? 0 : setting == 256 ? 256 : 128;
+}
+
 // Backward grid per batch item, for features of type T. The D-resident kernel where it
-// applies (the cp.async path, C <= 128): one wave of blocks (4 per SM with the
-// 64-column panel's 53-54 KB of shared memory, 3 with the 128-column one's 69-70 KB),
-// each walking several m tiles of one channel tile; else one block per output tile.
+// applies (the cp.async path, C <= limit): one wave of blocks, each walking several m
+// tiles of one channel tile; as many blocks per SM as the panel's shared memory allows
+// (4 with the 64-column panel's 53-54 KB, 3 with the 128-column one's 69-70 KB, 2 with
+// the 256-column one's 102-103 KB). Else one block per output tile.
 struct BackwardPlan {
   bool resident;
-  int panel;          // resident: the D panel's column capacity (64 or 128)
+  int panel;          // resident: the D panel's column capacity (64, 128 or 256)
   long long blocks;   // grid.x
   int smem_bytes;     // dynamic shared memory
 };
 
 template <typename T>
-BackwardPlan plan_backward(long long B, long long C, long long M, bool async, bool resident_enabled, long long sms) {
+BackwardPlan plan_backward(long long B, long long C, long long M, bool async, int limit, long long sms) {
   const long long n_i = (C + TILE - 1) / TILE, n_m = (M + TILE - 1) / TILE;
-  if (!async || !resident_enabled || C > 128) {
+  if (!async || C > limit) {
     return {false, 0, n_i * n_m, async ? SMEM_ASYNC_BYTES : SMEM_SYNC_BYTES};
   }
-  const int panel = C <= 64 ? 64 : 128;
-  long long groups = (panel == 64 ? 4 : 3) * sms / (B * n_i);
+  const int panel = C <= 64 ? 64 : C <= 128 ? 128 : 256;
+  long long groups = (panel == 64 ? 4 : panel == 128 ? 3 : 2) * sms / (B * n_i);
   if (groups < 1) groups = 1;
   if (groups > n_m) groups = n_m;
   return {true, panel, groups * n_i, resident_smem_bytes<T>(panel)};
@@ -711,11 +720,14 @@ void with_resident_kernel(bool cl, bool tf32, int panel, Launch&& launch) {
   };
   using P64 = std::integral_constant<int, 64>;
   using P128 = std::integral_constant<int, 128>;
+  using P256 = std::integral_constant<int, 256>;
   auto by_panel = [&](auto layout) {
     if (panel == 64)
       go(layout, P64{});
-    else
+    else if (panel == 128)
       go(layout, P128{});
+    else
+      go(layout, P256{});
   };
   if (cl)
     by_panel(std::true_type{});

@@ -4,7 +4,7 @@
 //   harness key=value ...
 //     op=gram|forward|backward  dtype=f32|bf16|f16  tf32=0|1  async=0|1 (NST_FAST_CUDA_ASYNC)
 //     blocks=N (split-K target: blocks per SM x SMs)  seed=N (block order)
-//     sms=N (multiprocessors: the D-resident backward's grid)  resident=0|1 (NST_FAST_CUDA_RESIDENT)
+//     sms=N (multiprocessors: the D-resident backward's grid)  resident=0|1|256 (NST_FAST_CUDA_RESIDENT)
 //     B= C= M=  fs=s0,s1,s2 (feature strides)  foff= (elements before the features)
 //     features=PATH (raw, foff + extent elements)
 //     forward:  target=PATH (float32, strides ts=a0,a1,a2, extent elements)  scale=
@@ -166,7 +166,7 @@ int run() {
     const bool vecF = vec_ok(F, sizeof(T), fv.sb, fv.ld, cols, B);
     const BackwardOut o = backward_out(O, sizeof(T), os[0], os[1], os[2], fv.cl, C, M, B);
     const bool use_async = vecD && async_enabled && async_layout_ok(F, sizeof(T), fv.sb, fv.ld, cols, B);
-    const BackwardPlan plan = plan_backward<T>(B, C, M, use_async, num("resident") != 0, num("sms"));
+    const BackwardPlan plan = plan_backward<T>(B, C, M, use_async, resident_limit(num("resident")), num("sms"));
     const emu::Dim grid{(unsigned)plan.blocks, 1u, (unsigned)B};
     const float coef = (float)(4.0 * real("scale"));
     if (plan.resident) {
