@@ -205,6 +205,9 @@ __device__ __forceinline__ void mma_stage(const SA* __restrict__ sA, const SB* _
                                       typename std::conditional<A_KC, KcTile<SA>, NcTile>::type, LA_>::type;
   using LB = typename std::conditional<std::is_void<LB_>::value,
                                       typename std::conditional<B_KC, KcTile<SB>, NcTile>::type, LB_>::type;
+  // Element (operand row, k) of A and (k, column) of B, whichever way the tile is stored.
+  auto a_at = [&](int r, int k) { return to_float(sA[A_KC ? LA::at(r, k) : LA::at(k, r)]); };
+  auto b_at = [&](int k, int n) { return to_float(sB[B_KC ? LB::at(n, k) : LB::at(k, n)]); };
   const int g = lane >> 2, t = lane & 3;
 #pragma unroll
   for (int kk = 0; kk < BK; kk += 8) {
@@ -212,32 +215,14 @@ __device__ __forceinline__ void mma_stage(const SA* __restrict__ sA, const SB* _
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt) {
       const int r = wm * 32 + mt * 16 + g;
-      float a[4];
-      if (A_KC) {
-        a[0] = to_float(sA[LA::at(r, kk + t)]);
-        a[1] = to_float(sA[LA::at(r + 8, kk + t)]);
-        a[2] = to_float(sA[LA::at(r, kk + t + 4)]);
-        a[3] = to_float(sA[LA::at(r + 8, kk + t + 4)]);
-      } else {
-        a[0] = to_float(sA[LA::at(kk + t, r)]);
-        a[1] = to_float(sA[LA::at(kk + t, r + 8)]);
-        a[2] = to_float(sA[LA::at(kk + t + 4, r)]);
-        a[3] = to_float(sA[LA::at(kk + t + 4, r + 8)]);
-      }
+      const float a[4] = {a_at(r, kk + t), a_at(r + 8, kk + t), a_at(r, kk + t + 4), a_at(r + 8, kk + t + 4)};
 #pragma unroll
       for (int q = 0; q < 4; ++q) split_tf32<MODE_A>(a[q], ah[mt][q], al[mt][q]);
     }
 #pragma unroll
     for (int nt = 0; nt < 4; ++nt) {
       const int n = wn * 32 + nt * 8 + g;
-      float b[2];
-      if (B_KC) {
-        b[0] = to_float(sB[LB::at(n, kk + t)]);
-        b[1] = to_float(sB[LB::at(n, kk + t + 4)]);
-      } else {
-        b[0] = to_float(sB[LB::at(kk + t, n)]);
-        b[1] = to_float(sB[LB::at(kk + t + 4, n)]);
-      }
+      const float b[2] = {b_at(kk + t, n), b_at(kk + t + 4, n)};
 #pragma unroll
       for (int q = 0; q < 2; ++q) split_tf32<MODE_B>(b[q], bh[nt][q], bl[nt][q]);
     }
