@@ -586,16 +586,22 @@ inline FeatureLayout feature_layout(long long s0, long long s1, long long s2) {
 
 inline bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
+// Every row of B matrices (row stride ld, batch stride sb, cols elements of elem bytes
+// each) starts n-element aligned and holds whole groups of n.
+inline bool rows_in_groups(const void* p, size_t elem, long long n, long long sb, long long ld, long long cols,
+                           long long B) {
+  return aligned(p, n * elem) && ld % n == 0 && (B == 1 || sb % n == 0) && cols % n == 0;
+}
+
 // 4-element vector loads of the register-staged path are legal.
 inline bool vec_ok(const void* p, size_t elem, long long sb, long long ld, long long cols, long long B) {
-  return aligned(p, 4 * elem) && ld % 4 == 0 && (B == 1 || sb % 4 == 0) && cols % 4 == 0;
+  return rows_in_groups(p, elem, 4, sb, ld, cols, B);
 }
 
 // The cp.async pipeline copies 16 bytes at a time: the base, the row and batch
 // strides and the row length must all be multiples of 16 bytes.
 inline bool async_layout_ok(const void* p, size_t elem, long long sb, long long ld, long long cols, long long B) {
-  const long long e = 16 / (long long)elem;
-  return aligned(p, 16) && ld % e == 0 && (B == 1 || sb % e == 0) && cols % e == 0;
+  return rows_in_groups(p, elem, 16 / (long long)elem, sb, ld, cols, B);
 }
 
 // Forward grid: upper-triangle tiles x splits of M x batch.
@@ -631,12 +637,9 @@ inline BackwardOut backward_out(const void* out, size_t elem, long long s0, long
                                 long long C, long long M, long long B) {
   BackwardOut o{s0, cl ? s2 : s1, cl ? s1 : s2, 1};
   const long long cols = cl ? C : M;
-  auto rows_of = [&](long long n) {  // every tile row starts n-element aligned and holds whole groups of n
-    return o.col == 1 && aligned(out, n * elem) && o.row % n == 0 && (B == 1 || o.sb % n == 0) && cols % n == 0;
-  };
-  if (elem == 2 && rows_of(8))
+  if (o.col == 1 && elem == 2 && rows_in_groups(out, elem, 8, o.sb, o.row, cols, B))
     o.vec = 8;
-  else if (rows_of(2))
+  else if (o.col == 1 && rows_in_groups(out, elem, 2, o.sb, o.row, cols, B))
     o.vec = 2;
   return o;
 }
