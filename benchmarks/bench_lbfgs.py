@@ -1,11 +1,13 @@
-"""L-BFGS update alone: the compact form (nst_fast) vs the two-loop recursion.
+"""L-BFGS update alone: the fused op (nst_fast) vs the same step in PyTorch ops.
 
     python benchmarks/bench_lbfgs.py [--device cpu|cuda] [--sizes 512,1024] [--history 10]
 
-Both optimisers run the same sync-free step; only the direction differs. The
-two-loop version below is the recursion nst_fast used before the compact form,
-over the same state. On CUDA each step is captured in a CUDA graph and replayed,
-as in the optimisation loop. Prints median ms per update and their ratio.
+Three versions of the same sync-free step over the same state: the two-loop
+recursion nst_fast first used, the compact form in PyTorch ops (LBFGS.step_reference,
+the fallback), and the fused op torch.ops.nst_fast.lbfgs_step (LBFGS.step where the
+extension has the kernel). On CUDA each step is captured in a CUDA graph and
+replayed, as in the optimisation loop. Prints median ms per update, the ratios, and
+the ops each version dispatches per step (on a GPU, about one kernel each).
 """
 import argparse
 import os
@@ -13,12 +15,21 @@ import sys
 import time
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from nst_fast.optim import LBFGS  # noqa: E402
 
 
-class TwoLoopLBFGS(LBFGS):
+class ReferenceLBFGS(LBFGS):
+    """The compact form in PyTorch ops."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._workspace = None
+
+
+class TwoLoopLBFGS(ReferenceLBFGS):
     def _direction(self, g):
         h = self.history
         order = (self.idx - 1 - self._slots) % h  # newest first
@@ -38,7 +49,23 @@ class TwoLoopLBFGS(LBFGS):
         return -r
 
 
+class _CountOps(TorchDispatchMode):
+    """Counts the ops that do work (not views) dispatched inside it."""
+
+    VIEWS = {"detach", "view", "_unsafe_view", "reshape", "slice", "select", "unsqueeze", "squeeze", "permute",
+             "expand", "t", "transpose", "diagonal", "alias", "as_strided"}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func.overloadpacket.__name__ not in self.VIEWS
+        return func(*args, **(kwargs or {}))
+
+
 def median_ms(cls, n, history, device, repeats):
+    """-> (median ms per step, ops dispatched by one step)"""
     gen = torch.Generator(device=device).manual_seed(0)
     curvature = torch.rand(n, generator=gen, device=device) + 0.1
     x = torch.randn(n, generator=gen, device=device)
@@ -53,6 +80,11 @@ def median_ms(cls, n, history, device, repeats):
         evaluate()
         opt.step(x, loss, grad)
     run = lambda: opt.step(x, loss, grad)  # noqa: E731
+    snapshot, x_before = opt.state_dict(), x.clone()
+    with _CountOps() as counter:
+        run()
+    opt.load_state_dict(snapshot)
+    x.copy_(x_before)
     if device.type == "cuda":
         graph = torch.cuda.CUDAGraph()
         side = torch.cuda.Stream()
@@ -73,7 +105,7 @@ def median_ms(cls, n, history, device, repeats):
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2] * 1e3
+    return sorted(times)[len(times) // 2] * 1e3, counter.count
 
 
 def main(argv=None):
@@ -85,13 +117,18 @@ def main(argv=None):
     args = p.parse_args(argv)
     device = torch.device(args.device)
     repeats = args.repeats or (200 if device.type == "cuda" else 20)
-    print("| size | two-loop ms | compact ms | two-loop / compact |")
-    print("|---|---|---|---|")
+    if not LBFGS(torch.zeros(8, device=device), history=args.history).fused:
+        raise SystemExit(f"no fused L-BFGS kernel for {device.type} at history {args.history} "
+                         "(is the extension built?)")
+    print("| size | two-loop ms | compact ms | fused ms | two-loop / fused | compact / fused | ops per step: "
+          "two-loop, compact, fused |")
+    print("|---|---|---|---|---|---|---|")
     for size in (int(s) for s in args.sizes.split(",")):
         n = 3 * size * (2 * size // 3)
-        old = median_ms(TwoLoopLBFGS, n, args.history, device, repeats)
-        new = median_ms(LBFGS, n, args.history, device, repeats)
-        print(f"| {size}x{2 * size // 3} | {old:.3f} | {new:.3f} | {old / new:.2f}x |", flush=True)
+        (loop, loop_ops), (compact, compact_ops), (fused, fused_ops) = (
+            median_ms(cls, n, args.history, device, repeats) for cls in (TwoLoopLBFGS, ReferenceLBFGS, LBFGS))
+        print(f"| {size}x{2 * size // 3} | {loop:.3f} | {compact:.3f} | {fused:.3f} | {loop / fused:.2f}x | "
+              f"{compact / fused:.2f}x | {loop_ops}, {compact_ops}, {fused_ops} |", flush=True)
 
 
 if __name__ == "__main__":

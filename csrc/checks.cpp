@@ -1,10 +1,13 @@
 // Argument checks of the nst_fast ops (declared in style_loss.h).
 #include "style_loss.h"
 
+#include "lbfgs_op.h"
+
 #include <c10/util/Exception.h>
 
 #include <cstdlib>
 #include <string>
+#include <utility>
 
 namespace nst_fast {
 namespace {
@@ -78,6 +81,50 @@ void check_winograd_args(const at::Tensor& input, const at::Tensor& weight_trans
                     bias->scalar_type() == t && bias->device() == input.device(),
                 "nst_fast.conv3x3_winograd: bias must be (K,) with K = ", num(weight_transform.size(2)),
                 " and the input's dtype and device, got ", dims(*bias));
+  }
+}
+
+void check_lbfgs_args(const LbfgsArgs& a) {
+  const at::Tensor &x = a.x, &loss = a.loss, &grad = a.grad, &x_a = a.x_a, &f_a = a.f_a, &g_a = a.g_a, &d = a.d,
+                   &t = a.t, &W = a.W, &WW = a.WW, &valid = a.valid, &idx = a.idx, &steps = a.steps,
+                   &accepted = a.accepted, &workspace = a.workspace;
+  const char* op = "nst_fast.lbfgs_step: ";
+  const auto type = x.scalar_type();
+  TORCH_CHECK(type == at::kFloat || type == at::kDouble, op, "x must be float32 or float64, got ", type);
+  const int64_t n = x.numel(), h = valid.numel();
+  TORCH_CHECK(n >= 1, op, "x is empty");
+  TORCH_CHECK(h >= 1 && h <= lbfgs::kMaxHistory, op, "history must be 1..", num(lbfgs::kMaxHistory), ", got ",
+              num(h));
+  const std::pair<const char*, const at::Tensor*> vectors[] = {{"x", &x}, {"grad", &grad}, {"x_a", &x_a},
+                                                               {"g_a", &g_a}, {"d", &d}};
+  for (const auto& [name, v] : vectors) {
+    TORCH_CHECK(v->numel() == n && v->is_contiguous() && v->scalar_type() == type, op, name,
+                " must be contiguous with ", num(n), " elements of x's dtype");
+  }
+  TORCH_CHECK(W.dim() == 2 && W.size(0) == 2 * h && W.size(1) == n && W.is_contiguous() && W.scalar_type() == type,
+              op, "W must be (2 history, n) = (", num(2 * h), ", ", num(n), ") of x's dtype, got ", dims(W));
+  TORCH_CHECK(WW.dim() == 2 && WW.size(0) == 2 * h && WW.size(1) == 2 * h && WW.is_contiguous() &&
+                  WW.scalar_type() == at::kDouble,
+              op, "WW must be (2 history, 2 history) float64, got ", dims(WW));
+  TORCH_CHECK(valid.scalar_type() == at::kBool && valid.is_contiguous(), op, "valid must be a bool vector");
+  const std::pair<const char*, const at::Tensor*> scalars[] = {{"loss", &loss}, {"f_a", &f_a}, {"t", &t}};
+  for (const auto& [name, v] : scalars) {
+    TORCH_CHECK(v->numel() == 1 && v->scalar_type() == type, op, name, " must be one value of x's dtype");
+  }
+  const std::pair<const char*, const at::Tensor*> counters[] = {{"idx", &idx}, {"steps", &steps},
+                                                                {"accepted", &accepted}};
+  for (const auto& [name, v] : counters) {
+    TORCH_CHECK(v->numel() == 1 && v->scalar_type() == at::kLong, op, name, " must be one int64 value");
+  }
+  TORCH_CHECK(workspace.scalar_type() == at::kDouble && workspace.is_contiguous() &&
+                  workspace.numel() >= lbfgs::workspace_size(n, h),
+              op, "workspace must be float64 with lbfgs_workspace_size(n, history) = ",
+              num(lbfgs::workspace_size(n, h)), " elements, got ", num(workspace.numel()));
+  const at::Tensor* all[] = {&loss, &grad, &x_a, &f_a, &g_a, &d, &t, &W, &WW, &valid, &idx, &steps, &accepted,
+                             &workspace};
+  for (const at::Tensor* v : all) {
+    TORCH_CHECK(v->device() == x.device(), op, "every tensor must be on x's device ", x.device(), ", got ",
+                v->device());
   }
 }
 

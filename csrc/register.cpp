@@ -3,6 +3,7 @@
 #include <torch/library.h>
 
 #include "cpu/point_gemm.h"
+#include "lbfgs.h"
 
 extern "C" {
 // Importing nst_fast._C runs the static registrations below; the module itself
@@ -18,6 +19,17 @@ TORCH_LIBRARY(nst_fast, m) {
   m.def("style_loss_forward(Tensor features, Tensor target, float scale) -> (Tensor, Tensor)");
   m.def("style_loss_backward(Tensor grad_loss, Tensor residual, Tensor features, float scale) -> Tensor");
   m.def("conv3x3_winograd(Tensor input, Tensor weight_transform, Tensor? bias) -> Tensor");
+  // One L-BFGS step in place (lbfgs.h; the state of nst_fast.optim.LBFGS).
+  m.def(
+      "lbfgs_step(Tensor(a!) x, Tensor loss, Tensor grad, Tensor(b!) x_a, Tensor(c!) f_a, Tensor(d!) g_a, "
+      "Tensor(e!) d, Tensor(f!) t, Tensor(g!) W, Tensor(h!) WW, Tensor(i!) valid, Tensor(j!) idx, "
+      "Tensor(k!) steps, Tensor(l!) accepted, Tensor(m!) workspace, float lr, float c1, float backtrack, "
+      "float eps, float max_step) -> ()");
+  // Float64 elements of lbfgs_step's workspace; -1 where the history is too long for it.
+  m.def("lbfgs_workspace_size(int n, int history) -> int", [](int64_t n, int64_t history) -> int64_t {
+    if (n < 1 || history < 1 || history > nst_fast::lbfgs::kMaxHistory) return -1;
+    return nst_fast::lbfgs::workspace_size(n, history);
+  });
   // Whether conv3x3_winograd takes bfloat16 on this CPU (AVX512-BF16).
   m.def("winograd_bf16_supported() -> bool", [] { return nst_fast::point_gemm_bf16_supported(32); });
 }

@@ -34,13 +34,13 @@ def _cuda_include():
     return None
 
 
-def _build(directory, flags):
+def _build(directory, flags, source="harness.cpp"):
     include = _cuda_include()
     if shutil.which("g++") is None or include is None:
         pytest.skip("needs g++ and the CUDA headers (set CUDA_HOME)")
-    exe = directory / "harness"
+    exe = directory / Path(source).stem
     cmd = ["g++", "-std=c++20", *flags, "-fno-strict-aliasing", f"-I{include}", f"-I{ROOT / 'csrc' / 'cuda'}",
-           str(EMULATOR / "harness.cpp"), "-o", str(exe)]
+           str(EMULATOR / source), "-o", str(exe)]
     built = subprocess.run(cmd, capture_output=True, text=True)
     if built.returncode != 0:
         # CI (which sets NST_FAST_REQUIRE_EXTENSION) must run it; elsewhere an older

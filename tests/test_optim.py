@@ -3,7 +3,29 @@ import math
 import pytest
 import torch
 
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from nst_fast import backend
 from nst_fast.optim import LBFGS, Adam, make_optimizer
+
+FUSED_CPU = backend.has_op_kernel("lbfgs_step", "cpu")
+
+
+@pytest.fixture(params=["fused", "reference"])
+def path(request, monkeypatch):
+    """Runs a test with the fused op (torch.ops.nst_fast.lbfgs_step) and with the
+    PyTorch-ops step; the test's LBFGS objects are made after this."""
+    if request.param == "fused" and not FUSED_CPU:
+        pytest.skip("the extension has no fused L-BFGS kernel")
+    if request.param == "reference":
+        monkeypatch.setenv("NST_FAST_BACKEND", "reference")
+    return request.param
+
+
+def _lbfgs(path, x, **kwargs):
+    opt = LBFGS(x, **kwargs)
+    assert opt.fused == (path == "fused")
+    return opt
 
 
 class RefLBFGS:
@@ -131,17 +153,17 @@ def _run_lockstep(opt, ref, f, x, steps):
 
 # ---- LBFGS against the reference ----
 
-def test_matches_reference_on_ill_conditioned_quadratic():
+def test_matches_reference_on_ill_conditioned_quadratic(path):
     f, x0 = _quadratic()
     x = x0.reshape(4, 5)  # any shape: the optimiser flattens
-    losses, gap = _run_lockstep(LBFGS(x, history=5), RefLBFGS(x.clone(), history=5), f, x, 40)
+    losses, gap = _run_lockstep(_lbfgs(path, x, history=5), RefLBFGS(x.clone(), history=5), f, x, 40)
     assert gap <= 1e-13
     assert losses[-1] < 1e-3 * losses[0]
 
 
-def test_matches_reference_on_rosenbrock_with_backtracking():
+def test_matches_reference_on_rosenbrock_with_backtracking(path):
     x = torch.tensor([-1.2, 1.0] * 3, dtype=torch.float64)
-    opt, ref = LBFGS(x), RefLBFGS(x.clone())
+    opt, ref = _lbfgs(path, x), RefLBFGS(x.clone())
     losses, gap = _run_lockstep(opt, ref, _rosenbrock, x, 40)
     assert gap <= 1e-13
     rejections = (opt.steps - opt.accepted).item()
@@ -149,9 +171,9 @@ def test_matches_reference_on_rosenbrock_with_backtracking():
     assert losses[-1] < 1e-2 * losses[0]
 
 
-def test_matches_reference_and_recovers_from_non_finite_losses():
+def test_matches_reference_and_recovers_from_non_finite_losses(path):
     x = torch.full((8,), 3.0, dtype=torch.float64)
-    opt, ref = LBFGS(x, lr=1.0), RefLBFGS(x.clone(), lr=1.0)
+    opt, ref = _lbfgs(path, x, lr=1.0), RefLBFGS(x.clone(), lr=1.0)
     losses, gap = _run_lockstep(opt, ref, _barrier, x, 40)
     assert gap <= 1e-13
     assert not torch.isfinite(losses).all(), "the test should visit non-finite points"
@@ -187,9 +209,9 @@ def test_direction_matches_two_loop_recursion_after_the_ring_wraps():
         torch.testing.assert_close(opt._direction(g), -r, rtol=1e-12, atol=1e-12)
 
 
-def test_non_finite_first_point_leaves_x_in_place():
+def test_non_finite_first_point_leaves_x_in_place(path):
     x = torch.tensor([-1.0, 2.0], dtype=torch.float64)
-    opt = LBFGS(x)
+    opt = _lbfgs(path, x)
     for _ in range(3):
         loss, grad = _eval(_barrier, x)
         opt.step(x, loss, grad)
@@ -208,10 +230,114 @@ def test_float32_and_non_contiguous_x():
     assert torch.isfinite(x).all()
 
 
+def _lockstep_quadratic(n, dtype, history, steps, seed=0, device="cpu"):
+    """Fused and PyTorch-ops steps fed the same evaluations, each from the fused one's
+    state -> the largest relative gap between their proposals, and the fused optimiser."""
+    gen = torch.Generator().manual_seed(seed)
+    curvature = (torch.rand(n, generator=gen, dtype=torch.float64) * 100 + 0.01).to(device, dtype)
+    b = torch.randn(n, generator=gen, dtype=torch.float64).to(device, dtype)
+    x = torch.zeros(n, dtype=dtype, device=device)
+    fused, ref = LBFGS(x, history=history), LBFGS(x.clone(), history=history)
+    assert fused.fused
+    gap = 0.0
+    for _ in range(steps):
+        grad = curvature * x - b
+        loss = (0.5 * curvature * x * x - b * x).sum()
+        proposal = x.clone()
+        ref.load_state_dict(fused.state_dict())
+        ref.step_reference(proposal, loss, grad)
+        fused.step(x, loss, grad)
+        gap = max(gap, ((x - proposal).abs().max() / proposal.abs().max()).item())
+    return gap, fused
+
+
+@pytest.mark.skipif(not FUSED_CPU, reason="the extension has no fused L-BFGS kernel")
+@pytest.mark.parametrize("dtype, n, tol", [
+    (torch.float64, 3001, 1e-12),       # several blocks, a partial last chunk
+    (torch.float64, 1024 * 1024 + 37, 1e-12),  # more chunks than blocks: blocks loop
+    (torch.float32, 5000, 1e-5),
+])
+def test_fused_step_matches_step_reference(dtype, n, tol):
+    gap, opt = _lockstep_quadratic(n, dtype, history=3, steps=12 if n > 10**6 else 25)
+    assert gap <= tol
+    assert opt.valid.all() and opt.accepted.item() > 3  # the ring wrapped
+
+
+class _CountOps(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and backend.has_op_kernel("lbfgs_step", "cuda")),
+                    reason="needs CUDA and the fused L-BFGS CUDA kernel")
+@pytest.mark.parametrize("dtype, n, tol", [
+    (torch.float64, 3001, 1e-12),
+    (torch.float64, 1024 * 1024 + 37, 1e-12),
+    (torch.float32, 5000, 1e-5),
+])
+def test_fused_cuda_step_matches_step_reference(dtype, n, tol):
+    gap, opt = _lockstep_quadratic(n, dtype, history=3, steps=12 if n > 10**6 else 25, device="cuda")
+    assert gap <= tol
+    assert opt.valid.all() and opt.accepted.item() > 3
+
+
+@pytest.mark.skipif(not FUSED_CPU, reason="the extension has no fused L-BFGS kernel")
+def test_fused_step_is_one_op():
+    x = torch.randn(3, 64, 64)
+    opt = LBFGS(x)
+    loss, grad = (x * x).sum(), 2 * x
+    with _CountOps() as ops:
+        opt.step(x, loss, grad)
+    work = [n for n in ops.names if n not in ("view", "reshape", "detach", "_unsafe_view")]
+    assert work == ["lbfgs_step"]
+    with _CountOps() as ops:
+        opt.step_reference(x, loss, grad)
+    assert len(ops.names) > 50
+
+
+@pytest.mark.skipif(not FUSED_CPU, reason="the extension has no fused L-BFGS kernel")
+def test_long_history_and_other_layouts_take_the_pytorch_ops():
+    assert torch.ops.nst_fast.lbfgs_workspace_size(100, 32) > 0
+    assert torch.ops.nst_fast.lbfgs_workspace_size(100, 33) == -1
+    assert not LBFGS(torch.zeros(10), history=33).fused
+    f, x0 = _quadratic(n=24, cond=1e2)
+    x = x0.reshape(4, 6).t()  # non-contiguous: step() falls back to the PyTorch ops
+    opt = LBFGS(x, history=40)
+    _, losses = _run(opt, lambda v: f(v.t()), x, 30)
+    assert losses[-1] < 1e-3 * losses[0]
+
+
+@pytest.mark.skipif(not FUSED_CPU, reason="the extension has no fused L-BFGS kernel")
+def test_fused_op_rejects_a_wrong_state():
+    x = torch.zeros(10)
+    opt = LBFGS(x, history=3)
+    args = [x, torch.zeros(()), torch.zeros(10), opt.x_a, opt.f_a, opt.g_a, opt.d, opt.t, opt.W, opt.WW,
+            opt.valid, opt.idx, opt.steps, opt.accepted, opt._workspace, 1.0, 1e-4, 0.5, 1e-10, 1.0]
+    bad = list(args)
+    bad[8] = opt.W[:, :9]
+    with pytest.raises(RuntimeError, match=r"W must be \(2 history, n\) = \(6, 10\)"):
+        torch.ops.nst_fast.lbfgs_step(*bad)
+    bad = list(args)
+    bad[14] = opt._workspace[:5]
+    with pytest.raises(RuntimeError, match="workspace must be float64"):
+        torch.ops.nst_fast.lbfgs_step(*bad)
+    bad = list(args)
+    bad[2] = torch.zeros(10, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="grad must be contiguous with 10 elements of x's dtype"):
+        torch.ops.nst_fast.lbfgs_step(*bad)
+    torch.ops.nst_fast.lbfgs_step(*args)  # the unchanged arguments pass
+    assert opt.steps.item() == 1
+
+
 # ---- checkpointing ----
 
 @pytest.mark.parametrize("cls", [LBFGS, Adam])
-def test_state_dict_resume_is_exact(cls):
+def test_state_dict_resume_is_exact(cls, path):
     n = 10
     x0 = torch.tensor([-1.2, 1.0] * 4, dtype=torch.float64)
     kwargs = {"history": 3} if cls is LBFGS else {}  # small history so the ring wraps
@@ -263,9 +389,9 @@ def _raise(*args, **kwargs):
     raise AssertionError("host sync inside step()")
 
 
-def test_step_never_syncs_on_cpu(monkeypatch):
+def test_step_never_syncs_on_cpu(monkeypatch, path):
     x = torch.tensor([-1.2, 1.0] * 3, dtype=torch.float64)
-    opts = [LBFGS(x.clone(), history=3), Adam(x.clone())]
+    opts = [_lbfgs(path, x.clone(), history=3), Adam(x.clone())]
     evals = []
     for opt in opts:
         xo = x.clone()
@@ -282,7 +408,7 @@ def test_step_never_syncs_on_cpu(monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("name", ["lbfgs", "adam"])
-def test_step_never_syncs_on_cuda(name):
+def test_step_never_syncs_on_cuda(name, path):
     x = torch.tensor([-1.2, 1.0] * 3, dtype=torch.float32, device="cuda")
     opt = make_optimizer(name, x, history=3) if name == "lbfgs" else make_optimizer(name, x)
     torch.cuda.set_sync_debug_mode("error")
@@ -303,7 +429,7 @@ def test_step_never_syncs_on_cuda(name):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_lbfgs_step_captures_in_cuda_graph():
+def test_lbfgs_step_captures_in_cuda_graph(path):
     x0 = torch.tensor([-1.2, 1.0] * 3, dtype=torch.float64, device="cuda")
 
     def run_eager(steps):
@@ -315,6 +441,7 @@ def test_lbfgs_step_captures_in_cuda_graph():
 
     x = x0.clone()
     opt = LBFGS(x, history=3)
+    assert opt.fused == (path == "fused" and backend.has_op_kernel("lbfgs_step", "cuda"))
     loss, grad = torch.zeros((), dtype=x.dtype, device="cuda"), torch.zeros_like(x)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())

@@ -28,22 +28,8 @@
 #include <vector>
 
 #include "../style_loss.h"
+#include "clones.h"
 #include "point_gemm.h"
-
-// Runtime CPU dispatch for the transforms without building the whole extension
-// for one instruction set.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define NST_FAST_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define NST_FAST_CLONES
-#endif
-#if defined(__GNUC__)
-#define NST_FAST_INLINE inline __attribute__((always_inline))
-#elif defined(_MSC_VER)
-#define NST_FAST_INLINE __forceinline
-#else
-#define NST_FAST_INLINE inline
-#endif
 
 namespace nst_fast {
 namespace {

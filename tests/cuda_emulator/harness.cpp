@@ -14,6 +14,7 @@
 //   Writes gram / residual (B*C*C float32, then the loss for forward) or the gradient
 //   buffer (extent of os, in dtype) to out, and prints the variant that ran.
 #include "emulator.h"
+#include "harness_args.h"
 
 #include <algorithm>
 #include <fstream>
@@ -31,13 +32,7 @@ using namespace nst_fast::kernels;
 
 namespace {
 
-std::map<std::string, std::string> args;
-
-std::string arg(const std::string& k) {
-  auto it = args.find(k);
-  if (it == args.end()) emu::fail(("missing argument " + k).c_str());
-  return it->second;
-}
+using harness::arg;
 long long num(const std::string& k) { return std::stoll(arg(k)); }
 double real(const std::string& k) { return std::stod(arg(k)); }
 void triple(const std::string& k, long long (&v)[3]) {
@@ -199,12 +194,7 @@ int run() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    const size_t eq = a.find('=');
-    if (eq == std::string::npos) emu::fail(("key=value expected: " + a).c_str());
-    args[a.substr(0, eq)] = a.substr(eq + 1);
-  }
+  harness::parse(argc, argv);
   const std::string dtype = arg("dtype");
   int rc = 0;
   if (dtype == "f32")
@@ -216,7 +206,7 @@ int main(int argc, char** argv) {
   else
     emu::fail("dtype must be f32, bf16 or f16");
 #ifdef NST_EMU_PROFILE
-  if (args.count("profile")) emu::profile::write(args["profile"].c_str());
+  if (harness::args().count("profile")) emu::profile::write(harness::args()["profile"].c_str());
 #endif
   return rc;
 }
