@@ -12,8 +12,9 @@
 //             the pushed pair written into W, x_a = x, g_a = g, per-block max |d|.
 //   4. move   t from the plan and max |d|, then x = x_a + t d.
 //
-// Products and sums are in double whatever the state's dtype, and the per-block
-// partial sums are reduced in block order, so a step is deterministic.
+// Sums across chunks and blocks are in double whatever the state's dtype (on the GPU
+// every product too; the CPU sums a chunk in the state's dtype, vectorised), and the
+// per-block partial sums are reduced in block order, so a step is deterministic.
 #include <cmath>
 #include <cstdint>
 
