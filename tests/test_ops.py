@@ -44,6 +44,12 @@ def test_style_loss_matches_float64_reference(op_backend, shape, dtype, tol, lay
     target = _target(b, c, m, 2).to(reference.accum_dtype(dtype))
     scale = 1.0 / (4 * c * c * m * m)
     want_loss, want_grad = _oracle(f, target, scale)
+    # D = G - A loses the digits G and A share, so even an exactly rounded Gram matrix
+    # errs in D, and in dF = 4 s D F, by its rounding times |G| / |D|: the gradient's
+    # bound scales with that (as tests/sanitizer_run.py judges the CUDA kernels).
+    # 8.4 at (1, 128, 1025), where MKL's float32 Gram on an Intel Xeon errs by 6.8e-7.
+    gram = reference.gram(f.detach().double())
+    conditioning = max(1.0, (gram.norm() / (gram - target.double()).norm()).item())
 
     f = f.detach().requires_grad_(True)
     loss = ops.style_loss(f, target, scale)
@@ -51,7 +57,7 @@ def test_style_loss_matches_float64_reference(op_backend, shape, dtype, tol, lay
     assert loss.dtype == reference.accum_dtype(dtype)
     assert grad.shape == f.shape and grad.dtype == dtype
     assert _rel(loss, want_loss) <= tol
-    assert _rel(grad, want_grad) <= tol
+    assert _rel(grad, want_grad) <= tol * conditioning
 
 
 def test_bfloat16_features_keep_float32_loss(op_backend):
