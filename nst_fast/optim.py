@@ -98,10 +98,11 @@ class LBFGS(_Stateful):
     def step(self, x: torch.Tensor, loss: torch.Tensor, grad: torch.Tensor) -> None:
         """loss (0-dim) and grad were evaluated at the current x; updates x in place to the next point to evaluate."""
         dtype = self.x_a.dtype
-        if (self._workspace is not None and x.dtype == dtype and grad.dtype == dtype and x.is_contiguous()
-                and grad.is_contiguous() and grad.numel() == x.numel()):
+        if self._workspace is not None and x.dtype == dtype and grad.dtype == dtype and x.is_contiguous():
+            # The image's gradient comes back channels-last from the network: one copy.
+            grad = grad.detach().contiguous()
             torch.ops.nst_fast.lbfgs_step(
-                x.view(-1), loss.detach().reshape(()).to(dtype), grad.detach().view(-1), self.x_a, self.f_a,
+                x.view(-1), loss.detach().reshape(()).to(dtype), grad.view(-1), self.x_a, self.f_a,
                 self.g_a, self.d, self.t, self.W, self.WW, self.valid, self.idx, self.steps, self.accepted,
                 self._workspace, self.lr, self.c1, self.backtrack, self.eps, self.max_step)
             return

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import nst_fast
-from nst_fast import Interrupted, NonFiniteLoss, NstError, StyleTransfer
+from nst_fast import Interrupted, NonFiniteLoss, NstError, StyleTransfer, backend, optim
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +28,20 @@ def test_loss_falls_and_output_has_content_size(transfer, small_images, optimize
     assert len(seen) == 30 and [i.step for i in seen] == list(range(1, 31))  # one callback per step
     assert totals[0] / min(totals) > factor
     assert img.size == (64, 48)
+
+
+@pytest.mark.skipif(not backend.has_op_kernel("lbfgs_step", "cpu"),
+                    reason="the extension has no fused L-BFGS kernel")
+def test_the_loop_runs_the_fused_lbfgs_step(transfer, small_images, monkeypatch):
+    """The image's gradient comes back channels-last from the network; the loop must
+    still take the fused op, not the PyTorch-ops fallback."""
+    def fallback(*args, **kwargs):
+        raise AssertionError("the PyTorch-ops L-BFGS step ran")
+
+    monkeypatch.setattr(optim.LBFGS, "step_reference", fallback)
+    content, style = small_images
+    _, seen = _losses(transfer, content, style, size=48, steps=4)
+    assert len(seen) == 4
 
 
 def test_same_seed_same_image(transfer, small_images):
