@@ -102,6 +102,7 @@ class GatysLoss(nn.Module):
         self.content_weights = content_weights
         self.style_weights = style_weights
         self.alpha, self.beta, self.tv_weight = alpha, beta, tv_weight
+        self._constants = {}  # (what, device) -> a weight vector of _weighted_sum, or zero
 
     def part_names(self):
         """The keys of forward()'s parts, in a fixed order (the loss-history columns)."""
@@ -111,17 +112,29 @@ class GatysLoss(nn.Module):
     def _features(self, features, weight):
         return normalized_gradient(features, weight) if self.normalize_gradients else features
 
+    def _weighted_sum(self, key, terms, weights, device):
+        """sum_i weights[i] * terms[i] in three ops however many terms (a step on a GPU
+        launches a kernel per op), the weights a tensor made once per device. Not a
+        matmul: autocast would take that to bf16."""
+        if not terms:
+            return self._constant(("zero", device), [0.0], device)[0]
+        w = self._constant((key, device), weights, device)
+        return (torch.stack(terms) * w).sum()
+
+    def _constant(self, key, values, device):
+        # Made at the first step, before any CUDA-graph capture (which forbids the copy).
+        if key not in self._constants:
+            self._constants[key] = torch.tensor(values, dtype=torch.float32, device=device)
+        return self._constants[key]
+
     def forward(self, image: torch.Tensor):
         """-> (total, {"content": .., "style": .., "tv": .., "style:relu1_1": .., ...})"""
         feats = self.vgg(image)
         parts = {}
-        content = image.new_zeros((), dtype=torch.float32)
         for name, target in self.content_targets.items():
             term = content_loss(self._features(feats[name], self.alpha * self.content_weights[name]), target)
             term = term.to(image.device)  # from the layer's device, where the network is split
             parts[f"content:{name}"] = term
-            content = content + self.content_weights[name] * term
-        style = image.new_zeros((), dtype=torch.float32)
         for name, target in self.style_targets.items():
             f = self._features(feats[name], self.beta * self.style_weights[name])
             if callable(target):  # a WassersteinStyle, MRFStyle or WeightedSum of them
@@ -136,8 +149,12 @@ class GatysLoss(nn.Module):
                 term = ops.style_loss(f, target, style_scale(f.shape[1], f.shape[2] * f.shape[3]))
             term = term.to(image.device)
             parts[f"style:{name}"] = term
-            style = style + self.style_weights[name] * term
-        tv = tv_loss(image) if self.tv_weight else image.new_zeros((), dtype=torch.float32)
-        total = self.alpha * content + self.beta * style + self.tv_weight * tv
+        dev = image.device
+        content = self._weighted_sum("content", [parts[f"content:{n}"] for n in self.content_targets],
+                                     [self.content_weights[n] for n in self.content_targets], dev)
+        style = self._weighted_sum("style", [parts[f"style:{n}"] for n in self.style_targets],
+                                   [self.style_weights[n] for n in self.style_targets], dev)
+        tv = tv_loss(image) if self.tv_weight else self._constant(("zero", dev), [0.0], dev)[0]
+        total = self._weighted_sum("total", [content, style, tv], [self.alpha, self.beta, self.tv_weight], dev)
         parts.update(content=content, style=style, tv=tv, total=total)
         return total, parts

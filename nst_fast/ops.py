@@ -46,11 +46,13 @@ if backend.extension_loaded():
         features, _target, scale = inputs
         ctx.save_for_backward(features, output[1])
         ctx.scale = scale
+        # The residual output never has a gradient: do not fill one with zeros each step.
+        ctx.set_materialize_grads(False)
 
     def _backward(ctx, grad_loss, _grad_residual):
         features, residual = ctx.saved_tensors
         grad = None
-        if ctx.needs_input_grad[0]:
+        if ctx.needs_input_grad[0] and grad_loss is not None:
             grad = torch.ops.nst_fast.style_loss_backward(grad_loss, residual, features, ctx.scale)
         return grad, None, None
 
