@@ -15,9 +15,11 @@ import sys
 import time
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, ".."))
+from count_step_ops import OpCounter  # noqa: E402
 from nst_fast.optim import LBFGS  # noqa: E402
 
 
@@ -49,21 +51,6 @@ class TwoLoopLBFGS(ReferenceLBFGS):
         return -r
 
 
-class _CountOps(TorchDispatchMode):
-    """Counts the ops that do work (not views) dispatched inside it."""
-
-    VIEWS = {"detach", "view", "_unsafe_view", "reshape", "slice", "select", "unsqueeze", "squeeze", "permute",
-             "expand", "t", "transpose", "diagonal", "alias", "as_strided"}
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += func.overloadpacket.__name__ not in self.VIEWS
-        return func(*args, **(kwargs or {}))
-
-
 def median_ms(cls, n, history, device, repeats):
     """-> (median ms per step, ops dispatched by one step)"""
     gen = torch.Generator(device=device).manual_seed(0)
@@ -81,7 +68,7 @@ def median_ms(cls, n, history, device, repeats):
         opt.step(x, loss, grad)
     run = lambda: opt.step(x, loss, grad)  # noqa: E731
     snapshot, x_before = opt.state_dict(), x.clone()
-    with _CountOps() as counter:
+    with OpCounter() as counter:
         run()
     opt.load_state_dict(snapshot)
     x.copy_(x_before)
@@ -105,7 +92,7 @@ def median_ms(cls, n, history, device, repeats):
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2] * 1e3, counter.count
+    return sorted(times)[len(times) // 2] * 1e3, counter.total()
 
 
 def main(argv=None):
