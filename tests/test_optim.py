@@ -428,6 +428,23 @@ def test_step_never_syncs_on_cuda(name, path):
     assert torch.isfinite(x).all()
 
 
+def _capture_step(opt, x, loss, grad):
+    """opt.step(x, loss, grad) captured in a CUDA graph, after two warm-up steps on a
+    side stream that are undone (the state restored, x untouched)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            snapshot = opt.state_dict()
+            opt.step(x.clone(), loss, grad)
+            opt.load_state_dict(snapshot)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        opt.step(x, loss, grad)
+    return graph
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_lbfgs_step_captures_in_cuda_graph(path):
     x0 = torch.tensor([-1.2, 1.0] * 3, dtype=torch.float64, device="cuda")
@@ -443,17 +460,7 @@ def test_lbfgs_step_captures_in_cuda_graph(path):
     opt = LBFGS(x, history=3)
     assert opt.fused == (path == "fused" and backend.has_op_kernel("lbfgs_step", "cuda"))
     loss, grad = torch.zeros((), dtype=x.dtype, device="cuda"), torch.zeros_like(x)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm up the allocator outside the graph
-        for _ in range(2):
-            snapshot = opt.state_dict()
-            opt.step(x.clone(), loss, grad)
-            opt.load_state_dict(snapshot)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        opt.step(x, loss, grad)
+    graph = _capture_step(opt, x, loss, grad)
     for _ in range(20):
         l_, g_ = _eval(_rosenbrock, x)
         loss.copy_(l_), grad.copy_(g_)
@@ -475,6 +482,60 @@ def test_adam_matches_torch_adam():
         ref.step()
         want.append(xb.detach().clone())
     _assert_same_iterates(got, want, 1e-6)
+
+
+def _adam_runs(device, steps=40):
+    """Adam's fused float32 step and torch.optim.Adam on the same quadratic -> iterates."""
+    f, x0 = _quadratic()
+    f32 = lambda v: f(v.double().cpu()).float()  # noqa: E731
+    xa = x0.float().to(device)
+    xb = xa.clone().requires_grad_(True)
+    opt = Adam(xa, lr=0.05, betas=(0.8, 0.99), eps=1e-6)
+    assert opt.fused
+    ref = torch.optim.Adam([xb], lr=0.05, betas=(0.8, 0.99), eps=1e-6)
+    got, want = [], []
+    for _ in range(steps):
+        opt.step(xa, *_eval(f32, xa))
+        got.append(xa.cpu().clone())
+        ref.zero_grad()
+        f32(xb).backward()
+        ref.step()
+        want.append(xb.detach().cpu().clone())
+    return got, want
+
+
+def test_fused_adam_matches_torch_adam_in_float32():
+    got, want = _adam_runs("cpu")
+    _assert_same_iterates(got, want, 1e-6)
+
+
+def test_fused_adam_takes_a_channels_last_gradient_in_three_ops():
+    x = torch.randn(1, 3, 16, 16)
+    x_ref = x.clone()
+    fused, ref = Adam(x), Adam(x_ref)
+    grad = torch.randn(1, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    with _CountOps() as ops:
+        fused.step(x, None, grad)
+    work = [n for n in ops.names if n not in ("view", "reshape", "detach", "_unsafe_view")]
+    assert sorted(work) == ["_fused_adam_", "add_", "clone"]
+    ref.step_reference(x_ref, None, grad)
+    # Rounding differs by an ulp of x; a gradient read in the wrong layout would be off by the step, 0.02.
+    torch.testing.assert_close(x, x_ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fused_adam_on_cuda_matches_torch_adam_and_captures():
+    got, want = _adam_runs("cuda")
+    _assert_same_iterates(got, want, 1e-6)
+    x = torch.randn(1000, device="cuda")
+    opt, grad = Adam(x), torch.randn(1000, device="cuda")
+    eager_x, eager = x.clone(), Adam(x.clone())
+    graph = _capture_step(opt, x, None, grad)
+    for _ in range(5):
+        graph.replay()
+        eager.step(eager_x, None, grad)
+    torch.testing.assert_close(x, eager_x, rtol=1e-6, atol=1e-7)
+    assert opt.steps.item() == 5
 
 
 # ---- convergence ----
