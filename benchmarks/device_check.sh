@@ -109,7 +109,7 @@ STATUS[bench]=$([ $rc = 0 ] && echo ok || echo "FAILED rc=$rc")
 stamp "bench: ${STATUS[bench]}"
 fi
 
-# --- L-BFGS update: compact form vs two-loop ---
+# --- L-BFGS update: the fused op vs the same step in PyTorch ops ---
 stamp "== lbfgs update"
 timeout "$(within "${LBFGS_LIMIT:-30}")" python3 benchmarks/bench_lbfgs.py --device cuda --sizes 512,1024 >"$OUT/lbfgs.md" 2>"$OUT/lbfgs.log"
 rc=$?
