@@ -49,6 +49,15 @@ void check_grad_loss(const at::Tensor& grad_loss, const at::Tensor& features) {
               " but features are on ", features.device());
 }
 
+void check_grad_features(const at::Tensor& grad_features, const at::Tensor& features) {
+  TORCH_CHECK(grad_features.sizes() == features.sizes(), "nst_fast: grad_features must have the features' shape ",
+              dims(features), ", got ", dims(grad_features));
+  TORCH_CHECK(grad_features.scalar_type() == features.scalar_type(), "nst_fast: grad_features must be ",
+              features.scalar_type(), " as the features are, got ", grad_features.scalar_type());
+  TORCH_CHECK(grad_features.device() == features.device(), "nst_fast: grad_features is on ",
+              grad_features.device(), " but features are on ", features.device());
+}
+
 void check_cuda_features(const char* op, const at::Tensor& features) {
   TORCH_CHECK(features.is_cuda(), "nst_fast.", op, ": features must be a CUDA tensor, got ",
               features.device());

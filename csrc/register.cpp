@@ -18,6 +18,11 @@ TORCH_LIBRARY(nst_fast, m) {
   m.def("gram(Tensor features) -> Tensor");
   m.def("style_loss_forward(Tensor features, Tensor target, float scale) -> (Tensor, Tensor)");
   m.def("style_loss_backward(Tensor grad_loss, Tensor residual, Tensor features, float scale) -> Tensor");
+  // The backward of a ReLU whose output is `features`, with the style loss's gradient
+  // added to the gradient from the layers above (style_loss.h).
+  m.def(
+      "style_loss_relu_backward(Tensor grad_loss, Tensor residual, Tensor features, float scale, "
+      "Tensor? grad_features) -> Tensor");
   m.def("conv3x3_winograd(Tensor input, Tensor weight_transform, Tensor? bias) -> Tensor");
   // One L-BFGS step in place (lbfgs.h; the state of nst_fast.optim.LBFGS).
   m.def(

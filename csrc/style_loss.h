@@ -12,6 +12,13 @@
 //   gram(F)                         -> G = F F^T                     (B, C, C)
 //   style_loss_forward(F, A, s)     -> loss = s * sum (G - A)^2,  D = G - A
 //   style_loss_backward(g, D, F, s) -> dF = g * 4 * s * D F           (B, C, M)
+//   style_loss_relu_backward(g, D, F, s, dA)
+//                                   -> F <= 0 ? 0 : dA + dF            (B, C, M)
+//
+// style_loss_relu_backward is the backward of relu(X) = F with the style loss taken
+// at F: dA is the gradient reaching F from the layers above (undefined: none).
+// Its result is rounded as the separate ops round it: dF to the feature dtype, then
+// dA + dF, so it equals style_loss_backward, an add and threshold_backward.
 //
 // G, D and the loss are float32 (float64 for float64 features); accumulation is
 // always at least float32, whatever the feature dtype.
@@ -29,6 +36,7 @@ inline at::ScalarType accum_dtype(at::ScalarType features_dtype) {
 void check_features(const at::Tensor& features);
 void check_gram_like(const char* name, const at::Tensor& gram, const at::Tensor& features);
 void check_grad_loss(const at::Tensor& grad_loss, const at::Tensor& features);
+void check_grad_features(const at::Tensor& grad_features, const at::Tensor& features);
 void check_cuda_features(const char* op, const at::Tensor& features);
 void check_winograd_args(const at::Tensor& input, const at::Tensor& weight_transform,
                          const c10::optional<at::Tensor>& bias);

@@ -127,9 +127,28 @@ class GatysLoss(nn.Module):
             self._constants[key] = torch.tensor(values, dtype=torch.float32, device=device)
         return self._constants[key]
 
+    def _fused_layers(self):
+        """Style layers whose Gram loss runs inside the ReLU before it (ops.relu_style_loss)."""
+        if self.normalize_gradients:
+            return []
+        return [name for name, target in self.style_targets.items()
+                if isinstance(target, torch.Tensor) and self.vgg.tappable(name)]
+
+    def _taps(self, fused: dict) -> dict:
+        """{layer: a tap that runs its ReLU and style loss and puts the loss in fused}."""
+        def tap(name):
+            def run(x):
+                scale = style_scale(x.shape[1], x.shape[2] * x.shape[3])
+                act, fused[name] = ops.relu_style_loss(x, self.style_targets[name], scale)
+                return act
+            return run
+        return {name: tap(name) for name in self._fused_layers()}
+
     def forward(self, image: torch.Tensor):
         """-> (total, {"content": .., "style": .., "tv": .., "style:relu1_1": .., ...})"""
-        feats = self.vgg(image)
+        fused = {}  # style layer -> its loss, from a tap
+        taps = self._taps(fused)
+        feats = self.vgg(image, taps)
         parts = {}
         for name, target in self.content_targets.items():
             term = content_loss(self._features(feats[name], self.alpha * self.content_weights[name]), target)
@@ -137,7 +156,9 @@ class GatysLoss(nn.Module):
             parts[f"content:{name}"] = term
         for name, target in self.style_targets.items():
             f = self._features(feats[name], self.beta * self.style_weights[name])
-            if callable(target):  # a WassersteinStyle, MRFStyle or WeightedSum of them
+            if name in fused:
+                term = fused[name]
+            elif callable(target):  # a WassersteinStyle, MRFStyle or WeightedSum of them
                 term = target(f)
             elif isinstance(target, list):
                 term = f.new_zeros((), dtype=torch.float32)

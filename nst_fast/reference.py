@@ -26,3 +26,12 @@ def style_loss_backward(grad_loss, residual, features, scale: float):
     f = features.to(residual.dtype)
     with torch.autocast(f.device.type, enabled=False):
         return (4.0 * scale * grad_loss * torch.bmm(residual, f)).to(features.dtype)
+
+
+def style_loss_relu_backward(grad_loss, residual, features, scale: float, grad_features=None):
+    """The backward of relu(x) = features with the style loss taken at features, where
+    grad_features reaches them from the layers above (None: nothing does)."""
+    grad = style_loss_backward(grad_loss, residual, features, scale)
+    if grad_features is not None:
+        grad = grad + grad_features
+    return torch.ops.aten.threshold_backward(grad, features, 0)

@@ -450,14 +450,26 @@ class VGGFeatures(nn.Module):
             self._moves[start] = device
         return self
 
-    def forward(self, image: torch.Tensor) -> dict:
+    def tappable(self, name: str) -> bool:
+        """Whether forward() can run a tap at this layer: an in-place ReLU of the network."""
+        i = layer_index(name, self.network)
+        return i < len(self.net) and isinstance(self.net[i], nn.ReLU) and self.net[i].inplace
+
+    def forward(self, image: torch.Tensor, taps: dict = None) -> dict:
+        """-> {layer name: activation}. taps: {name of a tappable() layer: fn(its input) ->
+        its output}, run instead of that ReLU (a loss fused with it)."""
         x = self.preprocess(image).contiguous(memory_format=torch.channels_last)
         wanted = {layer_index(n, self.network): n for n in self.layers}
+        tapped = {}
+        for name, fn in (taps or {}).items():
+            if not self.tappable(name):
+                raise ValueError(f"no tap at {name}: not an in-place ReLU of the network")
+            tapped[layer_index(name, self.network)] = fn
         out = {}
         for i, module in enumerate(self.net):
             if i in self._moves:
                 x = x.to(self._moves[i])
-            x = module(x)
+            x = tapped[i](x) if i in tapped else module(x)
             if i in wanted:
                 out[wanted[i]] = x
         return out

@@ -68,10 +68,13 @@ def main():
                 g = torch.ops.nst_fast.gram(f)
                 gl = torch.tensor(0.5, device="cuda")
                 df = torch.ops.nst_fast.style_loss_backward(gl, res, f, s)
+                up = torch.rand_like(f)
+                fused = torch.ops.nst_fast.style_loss_relu_backward(gl, res, f, s, up)
                 torch.cuda.synchronize()
                 lr, rr = reference.style_loss_forward(f.double(), a.double(), s)
                 dr = reference.style_loss_backward(gl.double(), rr, f.double(), s)
-                errs = [rel(loss, lr), rel(res, rr), rel(g, reference.gram(f.double())), rel(df, dr)]
+                errs = [rel(loss, lr), rel(res, rr), rel(g, reference.gram(f.double())), rel(df, dr),
+                        rel(fused, torch.ops.aten.threshold_backward(df + up, f, 0))]  # 0: the same rounding
                 # D = G - A loses the digits G and A share: an exact fp32 G would err by
                 # eps * |G| / |D| in D and in dF = D F. Judge those two against that.
                 shared = (rr.norm() / reference.gram(f.double()).norm()).item()
@@ -80,7 +83,7 @@ def main():
                 key = str(dtype)
                 worst[key] = max(worst.get(key, 0.0), *errs)
                 print(f"{dtype} {name:14s} B={b} C={c} M={m}: loss {errs[0]:.2e} res {errs[1]:.2e} "
-                      f"gram {errs[2]:.2e} grad {errs[3]:.2e}", flush=True)
+                      f"gram {errs[2]:.2e} grad {errs[3]:.2e} relu {errs[4]:.2e}", flush=True)
     for n in [1, 1000] if args.quick else [1, 1000, 3001]:
         for dtype in (torch.float32, torch.float64):
             gap = lbfgs_gap(n, dtype)

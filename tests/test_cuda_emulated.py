@@ -107,12 +107,23 @@ class Run:
         raw = torch.from_numpy(np.fromfile(self._run("forward", args), dtype=np.float32))
         return raw[-1], raw[:-1].view(b, c, c)
 
-    def backward(self, grad, residual, f, scale):
+    def backward(self, grad, residual, f, scale, upstream=None, relu=False, uoff=0):
+        """The style backward; with relu (f is the ReLU's output) and upstream (the gradient
+        from above, stored uoff elements into its buffer), style_loss_relu_backward's."""
         rpath = self.dir / "residual.bin"
         residual.float().contiguous().numpy().tofile(rpath)
         out_like = torch.empty_like(f)  # the layout the CUDA op allocates
         args = self._features(f) + [f"residual={rpath}", f"grad={grad!r}", f"scale={scale!r}",
                                     "os=%d,%d,%d" % out_like.stride()]
+        if relu:
+            args.append("relu=1")
+        if upstream is not None:
+            span = sum((n - 1) * s for n, s in zip(f.shape, out_like.stride())) + 1
+            buf = torch.zeros(uoff + span, dtype=f.dtype)
+            torch.as_strided(buf, f.shape, out_like.stride(), uoff).copy_(upstream)
+            upath = self.dir / "upstream.bin"
+            buf.view(torch.int16 if f.element_size() == 2 else torch.int32).numpy().tofile(upath)
+            args += [f"upstream={upath}", f"uoff={uoff}"]
         raw = np.fromfile(self._run("backward", args), dtype=np.int16 if f.element_size() == 2 else np.int32)
         flat = torch.from_numpy(raw).view(f.dtype)
         return torch.as_strided(flat, f.shape, out_like.stride())
@@ -258,6 +269,50 @@ def test_tf32_products_when_allowed(harness, tmp_path):
     _, _, exact = check(Run(harness, tmp_path), f)
     _, _, tf32 = check(Run(harness, tmp_path, tf32=True), f, tf32=True)
     assert exact <= FP32_TOL < tf32 <= TF32_TOL
+
+
+def relu_inputs(f, seed):
+    """f with about a third of its elements zeroed, as a ReLU's output; a residual; an upstream gradient."""
+    g = torch.Generator().manual_seed(seed)
+    f[torch.rand(f.shape, generator=g) < 0.3] = 0  # in place: f keeps its layout
+    b, c, _ = f.shape
+    f64 = f.double()
+    residual = (f64 @ f64.transpose(1, 2) - symmetric_target(b, c)).float()
+    upstream = (torch.randn(f.shape, generator=g) * 0.05).to(f.dtype)
+    return residual, upstream
+
+
+@pytest.mark.parametrize("dtype", ["f32", "bf16", "f16"])
+@pytest.mark.parametrize("c,m", [(64, 600), (200, 97)], ids=["resident", "per_tile"])
+def test_relu_epilogue_equals_the_separate_ops(harness, tmp_path, dtype, c, m):
+    """style_loss_relu_backward's epilogue against the plain backward followed by an add
+    and threshold_backward, bit for bit: the same products, rounded the same way."""
+    stores = set()
+    for name, f in layouts(2, c, m, DTYPES[dtype], seed=c):
+        if name not in ("contiguous", "channels_last", "misaligned"):
+            continue  # the host side copies the rest to a dense layout first
+        residual, upstream = relu_inputs(f, c + m)
+        run = Run(harness, tmp_path, dtype, sms=1)
+        scale = 1.0 / (c * m)
+        plain = run.backward(0.75, residual, f, scale)
+        for uoff in (0, 1):  # 1: the upstream buffer misaligned, so narrower stores
+            fused = run.backward(0.75, residual, f, scale, upstream=upstream, relu=True, uoff=uoff)
+            assert torch.equal(fused, torch.ops.aten.threshold_backward(plain + upstream, f, 0)), (name, uoff)
+            stores.add(run.variant["vec_out"])
+        masked = run.backward(0.75, residual, f, scale, relu=True)
+        assert torch.equal(masked, torch.ops.aten.threshold_backward(plain, f, 0)), name
+        assert (masked == 0).float().mean() > 0.25
+        expect_resident = "1" if c <= 128 and name != "misaligned" else "0"
+        assert run.variant["resident"] == expect_resident, name
+    assert stores == ({"1", "2"} if dtype == "f32" else {"1", "8"}), stores
+
+
+@pytest.mark.parametrize("dtype", ["f32", "bf16"])
+def test_relu_epilogue_reads_inside_the_tensors(checked_harness, tmp_path, dtype):
+    for name, f in list(layouts(2, 65, 97, DTYPES[dtype], seed=13))[:2]:
+        residual, upstream = relu_inputs(f, 14)
+        run = Run(checked_harness, tmp_path, dtype)
+        run.backward(0.75, residual, f, 1e-4, upstream=upstream, relu=True)
 
 
 @pytest.mark.parametrize("dtype", ["f32", "bf16", "f16"])

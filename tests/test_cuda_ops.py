@@ -376,6 +376,61 @@ def test_autocast_keeps_residual_fp32():
     assert rel(loss_api, reference.style_loss_forward(f.bfloat16().double(), a.double(), 1.0)[0]) <= 1e-3
 
 
+# ---------------------------------------------------------------- the ReLU-fused backward
+def relu_case(b, c, m, dtype, seed, channels_last=False):
+    """ReLU-like features with about a third zeroed, a residual, a gradient from above."""
+    f = features(b, c, m, dtype, seed=seed)
+    g = torch.Generator(device=DEV).manual_seed(seed + 1)
+    f[torch.rand(f.shape, device=DEV, generator=g) < 0.3] = 0
+    if channels_last:
+        f = f.transpose(1, 2).contiguous().transpose(1, 2)
+    res = torch.ops.nst_fast.style_loss_forward(f, target_for(f), scale_for(c, m))[1]
+    upstream = (torch.randn(f.shape, device=DEV, generator=g) * 1e-3).to(dtype)
+    return f, res, upstream
+
+
+@pytest.mark.parametrize("dtype", [FP32, BF16, FP16, FP64])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+@pytest.mark.parametrize("c,m", [(64, 4096), (200, 97), (3, 1)])
+def test_relu_backward_equals_the_separate_ops(dtype, channels_last, c, m):
+    """style_loss_relu_backward = style_loss_backward, an add and threshold_backward, bit
+    for bit; the gradient from above in the features' layout or another (copied first)."""
+    f, res, upstream = relu_case(2, c, m, dtype, seed=c + m, channels_last=channels_last)
+    gl, s = torch.tensor(0.75, device=DEV, dtype=res.dtype), scale_for(c, m)
+    plain = torch.ops.nst_fast.style_loss_backward(gl, res, f, s)
+    other_layout = upstream.transpose(1, 2).contiguous().transpose(1, 2) if not channels_last else upstream.contiguous()
+    for up in (upstream, other_layout):
+        got = torch.ops.nst_fast.style_loss_relu_backward(gl, res, f, s, up)
+        assert got.stride() == f.stride()
+        assert torch.equal(got, torch.ops.aten.threshold_backward(plain + up, f, 0))
+    got = torch.ops.nst_fast.style_loss_relu_backward(gl, res, f, s, None)
+    assert torch.equal(got, torch.ops.aten.threshold_backward(plain, f, 0))
+    torch.library.opcheck(torch.ops.nst_fast.style_loss_relu_backward.default, (gl, res, f, s, upstream))
+
+
+def test_relu_backward_graph_capture_and_replay():
+    c, m = 128, 4096
+    f, res, upstream = relu_case(1, c, m, torch.bfloat16, seed=95, channels_last=True)
+    gl, s = torch.tensor(1.0, device=DEV), scale_for(c, m)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        torch.ops.nst_fast.style_loss_relu_backward(gl, res, f, s, upstream)  # warm-up outside capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = torch.ops.nst_fast.style_loss_relu_backward(gl, res, f, s, upstream)
+    for seed in (96, 97):
+        new_f, new_res, new_up = relu_case(1, c, m, torch.bfloat16, seed=seed, channels_last=True)
+        f.copy_(new_f)
+        res.copy_(new_res)
+        upstream.copy_(new_up)
+        gl.fill_(seed % 3 + 0.5)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, torch.ops.nst_fast.style_loss_relu_backward(gl, res, f, s, upstream))
+
+
 # ---------------------------------------------------------------- errors
 def test_errors():
     f = features(2, 16, 64)

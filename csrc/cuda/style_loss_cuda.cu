@@ -208,6 +208,52 @@ std::tuple<at::Tensor, at::Tensor> style_loss_forward_cuda(const at::Tensor& fea
   return {loss, residual};
 }
 
+// out = grad_loss * 4 * scale * D F (through the ReluGrad pointers add and relu, which
+// share out's strides), out already allocated; float32, bfloat16 or float16 features.
+void launch_backward(const at::Tensor& grad_loss, const at::Tensor& residual, const KernelFeatures& kf,
+                     at::Tensor& out, const void* add, const void* relu, double scale) {
+  const at::Tensor& f = kf.f;
+  const FeatureLayout& fv = kf.layout;
+  const int64_t B = f.size(0), C = f.size(1), M = f.size(2);
+  auto d = residual.contiguous();
+  auto gl = grad_loss.reshape({}).to(at::kFloat).contiguous();
+  const int64_t cols = fv.cl ? C : M;
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  TORCH_CHECK(((M + TILE - 1) / TILE) * ((C + TILE - 1) / TILE) < (1LL << 31),
+              "nst_fast.style_loss_backward: features too large");
+  const bool vecD = aligned(d.data_ptr<float>(), 16) && C % 4 == 0;
+
+  NST_DISPATCH_REDUCED(f.scalar_type(), "style_loss_backward", [&] {
+    using cuda_t = typename CudaType<scalar_t>::type;
+    const cuda_t* F = reinterpret_cast<const cuda_t*>(f.data_ptr<scalar_t>());
+    cuda_t* O = reinterpret_cast<cuda_t*>(out.data_ptr<scalar_t>());
+    const ReluGrad<cuda_t> relu_grad{static_cast<const cuda_t*>(add), static_cast<const cuda_t*>(relu)};
+    const bool vecF = vec_ok(F, sizeof(cuda_t), fv.sb, fv.ld, cols, B);
+    const BackwardOut o = backward_out(O, add, relu, sizeof(cuda_t), out.stride(0), out.stride(1), out.stride(2),
+                                       fv.cl, C, M, B);
+    const bool use_async = vecD && async_enabled() && async_layout_ok(F, sizeof(cuda_t), fv.sb, fv.ld, cols, B);
+    const float coef = (float)(4.0 * scale);
+    const float* Dp = d.data_ptr<float>();
+    const float* glp = gl.data_ptr<float>();
+    const BackwardPlan plan = plan_backward<cuda_t>(B, C, M, use_async, resident_setting(), multiprocessor_count());
+    const dim3 grid((unsigned)plan.blocks, 1u, (unsigned)B);
+    if (plan.resident) {
+      with_resident_kernel<cuda_t>(fv.cl, tf32_allowed(), plan.panel, [&](auto kernel) {
+        launch(kernel, grid, stream, plan.smem_bytes, Dp, F, fv.sb, fv.ld, (int)C, (int)M, O, o.sb, o.row, o.col,
+               o.vec, relu_grad, glp, coef);
+      });
+      return;
+    }
+    auto pick = [](auto cl, auto async, auto tf32) {
+      return style_bwd_kernel<cuda_t, decltype(cl)::value, decltype(async)::value, decltype(tf32)::value>;
+    };
+    with_kernel<cuda_t>(pick, fv.cl, use_async, tf32_allowed(), [&](auto kernel, bool async) {
+      launch(kernel, grid, stream, smem_bytes(async), Dp, vecD, F, fv.sb, fv.ld, vecF, (int)C, (int)M, O, o.sb,
+             o.row, o.col, o.vec, relu_grad, glp, coef);
+    });
+  });
+}
+
 at::Tensor style_loss_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& residual,
                                     const at::Tensor& features, double scale) {
   NoAutocast no_autocast(c10::autocast_dispatch_keyset);
@@ -222,45 +268,35 @@ at::Tensor style_loss_backward_cuda(const at::Tensor& grad_loss, const at::Tenso
     out.copy_(g);
     return out;
   }
-  const KernelFeatures kf = features_for_kernel(features);
-  const at::Tensor& f = kf.f;
-  const FeatureLayout& fv = kf.layout;
-  const int64_t B = features.size(0), C = features.size(1), M = features.size(2);
-  auto d = residual.contiguous();
-  auto gl = grad_loss.reshape({}).to(at::kFloat).contiguous();
-  const int64_t cols = fv.cl ? C : M;
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  TORCH_CHECK(((M + TILE - 1) / TILE) * ((C + TILE - 1) / TILE) < (1LL << 31),
-              "nst_fast.style_loss_backward: features too large");
-  const bool vecD = aligned(d.data_ptr<float>(), 16) && C % 4 == 0;
+  launch_backward(grad_loss, residual, features_for_kernel(features), out, nullptr, nullptr, scale);
+  return out;
+}
 
-  NST_DISPATCH_REDUCED(features.scalar_type(), "style_loss_backward", [&] {
-    using cuda_t = typename CudaType<scalar_t>::type;
-    const cuda_t* F = reinterpret_cast<const cuda_t*>(f.data_ptr<scalar_t>());
-    cuda_t* O = reinterpret_cast<cuda_t*>(out.data_ptr<scalar_t>());
-    const bool vecF = vec_ok(F, sizeof(cuda_t), fv.sb, fv.ld, cols, B);
-    const BackwardOut o = backward_out(O, sizeof(cuda_t), out.stride(0), out.stride(1), out.stride(2), fv.cl, C, M, B);
-    const bool use_async = vecD && async_enabled() && async_layout_ok(F, sizeof(cuda_t), fv.sb, fv.ld, cols, B);
-    const float coef = (float)(4.0 * scale);
-    const float* Dp = d.data_ptr<float>();
-    const float* glp = gl.data_ptr<float>();
-    const BackwardPlan plan = plan_backward<cuda_t>(B, C, M, use_async, resident_setting(), multiprocessor_count());
-    const dim3 grid((unsigned)plan.blocks, 1u, (unsigned)B);
-    if (plan.resident) {
-      with_resident_kernel<cuda_t>(fv.cl, tf32_allowed(), plan.panel, [&](auto kernel) {
-        launch(kernel, grid, stream, plan.smem_bytes, Dp, F, fv.sb, fv.ld, (int)C, (int)M, O, o.sb, o.row, o.col,
-               o.vec, glp, coef);
-      });
-      return;
-    }
-    auto pick = [](auto cl, auto async, auto tf32) {
-      return style_bwd_kernel<cuda_t, decltype(cl)::value, decltype(async)::value, decltype(tf32)::value>;
-    };
-    with_kernel<cuda_t>(pick, fv.cl, use_async, tf32_allowed(), [&](auto kernel, bool async) {
-      launch(kernel, grid, stream, smem_bytes(async), Dp, vecD, F, fv.sb, fv.ld, vecF, (int)C, (int)M, O, o.sb,
-             o.row, o.col, o.vec, glp, coef);
-    });
-  });
+at::Tensor style_loss_relu_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& residual,
+                                         const at::Tensor& features, double scale,
+                                         const c10::optional<at::Tensor>& grad_features) {
+  NoAutocast no_autocast(c10::autocast_dispatch_keyset);
+  check_cuda_features("style_loss_relu_backward", features);
+  check_gram_like("residual", residual, features);
+  check_grad_loss(grad_loss, features);
+  const bool accumulate = grad_features.has_value() && grad_features->defined();
+  if (accumulate) check_grad_features(*grad_features, features);
+  c10::cuda::CUDAGuard guard(features.device());
+  if (features.scalar_type() == at::kDouble || features.numel() == 0) {
+    auto grad = style_loss_backward_cuda(grad_loss, residual, features, scale);
+    if (accumulate) grad.add_(*grad_features);
+    return at::threshold_backward(grad, features, 0);
+  }
+  KernelFeatures kf = features_for_kernel(features);
+  // out, the incoming gradient and the ReLU's output (the features) share one layout,
+  // so the epilogue reads all three at one offset.
+  if (!kf.f.is_non_overlapping_and_dense()) kf = features_for_kernel(kf.f.contiguous());
+  auto out = at::empty_like(kf.f);
+  at::Tensor grad_in;
+  if (accumulate) {
+    grad_in = grad_features->strides() == out.strides() ? *grad_features : at::empty_like(out).copy_(*grad_features);
+  }
+  launch_backward(grad_loss, residual, kf, out, accumulate ? grad_in.data_ptr() : nullptr, kf.f.data_ptr(), scale);
   return out;
 }
 
@@ -270,6 +306,7 @@ TORCH_LIBRARY_IMPL(nst_fast, CUDA, m) {
   m.impl("gram", &gram_cuda);
   m.impl("style_loss_forward", &style_loss_forward_cuda);
   m.impl("style_loss_backward", &style_loss_backward_cuda);
+  m.impl("style_loss_relu_backward", &style_loss_relu_backward_cuda);
 }
 
 }  // namespace nst_fast

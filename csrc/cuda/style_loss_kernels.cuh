@@ -343,29 +343,60 @@ __device__ __forceinline__ void transpose_row_words(const uint32_t (&in)[4], uin
   }
 }
 
-// The backward's epilogue: alpha * acc into a tile of out with rows r0 .. and columns
-// c0 .. in the tile orientation; element (r, c) at out + r * oRow + c * oCol. vec:
-// elements stored together along a tile row (BackwardOut::vec): 1, 2, or 8, where the
-// four lanes of a row trade their 2-byte pairs so that each stores 16 bytes and a
+// What style_loss_relu_backward adds to the backward's epilogue, at out's offsets in
+// the same buffers' layout: the gradient from the layers above (add) and the ReLU's
+// output, whose non-positive elements zero the result (relu). Null: not there.
+template <typename T>
+struct ReluGrad {
+  const T* add;
+  const T* relu;
+  __device__ __forceinline__ bool any() const { return add != nullptr || relu != nullptr; }
+  // v = alpha * acc at offset off -> the stored value, rounded as the separate ops round
+  // it: dF to T, then dF + add to T; then masked as threshold_backward masks.
+  __device__ __forceinline__ float finish(float v, long long off) const {
+    v = rounded(v, T());
+    if (add != nullptr) v = rounded(v + to_float(add[off]), T());
+    if (relu != nullptr && to_float(relu[off]) <= 0.f) v = 0.f;
+    return v;
+  }
+  __device__ __forceinline__ ReluGrad at_batch(long long offset) const {
+    return {add ? add + offset : nullptr, relu ? relu + offset : nullptr};
+  }
+};
+
+// The backward's epilogue: alpha * acc (through e) into a tile of out with rows r0 ..
+// and columns c0 .. in the tile orientation; element (r, c) at out + r * oRow + c * oCol.
+// vec: elements stored together along a tile row (BackwardOut::vec): 1, 2, or 8, where
+// the four lanes of a row trade their 2-byte pairs so that each stores 16 bytes and a
 // warp's stores fill whole 32-byte sectors (pairs cover half a sector per row).
 template <typename T>
 __device__ __forceinline__ void store_tile(const float (&acc)[2][4][4], float alpha, T* __restrict__ out, int rows,
                                            int cols, int r0, int c0, long long oRow, long long oCol, int vec,
-                                           int wm, int wn, int lane) {
+                                           const ReluGrad<T>& e, int wm, int wn, int lane) {
   const int g = lane >> 2, t = lane & 3;
+  const bool fused = e.any();
   if constexpr (sizeof(T) == 2) {
     if (vec == 8) {  // the same for the whole grid: the shuffles see every lane
 #pragma unroll
       for (int mt = 0; mt < 2; ++mt) {
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
+          const int r = r0 + wm * 32 + mt * 16 + g + h * 8;
           uint32_t pairs[4], row[4];
 #pragma unroll
-          for (int nt = 0; nt < 4; ++nt)
-            pairs[nt] = pack2<T>(alpha * acc[mt][nt][2 * h], alpha * acc[mt][nt][2 * h + 1]);
+          for (int nt = 0; nt < 4; ++nt) {
+            float v0 = alpha * acc[mt][nt][2 * h], v1 = alpha * acc[mt][nt][2 * h + 1];
+            const int c = c0 + wn * 32 + nt * 8 + 2 * t;
+            if (fused && r < rows && c < cols) {  // cols % 8 == 0: the pair is inside; oCol == 1
+              const long long off = (long long)r * oRow + c;
+              v0 = e.finish(v0, off);
+              v1 = e.finish(v1, off + 1);
+            }
+            pairs[nt] = pack2<T>(v0, v1);
+          }
           transpose_row_words(pairs, row, t);
-          const int r = r0 + wm * 32 + mt * 16 + g + h * 8, c = c0 + wn * 32 + 8 * t;
-          if (r < rows && c < cols)  // cols % 8 == 0: all 8 columns are inside
+          const int c = c0 + wn * 32 + 8 * t;
+          if (r < rows && c < cols)  // all 8 columns are inside
             *reinterpret_cast<uint4*>(out + (long long)r * oRow + c) = make_uint4(row[0], row[1], row[2], row[3]);
         }
       }
@@ -382,8 +413,13 @@ __device__ __forceinline__ void store_tile(const float (&acc)[2][4][4], float al
       for (int nt = 0; nt < 4; ++nt) {
         const int c = c0 + wn * 32 + nt * 8 + 2 * t;
         if (c >= cols) continue;
-        const float v0 = alpha * acc[mt][nt][2 * h], v1 = alpha * acc[mt][nt][2 * h + 1];
-        T* p = out + (long long)r * oRow + (long long)c * oCol;
+        float v0 = alpha * acc[mt][nt][2 * h], v1 = alpha * acc[mt][nt][2 * h + 1];
+        const long long off = (long long)r * oRow + (long long)c * oCol;
+        if (fused) {
+          v0 = e.finish(v0, off);
+          if (c + 1 < cols) v1 = e.finish(v1, off + oCol);
+        }
+        T* p = out + off;
         if (vec > 1) {
           store2(p, v0, v1);
         } else {
@@ -406,7 +442,7 @@ template <typename T, bool CL, bool ASYNC, bool TF32>
 __global__ void __launch_bounds__(THREADS)
     style_bwd_kernel(const float* __restrict__ D, bool vecD, const T* __restrict__ F, long long sFb,
                      long long ld, bool vecF, int C, int M, T* __restrict__ out, long long sOb,
-                     long long oRow, long long oCol, int vec_out,
+                     long long oRow, long long oCol, int vec_out, ReluGrad<T> relu_grad,
                      const float* __restrict__ grad_loss, float coef) {
   NST_DYNAMIC_SMEM(dsmem);  // [stages][2 operands][SMEM_TILE]
   auto sbuf = [&](int buf, int op) { return dsmem + (buf * 2 + op) * SMEM_TILE; };
@@ -479,7 +515,7 @@ __global__ void __launch_bounds__(THREADS)
 
   const int rows = CL ? M : C, cols = CL ? C : M;
   store_tile(acc, coef * __ldg(grad_loss), out + (long long)b * sOb, rows, cols, CL ? m0 : i0, CL ? i0 : m0, oRow,
-             oCol, vec_out, wm, wn, lane);
+             oCol, vec_out, relu_grad.at_batch((long long)b * sOb), wm, wn, lane);
 }
 
 // ---------------------------------------------------------------- backward, D resident
@@ -508,7 +544,8 @@ template <typename T, bool CL, bool TF32, int CP>
 __global__ void __launch_bounds__(THREADS)
     style_bwd_resident_kernel(const float* __restrict__ D, const T* __restrict__ F, long long sFb, long long ld,
                               int C, int M, T* __restrict__ out, long long sOb, long long oRow, long long oCol,
-                              int vec_out, const float* __restrict__ grad_loss, float coef) {
+                              int vec_out, ReluGrad<T> relu_grad, const float* __restrict__ grad_loss,
+                              float coef) {
   constexpr int LDD = panel_ld<T>(CP);
   NST_DYNAMIC_SMEM(dsmem);  // [D panel: TILE x LDD][stages][SMEM_TILE]: resident_smem_bytes<T>(CP)
   float* sD = dsmem;
@@ -544,6 +581,7 @@ __global__ void __launch_bounds__(THREADS)
   zero(stage);
   const float alpha = coef * __ldg(grad_loss);
   const int rows = CL ? M : C, cols = CL ? C : M;
+  const ReluGrad<T> e = relu_grad.at_batch((long long)b * sOb);
   auto compute = [&](int buf, int step) {
     const int kt = step % nk;
     const T* sF = fbuf(buf);
@@ -559,7 +597,7 @@ __global__ void __launch_bounds__(THREADS)
     if (kt == nk - 1) {
       const int m0 = m0_of(step);
       store_tile(acc, alpha, out + (long long)b * sOb, rows, cols, CL ? m0 : i0, CL ? i0 : m0, oRow, oCol, vec_out,
-                 wm, wn, lane);
+                 e, wm, wn, lane);
       zero(acc);
     }
   };
@@ -633,13 +671,20 @@ struct BackwardOut {
   int vec;                 // neighbours along a tile row stored together: 1, 2, or 8 (16 bytes of 2-byte values)
 };
 
-inline BackwardOut backward_out(const void* out, size_t elem, long long s0, long long s1, long long s2, bool cl,
-                                long long C, long long M, long long B) {
+// add and relu: ReluGrad's buffers (null: absent), read at out's offsets, so vec is as
+// wide as all three allow.
+inline BackwardOut backward_out(const void* out, const void* add, const void* relu, size_t elem, long long s0,
+                                long long s1, long long s2, bool cl, long long C, long long M, long long B) {
   BackwardOut o{s0, cl ? s2 : s1, cl ? s1 : s2, 1};
   const long long cols = cl ? C : M;
-  if (o.col == 1 && elem == 2 && rows_in_groups(out, elem, 8, o.sb, o.row, cols, B))
+  auto all_in_groups = [&](long long n) {
+    for (const void* p : {out, add, relu})
+      if (p != nullptr && !rows_in_groups(p, elem, n, o.sb, o.row, cols, B)) return false;
+    return true;
+  };
+  if (o.col == 1 && elem == 2 && all_in_groups(8))
     o.vec = 8;
-  else if (o.col == 1 && rows_in_groups(out, elem, 2, o.sb, o.row, cols, B))
+  else if (o.col == 1 && all_in_groups(2))
     o.vec = 2;
   return o;
 }

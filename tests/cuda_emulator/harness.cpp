@@ -9,6 +9,9 @@
 //     features=PATH (raw, foff + extent elements)
 //     forward:  target=PATH (float32, strides ts=a0,a1,a2, extent elements)  scale=
 //     backward: residual=PATH (float32 B*C*C)  grad=  scale=  os=o0,o1,o2 (output strides)
+//               style_loss_relu_backward's epilogue: relu=1 (the features are the ReLU's
+//               output; os must equal fs)  upstream=PATH (the gradient from above, in
+//               dtype, uoff elements then the extent of os)  uoff=
 //     out=PATH
 //     profile=PATH (a build with -DNST_EMU_PROFILE: the memory-access profile, access_profile.h)
 //   Writes gram / residual (B*C*C float32, then the loss for forward) or the gradient
@@ -159,7 +162,19 @@ int run() {
     const float* D = dbuf.as<float>();
     const bool vecD = aligned(D, 16) && C % 4 == 0;
     const bool vecF = vec_ok(F, sizeof(T), fv.sb, fv.ld, cols, B);
-    const BackwardOut o = backward_out(O, sizeof(T), os[0], os[1], os[2], fv.cl, C, M, B);
+    const bool relu = harness::args().count("relu") && num("relu") != 0;
+    if (relu && (os[0] != fs[0] || os[1] != fs[1] || os[2] != fs[2]))
+      emu::fail("relu=1: the output must have the features' strides (the host side makes them so)");
+    Buffer ubuf(0);
+    const T* add = nullptr;
+    if (harness::args().count("upstream")) {
+      const long long uoff = num("uoff");
+      ubuf = read_file(arg("upstream"), (size_t)(uoff + olen) * sizeof(T));
+      watch(ubuf, "upstream");
+      add = ubuf.as<T>() + uoff;
+    }
+    const ReluGrad<T> relu_grad{add, relu ? F : nullptr};
+    const BackwardOut o = backward_out(O, add, relu_grad.relu, sizeof(T), os[0], os[1], os[2], fv.cl, C, M, B);
     const bool use_async = vecD && async_enabled && async_layout_ok(F, sizeof(T), fv.sb, fv.ld, cols, B);
     const BackwardPlan plan = plan_backward<T>(B, C, M, use_async, resident_limit(num("resident")), num("sms"));
     const emu::Dim grid{(unsigned)plan.blocks, 1u, (unsigned)B};
@@ -169,7 +184,7 @@ int run() {
         std::printf("variant cl=%d async=1 resident=1 panel=%d blocks=%lld vec_out=%d\n", (int)fv.cl, plan.panel,
                     plan.blocks, (int)o.vec);
         emu::launch(grid, THREADS, plan.smem_bytes, [&] {
-          kernel(D, F, fv.sb, fv.ld, (int)C, (int)M, O, o.sb, o.row, o.col, o.vec, &grad, coef);
+          kernel(D, F, fv.sb, fv.ld, (int)C, (int)M, O, o.sb, o.row, o.col, o.vec, relu_grad, &grad, coef);
         }, seed);
       });
       write_file(arg("out"), obuf.p, obuf.bytes);
@@ -182,7 +197,8 @@ int run() {
       std::printf("variant cl=%d async=%d resident=0 vec=%d vec_out=%d\n", (int)fv.cl, (int)async, (int)vecF,
                   (int)o.vec);
       emu::launch(grid, THREADS, plan.smem_bytes, [&] {
-        kernel(D, vecD, F, fv.sb, fv.ld, vecF, (int)C, (int)M, O, o.sb, o.row, o.col, o.vec, &grad, coef);
+        kernel(D, vecD, F, fv.sb, fv.ld, vecF, (int)C, (int)M, O, o.sb, o.row, o.col, o.vec, relu_grad, &grad,
+               coef);
       }, seed);
     });
     write_file(arg("out"), obuf.p, obuf.bytes);
