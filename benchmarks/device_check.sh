@@ -13,8 +13,8 @@
 #   SKIP_SANITIZER=1, SKIP_LAYERS=1, SKIP_STYLE_LOSSES=1   leave out the sanitizer runs / the layer
 #                    table / the per-style-loss step table
 #   STEP_SIZES, STEP_STEPS, PROBE_SIZE   the whole-step benchmark's sizes, step counts, bf16 probe
-#   PYTEST_LIMIT, SAN_LIMIT, BENCH_LIMIT, LBFGS_LIMIT, STEP_LIMIT, LOSSES_LIMIT   per-stage time limits
-#                    in seconds
+#   PYTEST_LIMIT, SAN_LIMIT, BENCH_LIMIT, LBFGS_LIMIT, RELU_LIMIT, STEP_LIMIT, LOSSES_LIMIT   per-stage
+#                    time limits in seconds
 #   TOTAL_LIMIT      seconds for the whole script (540): each stage's limit is cut to
 #                    what is left, so the final table prints inside one 10-minute call
 # Each stage has its own time limit too; leave a stage out (SKIP_*) to give the
@@ -117,6 +117,15 @@ STATUS[lbfgs]=$([ $rc = 0 ] && echo ok || echo "FAILED rc=$rc")
 [ $rc = 0 ] || tail -20 "$OUT/lbfgs.log"
 stamp "lbfgs: ${STATUS[lbfgs]}"
 
+# --- the style backward fused with the ReLU vs the two apart ---
+stamp "== relu fusion"
+timeout "$(within "${RELU_LIMIT:-40}")" python3 benchmarks/bench_relu_fusion.py --device cuda --size 512 --repeats 2 \
+  --md "$OUT/relu.md" >"$OUT/relu.log" 2>&1
+rc=$?
+STATUS[relu]=$([ $rc = 0 ] && echo ok || echo "FAILED rc=$rc")
+[ $rc = 0 ] || tail -20 "$OUT/relu.log"
+stamp "relu: ${STATUS[relu]}"
+
 # --- whole-step benchmark ---
 stamp "== whole-step benchmark"
 timeout "$(within "${STEP_LIMIT:-150}")" python3 benchmarks/bench_step.py --device cuda --sizes "${STEP_SIZES:-512,1024,2048}" \
@@ -142,13 +151,15 @@ stamp "== summary"
 {
   echo "| stage | result |"
   echo "|---|---|"
-  for k in build pytest memcheck racecheck bench lbfgs step losses; do
+  for k in build pytest memcheck racecheck bench lbfgs relu step losses; do
     [ -n "${STATUS[$k]:-}" ] && echo "| $k | ${STATUS[$k]} |"
   done
   echo
   [ -f "$OUT/layers.md" ] && cat "$OUT/layers.md"
   echo
   [ -f "$OUT/lbfgs.md" ] && cat "$OUT/lbfgs.md"
+  echo
+  [ -f "$OUT/relu.md" ] && cat "$OUT/relu.md"
   echo
   [ -f "$OUT/step.md" ] && cat "$OUT/step.md"
   echo

@@ -89,6 +89,8 @@ class GatysLoss(nn.Module):
     normalize_gradients: rescale each layer's loss gradient to unit L1 norm (times
     its weight) before it enters the network's backward."""
 
+    fuse_relu = True  # False: the ReLUs and the style losses after them run separately (A/B runs)
+
     def __init__(self, vgg, content_targets: dict, style_targets: dict, content_weights: dict,
                  style_weights: dict, alpha: float, beta: float, tv_weight: float,
                  normalize_gradients: bool = False):
@@ -129,7 +131,7 @@ class GatysLoss(nn.Module):
 
     def _fused_layers(self):
         """Style layers whose Gram loss runs inside the ReLU before it (ops.relu_style_loss)."""
-        if self.normalize_gradients:
+        if self.normalize_gradients or not self.fuse_relu:
             return []
         return [name for name, target in self.style_targets.items()
                 if isinstance(target, torch.Tensor) and self.vgg.tappable(name)]

@@ -1,0 +1,119 @@
+"""The style loss fused with the ReLU before it, against the two run separately.
+
+    python benchmarks/bench_relu_fusion.py [--device cpu|cuda] [--size 512] [--md out.md]
+
+Per VGG-19 style layer, the backward of relu + style loss: "separate" is what
+autograd runs for them apart (style_loss_backward, the add of the gradient from the
+layers above, threshold_backward), "fused" the one op style_loss_relu_backward.
+Then the whole optimisation step with GatysLoss.fuse_relu on and off. Both in one
+run, alternating; on a GPU the per-layer times are CUDA-graph replays (GPU time),
+on the CPU medians of interleaved calls with freed memory kept (nst_fast/heap.py),
+so that page faults do not decide.
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, ".."))
+from bench_step import STYLE_WEIGHT, inputs, per_step_ms, sync  # noqa: E402
+from nst_fast import StyleTransfer, heap, ops  # noqa: E402, F401  (ops registers the fakes)
+from nst_fast.losses import GatysLoss  # noqa: E402
+
+LAYERS = [("relu1_1", 64, 1), ("relu2_1", 128, 2), ("relu3_1", 256, 4), ("relu4_1", 512, 8),
+          ("relu5_1", 512, 16)]
+
+
+def layer_inputs(c, h, w, dtype, device, seed):
+    g = torch.Generator().manual_seed(seed)
+    f = torch.randn(1, c, h, w, generator=g).relu().to(device, dtype).contiguous(memory_format=torch.channels_last)
+    up = torch.randn(1, c, h, w, generator=g).to(device, dtype).contiguous(memory_format=torch.channels_last)
+    t = torch.rand(1, c, h * w, generator=g).to(device)
+    _, residual = torch.ops.nst_fast.style_loss_forward(f.flatten(2), t @ t.transpose(1, 2), 1e-9)
+    return f.flatten(2), up.flatten(2), residual, torch.tensor(1.0, device=device)
+
+
+def separate(f, up, residual, grad):
+    dF = torch.ops.nst_fast.style_loss_backward(grad, residual, f, 1e-9)
+    return torch.ops.aten.threshold_backward(dF + up, f, 0)
+
+
+def fused(f, up, residual, grad):
+    return torch.ops.nst_fast.style_loss_relu_backward(grad, residual, f, 1e-9, up)
+
+
+def cpu_ms(fns, args, rounds=60):
+    """Median ms per call of each fn, the calls interleaved."""
+    times = [[] for _ in fns]
+    for _ in range(rounds):
+        for fn, ts in zip(fns, times):
+            t = time.perf_counter()
+            fn(*args)
+            ts.append(time.perf_counter() - t)
+    return [statistics.median(ts) * 1e3 for ts in times]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--size", type=int, default=None, help="long side in pixels (cpu 256, cuda 512)")
+    p.add_argument("--precision", default=None, help="fp32 | bf16 (cpu) | tf32 (cuda) (cuda: bf16)")
+    p.add_argument("--steps", default=None, help="n1,n2 step counts for the difference (cpu 3,8; cuda 20,70)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--md", default=None, help="also write the tables to this markdown file")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    size = args.size or (512 if cuda else 256)
+    precision = args.precision or ("bf16" if cuda else "fp32")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    n1, n2 = (int(s) for s in (args.steps or ("20,70" if cuda else "3,8")).split(","))
+    content, style = inputs(size)
+    h, w = content.shape[-2:]
+    name = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
+    lines = [f"{name}, torch {torch.__version__}, {w}x{h}, {precision}", "",
+             "| layer | C x H x W | separate ms | fused ms | speed-up |", "|---|---|---|---|---|"]
+    print(lines[0], flush=True)
+    if cuda:
+        from bench_cuda_layers import time_graph_ms
+    with heap.keep_freed_memory(not cuda):
+        for i, (layer, c, down) in enumerate(LAYERS):
+            args_ = layer_inputs(c, h // down, w // down, dtype, device, seed=i)
+            if cuda:
+                ms = [time_graph_ms(fn, [args_])[0] for fn in (separate, fused)]
+            else:
+                ms = cpu_ms((separate, fused), args_)
+            lines.append(f"| {layer} | {c} x {h // down} x {w // down} | {ms[0]:.3f} | {ms[1]:.3f} | "
+                         f"{ms[0] / ms[1]:.2f}x |")
+            print(lines[-1], flush=True)
+
+        transfer = StyleTransfer(weights=os.environ.get("NST_FAST_WEIGHTS", "random"), device=device)
+        step_ms = {True: [], False: []}
+        for _ in range(args.repeats):
+            for on in (False, True):
+                GatysLoss.fuse_relu = on
+
+                def run(n):
+                    transfer.stylize_tensor(content, style, size=size, steps=n, precision=precision,
+                                            style_weight=STYLE_WEIGHT, report_every=10**9)
+                step_ms[on].append(per_step_ms(run, device, n1, n2, 1))
+        GatysLoss.fuse_relu = True
+        sync(device)
+    sep, fus = statistics.median(step_ms[False]), statistics.median(step_ms[True])
+    lines += ["", "| whole step | separate ms | fused ms | speed-up |", "|---|---|---|---|",
+              f"| {w}x{h} {precision} | {sep:.2f} | {fus:.2f} | {sep / fus:.2f}x |",
+              "", f"whole step per repeat, separate: {', '.join(f'{v:.2f}' for v in step_ms[False])}; "
+              f"fused: {', '.join(f'{v:.2f}' for v in step_ms[True])}"]
+    print("\n".join(lines[-5:]), flush=True)
+    if args.md:
+        with open(args.md, "w") as fh:
+            fh.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
