@@ -117,15 +117,6 @@ STATUS[lbfgs]=$([ $rc = 0 ] && echo ok || echo "FAILED rc=$rc")
 [ $rc = 0 ] || tail -20 "$OUT/lbfgs.log"
 stamp "lbfgs: ${STATUS[lbfgs]}"
 
-# --- the style backward fused with the ReLU vs the two apart ---
-stamp "== relu fusion"
-timeout "$(within "${RELU_LIMIT:-40}")" python3 benchmarks/bench_relu_fusion.py --device cuda --size 512 --repeats 2 \
-  --md "$OUT/relu.md" >"$OUT/relu.log" 2>&1
-rc=$?
-STATUS[relu]=$([ $rc = 0 ] && echo ok || echo "FAILED rc=$rc")
-[ $rc = 0 ] || tail -20 "$OUT/relu.log"
-stamp "relu: ${STATUS[relu]}"
-
 # --- whole-step benchmark ---
 stamp "== whole-step benchmark"
 timeout "$(within "${STEP_LIMIT:-150}")" python3 benchmarks/bench_step.py --device cuda --sizes "${STEP_SIZES:-512,1024,2048}" \
@@ -135,6 +126,15 @@ rc=$?
 STATUS[step]=$([ $rc = 0 ] && echo ok || echo "FAILED rc=$rc")
 [ $rc = 0 ] || tail -20 "$OUT/step.log"
 stamp "step: ${STATUS[step]}"
+
+# --- the style backward fused with the ReLU vs the two apart ---
+stamp "== relu fusion"
+timeout "$(within "${RELU_LIMIT:-40}")" python3 benchmarks/bench_relu_fusion.py --device cuda --size 512 --repeats 2 \
+  --md "$OUT/relu.md" >"$OUT/relu.log" 2>&1
+rc=$?
+STATUS[relu]=$([ $rc = 0 ] && echo ok || echo "FAILED rc=$rc")
+[ $rc = 0 ] || tail -20 "$OUT/relu.log"
+stamp "relu: ${STATUS[relu]}"
 
 # --- per style loss ---
 if [ "${SKIP_STYLE_LOSSES:-0}" != "1" ]; then
@@ -151,7 +151,7 @@ stamp "== summary"
 {
   echo "| stage | result |"
   echo "|---|---|"
-  for k in build pytest memcheck racecheck bench lbfgs relu step losses; do
+  for k in build pytest memcheck racecheck bench lbfgs step relu losses; do
     [ -n "${STATUS[$k]:-}" ] && echo "| $k | ${STATUS[$k]} |"
   done
   echo
@@ -159,9 +159,9 @@ stamp "== summary"
   echo
   [ -f "$OUT/lbfgs.md" ] && cat "$OUT/lbfgs.md"
   echo
-  [ -f "$OUT/relu.md" ] && cat "$OUT/relu.md"
-  echo
   [ -f "$OUT/step.md" ] && cat "$OUT/step.md"
+  echo
+  [ -f "$OUT/relu.md" ] && cat "$OUT/relu.md"
   echo
   [ -f "$OUT/losses.md" ] && cat "$OUT/losses.md"
 } | tee -a "$OUT/summary.txt"
