@@ -8,7 +8,7 @@ layers above, threshold_backward), "fused" the one op style_loss_relu_backward.
 Then the whole optimisation step with GatysLoss.fuse_relu on and off. Both in one
 run, alternating; on a GPU the per-layer times are CUDA-graph replays (GPU time),
 on the CPU medians of interleaved calls with freed memory kept (nst_fast/heap.py),
-so that page faults do not decide.
+so that page faults do not decide, and the caches flushed before each call.
 """
 import argparse
 import os
@@ -25,6 +25,7 @@ from bench_step import STYLE_WEIGHT, inputs, per_step_ms, sync  # noqa: E402
 from nst_fast import StyleTransfer, heap, ops  # noqa: E402, F401  (ops registers the fakes)
 from nst_fast.losses import GatysLoss  # noqa: E402
 
+FLUSH_BYTES = 128 << 20  # more than the CPU's last-level cache
 LAYERS = [("relu1_1", 64, 1), ("relu2_1", 128, 2), ("relu3_1", 256, 4), ("relu4_1", 512, 8),
           ("relu5_1", 512, 16)]
 
@@ -48,10 +49,13 @@ def fused(f, up, residual, grad):
 
 
 def cpu_ms(fns, args, rounds=60):
-    """Median ms per call of each fn, the calls interleaved."""
+    """Median ms per call of each fn, the calls interleaved, each with the caches
+    flushed first: in a step the activation was written long before its backward reads it."""
     times = [[] for _ in fns]
+    flush = torch.zeros(FLUSH_BYTES // 4)
     for _ in range(rounds):
         for fn, ts in zip(fns, times):
+            flush.add_(1.0)
             t = time.perf_counter()
             fn(*args)
             ts.append(time.perf_counter() - t)
