@@ -1,11 +1,14 @@
-"""The style loss fused with the ReLU before it, against the two run separately.
+"""The ReLU fusions against the modules run separately: the style loss and the max
+pool, each with the ReLU before it.
 
     python benchmarks/bench_relu_fusion.py [--device cpu|cuda] [--size 512] [--md out.md]
 
 Per VGG-19 style layer, the backward of relu + style loss: "separate" is what
 autograd runs for them apart (style_loss_backward, the add of the gradient from the
-layers above, threshold_backward), "fused" the one op style_loss_relu_backward.
-Then the whole optimisation step with GatysLoss.fuse_relu on and off. Both in one
+layers above, threshold_backward), "fused" the one op style_loss_relu_backward. Per
+max pool (CPU only), the backward of relu + pool: max_pool2d_with_indices_backward
+and threshold_backward against relu_max_pool2_backward. Then the whole optimisation
+step with both fusions on (GatysLoss.fuse_relu, pooling.FUSE) and off. Both in one
 run, alternating; on a GPU the per-layer times are CUDA-graph replays (GPU time),
 on the CPU medians of interleaved calls with freed memory kept (nst_fast/heap.py),
 so that page faults do not decide, and the caches flushed before each call.
@@ -22,7 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, ".."))
 from bench_step import STYLE_WEIGHT, inputs, per_step_ms, sync  # noqa: E402
-from nst_fast import StyleTransfer, heap, ops  # noqa: E402, F401  (ops registers the fakes)
+from nst_fast import StyleTransfer, heap, ops, pooling  # noqa: E402, F401  (ops registers the fakes)
 from nst_fast.losses import GatysLoss  # noqa: E402
 
 FLUSH_BYTES = 128 << 20  # more than the CPU's last-level cache
@@ -46,6 +49,26 @@ def separate(f, up, residual, grad):
 
 def fused(f, up, residual, grad):
     return torch.ops.nst_fast.style_loss_relu_backward(grad, residual, f, 1e-9, up)
+
+
+POOLS = [("pool1", 64, 1), ("pool2", 128, 2), ("pool3", 256, 4), ("pool4", 512, 8)]
+
+
+def pool_inputs(c, h, w, seed):
+    g = torch.Generator().manual_seed(seed)
+    act = torch.randn(1, c, h, w, generator=g).relu().contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(1, c, h // 2, w // 2, generator=g).contiguous(memory_format=torch.channels_last)
+    _, indices = torch.nn.functional.max_pool2d(act, 2, 2, return_indices=True)
+    return act, grad, indices
+
+
+def pool_separate(act, grad, indices):
+    g = torch.ops.aten.max_pool2d_with_indices_backward(grad, act, [2, 2], [2, 2], [0, 0], [1, 1], False, indices)
+    return torch.ops.aten.threshold_backward(g, act, 0)
+
+
+def pool_fused(act, grad, indices):
+    return torch.ops.nst_fast.relu_max_pool2_backward(grad, act, None)
 
 
 def cpu_ms(fns, args, rounds=60):
@@ -96,17 +119,26 @@ def main(argv=None):
                          f"{ms[0] / ms[1]:.2f}x |")
             print(lines[-1], flush=True)
 
+        if not cuda and precision == "fp32":
+            lines += ["", "| pool (after its ReLU) | C x H x W in | separate ms | fused ms | speed-up |",
+                      "|---|---|---|---|---|"]
+            for i, (pool, c, down) in enumerate(POOLS):
+                ms = cpu_ms((pool_separate, pool_fused), pool_inputs(c, h // down, w // down, seed=10 + i))
+                lines.append(f"| {pool} | {c} x {h // down} x {w // down} | {ms[0]:.3f} | {ms[1]:.3f} | "
+                             f"{ms[0] / ms[1]:.2f}x |")
+                print(lines[-1], flush=True)
+
         transfer = StyleTransfer(weights=os.environ.get("NST_FAST_WEIGHTS", "random"), device=device)
         step_ms = {True: [], False: []}
         for _ in range(args.repeats):
             for on in (False, True):
-                GatysLoss.fuse_relu = on
+                GatysLoss.fuse_relu = pooling.FUSE = on
 
                 def run(n):
                     transfer.stylize_tensor(content, style, size=size, steps=n, precision=precision,
                                             style_weight=STYLE_WEIGHT, report_every=10**9)
                 step_ms[on].append(per_step_ms(run, device, n1, n2, 1))
-        GatysLoss.fuse_relu = True
+        GatysLoss.fuse_relu = pooling.FUSE = True
         sync(device)
     sep, fus = statistics.median(step_ms[False]), statistics.median(step_ms[True])
     lines += ["", "| whole step | separate ms | fused ms | speed-up |", "|---|---|---|---|",

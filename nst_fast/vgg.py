@@ -13,7 +13,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from . import caffemodel
+from . import caffemodel, pooling
 from .errors import NstError, WeightsUnavailable
 from .winograd import WinogradConv2d
 
@@ -466,10 +466,18 @@ class VGGFeatures(nn.Module):
                 raise ValueError(f"no tap at {name}: not an in-place ReLU of the network")
             tapped[layer_index(name, self.network)] = fn
         out = {}
+        pooled = None  # the pool's output where the ReLU before it ran both (pooling.py)
         for i, module in enumerate(self.net):
             if i in self._moves:
                 x = x.to(self._moves[i])
-            x = tapped[i](x) if i in tapped else module(x)
+            if pooled is not None:
+                x, pooled = pooled, None
+            elif i in tapped:
+                x = tapped[i](x)
+            elif i + 1 < len(self.net) and i + 1 not in self._moves and pooling.fits(module, self.net[i + 1], x):
+                x, pooled = pooling.relu_max_pool2(x)
+            else:
+                x = module(x)
             if i in wanted:
                 out[wanted[i]] = x
         return out

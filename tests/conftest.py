@@ -7,12 +7,25 @@ import time
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from nst_fast import backend
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "nst_fast" / "examples"
 SHARED_WEIGHTS = ROOT.parent / "shared" / "weights" / "vgg19_caffe_conv1_1-conv3_4.pth"
+
+
+class OpNames(TorchDispatchMode):
+    """Records the name of every op dispatched inside it (e.g. "aten::add")."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.name())
+        return func(*args, **(kwargs or {}))
 
 
 @pytest.fixture(params=["extension", "reference"])

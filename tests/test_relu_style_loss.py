@@ -2,8 +2,8 @@
 style_loss_relu_backward) against the ReLU and the style loss run separately."""
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from conftest import OpNames
 from nst_fast import backend, ops, reference, vgg
 from nst_fast.losses import GatysLoss, gram_target
 
@@ -138,16 +138,6 @@ def test_gradcheck_float64(op_backend):
     assert torch.autograd.gradcheck(fn, (x.requires_grad_(True),))
 
 
-class _OpNames(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.names = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.append(func.name())
-        return func(*args, **(kwargs or {}))
-
-
 def _gatys(image, fused: bool):
     layers = {"relu1_1": 0.4, "relu2_1": 0.3, "relu3_1": 0.3}
     net = vgg.VGGFeatures(list(layers) + ["relu2_2"], vgg.random_state(0))
@@ -161,7 +151,7 @@ def _gatys(image, fused: bool):
                      alpha=1.0, beta=1e4, tv_weight=0.0)
     loss.fuse_relu = fused
     x = image.clone().requires_grad_(True)
-    with _OpNames() as seen:
+    with OpNames() as seen:
         total, parts = loss(x)
         total.backward()
     return total.detach(), x.grad, seen.names

@@ -1,0 +1,185 @@
+// The backward of a ReLU followed by a 2x2, stride-2 max pool (VGG's pools) in one pass:
+// each input position gets the pooled gradient if it is its window's maximum, plus the
+// gradient reaching the ReLU's output from elsewhere, masked where the ReLU's output
+// is not positive. Autograd runs a zero fill, the pool's scatter, an add and the ReLU's
+// threshold_backward for it. The result equals those ops bit for bit (the same window
+// maximum as PyTorch's max pool, ties to the first, NaN taken).
+#include <torch/library.h>
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <c10/util/Exception.h>
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+
+namespace nst_fast {
+namespace {
+
+// Strides in elements of a channels-last (B, H, W, C) float tensor.
+struct Nhwc {
+  int64_t b, h, w;
+};
+
+// The four positions of a window, as offsets from act, out and grad_act.
+using Window = int64_t[4];
+
+// One window, channels [c0, c1). PyTorch's scan: row-major in the window, a later
+// element wins if larger or NaN; then the ReLU's mask (a NaN activation keeps its
+// gradient, as in threshold_backward).
+inline void window_scalar(const float* act, const float* grad_act, float* out, const float* g, const Window& o,
+                          int64_t c0, int64_t c1) {
+  for (int64_t c = c0; c < c1; ++c) {
+    float v[4], r[4];
+    int k = 0;
+    for (int i = 0; i < 4; ++i) v[i] = act[o[i] + c];
+    float m = v[0];
+    for (int i = 1; i < 4; ++i) {
+      if (v[i] > m || v[i] != v[i]) {
+        m = v[i];
+        k = i;
+      }
+    }
+    for (int i = 0; i < 4; ++i) {
+      r[i] = i == k ? g[c] : 0.f;
+      if (grad_act != nullptr) r[i] += grad_act[o[i] + c];
+      out[o[i] + c] = v[i] <= 0.f ? 0.f : r[i];
+    }
+  }
+}
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#define NST_FAST_AVX512_WINDOWS 1
+// The same 16 channels at a time (GCC leaves the scalar loop unvectorised); returns the
+// first channel left for window_scalar.
+__attribute__((target("avx512f"))) int64_t window_avx512(const float* act, const float* grad_act, float* out,
+                                                         const float* g, const Window& o, int64_t c_count) {
+  const __m512 zero = _mm512_setzero_ps();
+  int64_t c = 0;
+  for (; c + 16 <= c_count; c += 16) {
+    __m512 v[4];
+    for (int i = 0; i < 4; ++i) v[i] = _mm512_loadu_ps(act + o[i] + c);
+    __mmask16 later[4] = {0, 0, 0, 0};  // later[i]: element i took the maximum from those before it
+    __m512 m = v[0];
+    for (int i = 1; i < 4; ++i) {
+      later[i] = _mm512_cmp_ps_mask(v[i], m, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v[i], v[i], _CMP_UNORD_Q);
+      m = _mm512_mask_mov_ps(m, later[i], v[i]);
+    }
+    const __mmask16 win[4] = {(__mmask16)~(later[1] | later[2] | later[3]),
+                              (__mmask16)(later[1] & ~later[2] & ~later[3]), (__mmask16)(later[2] & ~later[3]),
+                              later[3]};
+    const __m512 gc = _mm512_loadu_ps(g + c);
+    for (int i = 0; i < 4; ++i) {
+      __m512 r = _mm512_maskz_mov_ps(win[i], gc);
+      if (grad_act != nullptr) r = _mm512_add_ps(r, _mm512_loadu_ps(grad_act + o[i] + c));
+      const __mmask16 keep = _mm512_cmp_ps_mask(v[i], zero, _CMP_NLE_UQ);  // not v <= 0
+      _mm512_storeu_ps(out + o[i] + c, _mm512_maskz_mov_ps(keep, r));
+    }
+  }
+  return c;
+}
+#endif
+
+bool use_avx512() {
+#ifdef NST_FAST_AVX512_WINDOWS
+  static const bool yes = __builtin_cpu_supports("avx512f");
+  return yes;
+#else
+  return false;
+#endif
+}
+
+// Positions no window covers (the last row or column of an odd size): the ReLU's
+// backward of grad_act alone. n positions, `step` elements apart.
+void uncovered(const float* act, const float* grad_act, float* out, int64_t n, int64_t step, int64_t c_count) {
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t c = 0; c < c_count; ++c) {
+      const int64_t o = i * step + c;
+      out[o] = act[o] <= 0.f || grad_act == nullptr ? 0.f : grad_act[o];
+    }
+  }
+}
+
+// Window rows [row_begin, row_end), row r = b * (height / 2) + oh: input rows 2 oh and
+// 2 oh + 1 of batch item b. act, out and grad_act (null: none) share one layout.
+void relu_max_pool2_rows(const float* act, const float* grad_act, float* out, const float* pooled, Nhwc s,
+                         Nhwc ps, int64_t height, int64_t width, int64_t channels, int64_t row_begin,
+                         int64_t row_end) {
+  const int64_t oh_count = height / 2, ow_count = width / 2;
+  const bool avx512 = use_avx512();
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const int64_t b = r / oh_count, oh = r % oh_count;
+    const int64_t base = b * s.b + 2 * oh * s.h;
+    const float* ga = grad_act != nullptr ? grad_act + base : nullptr;
+    for (int64_t ow = 0; ow < ow_count; ++ow) {
+      const Window o = {base + 2 * ow * s.w, base + 2 * ow * s.w + s.w, base + 2 * ow * s.w + s.h,
+                        base + 2 * ow * s.w + s.h + s.w};
+      const float* g = pooled + b * ps.b + oh * ps.h + ow * ps.w;
+      int64_t c = 0;
+#ifdef NST_FAST_AVX512_WINDOWS
+      if (avx512) c = window_avx512(act, grad_act, out, g, o, channels);
+#endif
+      window_scalar(act, grad_act, out, g, o, c, channels);
+    }
+    if (width % 2 == 1) {  // the last column of both rows
+      const int64_t last = base + (width - 1) * s.w;
+      uncovered(act + last, ga ? ga + (width - 1) * s.w : nullptr, out + last, 2, s.h, channels);
+    }
+    if (height % 2 == 1 && oh == oh_count - 1) {  // the last row, after this item's last window row
+      const int64_t row = b * s.b + (height - 1) * s.h;
+      uncovered(act + row, grad_act ? grad_act + row : nullptr, out + row, width, s.w, channels);
+    }
+  }
+}
+
+bool is_dense_channels_last(const at::Tensor& t) {
+  return t.dim() == 4 && t.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+at::Tensor relu_max_pool2_backward_cpu(const at::Tensor& grad_pooled, const at::Tensor& act,
+                                       const c10::optional<at::Tensor>& grad_act) {
+  TORCH_CHECK(act.dim() == 4, "nst_fast.relu_max_pool2_backward: act must be (B, C, H, W)");
+  const int64_t B = act.size(0), C = act.size(1), H = act.size(2), W = act.size(3);
+  TORCH_CHECK(grad_pooled.dim() == 4 && grad_pooled.size(0) == B && grad_pooled.size(1) == C &&
+                  grad_pooled.size(2) == H / 2 && grad_pooled.size(3) == W / 2,
+              "nst_fast.relu_max_pool2_backward: grad_pooled must be (B, C, H / 2, W / 2) of act");
+  const bool accumulate = grad_act.has_value() && grad_act->defined();
+  if (accumulate) {
+    TORCH_CHECK(grad_act->sizes() == act.sizes() && grad_act->scalar_type() == act.scalar_type(),
+                "nst_fast.relu_max_pool2_backward: grad_act must have act's shape and dtype");
+  }
+  TORCH_CHECK(grad_pooled.scalar_type() == act.scalar_type(),
+              "nst_fast.relu_max_pool2_backward: grad_pooled must have act's dtype");
+  if (act.scalar_type() != at::kFloat || !is_dense_channels_last(act) || H < 2 || W < 2) {
+    // The ops this replaces, for the layouts and dtypes the loop does not take.
+    auto pooled = at::max_pool2d_with_indices(act, {2, 2}, {2, 2}, {0, 0}, {1, 1}, false);
+    auto grad = at::max_pool2d_with_indices_backward(grad_pooled, act, {2, 2}, {2, 2}, {0, 0}, {1, 1}, false,
+                                                     std::get<1>(pooled));
+    if (accumulate) grad = grad + *grad_act;
+    return at::threshold_backward(grad, act, 0);
+  }
+  auto out = at::empty_like(act);
+  const at::Tensor pooled = grad_pooled.contiguous(at::MemoryFormat::ChannelsLast);
+  at::Tensor extra;
+  if (accumulate) extra = grad_act->contiguous(at::MemoryFormat::ChannelsLast);
+  const Nhwc s{act.stride(0), act.stride(2), act.stride(3)};
+  const Nhwc ps{pooled.stride(0), pooled.stride(2), pooled.stride(3)};
+  const float* a = act.data_ptr<float>();
+  const float* g = accumulate ? extra.data_ptr<float>() : nullptr;
+  const float* p = pooled.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  at::parallel_for(0, B * (H / 2), 1, [&](int64_t begin, int64_t end) {
+    relu_max_pool2_rows(a, g, o, p, s, ps, H, W, C, begin, end);
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(nst_fast, CPU, m) {
+  m.impl("relu_max_pool2_backward", &relu_max_pool2_backward_cpu);
+}
+
+}  // namespace nst_fast
