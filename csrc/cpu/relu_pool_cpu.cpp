@@ -14,7 +14,6 @@
 #include <immintrin.h>
 #endif
 
-
 namespace nst_fast {
 namespace {
 
