@@ -1,5 +1,9 @@
 """The ReLU and the 2x2 max pool after it as one node (nst_fast/pooling.py) against the
 two modules run separately."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -104,3 +108,14 @@ def test_no_fusion_without_a_gradient_or_for_other_pools():
     assert not pooling.fits(relu, torch.nn.MaxPool2d(3, 2, ceil_mode=True), x)  # NIN's, AlexNet's pools
     assert not pooling.fits(relu, torch.nn.AvgPool2d(2, 2), x)
     assert not pooling.fits(torch.nn.ReLU(), pool, x)  # not in place: its input is a requested output
+
+
+@pytest.mark.parametrize("bits", ["256", "0"], ids=["avx2", "no_vectors"])
+def test_narrower_cpus(bits):
+    """The AVX2 loop, and the separate ops where neither vector loop runs, on this CPU:
+    NST_FAST_CPU_WINDOWS narrows the choice for a fresh process."""
+    env = dict(os.environ, NST_FAST_CPU_WINDOWS=bits)
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           f"{__file__}::test_equals_the_relu_and_pool_run_separately"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:]

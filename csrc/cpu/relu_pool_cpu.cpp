@@ -3,12 +3,15 @@
 // gradient reaching the ReLU's output from elsewhere, masked where the ReLU's output
 // is not positive. Autograd runs a zero fill, the pool's scatter, an add and the ReLU's
 // threshold_backward for it. The result equals those ops bit for bit (the same window
-// maximum as PyTorch's max pool, ties to the first, NaN taken).
+// maximum as PyTorch's max pool, ties to the first, NaN taken). Float32 channels-last,
+// 16 or 8 channels at a time (AVX-512, AVX2); anything else runs those ops.
 #include <torch/library.h>
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <c10/util/Exception.h>
+
+#include <cstdlib>
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #include <immintrin.h>
@@ -50,7 +53,7 @@ inline void window_scalar(const float* act, const float* grad_act, float* out, c
 }
 
 #if defined(__GNUC__) && defined(__x86_64__)
-#define NST_FAST_AVX512_WINDOWS 1
+#define NST_FAST_X86_WINDOWS 1
 // The same 16 channels at a time (GCC leaves the scalar loop unvectorised); returns the
 // first channel left for window_scalar.
 __attribute__((target("avx512f"))) int64_t window_avx512(const float* act, const float* grad_act, float* out,
@@ -79,15 +82,49 @@ __attribute__((target("avx512f"))) int64_t window_avx512(const float* act, const
   }
   return c;
 }
+
+// The same 8 channels at a time with AVX2, the masks as all-ones lanes.
+__attribute__((target("avx2"))) int64_t window_avx2(const float* act, const float* grad_act, float* out,
+                                                     const float* g, const Window& o, int64_t c_count) {
+  const __m256 zero = _mm256_setzero_ps(), ones = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+  int64_t c = 0;
+  for (; c + 8 <= c_count; c += 8) {
+    __m256 v[4], later[4];
+    for (int i = 0; i < 4; ++i) v[i] = _mm256_loadu_ps(act + o[i] + c);
+    __m256 m = v[0];
+    for (int i = 1; i < 4; ++i) {
+      later[i] = _mm256_or_ps(_mm256_cmp_ps(v[i], m, _CMP_GT_OQ), _mm256_cmp_ps(v[i], v[i], _CMP_UNORD_Q));
+      m = _mm256_blendv_ps(m, v[i], later[i]);
+    }
+    const __m256 after2 = _mm256_or_ps(later[2], later[3]);
+    const __m256 win[4] = {_mm256_andnot_ps(_mm256_or_ps(later[1], after2), ones), _mm256_andnot_ps(after2, later[1]),
+                           _mm256_andnot_ps(later[3], later[2]), later[3]};
+    const __m256 gc = _mm256_loadu_ps(g + c);
+    for (int i = 0; i < 4; ++i) {
+      __m256 r = _mm256_and_ps(win[i], gc);  // gc or +0
+      if (grad_act != nullptr) r = _mm256_add_ps(r, _mm256_loadu_ps(grad_act + o[i] + c));
+      const __m256 keep = _mm256_cmp_ps(v[i], zero, _CMP_NLE_UQ);  // not v <= 0
+      _mm256_storeu_ps(out + o[i] + c, _mm256_and_ps(keep, r));
+    }
+  }
+  return c;
+}
 #endif
 
-bool use_avx512() {
-#ifdef NST_FAST_AVX512_WINDOWS
-  static const bool yes = __builtin_cpu_supports("avx512f");
-  return yes;
-#else
-  return false;
+// The widest window loop this CPU runs: 512, 256, or 0 where it has neither (the op
+// then runs the separate ops, faster than the scalar loop). NST_FAST_CPU_WINDOWS=256
+// or 0 narrows it, to test the narrower paths on a wider CPU.
+int window_bits() {
+  static const int bits = [] {
+    int widest = 0;
+#ifdef NST_FAST_X86_WINDOWS
+    widest = __builtin_cpu_supports("avx512f") ? 512 : __builtin_cpu_supports("avx2") ? 256 : 0;
 #endif
+    const char* env = std::getenv("NST_FAST_CPU_WINDOWS");
+    if (env != nullptr && std::atoi(env) < widest) widest = std::atoi(env) >= 256 ? 256 : 0;
+    return widest;
+  }();
+  return bits;
 }
 
 // Positions no window covers (the last row or column of an odd size): the ReLU's
@@ -107,7 +144,7 @@ void relu_max_pool2_rows(const float* act, const float* grad_act, float* out, co
                          Nhwc ps, int64_t height, int64_t width, int64_t channels, int64_t row_begin,
                          int64_t row_end) {
   const int64_t oh_count = height / 2, ow_count = width / 2;
-  const bool avx512 = use_avx512();
+  const int bits = window_bits();
   for (int64_t r = row_begin; r < row_end; ++r) {
     const int64_t b = r / oh_count, oh = r % oh_count;
     const int64_t base = b * s.b + 2 * oh * s.h;
@@ -117,8 +154,11 @@ void relu_max_pool2_rows(const float* act, const float* grad_act, float* out, co
                         base + 2 * ow * s.w + s.h + s.w};
       const float* g = pooled + b * ps.b + oh * ps.h + ow * ps.w;
       int64_t c = 0;
-#ifdef NST_FAST_AVX512_WINDOWS
-      if (avx512) c = window_avx512(act, grad_act, out, g, o, channels);
+#ifdef NST_FAST_X86_WINDOWS
+      if (bits == 512)
+        c = window_avx512(act, grad_act, out, g, o, channels);
+      else if (bits == 256)
+        c = window_avx2(act, grad_act, out, g, o, channels);
 #endif
       window_scalar(act, grad_act, out, g, o, c, channels);
     }
@@ -151,8 +191,8 @@ at::Tensor relu_max_pool2_backward_cpu(const at::Tensor& grad_pooled, const at::
   }
   TORCH_CHECK(grad_pooled.scalar_type() == act.scalar_type(),
               "nst_fast.relu_max_pool2_backward: grad_pooled must have act's dtype");
-  if (act.scalar_type() != at::kFloat || !is_dense_channels_last(act) || H < 2 || W < 2) {
-    // The ops this replaces, for the layouts and dtypes the loop does not take.
+  if (act.scalar_type() != at::kFloat || !is_dense_channels_last(act) || H < 2 || W < 2 || window_bits() == 0) {
+    // The ops this replaces, for the layouts, dtypes and CPUs the loop does not take.
     auto pooled = at::max_pool2d_with_indices(act, {2, 2}, {2, 2}, {0, 0}, {1, 1}, false);
     auto grad = at::max_pool2d_with_indices_backward(grad_pooled, act, {2, 2}, {2, 2}, {0, 0}, {1, 1}, false,
                                                      std::get<1>(pooled));
