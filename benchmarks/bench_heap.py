@@ -41,7 +41,8 @@ print(json.dumps({"ms": (t2 - t1) / 8 * 1e3, "faults": (f2 - f1) / 8}))
 
 
 def one_run(size: int, keep: bool) -> dict:
-    env = dict(os.environ, NST_FAST_KEEP_MEMORY="1" if keep else "0")
+    # "all": kept at every size, also below the blocks' size where runs keep by default.
+    env = dict(os.environ, NST_FAST_KEEP_MEMORY="all" if keep else "0")
     env["PYTHONPATH"] = os.path.join(HERE, "..") + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run([sys.executable, "-c", _ONE_RUN, str(size), HERE], capture_output=True, text=True,
                           env=env)

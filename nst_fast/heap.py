@@ -9,8 +9,8 @@ stays there for the next step (StyleTransfer does this for CPU runs with blocks 
 32 MiB, see worth_keeping()); on leaving, glibc's defaults return and the heap is
 trimmed, so the process gives the memory back.
 
-NST_FAST_KEEP_MEMORY=0 turns this off; so does a GLIBC_TUNABLES that sets malloc
-tunables itself (the user's settings win).
+NST_FAST_KEEP_MEMORY=0 turns this off, =all turns it on for runs of any size; a
+GLIBC_TUNABLES that sets malloc tunables itself turns it off (the user's settings win).
 """
 import contextlib
 import ctypes
@@ -58,8 +58,10 @@ def keeps_freed_memory() -> bool:
 
 def worth_keeping(largest_block_bytes: int) -> bool:
     """Whether to keep freed memory for a run whose largest tensor is this large:
-    only where some blocks are over MMAP_THRESHOLD_MAX. Below that no block faults
-    in either case, and keeping measured 2-4% slower at 256 px on the 2-core CPU."""
+    only where some blocks are over MMAP_THRESHOLD_MAX (keeping measured 2-4% slower
+    at 256 px on a 2-core AMD EPYC), or for every run with NST_FAST_KEEP_MEMORY=all."""
+    if os.environ.get("NST_FAST_KEEP_MEMORY", "").strip() == "all":
+        return keeps_freed_memory()
     return largest_block_bytes > MMAP_THRESHOLD_MAX and keeps_freed_memory()
 
 

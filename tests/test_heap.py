@@ -78,3 +78,13 @@ def test_switched_off_by_the_environment(env, monkeypatch):
 def test_disabled_for_other_devices():
     with heap.keep_freed_memory(enabled=False) as kept:
         assert not kept
+
+
+def test_kept_by_size_or_for_every_run(monkeypatch):
+    small = 11 << 20  # conv1's activation at 256 px, under glibc's largest mmap threshold
+    monkeypatch.delenv("NST_FAST_KEEP_MEMORY", raising=False)
+    assert not heap.worth_keeping(small) and heap.worth_keeping(heap.MMAP_THRESHOLD_MAX + 1)
+    monkeypatch.setenv("NST_FAST_KEEP_MEMORY", "all")
+    assert heap.worth_keeping(small)
+    monkeypatch.setenv("NST_FAST_KEEP_MEMORY", "0")
+    assert not heap.worth_keeping(heap.MMAP_THRESHOLD_MAX + 1)
