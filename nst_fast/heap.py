@@ -4,10 +4,11 @@ glibc serves every allocation over its mmap threshold (at most 32 MiB) with a
 fresh mmap() and unmaps it on free. Most activations and gradients of a VGG-19
 step at 512 px are larger than that, so each step faults them in again and the
 kernel zeroes them: ~90,000 page faults per step, and a 1.20x slower step at
-512 px (1.28x at 768 px) on a 2-core CPU (benchmarks/bench_heap.py). Inside keep_freed_memory() large blocks come from the heap and freed memory
-stays there for the next step (StyleTransfer does this for CPU runs with blocks over
-32 MiB, see worth_keeping()); on leaving, glibc's defaults return and the heap is
-trimmed, so the process gives the memory back.
+512 px (1.28x at 768 px) on a 2-core CPU (benchmarks/bench_heap.py). Inside
+keep_freed_memory() large blocks come from the heap and freed memory stays there
+for the next step (StyleTransfer does this for CPU runs with blocks over 32 MiB, see
+worth_keeping()); on leaving, glibc's defaults return and the heap is trimmed, so
+the process gives the memory back.
 
 NST_FAST_KEEP_MEMORY=0 turns this off, =all turns it on for runs of any size; a
 GLIBC_TUNABLES that sets malloc tunables itself turns it off (the user's settings win).

@@ -105,8 +105,8 @@ def test_vgg19_weights_by_layer_name(tmp_path, v1, v0):
     for i, (weight, bias) in convs.items():
         assert torch.equal(state[f"{i}.weight"], weight) and torch.equal(state[f"{i}.bias"], bias)
     image = torch.rand(1, 3, 32, 32)
-    want = vgg.VGGFeatures(["relu5_1"], {f"{i}.{p}": t for i, wb in convs.items() for p, t in zip(("weight", "bias"), wb)},
-                           "caffe")(image)["relu5_1"]
+    by_index = {f"{i}.{p}": t for i, wb in convs.items() for p, t in zip(("weight", "bias"), wb)}
+    want = vgg.VGGFeatures(["relu5_1"], by_index, "caffe")(image)["relu5_1"]
     assert torch.equal(vgg.VGGFeatures(["relu5_1"], state, convention)(image)["relu5_1"], want)
 
 

@@ -195,7 +195,8 @@ def test_a_device_type_nst_fast_cannot_run_on_is_refused(device):
         StyleTransfer(weights="random", device=device)
 
 
-@pytest.mark.parametrize("device, available", [("cuda", torch.cuda.is_available), ("mps", torch.backends.mps.is_available)])
+@pytest.mark.parametrize("device, available",
+                         [("cuda", torch.cuda.is_available), ("mps", torch.backends.mps.is_available)])
 def test_a_device_this_machine_lacks_is_named(device, available):
     if available():
         pytest.skip(f"this machine has {device}")
