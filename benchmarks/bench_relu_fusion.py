@@ -6,8 +6,9 @@ pool, each with the ReLU before it.
 Per VGG-19 style layer, the backward of relu + style loss: "separate" is what
 autograd runs for them apart (style_loss_backward, the add of the gradient from the
 layers above, threshold_backward), "fused" the one op style_loss_relu_backward. Per
-max pool (CPU only), the backward of relu + pool: max_pool2d_with_indices_backward
-and threshold_backward against relu_max_pool2_backward. Then the whole optimisation
+max pool, the forward and the backward of relu + pool: relu_, max_pool2d_with_indices,
+max_pool2d_with_indices_backward and threshold_backward against relu_max_pool2_ and
+relu_max_pool2_backward. Then the whole optimisation
 step with both fusions on (GatysLoss.fuse_relu, pooling.FUSE) and off. Both in one
 run, alternating; on a GPU the per-layer times are CUDA-graph replays (GPU time),
 on the CPU medians of interleaved calls with freed memory kept (nst_fast/heap.py),
@@ -54,10 +55,10 @@ def fused(f, up, residual, grad):
 POOLS = [("pool1", 64, 1), ("pool2", 128, 2), ("pool3", 256, 4), ("pool4", 512, 8)]
 
 
-def pool_inputs(c, h, w, seed):
-    g = torch.Generator().manual_seed(seed)
-    act = torch.randn(1, c, h, w, generator=g).relu().contiguous(memory_format=torch.channels_last)
-    grad = torch.randn(1, c, h // 2, w // 2, generator=g).contiguous(memory_format=torch.channels_last)
+def pool_inputs(c, h, w, seed, dtype=torch.float32, device="cpu"):
+    g, cl = torch.Generator().manual_seed(seed), torch.channels_last
+    act = torch.randn(1, c, h, w, generator=g).relu().to(device, dtype).contiguous(memory_format=cl)
+    grad = torch.randn(1, c, h // 2, w // 2, generator=g).to(device, dtype).contiguous(memory_format=cl)
     _, indices = torch.nn.functional.max_pool2d(act, 2, 2, return_indices=True)
     return act, grad, indices
 
@@ -69,6 +70,18 @@ def pool_separate(act, grad, indices):
 
 def pool_fused(act, grad, indices):
     return torch.ops.nst_fast.relu_max_pool2_backward(grad, act, None)
+
+
+def pool_pass_separate(x, grad, indices):
+    """Forward and backward of relu + pool as autograd runs them apart (x: the ReLU's input)."""
+    act = x.relu_()
+    _, idx = torch.ops.aten.max_pool2d_with_indices(act, [2, 2], [2, 2])
+    return pool_separate(act, grad, idx)
+
+
+def pool_pass_fused(x, grad, indices):
+    torch.ops.nst_fast.relu_max_pool2_(x)
+    return pool_fused(x, grad, indices)
 
 
 def cpu_ms(fns, args, rounds=60):
@@ -119,11 +132,15 @@ def main(argv=None):
                          f"{ms[0] / ms[1]:.2f}x |")
             print(lines[-1], flush=True)
 
-        if not cuda and precision == "fp32":
-            lines += ["", "| pool (after its ReLU) | C x H x W in | separate ms | fused ms | speed-up |",
-                      "|---|---|---|---|---|"]
+        if cuda or precision == "fp32":
+            lines += ["", "| pool (after its ReLU), forward + backward | C x H x W in | separate ms | fused ms | "
+                      "speed-up |", "|---|---|---|---|---|"]
             for i, (pool, c, down) in enumerate(POOLS):
-                ms = cpu_ms((pool_separate, pool_fused), pool_inputs(c, h // down, w // down, seed=10 + i))
+                args_ = pool_inputs(c, h // down, w // down, 10 + i, dtype, device)
+                if cuda:
+                    ms = [time_graph_ms(fn, [args_])[0] for fn in (pool_pass_separate, pool_pass_fused)]
+                else:
+                    ms = cpu_ms((pool_pass_separate, pool_pass_fused), args_)
                 lines.append(f"| {pool} | {c} x {h // down} x {w // down} | {ms[0]:.3f} | {ms[1]:.3f} | "
                              f"{ms[0] / ms[1]:.2f}x |")
                 print(lines[-1], flush=True)

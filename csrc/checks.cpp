@@ -1,5 +1,7 @@
-// Argument checks of the nst_fast ops (declared in style_loss.h).
+// Argument checks of the nst_fast ops (declared in style_loss.h and relu_pool.h).
 #include "style_loss.h"
+
+#include "relu_pool.h"
 
 #include "lbfgs_op.h"
 
@@ -90,6 +92,32 @@ void check_winograd_args(const at::Tensor& input, const at::Tensor& weight_trans
                     bias->scalar_type() == t && bias->device() == input.device(),
                 "nst_fast.conv3x3_winograd: bias must be (K,) with K = ", num(weight_transform.size(2)),
                 " and the input's dtype and device, got ", dims(*bias));
+  }
+}
+
+void check_relu_max_pool2(const at::Tensor& x) {
+  TORCH_CHECK(x.dim() == 4 && x.size(2) >= 2 && x.size(3) >= 2,
+              "nst_fast.relu_max_pool2_: x must be (B, C, H, W) with H, W >= 2, got ", dims(x));
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), "nst_fast.relu_max_pool2_: x must be a float tensor, got ",
+              x.scalar_type());
+}
+
+void check_relu_max_pool2_backward(const at::Tensor& grad_pooled, const at::Tensor& act,
+                                   const c10::optional<at::Tensor>& grad_act) {
+  const char* op = "nst_fast.relu_max_pool2_backward: ";
+  TORCH_CHECK(act.dim() == 4 && act.size(2) >= 2 && act.size(3) >= 2, op,
+              "act must be (B, C, H, W) with H, W >= 2, got ", dims(act));
+  TORCH_CHECK(at::isFloatingType(act.scalar_type()), op, "act must be a float tensor, got ", act.scalar_type());
+  TORCH_CHECK(grad_pooled.dim() == 4 && grad_pooled.size(0) == act.size(0) && grad_pooled.size(1) == act.size(1) &&
+                  grad_pooled.size(2) == act.size(2) / 2 && grad_pooled.size(3) == act.size(3) / 2,
+              op, "grad_pooled must be (B, C, H / 2, W / 2) of act ", dims(act), ", got ", dims(grad_pooled));
+  TORCH_CHECK(grad_pooled.scalar_type() == act.scalar_type() && grad_pooled.device() == act.device(), op,
+              "grad_pooled must have act's dtype and device");
+  if (grad_act.has_value() && grad_act->defined()) {
+    TORCH_CHECK(grad_act->sizes() == act.sizes() && grad_act->scalar_type() == act.scalar_type() &&
+                    grad_act->device() == act.device(),
+                op, "grad_act must have act's shape and dtype, on its device: act is ", dims(act), ", grad_act ",
+                dims(*grad_act));
   }
 }
 

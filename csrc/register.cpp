@@ -24,8 +24,9 @@ TORCH_LIBRARY(nst_fast, m) {
       "style_loss_relu_backward(Tensor grad_loss, Tensor residual, Tensor features, float scale, "
       "Tensor? grad_features) -> Tensor");
   m.def("conv3x3_winograd(Tensor input, Tensor weight_transform, Tensor? bias) -> Tensor");
-  // The backward of relu followed by a 2x2, stride-2 max pool (cpu/relu_pool_cpu.cpp):
-  // act is the ReLU's output, grad_act the gradient reaching it from elsewhere.
+  // A ReLU in place and the 2x2, stride-2 max pool after it, and their backward
+  // (relu_pool.h): act is the ReLU's output, grad_act the gradient reaching it from elsewhere.
+  m.def("relu_max_pool2_(Tensor(a!) x) -> Tensor");
   m.def("relu_max_pool2_backward(Tensor grad_pooled, Tensor act, Tensor? grad_act) -> Tensor");
   // One L-BFGS step in place (lbfgs.h; the state of nst_fast.optim.LBFGS).
   m.def(

@@ -48,7 +48,10 @@ def _query_kernel(op: str, device_type: str) -> bool:
     if not extension_loaded():
         return False
     key = {"cpu": "CPU", "cuda": "CUDA"}[device_type]
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"nst_fast::{op}", key)
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(f"nst_fast::{op}", key)
+    except RuntimeError:  # an op that this build of the extension predates
+        return False
 
 
 # Asked once at import: the dispatcher query is not traceable by torch.compile.

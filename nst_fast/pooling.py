@@ -1,8 +1,10 @@
 """A ReLU and the 2x2, stride-2 max pool after it as one autograd node (VGG's pools).
 
-Its backward is one op on the CPU, torch.ops.nst_fast.relu_max_pool2_backward, where
-autograd runs a zero fill, the pool's scatter, an add and the ReLU's threshold_backward.
-The values and gradients are those of the two modules run separately.
+Two ops (csrc/relu_pool.h). torch.ops.nst_fast.relu_max_pool2_ runs the ReLU in place
+and the pool in one pass, where the two modules take two and the pool also writes
+int64 indices. relu_max_pool2_backward does in one pass what autograd runs a zero
+fill, the pool's scatter, an add and the ReLU's threshold_backward for. The values and gradients are those of the two modules run
+separately, bit for bit.
 """
 import torch
 from torch import nn
@@ -11,7 +13,16 @@ from . import backend
 
 FUSE = True  # False: the ReLU and the pool run separately (A/B runs)
 
+_CUDA_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
 if backend.extension_loaded():
+
+    @torch.library.register_fake("nst_fast::relu_max_pool2_")
+    def _relu_max_pool2_fake(x):
+        n, c, h, w = x.shape
+        channels_last = c > 1 and x.stride(1) == 1
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        return x.new_empty((n, c, h // 2, w // 2)).contiguous(memory_format=fmt)
 
     @torch.library.register_fake("nst_fast::relu_max_pool2_backward")
     def _relu_max_pool2_backward_fake(grad_pooled, act, grad_act):
@@ -21,12 +32,11 @@ if backend.extension_loaded():
 class _ReluMaxPool2(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
-        act = x.relu_()
+        pooled = torch.ops.nst_fast.relu_max_pool2_(x)
         ctx.mark_dirty(x)
-        pooled = nn.functional.max_pool2d(act, 2, 2)
-        ctx.save_for_backward(act)
+        ctx.save_for_backward(x)
         ctx.set_materialize_grads(False)
-        return act, pooled
+        return x, pooled
 
     @staticmethod
     def backward(ctx, grad_act, grad_pooled):
@@ -36,19 +46,33 @@ class _ReluMaxPool2(torch.autograd.Function):
         return torch.ops.nst_fast.relu_max_pool2_backward(grad_pooled, act, grad_act)
 
 
-def fits(relu: nn.Module, pool: nn.Module, x: torch.Tensor) -> bool:
-    """Whether relu_max_pool2 can stand for this in-place ReLU and pool on x: a 2x2,
-    stride-2 max pool without padding, float32 channels-last CPU input that needs a
-    gradient, and the extension's kernel."""
-    return (FUSE and isinstance(relu, nn.ReLU) and relu.inplace and type(pool) is nn.MaxPool2d
+def _is_vgg_pair(relu: nn.Module, pool: nn.Module) -> bool:
+    """An in-place ReLU and a 2x2, stride-2 max pool without padding."""
+    return (isinstance(relu, nn.ReLU) and relu.inplace and type(pool) is nn.MaxPool2d
             and pool.kernel_size in (2, (2, 2)) and pool.stride in (2, (2, 2)) and pool.padding in (0, (0, 0))
-            and pool.dilation in (1, (1, 1)) and not pool.ceil_mode and not pool.return_indices
-            and x.device.type == "cpu" and x.dtype == torch.float32 and x.requires_grad
+            and pool.dilation in (1, (1, 1)) and not pool.ceil_mode and not pool.return_indices)
+
+
+def _dense(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))
+
+
+def fits(relu: nn.Module, pool: nn.Module, x: torch.Tensor) -> bool:
+    """Whether relu_max_pool2 can stand for this in-place ReLU and pool on x, and gains:
+    on CUDA, a dense float32, bfloat16 or float16 x; on the CPU, a float32
+    channels-last x that needs a gradient, outside autocast (its loops take no other)."""
+    if not (FUSE and _is_vgg_pair(relu, pool) and _dense(x) and backend.uses_extension(x.device)):
+        return False
+    if x.device.type == "cuda":
+        return x.dtype in _CUDA_DTYPES and backend.has_op_kernel("relu_max_pool2_backward", "cuda")
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.requires_grad
             and x.is_contiguous(memory_format=torch.channels_last)
-            and backend.uses_extension(x.device) and backend.has_op_kernel("relu_max_pool2_backward", "cpu")
+            and backend.has_op_kernel("relu_max_pool2_backward", "cpu")
             and not torch.is_autocast_enabled("cpu"))
 
 
 def relu_max_pool2(x: torch.Tensor):
     """(relu(x), max_pool2d(relu(x), 2, 2)), the ReLU in place on x."""
+    if not (x.requires_grad and torch.is_grad_enabled()):
+        return x, torch.ops.nst_fast.relu_max_pool2_(x)
     return _ReluMaxPool2.apply(x)

@@ -49,6 +49,25 @@ def lbfgs_gap(n, dtype, steps=12):
     return gap
 
 
+def pool_gap(shape, dtype, channels_last):
+    """The ReLU + max pool ops against the separate modules: the largest relative gap
+    (0: bit for bit)."""
+    x = torch.randn(shape, device="cuda").to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    grad_act = torch.randn_like(x)
+    act = x.clone()
+    pooled = torch.ops.nst_fast.relu_max_pool2_(act)
+    grad_pooled = torch.randn_like(pooled)
+    grad = torch.ops.nst_fast.relu_max_pool2_backward(grad_pooled, act, grad_act)
+    want_act = torch.relu(x)
+    want_pooled, idx = torch.nn.functional.max_pool2d(want_act, 2, 2, return_indices=True)
+    want = torch.ops.aten.max_pool2d_with_indices_backward(grad_pooled, want_act, [2, 2], [2, 2], [0, 0], [1, 1],
+                                                           False, idx)
+    want = torch.ops.aten.threshold_backward(want + grad_act, want_act, 0)
+    return max(rel(act, want_act), rel(pooled, want_pooled), rel(grad, want))
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true", help="fewer shapes (racecheck is slow)")
@@ -89,6 +108,12 @@ def main():
             gap = lbfgs_gap(n, dtype)
             worst[str(dtype)] = max(worst.get(str(dtype), 0.0), gap)
             print(f"{dtype} lbfgs_step n={n}: gap {gap:.2e}", flush=True)
+    for shape in [(1, 3, 5, 7), (2, 64, 18, 20)]:
+        for dtype in (torch.float32, torch.bfloat16):
+            for channels_last in (False, True):
+                gap = pool_gap(shape, dtype, channels_last)
+                worst[str(dtype)] = max(worst.get(str(dtype), 0.0), gap)
+                print(f"{dtype} relu_max_pool2 {shape} channels_last={channels_last}: gap {gap:.2e}", flush=True)
     bounds = {str(torch.float32): 1e-5, str(torch.bfloat16): 4e-3, str(torch.float64): 1e-12}
     ok = all(worst[k] <= bounds[k] for k in worst)
     print("sanitizer_run:", "OK" if ok else "FAILED", worst)

@@ -408,6 +408,21 @@ def test_relu_backward_equals_the_separate_ops(dtype, channels_last, c, m):
     torch.library.opcheck(torch.ops.nst_fast.style_loss_relu_backward.default, (gl, res, f, s, upstream))
 
 
+@pytest.mark.parametrize("dtype", [FP32, BF16])
+def test_relu_backward_keeps_subnormals(dtype):
+    """The epilogue's add and mask keep subnormal values, as ATen's add and
+    threshold_backward do, although the extension is built with --use_fast_math."""
+    c, m = 64, 4096
+    f, res, upstream = relu_case(1, c, m, dtype, seed=7)
+    f[0, :, :64] = 1e-39  # positive subnormals: the ReLU passed them, so their gradient stays
+    upstream[0, :, 64:128] = 1e-39
+    gl, s = torch.tensor(1e-30, device=DEV), scale_for(c, m)  # dF far below the subnormal upstream
+    plain = torch.ops.nst_fast.style_loss_backward(gl, res, f, s)
+    got = torch.ops.nst_fast.style_loss_relu_backward(gl, res, f, s, upstream)
+    assert torch.equal(got, torch.ops.aten.threshold_backward(plain + upstream, f, 0))
+    assert (got[0, :, :64] != 0).any()
+
+
 def test_relu_backward_graph_capture_and_replay():
     c, m = 128, 4096
     f, res, upstream = relu_case(1, c, m, torch.bfloat16, seed=95, channels_last=True)

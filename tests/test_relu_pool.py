@@ -78,6 +78,22 @@ def test_opcheck_and_errors():
         op(grad_pooled, act, torch.zeros(1, 16, 6, 7))
 
 
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
+def test_the_forward_op_on_the_cpu(layout):
+    x = _inputs((2, 16, 7, 6), 5)[0]
+    x = x.contiguous(memory_format=CL if layout == "channels_last" else torch.contiguous_format)
+    act = x.clone()
+    pooled = torch.ops.nst_fast.relu_max_pool2_(act)
+    want_act, want_pooled = _separately(x)
+    torch.testing.assert_close(act, want_act, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(pooled, want_pooled, rtol=0, atol=0, equal_nan=True)
+    assert pooled.is_contiguous(memory_format=CL if layout == "channels_last" else torch.contiguous_format)
+    # opcheck compares outputs without equal_nan: an input without NaN
+    torch.library.opcheck(torch.ops.nst_fast.relu_max_pool2_.default, (torch.randn(1, 8, 5, 6),))
+    with pytest.raises(RuntimeError, match="H, W >= 2"):
+        torch.ops.nst_fast.relu_max_pool2_(torch.zeros(1, 4, 1, 6))
+
+
 def _network_gradient(net, image, fuse, monkeypatch):
     monkeypatch.setattr(pooling, "FUSE", fuse)
     x = image.clone().requires_grad_(True)

@@ -1,10 +1,11 @@
-// The backward of a ReLU followed by a 2x2, stride-2 max pool (VGG's pools) in one pass:
-// each input position gets the pooled gradient if it is its window's maximum, plus the
+// A ReLU followed by a 2x2, stride-2 max pool (VGG's pools), forward and backward, each
+// in one pass. Forward: the ReLU in place and each window's maximum. Backward: each
+// input position gets the pooled gradient if it is its window's maximum, plus the
 // gradient reaching the ReLU's output from elsewhere, masked where the ReLU's output
-// is not positive. Autograd runs a zero fill, the pool's scatter, an add and the ReLU's
-// threshold_backward for it. The result equals those ops bit for bit (the same window
-// maximum as PyTorch's max pool, ties to the first, NaN taken). Float32 channels-last,
-// 16 or 8 channels at a time (AVX-512, AVX2); anything else runs those ops.
+// is not positive; autograd runs a zero fill, the pool's scatter, an add and the
+// ReLU's threshold_backward for it. Both equal the separate ops bit for bit
+// (../relu_pool.h). Float32 channels-last, 16 or 8 channels at a time (AVX-512,
+// AVX2); anything else runs those ops.
 #include <torch/library.h>
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -12,6 +13,8 @@
 #include <c10/util/Exception.h>
 
 #include <cstdlib>
+
+#include "../relu_pool.h"
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #include <immintrin.h>
@@ -111,6 +114,60 @@ __attribute__((target("avx2"))) int64_t window_avx2(const float* act, const floa
 }
 #endif
 
+// The forward of one window, channels [c0, c1): the ReLU in place (NaN kept, as
+// PyTorch's) and the window's maximum by the same scan as above into pooled.
+inline void forward_scalar(float* x, float* pooled, const Window& o, int64_t c0, int64_t c1) {
+  for (int64_t c = c0; c < c1; ++c) {
+    float m = 0.f;
+    for (int i = 0; i < 4; ++i) {
+      const float v = x[o[i] + c];
+      const float r = v > 0.f || v != v ? v : 0.f;
+      x[o[i] + c] = r;
+      if (i == 0 || r > m || r != r) m = r;
+    }
+    pooled[c] = m;
+  }
+}
+
+#ifdef NST_FAST_X86_WINDOWS
+// max(0, v) keeps a NaN v: MAXPS returns its second operand where either is NaN.
+__attribute__((target("avx512f"))) int64_t forward_avx512(float* x, float* pooled, const Window& o,
+                                                          int64_t c_count) {
+  const __m512 zero = _mm512_setzero_ps();
+  int64_t c = 0;
+  for (; c + 16 <= c_count; c += 16) {
+    __m512 m = zero;
+    for (int i = 0; i < 4; ++i) {
+      const __m512 r = _mm512_max_ps(zero, _mm512_loadu_ps(x + o[i] + c));
+      _mm512_storeu_ps(x + o[i] + c, r);
+      const __mmask16 later = i == 0 ? (__mmask16)0xFFFF
+                                     : (__mmask16)(_mm512_cmp_ps_mask(r, m, _CMP_GT_OQ) |
+                                                   _mm512_cmp_ps_mask(r, r, _CMP_UNORD_Q));
+      m = _mm512_mask_mov_ps(m, later, r);
+    }
+    _mm512_storeu_ps(pooled + c, m);
+  }
+  return c;
+}
+
+__attribute__((target("avx2"))) int64_t forward_avx2(float* x, float* pooled, const Window& o, int64_t c_count) {
+  const __m256 zero = _mm256_setzero_ps();
+  int64_t c = 0;
+  for (; c + 8 <= c_count; c += 8) {
+    __m256 m = zero;
+    for (int i = 0; i < 4; ++i) {
+      const __m256 r = _mm256_max_ps(zero, _mm256_loadu_ps(x + o[i] + c));
+      _mm256_storeu_ps(x + o[i] + c, r);
+      m = i == 0 ? r
+                 : _mm256_blendv_ps(m, r, _mm256_or_ps(_mm256_cmp_ps(r, m, _CMP_GT_OQ),
+                                                       _mm256_cmp_ps(r, r, _CMP_UNORD_Q)));
+    }
+    _mm256_storeu_ps(pooled + c, m);
+  }
+  return c;
+}
+#endif
+
 // The widest window loop this CPU runs: 512, 256, or 0 where it has neither (the op
 // then runs the separate ops, faster than the scalar loop). NST_FAST_CPU_WINDOWS=256
 // or 0 narrows it, to test the narrower paths on a wider CPU.
@@ -173,31 +230,53 @@ void relu_max_pool2_rows(const float* act, const float* grad_act, float* out, co
   }
 }
 
+// The ReLU alone at positions no window covers: n positions, `step` elements apart.
+void relu_uncovered(float* x, int64_t n, int64_t step, int64_t c_count) {
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t c = 0; c < c_count; ++c) {
+      float& v = x[i * step + c];
+      v = v > 0.f || v != v ? v : 0.f;
+    }
+  }
+}
+
+// The forward over window rows [row_begin, row_end), as relu_max_pool2_rows.
+void relu_max_pool2_forward_rows(float* x, float* pooled, Nhwc s, Nhwc ps, int64_t height, int64_t width,
+                                 int64_t channels, int64_t row_begin, int64_t row_end) {
+  const int64_t oh_count = height / 2, ow_count = width / 2;
+  const int bits = window_bits();
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const int64_t b = r / oh_count, oh = r % oh_count;
+    const int64_t base = b * s.b + 2 * oh * s.h;
+    for (int64_t ow = 0; ow < ow_count; ++ow) {
+      const int64_t at = base + 2 * ow * s.w;
+      const Window o = {at, at + s.w, at + s.h, at + s.h + s.w};
+      float* p = pooled + b * ps.b + oh * ps.h + ow * ps.w;
+      int64_t c = 0;
+#ifdef NST_FAST_X86_WINDOWS
+      if (bits == 512)
+        c = forward_avx512(x, p, o, channels);
+      else if (bits == 256)
+        c = forward_avx2(x, p, o, channels);
+#endif
+      forward_scalar(x, p, o, c, channels);
+    }
+    if (width % 2 == 1) relu_uncovered(x + base + (width - 1) * s.w, 2, s.h, channels);
+    if (height % 2 == 1 && oh == oh_count - 1) relu_uncovered(x + b * s.b + (height - 1) * s.h, width, s.w, channels);
+  }
+}
+
 bool is_dense_channels_last(const at::Tensor& t) {
   return t.dim() == 4 && t.is_contiguous(at::MemoryFormat::ChannelsLast);
 }
 
 at::Tensor relu_max_pool2_backward_cpu(const at::Tensor& grad_pooled, const at::Tensor& act,
                                        const c10::optional<at::Tensor>& grad_act) {
-  TORCH_CHECK(act.dim() == 4, "nst_fast.relu_max_pool2_backward: act must be (B, C, H, W)");
+  check_relu_max_pool2_backward(grad_pooled, act, grad_act);
   const int64_t B = act.size(0), C = act.size(1), H = act.size(2), W = act.size(3);
-  TORCH_CHECK(grad_pooled.dim() == 4 && grad_pooled.size(0) == B && grad_pooled.size(1) == C &&
-                  grad_pooled.size(2) == H / 2 && grad_pooled.size(3) == W / 2,
-              "nst_fast.relu_max_pool2_backward: grad_pooled must be (B, C, H / 2, W / 2) of act");
   const bool accumulate = grad_act.has_value() && grad_act->defined();
-  if (accumulate) {
-    TORCH_CHECK(grad_act->sizes() == act.sizes() && grad_act->scalar_type() == act.scalar_type(),
-                "nst_fast.relu_max_pool2_backward: grad_act must have act's shape and dtype");
-  }
-  TORCH_CHECK(grad_pooled.scalar_type() == act.scalar_type(),
-              "nst_fast.relu_max_pool2_backward: grad_pooled must have act's dtype");
-  if (act.scalar_type() != at::kFloat || !is_dense_channels_last(act) || H < 2 || W < 2 || window_bits() == 0) {
-    // The ops this replaces, for the layouts, dtypes and CPUs the loop does not take.
-    auto pooled = at::max_pool2d_with_indices(act, {2, 2}, {2, 2}, {0, 0}, {1, 1}, false);
-    auto grad = at::max_pool2d_with_indices_backward(grad_pooled, act, {2, 2}, {2, 2}, {0, 0}, {1, 1}, false,
-                                                     std::get<1>(pooled));
-    if (accumulate) grad = grad + *grad_act;
-    return at::threshold_backward(grad, act, 0);
+  if (act.scalar_type() != at::kFloat || !is_dense_channels_last(act) || window_bits() == 0) {
+    return relu_max_pool2_backward_separate(grad_pooled, act, grad_act);
   }
   auto out = at::empty_like(act);
   const at::Tensor pooled = grad_pooled.contiguous(at::MemoryFormat::ChannelsLast);
@@ -215,9 +294,27 @@ at::Tensor relu_max_pool2_backward_cpu(const at::Tensor& grad_pooled, const at::
   return out;
 }
 
+at::Tensor relu_max_pool2_cpu(at::Tensor& x) {
+  check_relu_max_pool2(x);
+  if (x.scalar_type() != at::kFloat || !is_dense_channels_last(x) || window_bits() == 0) {
+    return relu_max_pool2_separate_(x);
+  }
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  auto pooled = at::empty({B, C, H / 2, W / 2}, x.options(), at::MemoryFormat::ChannelsLast);
+  const Nhwc s{x.stride(0), x.stride(2), x.stride(3)};
+  const Nhwc ps{pooled.stride(0), pooled.stride(2), pooled.stride(3)};
+  float* xp = x.data_ptr<float>();
+  float* pp = pooled.data_ptr<float>();
+  at::parallel_for(0, B * (H / 2), 1, [&](int64_t begin, int64_t end) {
+    relu_max_pool2_forward_rows(xp, pp, s, ps, H, W, C, begin, end);
+  });
+  return pooled;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(nst_fast, CPU, m) {
+  m.impl("relu_max_pool2_", &relu_max_pool2_cpu);
   m.impl("relu_max_pool2_backward", &relu_max_pool2_backward_cpu);
 }
 

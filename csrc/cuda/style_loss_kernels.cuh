@@ -27,6 +27,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "ieee.cuh"
 #include "tile_mma.cuh"
 
 namespace nst_fast {
@@ -355,8 +356,8 @@ struct ReluGrad {
   // it: dF to T, then dF + add to T; then masked as threshold_backward masks.
   __device__ __forceinline__ float finish(float v, long long off) const {
     v = rounded(v, T());
-    if (add != nullptr) v = rounded(v + to_float(add[off]), T());
-    if (relu != nullptr && to_float(relu[off]) <= 0.f) v = 0.f;
+    if (add != nullptr) v = rounded(ieee::add(v, to_float(add[off])), T());
+    if (relu != nullptr && ieee::at_most_zero(to_float(relu[off]))) v = 0.f;
     return v;
   }
   __device__ __forceinline__ ReluGrad at_batch(long long offset) const {
