@@ -61,7 +61,7 @@ def main(argv=None):
     p.add_argument("--optimizer", default="lbfgs")
     args = p.parse_args(argv)
     counter = OpCounter()
-    counter.wrap(losses.GatysLoss, "forward", "forward and losses")
+    counter.wrap(losses.GatysLoss, "terms", "forward and losses")
     counter.wrap(steps.LoopState, "record", "bookkeeping")
     for cls in (optim.LBFGS, optim.Adam):
         counter.wrap(cls, "step", "optimiser")

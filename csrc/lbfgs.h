@@ -18,11 +18,7 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define NST_HD __host__ __device__
-#else
-#define NST_HD
-#endif
+#include "host_device.h"
 
 namespace nst_fast {
 namespace lbfgs {

@@ -34,6 +34,10 @@ TORCH_LIBRARY(nst_fast, m) {
       "Tensor(e!) d, Tensor(f!) t, Tensor(g!) W, Tensor(h!) WW, Tensor(i!) valid, Tensor(j!) idx, "
       "Tensor(k!) steps, Tensor(l!) accepted, Tensor(m!) workspace, float lr, float c1, float backtrack, "
       "float eps, float max_step) -> ()");
+  // One step's bookkeeping of the optimisation loop in place (loop_record.h).
+  m.def(
+      "loop_record_(Tensor total, Tensor terms, Tensor weights, int shown, Tensor(a!) best_loss, "
+      "Tensor(b!) bad_streak, Tensor(c!) row, Tensor(d!) history, Tensor(e!) cursor, Tensor(f!) improved) -> ()");
   // Float64 elements of lbfgs_step's workspace; -1 where the history is too long for it.
   m.def("lbfgs_workspace_size(int n, int history) -> int", [](int64_t n, int64_t history) -> int64_t {
     if (n < 1 || history < 1 || history > nst_fast::lbfgs::kMaxHistory) return -1;

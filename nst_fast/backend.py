@@ -57,7 +57,7 @@ def _query_kernel(op: str, device_type: str) -> bool:
 # Asked once at import: the dispatcher query is not traceable by torch.compile.
 _KERNELS = {
     (op, device_type): _query_kernel(op, device_type)
-    for op in ("style_loss_forward", "conv3x3_winograd", "lbfgs_step", "relu_max_pool2_backward")
+    for op in ("style_loss_forward", "conv3x3_winograd", "lbfgs_step", "relu_max_pool2_backward", "loop_record_")
     for device_type in ("cpu", "cuda")
 }
 

@@ -104,7 +104,7 @@ class GatysLoss(nn.Module):
         self.content_weights = content_weights
         self.style_weights = style_weights
         self.alpha, self.beta, self.tv_weight = alpha, beta, tv_weight
-        self._constants = {}  # (what, device) -> a weight vector of _weighted_sum, or zero
+        self._constants = {}  # (what, device) -> weights of the terms, or zero
 
     def part_names(self):
         """The keys of forward()'s parts, in a fixed order (the loss-history columns)."""
@@ -114,20 +114,28 @@ class GatysLoss(nn.Module):
     def _features(self, features, weight):
         return normalized_gradient(features, weight) if self.normalize_gradients else features
 
-    def _weighted_sum(self, key, terms, weights, device):
-        """sum_i weights[i] * terms[i] in three ops however many terms (a step on a GPU
-        launches a kernel per op), the weights a tensor made once per device. Not a
-        matmul: autocast would take that to bf16."""
-        if not terms:
-            return self._constant(("zero", device), [0.0], device)[0]
-        w = self._constant((key, device), weights, device)
-        return (torch.stack(terms) * w).sum()
-
     def _constant(self, key, values, device):
         # Made at the first step, before any CUDA-graph capture (which forbids the copy).
         if key not in self._constants:
             self._constants[key] = torch.tensor(values, dtype=torch.float32, device=device)
         return self._constants[key]
+
+    def shown_terms(self) -> int:
+        """How many of terms()'s terms are parts of their own (all but the TV term)."""
+        return len(self.content_targets) + len(self.style_targets)
+
+    def _term_weights(self):
+        """The weights of terms() in each aggregate part: content, style, tv, total."""
+        c, s = len(self.content_targets), len(self.style_targets)
+        v = [self.content_weights[n] for n in self.content_targets]
+        w = [self.style_weights[n] for n in self.style_targets]
+        return {"content": v + [0.0] * (s + 1), "style": [0.0] * c + w + [0.0], "tv": [0.0] * (c + s) + [1.0],
+                "total": [self.alpha * x for x in v] + [self.beta * x for x in w] + [self.tv_weight]}
+
+    def history_weights(self, device) -> torch.Tensor:
+        """(3, n): the content, style and tv parts from terms()'s n terms, as rows of weights."""
+        rows = self._term_weights()
+        return self._constant(("history", torch.device(device)), [rows["content"], rows["style"], rows["tv"]], device)
 
     def _fused_layers(self):
         """Style layers whose Gram loss runs inside the ReLU before it (ops.relu_style_loss)."""
@@ -146,16 +154,17 @@ class GatysLoss(nn.Module):
             return run
         return {name: tap(name) for name in self._fused_layers()}
 
-    def forward(self, image: torch.Tensor):
-        """-> (total, {"content": .., "style": .., "tv": .., "style:relu1_1": .., ...})"""
+    def terms(self, image: torch.Tensor):
+        """-> (total, terms): the loss and its terms (float32), one per content layer, one
+        per style layer (part_names()'s order), then the TV term. total is their sum with
+        the weights in three ops, however many terms (on a GPU each op is a kernel launch)."""
         fused = {}  # style layer -> its loss, from a tap
         taps = self._taps(fused)
         feats = self.vgg(image, taps)
-        parts = {}
+        terms = []
         for name, target in self.content_targets.items():
             term = content_loss(self._features(feats[name], self.alpha * self.content_weights[name]), target)
-            term = term.to(image.device)  # from the layer's device, where the network is split
-            parts[f"content:{name}"] = term
+            terms.append(term.to(image.device))  # from the layer's device, where the network is split
         for name, target in self.style_targets.items():
             f = self._features(feats[name], self.beta * self.style_weights[name])
             if name in fused:
@@ -170,14 +179,17 @@ class GatysLoss(nn.Module):
                                                                 style_scale(f.shape[1], guide.positions))
             else:
                 term = ops.style_loss(f, target, style_scale(f.shape[1], f.shape[2] * f.shape[3]))
-            term = term.to(image.device)
-            parts[f"style:{name}"] = term
+            terms.append(term.to(image.device))
         dev = image.device
-        content = self._weighted_sum("content", [parts[f"content:{n}"] for n in self.content_targets],
-                                     [self.content_weights[n] for n in self.content_targets], dev)
-        style = self._weighted_sum("style", [parts[f"style:{n}"] for n in self.style_targets],
-                                   [self.style_weights[n] for n in self.style_targets], dev)
-        tv = tv_loss(image) if self.tv_weight else self._constant(("zero", dev), [0.0], dev)[0]
-        total = self._weighted_sum("total", [content, style, tv], [self.alpha, self.beta, self.tv_weight], dev)
-        parts.update(content=content, style=style, tv=tv, total=total)
-        return total, parts
+        terms.append(tv_loss(image) if self.tv_weight else self._constant(("zero", dev), [0.0], dev)[0])
+        stacked = torch.stack([t.float() for t in terms])
+        # Not a matmul: autocast would take that to bf16.
+        total = (stacked * self._constant(("total", dev), self._term_weights()["total"], dev)).sum()
+        return total, stacked
+
+    def forward(self, image: torch.Tensor):
+        """-> (total, {"content": .., "style": .., "tv": .., "style:relu1_1": .., ...})"""
+        total, terms = self.terms(image)
+        sums = (terms * self.history_weights(image.device)).sum(1)
+        values = torch.cat([terms[: self.shown_terms()], sums, total.reshape(1)])
+        return total, dict(zip(self.part_names(), values.unbind()))

@@ -2,16 +2,35 @@
 runner that replays a step from a CUDA graph."""
 import torch
 
+from . import backend
+
+
+def record_reference(total, terms, weights, shown, best_loss, bad_streak, row, history, cursor, improved):
+    """torch.ops.nst_fast.loop_record_ in PyTorch ops (csrc/loop_record.h says what it does)."""
+    finite = (total - total) == 0
+    torch.lt(total, best_loss, out=improved)
+    torch.where(improved, total, best_loss, out=best_loss)
+    bad_streak.add_(1).masked_fill_(finite, 0)
+    sums = (weights.double() * terms.double()).sum(1).float()
+    row.copy_(torch.cat([terms[:shown], sums, total.reshape(1)]))
+    history.index_copy_(0, cursor.clamp(max=history.size(0) - 1), row.unsqueeze(0))
+    cursor.add_(1)
+
 
 class LoopState:
     """Device-side bookkeeping of a run: best image so far, the running average of the
-    images (with avg_decay > 0), non-finite streak, loss history."""
+    images (with avg_decay > 0), non-finite streak, loss history and the last step's row
+    of it."""
 
     def __init__(self, best, best_loss, bad_streak, history, cursor, step=0, avg_decay=0.0, average=None,
                  average_weight=None):
         self.best, self.best_loss, self.bad_streak = best, best_loss, bad_streak
         self.history, self.cursor, self.step = history, cursor, step
         self.avg_decay, self.average, self.average_weight = avg_decay, average, average_weight
+        self.row = torch.full((history.size(1),), float("nan"), device=best.device)
+        self.improved = torch.zeros((), dtype=torch.bool, device=best.device)
+        self._fused = (backend.uses_extension(best.device)
+                       and backend.has_op_kernel("loop_record_", best.device.type))
 
     @classmethod
     def start(cls, x, steps, n_parts, avg_decay=0.0):
@@ -29,22 +48,25 @@ class LoopState:
             average_weight=torch.zeros((), device=dev) if averaging else None,
         )
 
-    def record(self, x, total, parts):
-        # Few ops, each in place: on a GPU every op is a kernel launch in each step.
-        finite = (total - total) == 0  # isfinite in two ops instead of four: NaN for inf and NaN
-        improved = total < self.best_loss  # False for NaN
-        torch.where(improved, x, self.best, out=self.best)
-        torch.where(improved, total, self.best_loss, out=self.best_loss)
-        self.bad_streak.add_(1).masked_fill_(finite, 0)
+    def record(self, x, total, terms, weights, shown):
+        """One step: x and its loss `total` (float32, 0-dim). The history row (and
+        self.row) is terms[:shown], then weights @ terms (weights (a, n) for n terms), then
+        total. One op where the extension has it (torch.ops.nst_fast.loop_record_), else
+        the same in PyTorch ops; on a GPU every op is a kernel launch in each step."""
+        args = (total, terms, weights, shown, self.best_loss, self.bad_streak, self.row, self.history, self.cursor,
+                self.improved)
+        if self._fused:
+            torch.ops.nst_fast.loop_record_(*args)
+        else:
+            record_reference(*args)
+        torch.where(self.improved, x, self.best, out=self.best)
         if self.average is not None:
             # An exponential moving average of the finite images, with the weight of
             # its zero start divided out in output().
+            finite = (total - total) == 0  # isfinite in two ops instead of four: NaN for inf and NaN
             keep = torch.where(finite, self.avg_decay, 1.0)
             self.average.copy_(torch.where(finite, self.average * keep + x * (1 - keep), self.average))
             self.average_weight.copy_(self.average_weight * keep + (1 - keep))
-        row = torch.stack([p.float() for p in parts]).unsqueeze(0)
-        self.history.index_copy_(0, self.cursor.clamp(max=self.history.size(0) - 1), row)
-        self.cursor.add_(1)
 
     def output(self):
         """The run's result so far: the averaged image with avg_decay, else the best one."""

@@ -384,19 +384,21 @@ class StyleTransfer:
             opt = make_optimizer("lbfgs", x, lr=opts.lr or 1.0, history=opts.lbfgs_history, max_step=LBFGS_MAX_STEP)
         else:
             opt = make_optimizer("adam", x, lr=opts.lr or 0.02)
-        state = LoopState.start(x, steps, len(loss_fn.part_names()), opts.avg_decay)
+        names = loss_fn.part_names()
+        state = LoopState.start(x, steps, len(names), opts.avg_decay)
         if resume is not None:
             state.load(resume, x, opt)
         report_every = report_interval(opts.report_every, dev.type)
+        weights, shown = loss_fn.history_weights(dev), loss_fn.shown_terms()
 
         def one_step():
             with precision_mode(opts.precision, self.devices):
-                total, parts = loss_fn(x)
+                total, terms = loss_fn.terms(x)
             (grad,) = torch.autograd.grad(total, x)
             with torch.no_grad():
-                state.record(x, total.detach(), [parts[n].detach() for n in loss_fn.part_names()])
+                state.record(x, total.detach(), terms.detach(), weights, shown)
                 opt.step(x, total.detach(), grad)
-            return {k: v.detach() for k, v in parts.items()}
+            return state.row  # the step's parts, in names' order
 
         eager_because = None
         if len(self.devices) > 1:
@@ -408,15 +410,16 @@ class StyleTransfer:
             runner.why_not = eager_because
         try:
             for step in range(state.step + 1, steps + 1):
-                parts = runner()
+                row = runner()
                 state.step = step
                 if opts.callback is not None:
+                    parts = dict(zip(names, row.clone().unbind()))  # the callback's to keep
                     opts.callback(StepInfo(step_offset + step, total_steps, tuple(x.shape[-2:]), parts,
                                            state.output_copy(), done=min(1.0, work[0] + step * work[1])))
                 if step % report_every == 0 or step == steps:
                     if state.bad_streak >= MAX_NONFINITE or not torch.isfinite(state.best_loss):
                         raise NonFiniteLoss(
-                            f"the loss became {float(parts['total'])} at step {step_offset + step} and did "
+                            f"the loss became {float(row[-1])} at step {step_offset + step} and did "
                             "not recover; lower the loss weights or the learning rate",
                             image=state.output().clamp(0, 1).cpu(), step=step_offset + step)
                 if checkpoint and opts.checkpoint_every and step % opts.checkpoint_every == 0:

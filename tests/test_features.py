@@ -279,15 +279,15 @@ def test_interrupt_mid_step_reports_the_steps_the_checkpoint_holds(transfer, sma
 
     def loss_stopping_in_step_5(*args, **kwargs):
         loss = make_loss(*args, **kwargs)
-        forward = loss.forward
+        terms = loss.terms
 
         def stopping(x):
             calls.append(1)
             if len(calls) == 5:  # as Ctrl-C during the 5th step's computation
                 raise KeyboardInterrupt
-            return forward(x)
+            return terms(x)
 
-        loss.forward = stopping
+        loss.terms = stopping
         return loss
 
     monkeypatch.setattr(transfer, "_loss", loss_stopping_in_step_5)
@@ -430,15 +430,16 @@ def test_loop_state_averages_finite_iterates_with_bias_correction():
     xs = [torch.full((1, 3, 2, 2), v) for v in (1.0, 2.0, 9.0, 4.0)]
     totals = [torch.tensor(t) for t in (3.0, 2.0, float("nan"), 1.0)]
     state = LoopState.start(xs[0], steps=4, n_parts=1, avg_decay=0.5)
+    no_terms = (torch.zeros(0), torch.zeros(0, 0), 0)  # a history row of the total alone
     for x, total in zip(xs, totals):
-        state.record(x, total, [total])
+        state.record(x, total, *no_terms)
     # 0.5-decay EMA of 1, 2, 4 (the NaN step skipped), over its weight 1 - 0.5^3.
     want = (0.125 * 1.0 + 0.25 * 2.0 + 0.5 * 4.0) / (1 - 0.5**3)
     assert torch.allclose(state.output(), torch.full_like(xs[0], want))
     assert torch.equal(state.best, xs[3])
     plain = LoopState.start(xs[0], steps=4, n_parts=1)
     for x, total in zip(xs, totals):
-        plain.record(x, total, [total])
+        plain.record(x, total, *no_terms)
     assert torch.equal(plain.output(), xs[3])
 
 
