@@ -16,18 +16,19 @@ ROOT = Path(__file__).resolve().parents[1]
 EMULATOR = ROOT / "tests" / "cuda_emulator"
 
 
-def build(directory, include):
-    """Compiles the profiling harness into directory; returns its path or raises
-    RuntimeError with the compiler's message."""
+def build(directory, include, source="harness.cpp"):
+    """Compiles a profiling harness (tests/cuda_emulator/`source`) into directory;
+    returns its path or raises RuntimeError with the compiler's message."""
     for tool in ("g++", "addr2line"):
         if shutil.which(tool) is None:
             raise RuntimeError(f"needs {tool}")
-    obj, exe = directory / "harness_profile.o", directory / "harness_profile"
+    stem = Path(source).stem
+    obj, exe = directory / f"{stem}_profile.o", directory / f"{stem}_profile"
     # -O1 without vectorisation or scalar replacement of aggregates: each load and store
     # keeps the width the source gives it (a float4 stays 16 bytes), as nvcc's do.
     compile_ = ["g++", "-std=c++20", "-O1", "-fno-tree-vectorize", "-fno-tree-sra", "-g", "-fsanitize=thread",
                 "-DNST_EMU_PROFILE", "-fno-strict-aliasing", f"-I{include}", f"-I{ROOT / 'csrc' / 'cuda'}",
-                "-c", str(EMULATOR / "harness.cpp"), "-o", str(obj)]
+                "-c", str(EMULATOR / source), "-o", str(obj)]
     link = ["g++", "-no-pie", str(obj), "-o", str(exe)]  # without -fsanitize: no TSan runtime
     for cmd in (compile_, link):
         done = subprocess.run(cmd, capture_output=True, text=True)

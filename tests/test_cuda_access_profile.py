@@ -18,6 +18,7 @@ import torch
 
 import emulated_profile
 import test_cuda_emulated as emulated
+import test_cuda_emulated_pool as pool
 
 KERNELS = emulated.ROOT / "csrc" / "cuda" / "style_loss_kernels.cuh"
 
@@ -30,18 +31,27 @@ def _cp_async_site():
     raise AssertionError("no cp_async16 call in " + KERNELS.name)
 
 
-@pytest.fixture(scope="module")
-def profiler(tmp_path_factory):
+def _build_profiler(directory, source="harness.cpp"):
     include = emulated._cuda_include()
     if include is None or shutil.which("g++") is None or shutil.which("addr2line") is None:
         pytest.skip("needs g++, addr2line and the CUDA headers (set CUDA_HOME)")
     try:
-        return emulated_profile.build(tmp_path_factory.mktemp("profiler"), include)
+        return emulated_profile.build(directory, include, source)
     except RuntimeError as exc:
         message = f"the profiling emulator did not build: {exc}"
         if os.environ.get("NST_FAST_REQUIRE_EXTENSION"):
             pytest.fail(message)
         pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def profiler(tmp_path_factory):
+    return _build_profiler(tmp_path_factory.mktemp("profiler"))
+
+
+@pytest.fixture(scope="module")
+def pool_profiler(tmp_path_factory):
+    return _build_profiler(tmp_path_factory.mktemp("pool_profiler"), "pool_harness.cpp")
 
 
 def profile(profiler, tmp_path, op, dtype, channels_last, c, m, resident=1):
@@ -117,3 +127,23 @@ def test_gradient_stores_fill_whole_sectors(profiler, tmp_path):
             assert all(s.excess >= 2 for s in stores), (dtype, m, stores)
         else:
             assert all(s.excess == 1 for s in stores), (dtype, m, stores)
+
+
+@pytest.mark.parametrize("dtype", ["f32", "bf16"])
+@pytest.mark.parametrize("op", ["forward", "backward"])
+def test_pool_kernels_use_whole_sectors(pool_profiler, tmp_path, dtype, op):
+    """The ReLU + max pool kernels on channels-last tensors: 16 bytes of channels a lane,
+    every load and store of a warp whole 32-byte sectors."""
+    x, grad_pooled, grad_act = pool.inputs((1, 64, 8, 12), pool.DTYPES[dtype], "channels_last", seed=1)
+    path = tmp_path / "profile.txt"
+    if op == "forward":
+        launch = pool.emulated_forward(pool_profiler, tmp_path, x, extra=[f"profile={path}"])[2]
+    else:
+        act = torch.relu(x)
+        launch = pool.emulated_backward(pool_profiler, tmp_path, act, grad_pooled, grad_act,
+                                        extra=[f"profile={path}"])[1]
+    assert int(launch["v"]) == 16 // x.element_size()
+    prof = emulated_profile.read(path, pool_profiler)
+    units, ideal = prof.total("global")
+    assert ideal > 0 and units == ideal, [s for s in prof.sites if s.space == "global"]
+    assert all(s.bytes == 16 for s in prof.sites if s.space == "global" and s.instructions)

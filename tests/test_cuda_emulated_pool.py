@@ -60,24 +60,25 @@ def _launch(harness, args):
     return dict(kv.split("=") for kv in done.stdout.split())
 
 
-def emulated_forward(harness, tmp_path, x, off=0, blocks=1 << 20, seed=0):
-    """-> (relu(x) as the kernel left x, pooled, the launch)."""
+def emulated_forward(harness, tmp_path, x, off=0, blocks=1 << 20, seed=0, extra=()):
+    """-> (relu(x) as the kernel left x, pooled, the launch). extra: more harness arguments."""
     pooled = _pooled_layout(x)
     _write(tmp_path / "x", x, off)
     launch = _launch(harness, ["op=forward", f"dtype={_name(x)}", f"seed={seed}", f"off={off}", f"blocks={blocks}",
                                "size=" + ",".join(map(str, x.shape)), f"stride={_strides(x)}",
-                               f"pstride={_strides(pooled)}", f"x={tmp_path / 'x'}", f"pooled={tmp_path / 'pooled'}"])
+                               f"pstride={_strides(pooled)}", f"x={tmp_path / 'x'}", f"pooled={tmp_path / 'pooled'}",
+                               *extra])
     return _read(tmp_path / "x", x, off), _read(tmp_path / "pooled", pooled, off), launch
 
 
-def emulated_backward(harness, tmp_path, act, grad_pooled, grad_act, off=0, blocks=1 << 20, seed=0):
+def emulated_backward(harness, tmp_path, act, grad_pooled, grad_act, off=0, blocks=1 << 20, seed=0, extra=()):
     """-> (the gradient, the launch). grad_pooled and grad_act must be in the layouts the
     host side gives them (relu_pool_cuda.cu): the pooled layout and act's."""
     _write(tmp_path / "act", act, off)
     _write(tmp_path / "grad_pooled", grad_pooled, off)
     args = ["op=backward", f"dtype={_name(act)}", f"seed={seed}", f"off={off}", f"blocks={blocks}",
             "size=" + ",".join(map(str, act.shape)), f"stride={_strides(act)}", f"pstride={_strides(grad_pooled)}",
-            f"act={tmp_path / 'act'}", f"grad_pooled={tmp_path / 'grad_pooled'}", f"out={tmp_path / 'out'}"]
+            f"act={tmp_path / 'act'}", f"grad_pooled={tmp_path / 'grad_pooled'}", f"out={tmp_path / 'out'}", *extra]
     if grad_act is not None:
         assert grad_act.stride() == act.stride()
         _write(tmp_path / "grad_act", grad_act, off)

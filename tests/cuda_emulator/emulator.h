@@ -292,6 +292,9 @@ extern "C" __attribute__((no_sanitize_thread)) unsigned char __tsan_atomic8_load
 extern "C" void __tsan_init() {}
 extern "C" void __tsan_func_entry(void*) {}
 extern "C" void __tsan_func_exit() {}
+// Virtual-table pointer stores in the constructors of the harness's file streams.
+extern "C" void __tsan_vptr_update(void**, void*) {}
+extern "C" void __tsan_vptr_read(void**) {}
 #else
 #define NST_EMU_SITE 0
 #endif

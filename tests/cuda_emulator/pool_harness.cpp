@@ -9,6 +9,7 @@
 //     blocks=N (the most blocks; the kernels' loops stride over the rest)
 //     forward:  x=PATH (read, and rewritten with the ReLU's output)  pooled=PATH (written)
 //     backward: act=PATH  grad_pooled=PATH  [grad_act=PATH]  out=PATH (written)
+//     profile=PATH (a build with -DNST_EMU_PROFILE: the memory-access profile, access_profile.h)
 //   Every file holds off elements, then the tensor's extent; prints the launch.
 #include "emulator.h"
 #include "harness_args.h"
@@ -115,5 +116,8 @@ int main(int argc, char** argv) {
     run<__half>();
   else
     emu::fail("dtype must be f32, bf16 or f16");
+#ifdef NST_EMU_PROFILE
+  if (harness::args().count("profile")) emu::profile::write(harness::args()["profile"].c_str());
+#endif
   return 0;
 }
