@@ -196,6 +196,25 @@ class L2Pool2d(nn.Module):
             .add_(self.EPS).sqrt_()
 
 
+class _Normalize(torch.autograd.Function):
+    """(image - mean) / std, written channels-last, and its gradient grad / std, written
+    contiguous: the expression's ops and rounding without the layout copies around it
+    (the optimiser takes the image's gradient contiguous)."""
+
+    @staticmethod
+    def forward(ctx, image, mean, std):
+        out = torch.empty_like(image, memory_format=torch.channels_last)
+        torch.sub(image, mean, out=out).div_(std)
+        ctx.save_for_backward(std)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (std,) = ctx.saved_tensors
+        out = torch.empty(grad.shape, dtype=grad.dtype, device=grad.device)
+        return torch.div(grad, std, out=out), None, None
+
+
 def _pool(pooling: str, layer: Layer) -> nn.Module:
     kind = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d, "l2": L2Pool2d}[pooling]
     return kind(layer.kernel, layer.stride, ceil_mode=layer.ceil)
@@ -427,9 +446,11 @@ class VGGFeatures(nn.Module):
         self.net.load_state_dict({k: state[k] for k in expected})
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
-        """RGB in [0, 1] -> the network's input convention."""
-        x = (image - self.mean.to(image.dtype)) / self.std.to(image.dtype)
-        return x.flip(1) if self.convention == "caffe" else x
+        """RGB in [0, 1] -> the network's input convention, channels-last."""
+        mean, std = self.mean.to(image.dtype), self.std.to(image.dtype)
+        if self.convention == "caffe":
+            return ((image - mean) / std).flip(1).contiguous(memory_format=torch.channels_last)
+        return _Normalize.apply(image, mean, std)
 
     def place(self, devices, split_at) -> "VGGFeatures":
         """Spread the network over several devices (model parallelism): the modules
@@ -458,7 +479,7 @@ class VGGFeatures(nn.Module):
     def forward(self, image: torch.Tensor, taps: dict = None) -> dict:
         """-> {layer name: activation}. taps: {name of a tappable() layer: fn(its input) ->
         its output}, run instead of that ReLU (a loss fused with it)."""
-        x = self.preprocess(image).contiguous(memory_format=torch.channels_last)
+        x = self.preprocess(image)
         wanted = {layer_index(n, self.network): n for n in self.layers}
         tapped = {}
         for name, fn in (taps or {}).items():

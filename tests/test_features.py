@@ -583,3 +583,16 @@ def test_padding_mistakes():
         StyleTransfer(weights="random", device="cpu", padding="circular")
     with pytest.raises(NstError, match="first convolution does not pad"):
         StyleTransfer(weights="random", device="cpu", network="nin", padding="replicate")
+
+
+def test_the_input_normalisation_keeps_its_values_and_writes_the_layouts_its_users_take():
+    from nst_fast import vgg
+
+    net = vgg.VGGFeatures(["relu1_1"], vgg.random_state(0))
+    image = torch.rand(2, 3, 9, 7, generator=torch.Generator().manual_seed(3)).requires_grad_(True)
+    got, want = net.preprocess(image), (image - net.mean) / net.std
+    assert torch.equal(got, want) and got.is_contiguous(memory_format=torch.channels_last)
+    grad = torch.rand(2, 3, 9, 7).contiguous(memory_format=torch.channels_last)  # as conv1_1's backward gives it
+    (got_grad,) = torch.autograd.grad(got, image, grad)
+    (want_grad,) = torch.autograd.grad(want, image, grad)
+    assert torch.equal(got_grad, want_grad) and got_grad.is_contiguous()
