@@ -23,7 +23,7 @@ EXAMPLES = os.path.join(HERE, "..", "nst_fast", "examples")
 LOSSES = ("gram", "w2", "mrf")
 
 
-def per_step_ms(transfer, size, style_loss, n1, n2, device):
+def per_step_ms(transfer, size, style_loss, n1, n2, device, precision):
     content = images.to_tensor(os.path.join(EXAMPLES, "content.png"))
     style = images.to_tensor(os.path.join(EXAMPLES, "style.png"))
     times = {}
@@ -31,7 +31,7 @@ def per_step_ms(transfer, size, style_loss, n1, n2, device):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t = time.perf_counter()
-        transfer.stylize_tensor(content, style, size=size, steps=n, style_loss=style_loss)
+        transfer.stylize_tensor(content, style, size=size, steps=n, style_loss=style_loss, precision=precision)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times[n] = time.perf_counter() - t
@@ -43,6 +43,7 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--sizes", default="256,512")
     p.add_argument("--steps", default="3,13", help="n1,n2: the two run lengths whose difference is timed")
+    p.add_argument("--precision", default=None, help="fp32 | tf32 | bf16 (default: the device's default)")
     p.add_argument("--md", default=None, help="also write the table as Markdown here")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -52,7 +53,7 @@ def main(argv=None):
     for size in (int(s) for s in args.sizes.split(",")):
         ms = {}
         for style_loss in LOSSES:
-            ms[style_loss], graphed = per_step_ms(transfer, size, style_loss, n1, n2, device)
+            ms[style_loss], graphed = per_step_ms(transfer, size, style_loss, n1, n2, device, args.precision)
             print(f"{size} px {style_loss}: {ms[style_loss]:.1f} ms/step"
                   + ("" if device.type == "cpu" else f" (cuda graph: {graphed})"), flush=True)
         rows.append((size, ms))
@@ -62,10 +63,10 @@ def main(argv=None):
                      f"{ms['w2'] / ms['gram']:.2f}x | {ms['mrf'] / ms['gram']:.2f}x |")
     table = "\n".join(lines)
     print(f"\ndevice {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), "
-          f"torch {torch.__version__}\n{table}")
+          f"torch {torch.__version__}, precision {transfer.last_options.precision}\n{table}")
     if args.md:
         with open(args.md, "w") as f:
-            f.write(table + "\n")
+            f.write(f"Per style loss, ms per step, precision {transfer.last_options.precision}:\n\n{table}\n")
 
 
 if __name__ == "__main__":

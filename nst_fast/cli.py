@@ -110,9 +110,10 @@ def build_parser():
     p.add_argument("--network", default="vgg19", choices=["vgg19", "vgg16", "vgg13", "vgg11", "alexnet", "nin"],
                    help="the CNN whose features are matched (vgg19, the paper's; nin needs --weights PATH "
                         "to nin_imagenet.pth or nin_imagenet_conv.caffemodel)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"],
+    p.add_argument("--precision", default=None, choices=["fp32", "tf32", "bf16"],
                    help="fp32: exact | tf32: TF32 convolutions and matmuls (GPU) | bf16: bf16 activations "
-                        "(GPU, or a CPU with bf16 support) (fp32)")
+                        "(GPU, or a CPU with bf16 support) (tf32 on a GPU that has it, NVIDIA Ampere or "
+                        "later, as PyTorch's convolutions; else fp32)")
     p.add_argument("--weights", default=None,
                    help="imagenet | random | PATH to a state dict of the network or a Caffe .caffemodel "
                         "(default $NST_FAST_WEIGHTS or imagenet)")
@@ -428,7 +429,7 @@ def run(args) -> int:
         if transfer.device.type == "cuda":
             run = transfer.last_run
             how = "CUDA-graph replays" if run.get("cuda_graph") else f"eager steps ({run.get('why_not')})"
-            sys.stderr.write(f"nst-fast: the steps ran as {how}\n")
+            sys.stderr.write(f"nst-fast: the steps ran as {how}, in {transfer.last_options.precision}\n")
         sys.stderr.write(f"nst-fast: wrote {args.output}\n")
     return 0
 

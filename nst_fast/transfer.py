@@ -76,20 +76,35 @@ def _split_layers(split_at, devices) -> list:
 
 
 @contextlib.contextmanager
-def precision_mode(precision: str, devices):
-    """fp32: exact; tf32: TF32 matmuls and convolutions; bf16: autocast to bfloat16
-    (on every type of device among `devices`, one device or a list)."""
-    types = sorted({d.type for d in (devices if isinstance(devices, (list, tuple)) else [devices])})
+def tf32_mode(precision: str):
+    """TF32 matmuls and convolutions on (tf32) or off (fp32, bf16). A step's backward
+    needs it as much as its forward: it picks the backward's convolutions and style
+    kernels."""
     old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
     try:
-        with contextlib.ExitStack() as stack:
-            if precision == "bf16":
-                for device_type in types:
-                    stack.enter_context(torch.autocast(device_type, dtype=torch.bfloat16))
-            yield
+        yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+@contextlib.contextmanager
+def autocast_mode(precision: str, devices):
+    """bf16: autocast to bfloat16 on every type of device among `devices` (one device or a
+    list); a forward pass only, the backward follows the forward's dtypes."""
+    types = sorted({d.type for d in (devices if isinstance(devices, (list, tuple)) else [devices])})
+    with contextlib.ExitStack() as stack:
+        if precision == "bf16":
+            for device_type in types:
+                stack.enter_context(torch.autocast(device_type, dtype=torch.bfloat16))
+        yield
+
+
+@contextlib.contextmanager
+def precision_mode(precision: str, devices):
+    """fp32: exact; tf32: TF32 matmuls and convolutions; bf16: autocast to bfloat16."""
+    with tf32_mode(precision), autocast_mode(precision, devices):
+        yield
 
 
 class StyleTransfer:
@@ -160,7 +175,7 @@ class StyleTransfer:
         if not styles:
             raise NstError("at least one style image is needed")
         opts = Options.from_kwargs(kwargs).validate(n_styles=len(styles), convention=self.convention,
-                                                     network=self.architecture)
+                                                     network=self.architecture, devices=self.devices)
         self.last_options = opts
         content_img = images.to_tensor(content)
         style_imgs = [images.to_tensor(s) for s in styles]
@@ -392,9 +407,10 @@ class StyleTransfer:
         weights, shown = loss_fn.history_weights(dev), loss_fn.shown_terms()
 
         def one_step():
-            with precision_mode(opts.precision, self.devices):
-                total, terms = loss_fn.terms(x)
-            (grad,) = torch.autograd.grad(total, x)
+            with tf32_mode(opts.precision):
+                with autocast_mode(opts.precision, self.devices):
+                    total, terms = loss_fn.terms(x)
+                (grad,) = torch.autograd.grad(total, x)
             with torch.no_grad():
                 state.record(x, total.detach(), terms.detach(), weights, shown)
                 opt.step(x, total.detach(), grad)

@@ -15,7 +15,7 @@ def transfer():
 
 def _run(transfer, small_images, **kw):
     content, style = small_images
-    args = dict(size=128, steps=50, init="noise", seed=1, style_weight=5e7)
+    args = dict(size=128, steps=50, init="noise", seed=1, style_weight=5e7, precision="fp32")
     args.update(kw)
     return transfer.stylize_tensor(content, style, **args)
 
@@ -67,6 +67,17 @@ def test_precision_modes_reach_a_similar_loss(transfer, small_images, precision)
     other = transfer.history[-1]["total"]
     print(f"{precision}: final loss {other:.6g} vs fp32 {fp32:.6g}")
     assert abs(other / fp32 - 1) < 0.1
+
+
+def test_default_precision_is_tf32_where_the_gpu_has_it(transfer, small_images):
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    seen = []
+    _run(transfer, small_images, steps=2, precision=None,
+         callback=lambda info: seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)))
+    tf32 = torch.cuda.get_device_capability()[0] >= 8
+    assert transfer.last_options.precision == ("tf32" if tf32 else "fp32")
+    assert seen and all(s == (tf32, tf32) for s in seen)
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == flags
 
 
 @pytest.mark.parametrize("cuda_graph", [False, None])

@@ -102,7 +102,8 @@ def test_cuda_estimate_matches_measured_peak(optimizer, precision):
     gen = torch.Generator().manual_seed(0)
     content = torch.rand(1, 3, h, w, generator=gen)
     style = torch.rand(1, 3, h // 2, w // 2, generator=gen)
-    st.stylize_tensor(content, style, size=64, steps=1, content_layers="relu4_2")  # warm up cuDNN/cuBLAS
+    st.stylize_tensor(content, style, size=64, steps=1, content_layers="relu4_2",
+                      precision=precision)  # warm up cuDNN/cuBLAS
     st._nets.clear()  # so the run below counts the network's weights again
     torch.cuda.synchronize()
     torch.cuda.empty_cache()

@@ -1,5 +1,6 @@
 """Options given through the Python API: wrong types and values are NstErrors that say what is wanted."""
 import pytest
+import torch
 
 from nst_fast import NstError
 from nst_fast.options import Options
@@ -42,3 +43,30 @@ def test_lists_may_be_given_as_comma_separated_strings():
 
 def test_the_size_is_the_last_scale():
     assert validated(scales=[32, 64]).size == 64  # the recipe then says what was made
+
+
+@pytest.mark.parametrize("devices, capability, expected", [
+    (["cpu"], None, "fp32"),
+    ([], None, "fp32"),
+    (["cuda"], (9, 0), "tf32"),  # Hopper
+    (["cuda"], (8, 6), "tf32"),  # Ampere
+    (["cuda"], (7, 5), "fp32"),  # Turing: no TF32
+    (["cpu", "cuda:1"], (8, 0), "tf32"),
+])
+def test_default_precision_is_tf32_only_on_gpus_that_have_it(monkeypatch, devices, capability, expected):
+    asked = []
+
+    def capability_of(device):
+        asked.append(torch.device(device))
+        return capability
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", capability_of)
+    opts = Options().validate(devices=[torch.device(d) for d in devices])
+    assert opts.precision == expected
+    assert asked == [torch.device(d) for d in devices if d.startswith("cuda")][:1]
+
+
+def test_a_given_precision_is_kept_on_any_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (9, 0))
+    assert Options(precision="fp32").validate(devices=[torch.device("cuda")]).precision == "fp32"
+    assert Options(precision="bf16").validate(devices=[torch.device("cpu")]).precision == "bf16"

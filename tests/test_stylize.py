@@ -216,6 +216,43 @@ def test_bf16_precision_keeps_bf16_weights_and_tracks_fp32(transfer, small_image
     assert abs(last / float(fp32[-1].losses["total"]) - 1) < 0.1
 
 
+def _tf32_flags():
+    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+
+@pytest.mark.parametrize("precision, users_flags", [("fp32", (True, True)), ("tf32", (False, False))])
+def test_the_backward_runs_in_the_precision_asked_for(transfer, small_images, monkeypatch, precision, users_flags):
+    """The TF32 switches pick the backward's convolutions and style kernels too (on a GPU):
+    set during the step's backward as during its forward, the user's own restored after."""
+    seen = []
+
+    class Probe(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):
+            seen.append(("forward", _tf32_flags()))
+            return t.view_as(t)
+
+        @staticmethod
+        def backward(ctx, g):
+            seen.append(("backward", _tf32_flags()))
+            return g
+
+    terms = nst_fast.losses.GatysLoss.terms
+    monkeypatch.setattr(nst_fast.losses.GatysLoss, "terms",
+                        lambda self, image: (lambda total, t: (Probe.apply(total), t))(*terms(self, image)))
+    before = _tf32_flags()
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = users_flags
+    try:
+        transfer.stylize_tensor(*small_images, size=32, steps=2, precision=precision)
+        after = _tf32_flags()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+    wanted = (precision == "tf32",) * 2
+    assert [kind for kind, _ in seen] == ["forward", "backward"] * 2
+    assert all(flags == wanted for _, flags in seen)
+    assert after == users_flags
+
+
 def test_callback_images_are_the_callbacks_to_keep(transfer, small_images):
     """Frames kept from a callback (for an animation) stay as they were, and changing
     one does not change the run."""
