@@ -77,7 +77,8 @@ at::Tensor style_loss_relu_backward_cpu(const at::Tensor& grad_loss, const at::T
   // tensors measured slower here (memory-bound either way).
   auto grad = residual_product(grad_loss, residual, accum_features(features), scale).to(features.scalar_type());
   if (accumulate) grad.add_(*grad_features);
-  return at::threshold_backward(grad, features, 0);
+  // In place: an output the size of relu1_1's activations would be fresh pages each step.
+  return at::threshold_backward_out(grad, grad, features, 0);
 }
 
 }  // namespace
