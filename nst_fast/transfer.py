@@ -12,7 +12,7 @@ from .errors import Interrupted, NonFiniteLoss, NstError
 from .losses import GatysLoss, GuidedStyle, WeightedSum, gram_target
 from .mrf import MRFStyle
 from .optim import make_optimizer
-from .options import Options, report_interval
+from .options import Options, default_precision, report_interval
 from .progress import Progress
 from .steps import LoopState, StepRunner
 from .wasserstein import WassersteinStyle
@@ -209,6 +209,9 @@ class StyleTransfer:
         work = [opts.steps_at(i) * size**2 for i, size in enumerate(sizes)]  # a step's cost ~ its pixels
         self.history, x = [], None
         self.last_run = {"cuda_graph": False, "why_not": "no steps were run"}  # until a scale runs some
+        if opts.precision == "tf32" and default_precision(self.devices) != "tf32":
+            self.last_run["note"] = ("precision tf32 acts on NVIDIA GPUs of the Ampere generation or later only; "
+                                     "this run was exact fp32")
         for scale_index, size in enumerate(sizes):
             content_t = images.resize_long_side(content_img, size)
             h, w = content_t.shape[-2:]
@@ -447,7 +450,7 @@ class StyleTransfer:
             raise Interrupted(f"interrupted at step {step_offset + state.step}",
                               image=state.output().clamp(0, 1).cpu(), step=step_offset + state.step) from None
         why_not = runner.why_not or (None if runner.graphed else "fewer steps than the warm-up before capture")
-        self.last_run = {"cuda_graph": runner.graphed, "why_not": why_not}
+        self.last_run.update(cuda_graph=runner.graphed, why_not=why_not)
         if checkpoint:
             save_checkpoint(state, x, opt, checkpoint)
         return state

@@ -253,6 +253,13 @@ def test_the_backward_runs_in_the_precision_asked_for(transfer, small_images, mo
     assert after == users_flags
 
 
+def test_tf32_on_a_cpu_says_the_run_was_fp32(transfer, small_images):
+    transfer.stylize_tensor(*small_images, size=32, steps=1, precision="tf32")
+    assert "this run was exact fp32" in transfer.last_run["note"]
+    transfer.stylize_tensor(*small_images, size=32, steps=1)
+    assert transfer.last_options.precision == "fp32" and "note" not in transfer.last_run
+
+
 def test_callback_images_are_the_callbacks_to_keep(transfer, small_images):
     """Frames kept from a callback (for an animation) stay as they were, and changing
     one does not change the run."""
