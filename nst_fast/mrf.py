@@ -50,6 +50,22 @@ def style_variants(image: torch.Tensor) -> list:
     return out
 
 
+class _GradInLayout(torch.autograd.Function):
+    """Identity whose backward hands the gradient back channels-last where the input was:
+    unfold's backward (fold) writes it contiguous, and a contiguous gradient meeting
+    channels-last activations sends the ReLU's backward down strided loops."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.channels_last = x.dim() == 4 and not x.is_contiguous() \
+            and x.is_contiguous(memory_format=torch.channels_last)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous(memory_format=torch.channels_last) if ctx.channels_last else grad
+
+
 def patches(features: torch.Tensor, patch: int = PATCH, stride: int = STRIDE) -> torch.Tensor:
     """(1, C, H, W) features -> (P, C * patch^2) patches, float32 (float64 for float64)."""
     if features.dim() != 4 or features.shape[0] != 1:
@@ -58,7 +74,7 @@ def patches(features: torch.Tensor, patch: int = PATCH, stride: int = STRIDE) ->
         raise ValueError(f"features of {features.shape[-1]}x{features.shape[-2]} positions have no "
                          f"{patch}x{patch} patch")
     with torch.autocast(features.device.type, enabled=False):
-        return F.unfold(features.to(accum_dtype(features.dtype)), patch, stride=stride)[0].T
+        return F.unfold(_GradInLayout.apply(features).to(accum_dtype(features.dtype)), patch, stride=stride)[0].T
 
 
 def nearest(queries: torch.Tensor, normalised: torch.Tensor) -> torch.Tensor:

@@ -40,7 +40,8 @@ class Moments(NamedTuple):
 def _flat(features: torch.Tensor) -> torch.Tensor:
     if features.dim() != 4 or features.shape[0] != 1:
         raise ValueError(f"features must be (1, C, H, W), got shape {tuple(features.shape)}")
-    return features[0].flatten(1).to(accum_dtype(features.dtype))
+    # squeeze, not [0]: select's backward would write the gradient into a fresh contiguous tensor
+    return features.flatten(2).squeeze(0).to(accum_dtype(features.dtype))
 
 
 class _RawMoments(torch.autograd.Function):
@@ -62,7 +63,10 @@ class _RawMoments(torch.autograd.Function):
         total = f.shape[1] if t is None else t.square().sum()
         sym = ((grad_second + grad_second.T) / total).to(f.dtype)
         with torch.autocast(f.device.type, enabled=False):
-            grad = (sym @ f).add_((grad_mean / total).to(f.dtype)[:, None])
+            # Channels-last features: (f^T sym)^T = sym f (sym is symmetric) in their layout;
+            # a contiguous gradient would send the ReLU's backward down strided loops.
+            product = (f.T @ sym).T if f.stride(0) == 1 and f.stride(1) != 1 else sym @ f
+            grad = product.add_((grad_mean / total).to(f.dtype)[:, None])
         return (grad if t is None else grad.mul_(t.square())), None
 
 
