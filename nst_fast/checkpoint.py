@@ -15,17 +15,33 @@ FINGERPRINT_OPTIONS = ("content_weight", "style_weight", "tv_weight", "content_l
                        "style_scale", "style_size", "preserve_colors", "avg_decay", "style_loss", "mrf_variants")
 
 
-def fingerprint(content, styles, opts, transfer) -> str:
+def identify(content, styles, opts, transfer) -> tuple:
+    """(fingerprint, settings) of a run: the hash a checkpoint must match to be resumed,
+    and what went into it by name ("images" and each setting, as text), which a
+    checkpoint keeps so that a mismatch can say what differs."""
     h = hashlib.sha256()
     for t in [content, *styles]:
         h.update(str(tuple(t.shape)).encode())
         h.update(t.contiguous().numpy().tobytes())
-    settings = [repr(getattr(opts, name)) for name in FINGERPRINT_OPTIONS]
-    settings += [transfer.weights, transfer.convention, transfer.pooling, transfer.architecture]
+    options = [repr(getattr(opts, name)) for name in FINGERPRINT_OPTIONS]
+    network = [transfer.weights, transfer.convention, transfer.pooling, transfer.architecture]
+    settings = {"images": h.copy().hexdigest(), **dict(zip(FINGERPRINT_OPTIONS, options)),
+                "weights": os.path.basename(str(transfer.weights)),  # a file's name, not where it is
+                **{name: repr(value) for name, value in zip(("convention", "pooling", "network", "padding"),
+                                                            network[1:] + [transfer.padding])}}
     if transfer.padding != "zeros":  # so that checkpoints made before the option still match
-        settings.append(transfer.padding)
-    h.update("|".join(map(str, settings)).encode())
-    return h.hexdigest()
+        network.append(transfer.padding)
+    h.update("|".join(map(str, options + network)).encode())
+    return h.hexdigest(), settings
+
+
+def _differences(saved: dict, now: dict) -> str:
+    """"its precision was 'fp32', here 'tf32'; ..." for the settings that differ."""
+    out = []
+    for name, value in now.items():
+        if name in saved and saved[name] != value:
+            out.append("its images differ" if name == "images" else f"its {name} was {saved[name]}, here {value}")
+    return "; ".join(out)
 
 
 def save(path, data: dict) -> None:
@@ -46,7 +62,9 @@ def _well_formed(data) -> bool:
             and data["step"] >= 0 and data["history"].dim() == 2 and data["history"].size(0) == data["step"])
 
 
-def load(path, expected_fingerprint: str) -> dict:
+def load(path, expected_fingerprint: str, settings: dict = None) -> dict:
+    """The checkpoint at path if it is of this run (identify()'s fingerprint); settings
+    (identify()'s) name what differs when it is not."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise NstError(f"no such checkpoint: {path}")
@@ -63,5 +81,8 @@ def load(path, expected_fingerprint: str) -> dict:
     if not _well_formed(data):
         raise NstError(f"{path} is not a readable nst-fast checkpoint")
     if data["fingerprint"] != expected_fingerprint:
-        raise CheckpointMismatch(f"checkpoint {path} is from another run: its images or options differ from these")
+        saved = data.get("settings")
+        why = _differences(saved, settings) if isinstance(saved, dict) and settings else ""
+        raise CheckpointMismatch(f"checkpoint {path} is from another run: "
+                                 f"{why or 'its images or options differ from these'}")
     return data

@@ -185,8 +185,8 @@ class StyleTransfer:
             for i, mask in enumerate(masks):
                 if not mask.any():
                     raise NstError(f"style mask {i + 1} is black everywhere: its style would apply nowhere")
-        fp = checkpoint_io.fingerprint(content_img, style_imgs + (masks or []), opts, self)
-        saved = checkpoint_io.load(resume, fp) if resume else None
+        fp, settings = checkpoint_io.identify(content_img, style_imgs + (masks or []), opts, self)
+        saved = checkpoint_io.load(resume, fp, settings) if resume else None
         content_img, style_imgs, finish = _preserve_colors(opts.preserve_colors, content_img, style_imgs)
         net = self.network(list(opts.content_layers) + list(opts.style_layers), opts.precision)
         min_side = vgg.min_side(net.layers, self.architecture)
@@ -245,7 +245,7 @@ class StyleTransfer:
             def save_checkpoint(state, x_now, opt, path, scale_index=scale_index, rows_before=rows_before,
                                 loss_fn=loss_fn):
                 checkpoint_io.save(path, {
-                    "fingerprint": fp, "size": [h, w], "scale_index": scale_index,
+                    "fingerprint": fp, "settings": settings, "size": [h, w], "scale_index": scale_index,
                     "x": x_now.detach().cpu(), "optimizer": {k: v.cpu() for k, v in opt.state_dict().items()},
                     "rows_before": rows_before, "history_rows": self._history_rows(loss_fn, state, rows_before),
                     **{k: (v.cpu() if torch.is_tensor(v) else v) for k, v in state.tensors().items()},

@@ -192,6 +192,32 @@ def test_resume_upscaled_and_from_another_run(transfer, small_images, tmp_path):
         transfer.stylize_tensor(content, style, size=32, steps=4, resume=ckpt, style_weight=123.0)
 
 
+def test_a_mismatched_checkpoint_names_what_differs(transfer, small_images, tmp_path):
+    content, style = small_images
+    ckpt = tmp_path / "run.ckpt"
+    transfer.stylize_tensor(content, style, size=32, steps=2, checkpoint=ckpt, precision="fp32")
+    with pytest.raises(NstError, match=r"from another run: its style_weight was 50000000.0, here 123.0; "
+                                       r"its precision was 'fp32', here 'bf16'$"):
+        transfer.stylize_tensor(content, style, size=32, steps=4, resume=ckpt, precision="bf16", style_weight=123.0)
+    with pytest.raises(NstError, match="from another run: its images differ$"):
+        transfer.stylize_tensor(style, style, size=32, steps=4, resume=ckpt)
+
+
+def test_a_checkpoint_without_settings_still_resumes(transfer, small_images, tmp_path):
+    """Checkpoints from before they kept their settings: the same run resumes, another
+    gets the general message."""
+    content, style = small_images
+    ckpt = tmp_path / "run.ckpt"
+    transfer.stylize_tensor(content, style, size=32, steps=2, checkpoint=ckpt)
+    data = torch.load(ckpt, weights_only=True)
+    del data["settings"]
+    torch.save(data, ckpt)
+    transfer.stylize_tensor(content, style, size=32, steps=4, resume=ckpt)
+    assert len(transfer.history) == 4
+    with pytest.raises(NstError, match="from another run: its images or options differ from these$"):
+        transfer.stylize_tensor(content, style, size=32, steps=4, resume=ckpt, style_weight=123.0)
+
+
 def test_interrupt_saves_a_checkpoint_that_resumes(transfer, small_images, tmp_path):
     content, style = small_images
     ckpt = tmp_path / "run.ckpt"
