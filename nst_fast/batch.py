@@ -127,8 +127,8 @@ def run(transfer, jobs, styles, options: dict, *, save: Callable, new_progress: 
                         resume=resume, save_every=save_every,
                         snapshot=snapshot, live=live, **dict(options, init=init, callback=new_progress()))
                     break
-                except CheckpointMismatch:
-                    _say(f"{resume} is from a run with other images or options; starting this image over")
+                except CheckpointMismatch as exc:
+                    _say(f"{exc}; starting this image over")
                     resume = None
         except Interrupted as exc:
             hint = f"; run the same command to continue ({job.checkpoint})" if os.path.isfile(job.checkpoint) else ""

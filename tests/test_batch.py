@@ -139,7 +139,7 @@ def test_a_checkpoint_of_other_options_is_not_resumed(tmp_path, folder, capsys):
     code = cli.main([str(contents), str(style), "-o", str(out), *SMALL, "--steps", "2"])
     err = capsys.readouterr().err
     assert code == 0, err
-    assert "is from a run with other images or options; starting this image over" in err
+    assert "is from another run: its content_weight was 3.0, here 1.0; starting this image over" in err
     assert _files(out) == ["wide.png"]
 
 
