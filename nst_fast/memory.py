@@ -48,7 +48,8 @@ step of StyleTransfer._optimise (the backward of GatysLoss), not a simulation:
                the measured peak to ~3%.) While a CPU run keeps freed memory
                (nst_fast/heap.py: where blocks exceed 32 MiB), larger blocks
                come from the heap too and fragment it: 31-56% of saved +
-               backward at 768x576, so KEPT_ALLOCATOR_SLACK then. CUDA's max_memory_allocated counts
+               backward at 768x576 in fp32, 0-75% in bf16 (run to run), so
+               KEPT_ALLOCATOR_SLACK then. CUDA's max_memory_allocated counts
                tensors only, so no slack there.
 
 Activations are in the compute dtype: 4 bytes for fp32 and tf32, 2 for bf16.
