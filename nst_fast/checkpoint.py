@@ -24,9 +24,12 @@ def identify(content, styles, opts, transfer) -> tuple:
         h.update(str(tuple(t.shape)).encode())
         h.update(t.contiguous().numpy().tobytes())
     options = [repr(getattr(opts, name)) for name in FINGERPRINT_OPTIONS]
-    network = [transfer.weights, transfer.convention, transfer.pooling, transfer.architecture]
+    weights = transfer.weights
+    if getattr(transfer, "weights_seed", None):  # seed 0 unnamed, so that earlier checkpoints still match
+        weights = f"{weights} (seed {transfer.weights_seed})"
+    network = [weights, transfer.convention, transfer.pooling, transfer.architecture]
     settings = {"images": h.copy().hexdigest(), **dict(zip(FINGERPRINT_OPTIONS, options)),
-                "weights": os.path.basename(str(transfer.weights)),  # a file's name, not where it is
+                "weights": os.path.basename(str(weights)),  # a file's name, not where it is
                 **{name: repr(value) for name, value in zip(("convention", "pooling", "network", "padding"),
                                                             network[1:] + [transfer.padding])}}
     if transfer.padding != "zeros":  # so that checkpoints made before the option still match
@@ -44,8 +47,37 @@ def _differences(saved: dict, now: dict) -> str:
     return "; ".join(out)
 
 
+class _Writes:
+    """A file's write(), keeping the first OSError it raises: torch.save reports a failed
+    write (a full disk) as a RuntimeError of its own, which loses the errno."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self):
+        self.f.flush()
+
+
+def write(f, data: dict) -> None:
+    """The checkpoint into the open binary file f; a failed write raises its OSError."""
+    writes = _Writes(f)
+    try:
+        torch.save({"version": VERSION, **data}, writes)
+    except RuntimeError:
+        if writes.error is None:
+            raise
+        raise writes.error from None
+
+
 def save(path, data: dict) -> None:
-    atomic_write(path, lambda f: torch.save({"version": VERSION, **data}, f), suffix=".ckpt")
+    atomic_write(path, lambda f: write(f, data), suffix=".ckpt")
 
 
 def _well_formed(data) -> bool:

@@ -130,6 +130,7 @@ class StyleTransfer:
         self.architecture = vgg.check_network(network)
         self.padding = vgg.check_padding(padding, network)
         self.state, self.convention, self.weights = vgg.load_weights(weights, convention, seed, network)
+        self.weights_seed = seed if self.weights == "random" else None  # random weights: the seed made them
         self._nets = {}
 
     def network(self, layers, precision="fp32") -> vgg.VGGFeatures:
@@ -281,7 +282,9 @@ class StyleTransfer:
         sizes = opts.sizes()
         h, w = content_hw
         long_side = sizes[-1]
-        height, width = (long_side, round(long_side * w / h)) if h >= w else (round(long_side * h / w), long_side)
+        # Rounded as the resize rounds, so a sliver of an image reaches the too-small check.
+        height, width = ((long_side, max(1, round(long_side * w / h))) if h >= w
+                         else (max(1, round(long_side * h / w)), long_side))
         args = dict(content_layers=list(opts.content_layers), style_layers=list(opts.style_layers),
                     optimizer=opts.optimizer, precision=opts.precision, history=opts.lbfgs_history,
                     device=self.device.type, pooling=self.pooling, network=self.architecture,
@@ -303,7 +306,7 @@ class StyleTransfer:
                     "or --fit-memory to pick it)")
             sizes = [s for s in sizes if s < fits] + [fits]
         # The style targets are taken before the steps run, at the style images' own size.
-        style_side = opts.style_size or round(sizes[-1] * opts.style_scale)
+        style_side = opts.style_size or max(1, round(sizes[-1] * opts.style_scale))
         style_need = memory.style_pass_bytes(style_side, w / h, list(opts.style_layers),
                                              opts.precision, self.device.type, self.architecture)
         if style_need > budget:

@@ -315,7 +315,9 @@ def _imagenet_state(network: str) -> dict:
 
 
 def resolve_weights(weights=None) -> str:
-    return weights or os.environ.get("NST_FAST_WEIGHTS") or "imagenet"
+    if weights is not None and not isinstance(weights, (str, os.PathLike)):
+        raise NstError(f"weights must be 'imagenet', 'random' or a file path, got {type(weights).__name__}")
+    return os.fspath(weights) if weights else os.environ.get("NST_FAST_WEIGHTS") or "imagenet"
 
 
 def guess_convention(weights: str, state: dict) -> str:

@@ -1,12 +1,13 @@
 """Style blends, style scale, colour preservation, multi-scale, snapshots, history,
 resumable runs and memory-safe sizes, through the API and the CLI."""
+import errno
 import json
 
 import pytest
 import torch
 from PIL import Image
 
-from nst_fast import NstError, StyleTransfer, cli, color, images
+from nst_fast import NstError, StyleTransfer, checkpoint, cli, color, images
 from nst_fast.losses import gram_target
 from nst_fast.options import Options
 
@@ -201,6 +202,21 @@ def test_a_mismatched_checkpoint_names_what_differs(transfer, small_images, tmp_
         transfer.stylize_tensor(content, style, size=32, steps=4, resume=ckpt, precision="bf16", style_weight=123.0)
     with pytest.raises(NstError, match="from another run: its images differ$"):
         transfer.stylize_tensor(style, style, size=32, steps=4, resume=ckpt)
+
+
+def test_random_weights_of_another_seed_are_another_network_on_resume(small_images, tmp_path):
+    content, style = small_images
+    ckpt = tmp_path / "run.ckpt"
+    StyleTransfer(weights="random", seed=3).stylize_tensor(content, style, size=32, steps=2, checkpoint=ckpt)
+    with pytest.raises(NstError, match=r"its weights was random \(seed 3\), here random$"):
+        StyleTransfer(weights="random", seed=0).stylize_tensor(content, style, size=32, steps=4, resume=ckpt)
+
+
+def test_a_full_disk_is_an_os_error_not_torchs_own(small_images):
+    # /dev/full fails every write with ENOSPC, as a full disk does
+    with open("/dev/full", "wb", buffering=0) as f, pytest.raises(OSError) as caught:
+        checkpoint.write(f, {"image": torch.zeros(1, 3, 64, 64)})
+    assert caught.value.errno == errno.ENOSPC
 
 
 def test_a_checkpoint_without_settings_still_resumes(transfer, small_images, tmp_path):

@@ -114,6 +114,11 @@ def test_image_too_small_for_the_network(transfer, tmp_path):
     Image.new("RGB", (200, 10), (10, 200, 30)).save(tmp_path / "thin.png")
     with pytest.raises(NstError, match="need at least 16 pixels"):
         transfer.stylize(tmp_path / "thin.png", tmp_path / "thin.png", size=64, steps=1)
+    # A sliver that rounds to no pixels at all, and a style scaled to nothing, get the same error.
+    with pytest.raises(NstError, match="need at least 16 pixels"):
+        transfer.stylize(torch.rand(3, 1, 500), tmp_path / "thin.png", size=64, steps=1)
+    with pytest.raises(NstError, match="it needs at least 16 pixels per side"):
+        transfer.stylize(torch.rand(3, 64, 64), torch.rand(3, 64, 64), size=64, steps=1, style_scale=0.001)
 
 
 def test_non_finite_loss_stops_and_keeps_last_finite_image(transfer, small_images, monkeypatch):

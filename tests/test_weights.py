@@ -25,6 +25,15 @@ def test_full_state_dict_round_trip(random_weights_file):
     torch.testing.assert_close(net(image)["relu3_1"], _reference_relu3_1(model, image))
 
 
+def test_weights_as_a_path_object_and_a_clear_error_for_other_types(random_weights_file):
+    import pathlib
+
+    by_path = vgg.load_weights(pathlib.Path(random_weights_file))[0]
+    assert torch.equal(by_path["0.weight"], vgg.load_weights(str(random_weights_file))[0]["0.weight"])
+    with pytest.raises(NstError, match="weights must be 'imagenet', 'random' or a file path, got int"):
+        vgg.load_weights(42)
+
+
 def test_features_only_state_dict(tmp_path, random_weights_file):
     full = torch.load(random_weights_file)
     features = {k.removeprefix("features."): v for k, v in full.items() if k.startswith("features.")}
