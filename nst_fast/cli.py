@@ -1,5 +1,6 @@
 """nst-fast: the command line. Errors are one line on stderr and a non-zero exit."""
 import argparse
+import importlib.util
 import os
 import re
 import signal
@@ -259,6 +260,8 @@ def run(args) -> int:
                          ("--plot", args.plot), ("--resume", args.resume)):
         if path == "":
             return _error(f"{option} names no file (an empty path)")
+    if args.plot and importlib.util.find_spec("matplotlib") is None:  # known now, not after the run
+        return _error("--plot needs matplotlib: pip install matplotlib")
     if args.save_every < 0:
         return _error(f"--save-every must be 0 (off) or a number of steps, got {args.save_every}")
     if args.size is not None and args.scales and args.size != args.scales[-1]:

@@ -413,6 +413,19 @@ def test_loss_plot_without_matplotlib_is_a_clear_error(monkeypatch, tmp_path):
         history.plot([{"total": 1.0, "size": [2, 2]}], tmp_path / "loss.png")
 
 
+def test_cli_refuses_plot_without_matplotlib_before_it_runs(monkeypatch, tmp_path, capsys):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib"
+                        else real_find_spec(name, *a))
+    monkeypatch.setattr(StyleTransfer, "__init__", lambda *a, **k: pytest.fail("the run started"))
+    assert cli.main(["--demo", "-o", str(tmp_path / "o.png"), "--weights", "random", "--plot",
+                     str(tmp_path / "p.png")]) == 1
+    assert capsys.readouterr().err.strip().endswith("--plot needs matplotlib: pip install matplotlib")
+    assert not (tmp_path / "o.png").exists()
+
+
 def test_normalized_gradient_has_unit_l1_norm_times_the_weight():
     from nst_fast.losses import normalized_gradient
 
