@@ -23,10 +23,14 @@ def _rgb_or_rgba(img: Image.Image) -> Image.Image:
         arr = np.nan_to_num(np.asarray(img, dtype=np.float64))
         if img.mode == "F":
             top = 1.0 if arr.max() <= 1.0 + 1e-3 else 255.0
+        elif img.mode.startswith("I;16"):  # 16 bits by its mode, however dark
+            top = 65535.0
         else:
             top = 65535.0 if arr.max() > 255 else 255.0
         img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-    if img.mode in ("P", "LA", "PA", "RGBA", "RGBa", "La") or "transparency" in img.info:
+    if img.mode == "La":  # premultiplied: PIL converts it to LA only
+        img = img.convert("LA")
+    if img.mode in ("P", "LA", "PA", "RGBA", "RGBa") or "transparency" in img.info:
         img = img.convert("RGBA")
         if img.getextrema()[3][0] < 255:
             return img
@@ -102,19 +106,25 @@ def open_image(path) -> Image.Image:
         raise NstError(f"cannot read image {path}: {exc}") from None
 
 
-def _check_unit_range(kind: str, finite: bool, low: float, high: float, slack: float = 1e-3) -> None:
-    """Float pixels must be finite and in [0, 1], give or take `slack` (0..255 and
+# A result or a bicubic resize may overshoot [0, 1] a little: that is clamped.
+RANGE_SLACK = 0.25
+
+
+def _check_unit_range(kind: str, finite: bool, low: float, high: float) -> None:
+    """Float pixels must be finite and in [0, 1], give or take RANGE_SLACK (0..255 and
     mean/std-normalised pixels are the usual mistakes)."""
     if not finite:
         raise NstError(f"the image {kind} holds NaN or infinite values")
-    if low < -slack or high > 1 + slack:
-        raise NstError(f"a float image {kind} must hold values in [0, 1], got {low:g}..{high:g}"
-                       f"{' (divide by 255)' if high > 1.5 else ''}")
+    if low < -RANGE_SLACK or high > 1 + RANGE_SLACK:
+        hint = " (normalised? undo the mean/std normalisation)" if low < -RANGE_SLACK else " (divide by 255)"
+        raise NstError(f"a float image {kind} must hold values in [0, 1], got {low:g}..{high:g}{hint}")
 
 
 def _tensor_pixels(image: torch.Tensor) -> torch.Tensor:
     """A tensor's pixels as float in [0, 1]: uint8 (as torchvision.io.read_image gives
     them) and uint16 scaled, bool as 0 / 1, floats checked."""
+    if image.is_meta:
+        raise NstError("an image tensor on the meta device holds no pixels")
     if image.dtype == torch.uint8:
         return image.detach().float() / 255.0
     if image.dtype == torch.uint16:
@@ -125,8 +135,7 @@ def _tensor_pixels(image: torch.Tensor) -> torch.Tensor:
         raise NstError(f"an image tensor must be float in [0, 1], uint8 or uint16, got {image.dtype}")
     t = image.detach().float()
     if t.numel():
-        # A result or a bicubic resize may overshoot [0, 1] a little: that is clamped.
-        _check_unit_range("tensor", bool(torch.isfinite(t).all()), t.min().item(), t.max().item(), slack=0.25)
+        _check_unit_range("tensor", bool(torch.isfinite(t).all()), t.min().item(), t.max().item())
     return t
 
 

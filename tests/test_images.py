@@ -159,7 +159,7 @@ def test_numpy_inputs_match_their_pil_image():
         (np.zeros((4, 5, 2), np.uint8), "must be .H, W., .H, W, 3. or .H, W, 4., got shape"),
         (np.zeros((0, 5, 3), np.uint8), "got shape"),
         (np.full((4, 5, 3), 255.0), "values in \\[0, 1\\], got 255..255 \\(divide by 255\\)"),
-        (np.full((4, 5, 3), -0.5), "values in \\[0, 1\\]"),
+        (np.full((4, 5, 3), -0.5), "values in \\[0, 1\\], got -0.5..-0.5 \\(normalised\\? undo the mean/std"),
         (np.full((4, 5, 3), np.nan), "NaN"),
         (np.zeros((4, 5, 3), np.int64), "uint8, uint16, bool or float, got int64"),
     ],
@@ -362,7 +362,9 @@ def test_tensor_inputs_by_dtype():
     "tensor, message",
     [
         (torch.full((3, 4, 5), 255.0), "values in \\[0, 1\\], got 255..255 \\(divide by 255\\)"),
-        (torch.full((3, 4, 5), -2.0), "values in \\[0, 1\\]"),  # mean/std-normalised
+        (torch.full((3, 4, 5), -2.0), "values in \\[0, 1\\], got -2..-2 \\(normalised\\?"),  # mean/std-normalised
+        ((torch.rand(3, 4, 5) - 0.45) / 0.22, "\\(normalised\\? undo the mean/std normalisation\\)$"),
+        (torch.zeros(3, 4, 5, device="meta"), "an image tensor on the meta device holds no pixels"),
         (torch.zeros(3, 4, 5, dtype=torch.int64), "float in \\[0, 1\\], uint8 or uint16, got torch.int64"),
         (torch.zeros(3, 4, 5, dtype=torch.complex64), "got torch.complex64"),
         (torch.rand(3, 0, 5), "got \\(3, 0, 5\\)"),
@@ -372,6 +374,19 @@ def test_tensor_inputs_by_dtype():
 def test_bad_tensor_inputs(tensor, message):
     with pytest.raises(NstError, match=message):
         images.to_tensor(tensor)
+
+
+def test_arrays_and_tensors_share_the_overshoot_they_forgive():
+    ringing = np.linspace(-0.05, 1.05, 4 * 5 * 3).reshape(4, 5, 3)  # a bicubic resize's: clamped for both
+    assert torch.allclose(images.to_tensor(ringing), images.to_tensor(torch.from_numpy(ringing).permute(2, 0, 1)),
+                          atol=1 / 255)
+
+
+def test_a_dark_16_bit_image_stays_dark_and_premultiplied_la_opens():
+    dark = Image.new("I;16", (5, 4), 200)  # 200 of 65535: near black
+    assert images.to_tensor(dark).max() <= 1 / 255
+    la = Image.new("LA", (5, 4), (100, 128)).convert("La")
+    assert images.to_tensor(la).shape == (1, 3, 4, 5) and images.alpha(la) is not None
 
 
 def test_float_tiff_in_unit_range(tmp_path):
