@@ -34,6 +34,10 @@ INITS = ("noise", "gray", "content", "style", "style_stats")
 OPTIMIZERS = ("lbfgs", "adam")
 PRECISIONS = ("fp32", "tf32", "bf16")
 PRESERVE_COLORS = (None, "luminance", "match", "histogram")
+NUMBER_FIELDS = ("size", "steps", "initial_steps", "content_weight", "style_weight", "tv_weight", "lr",
+                 "lbfgs_history", "avg_decay", "seed", "style_scale", "style_size", "min_scale", "report_every",
+                 "checkpoint_every", "memory_limit")
+BOOL_FIELDS = ("mrf_variants", "normalize_gradients", "normalize_weights", "cuda_graph", "fit_memory")
 # Arguments of nst_fast.stylize and StyleTransfer() that are not run options: named
 # in the suggestion for a misspelt option.
 SETUP_ARGUMENTS = ("weights", "device", "pooling", "convention", "network", "split_at", "padding", "progress")
@@ -109,19 +113,31 @@ def _per_channel(weights: dict, network: str) -> dict:
     return {name: w * scale for name, w in divided.items()}
 
 
+def _plain(value):
+    """A NumPy scalar or a 0-d array or tensor -> the Python number it holds; anything else as is."""
+    return value.item() if getattr(value, "ndim", None) == 0 and hasattr(value, "item") else value
+
+
+def _number(value, kind):
+    value = _plain(value)
+    if isinstance(value, bool) or (kind is int and isinstance(value, float)):  # 300.7 is no size to truncate
+        raise TypeError(value)
+    return kind(value)
+
+
 def _numbers(value, name: str, kind=float) -> list:
-    """A list, tuple or comma-separated string of numbers -> a list of `kind`."""
+    """A list, tuple, array or comma-separated string of numbers -> a list of `kind`."""
     items = [v for v in value.split(",") if v.strip()] if isinstance(value, str) else value
-    if not isinstance(items, (list, tuple)):
+    if isinstance(items, (bytes, dict, set)) or not hasattr(items, "__iter__"):
         raise NstError(f"{name} must be a list of numbers, got {value!r}")
     try:
-        return [kind(v) for v in items]
+        return [_number(v, kind) for v in items]
     except (TypeError, ValueError):
         raise NstError(f"{name} must be a list of {'whole ' if kind is int else ''}numbers, got {value!r}") from None
 
 
 def _check_weight(name, value, positive=False):
-    if not isinstance(value, (int, float)) or math.isnan(value) or math.isinf(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or math.isinf(value):
         raise NstError(f"{name} must be a finite number, got {value!r}")
     if value < 0 or (positive and value == 0):
         raise NstError(f"{name} must be {'positive' if positive else 'non-negative'}, got {value!r}")
@@ -129,7 +145,7 @@ def _check_weight(name, value, positive=False):
 
 @dataclasses.dataclass
 class Options:
-    size: int = 512
+    size: Optional[int] = None  # None: the last of `scales`, else 512
     steps: int = 500
     initial_steps: Optional[int] = None  # steps at the first of several scales (crowsonkb's initial iterations)
     content_weight: float = 1.0
@@ -177,10 +193,16 @@ class Options:
 
     def validate(self, n_styles: int = 1, convention: str = "torchvision", network: str = "vgg19",
                  devices=()) -> "Options":
+        for name in NUMBER_FIELDS + BOOL_FIELDS:  # np.int64(512) and torch.tensor(0.5) are numbers too
+            setattr(self, name, _plain(getattr(self, name)))
+        for name in BOOL_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, bool) and not (name == "cuda_graph" and value is None):
+                raise NstError(f"{name} must be True or False, got {value!r}")
+        if self.callback is not None and not callable(self.callback):
+            raise NstError(f"callback must be a function of a StepInfo, got {self.callback!r}")
         if self.style_loss not in STYLE_LOSSES:
             raise NstError(f"style_loss must be one of {', '.join(STYLE_LOSSES)}, got {self.style_loss!r}")
-        if not isinstance(self.mrf_variants, bool):
-            raise NstError(f"mrf_variants must be True or False, got {self.mrf_variants!r}")
         if self.mrf_variants and self.style_loss != "mrf":
             raise NstError("mrf_variants needs style_loss mrf")
         if self.style_weight is None:
@@ -191,6 +213,15 @@ class Options:
             self.content_layers = content_default
         if self.style_layers is None:
             self.style_layers = style_default
+        if self.scales is not None:
+            scales = _numbers(self.scales, "scales", int)
+            if not scales or any(s < 16 for s in scales) or scales != sorted(set(scales)):
+                raise NstError(f"scales must be increasing sizes of at least 16 pixels, got {self.scales!r}")
+            if self.size is not None and self.size != scales[-1]:
+                raise NstError(f"size {self.size!r} and scales ending at {scales[-1]} disagree; give one of them")
+            self.scales, self.size = scales, scales[-1]  # the output's size is the last scale's
+        if self.size is None:
+            self.size = 512
         for name in ("size", "steps", "seed", "lbfgs_history"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -205,8 +236,6 @@ class Options:
             raise NstError(f"initial_steps must be a whole number, 0 or more, got {self.initial_steps!r}")
         if self.lbfgs_history < 1:
             raise NstError(f"lbfgs_history must be at least 1, got {self.lbfgs_history}")
-        if not isinstance(self.normalize_gradients, bool):
-            raise NstError(f"normalize_gradients must be True or False, got {self.normalize_gradients!r}")
         for name in ("content_weight", "style_weight", "tv_weight"):
             _check_weight(name, getattr(self, name))
         _check_weight("style_scale", self.style_scale, positive=True)
@@ -218,8 +247,6 @@ class Options:
             raise NstError(f"avg_decay must be below 1 (0: off), got {self.avg_decay!r}")
         if self.lr is not None:
             _check_weight("lr", self.lr, positive=True)
-        if not isinstance(self.normalize_weights, bool):
-            raise NstError(f"normalize_weights must be True or False, got {self.normalize_weights!r}")
         self.content_layers = parse_layers(self.content_layers, "content", network)
         self.style_layers = parse_layers(self.style_layers, "style", network)
         if self.normalize_weights:
@@ -246,17 +273,13 @@ class Options:
             _check_weight("style blend weight", b)
         if sum(blend) <= 0:
             raise NstError("style blend weights must not all be zero")
-        self.style_blend = [b / sum(blend) for b in blend]
+        top = max(blend)  # first: the sum of huge weights would overflow
+        self.style_blend = [b / top / sum(c / top for c in blend) for b in blend]
         if self.style_masks is not None:
             if isinstance(self.style_masks, (str, bytes)) or not isinstance(self.style_masks, Sequence):
                 raise NstError("style_masks must be a list with one mask per style image")
             if len(self.style_masks) != n_styles:
                 raise NstError(f"{len(self.style_masks)} style masks given for {n_styles} style images")
-        if self.scales is not None:
-            scales = _numbers(self.scales, "scales", int)
-            if not scales or any(s < 16 for s in scales) or scales != sorted(set(scales)):
-                raise NstError(f"scales must be increasing sizes of at least 16 pixels, got {self.scales!r}")
-            self.scales, self.size = scales, scales[-1]  # the output's size is the last scale's
         if self.min_scale is not None:
             if isinstance(self.min_scale, bool) or not isinstance(self.min_scale, int) \
                     or not 16 <= self.min_scale <= self.size:

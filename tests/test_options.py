@@ -1,4 +1,5 @@
 """Options given through the Python API: wrong types and values are NstErrors that say what is wanted."""
+import numpy as np
 import pytest
 import torch
 
@@ -28,6 +29,14 @@ def validated(**kwargs):
         ({"devise": "cpu"}, "did you mean 'device'"),
         ({"scales": [48, 48]}, "scales must be increasing"),
         ({"initial_steps": 5}, "initial_steps sets the steps at the first of several scales: give scales"),
+        ({"scales": [256, 300.7]}, "scales must be a list of whole numbers"),  # not truncated to 300
+        ({"scales": [32, 64], "size": 48}, "size 48 and scales ending at 64 disagree"),
+        ({"fit_memory": "no"}, "fit_memory must be True or False, got 'no'"),
+        ({"cuda_graph": 0}, "cuda_graph must be True or False, got 0"),
+        ({"steps": True}, "steps must be an integer, got True"),
+        ({"style_weight": True}, "style_weight must be a finite number, got True"),
+        ({"style_blend": [True, 1]}, "style_blend must be a list of numbers"),
+        ({"callback": "print"}, "callback must be a function of a StepInfo"),
     ],
 )
 def test_bad_option_types(kwargs, message):
@@ -43,6 +52,20 @@ def test_lists_may_be_given_as_comma_separated_strings():
 
 def test_the_size_is_the_last_scale():
     assert validated(scales=[32, 64]).size == 64  # the recipe then says what was made
+    assert validated(scales=[32, 64], size=64).size == 64
+    assert validated().size == 512
+
+
+def test_numpy_and_tensor_numbers_are_numbers():
+    opts = validated(size=np.int64(64), steps=torch.tensor(3), style_weight=np.float32(1e5), lr=torch.tensor(0.5),
+                     style_blend=np.array([3.0, 1.0]), scales=torch.tensor([32, 64]), fit_memory=np.bool_(True))
+    assert (opts.size, opts.steps, opts.style_weight, opts.lr) == (64, 3, 1e5, 0.5)
+    assert type(opts.size) is int and type(opts.style_weight) is float and opts.fit_memory is True
+    assert opts.style_blend == [0.75, 0.25] and opts.scales == [32, 64]
+
+
+def test_huge_blend_weights_keep_their_ratio():
+    assert validated(style_blend=[1e308, 1e308]).style_blend == [0.5, 0.5]
 
 
 @pytest.mark.parametrize("devices, capability, expected", [
