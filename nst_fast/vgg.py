@@ -6,6 +6,7 @@ random initialisation ("random"). Two input conventions exist:
   caffe:       BGR in [0, 255] minus the per-channel mean (Gatys, jcjohnson).
 """
 import os
+import pickle
 import re
 import sys
 from typing import NamedTuple
@@ -283,13 +284,28 @@ def _by_layer_name(state: dict, network: str) -> bool:
     return any(key.removeprefix("module.").rpartition(".")[0] in convs for key in _unwrap(state))
 
 
+def _load_failure(exc: Exception) -> str:
+    """Why torch.load(weights_only=True) refused a file, in a line (torch's own message
+    is a paragraph on its loading options)."""
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in text:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if found:  # a pickled model or training state, not just tensors
+            return (f"it holds a {found.group(1)} object, and only tensors are read from a file (no code runs); "
+                    "save the model's state_dict() instead")
+        return "it is not a PyTorch weights file"
+    if "PytorchStreamReader" in text:
+        return "the file is cut short or corrupt (download it again)"
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _read_state_file(path: str) -> dict:
     if not os.path.isfile(path):
         raise WeightsUnavailable(f"weights file not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise WeightsUnavailable(f"cannot read weights file {path}: {exc}".splitlines()[0]) from None
+        raise WeightsUnavailable(f"cannot read weights file {path}: {_load_failure(exc)}") from None
     if not isinstance(state, dict):
         raise WeightsUnavailable(f"weights file {path} does not hold a state dict")
     return state
@@ -297,8 +313,8 @@ def _read_state_file(path: str) -> dict:
 
 def _imagenet_state(network: str) -> dict:
     if network == "nin":
-        raise WeightsUnavailable("torchvision has no NIN weights: pass --weights PATH to a NIN state dict "
-                                 "(neural-style-pt's models/nin_imagenet.pth), or --weights random for a smoke run")
+        raise WeightsUnavailable("torchvision has no NIN weights: give weights PATH, a NIN state dict "
+                                 "(neural-style-pt's models/nin_imagenet.pth), or weights random for a smoke run")
     from torchvision import models
 
     family = models.AlexNet_Weights if network == "alexnet" else getattr(models, f"VGG{network[3:]}_Weights")
@@ -309,8 +325,8 @@ def _imagenet_state(network: str) -> dict:
         return weights.get_state_dict(progress=sys.stderr.isatty())
     except Exception as exc:
         raise WeightsUnavailable(
-            f"cannot download torchvision's {title} weights ({type(exc).__name__}). Pass --weights "
-            f"PATH (or set NST_FAST_WEIGHTS) to a {title} state dict, or --weights random for a smoke run"
+            f"cannot download torchvision's {title} weights ({type(exc).__name__}). Give weights PATH "
+            f"(or set NST_FAST_WEIGHTS), a {title} state dict, or weights random for a smoke run"
         ) from None
 
 
@@ -445,6 +461,11 @@ class VGGFeatures(nn.Module):
             raise WeightsUnavailable(
                 f"weights {source} lack layers needed for {', '.join(self.layers)}: {deepest}"
             )
+        for key in expected:  # else the first step's loss is NaN, and the advice on that misleads
+            if not torch.isfinite(state[key]).all():
+                raise WeightsUnavailable(f"weights {source} are damaged: features.{key} "
+                                         f"({layer_names(self.network)[int(key.split('.')[0])]}) holds NaN or "
+                                         "infinite values")
         self.net.load_state_dict({k: state[k] for k in expected})
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:

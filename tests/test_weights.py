@@ -34,6 +34,31 @@ def test_weights_as_a_path_object_and_a_clear_error_for_other_types(random_weigh
         vgg.load_weights(42)
 
 
+def test_unreadable_weights_files_say_why_in_a_line(tmp_path, random_weights_file):
+    whole_model = tmp_path / "model.pth"
+    torch.save(torchvision.models.vgg11(), whole_model)  # the model pickled, not its state dict
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(random_weights_file.read_bytes()[:4096])
+    text = tmp_path / "text.pth"
+    text.write_text("not weights")
+    for path, why in [(whole_model, "it holds a torchvision.models.vgg.VGG object, and only tensors are read from "
+                                    "a file (no code runs); save the model's state_dict() instead"),
+                      (cut, "the file is cut short or corrupt (download it again)"),
+                      (text, "it is not a PyTorch weights file")]:
+        with pytest.raises(WeightsUnavailable) as caught:
+            vgg.load_weights(str(path))
+        assert str(caught.value) == f"cannot read weights file {path}: {why}"
+
+
+def test_weights_with_nan_are_refused_before_the_run(tmp_path, random_weights_file):
+    state = torch.load(random_weights_file)
+    state["features.5.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(state, tmp_path / "nan.pth")
+    with pytest.raises(WeightsUnavailable, match=r"are damaged: features\.5\.weight \(conv2_1\) holds NaN"):
+        vgg.VGGFeatures(["relu3_1"], *vgg.load_weights(str(tmp_path / "nan.pth"))[:2])
+    vgg.VGGFeatures(["relu1_2"], *vgg.load_weights(str(tmp_path / "nan.pth"))[:2])  # a layer it does not use
+
+
 def test_features_only_state_dict(tmp_path, random_weights_file):
     full = torch.load(random_weights_file)
     features = {k.removeprefix("features."): v for k, v in full.items() if k.startswith("features.")}
