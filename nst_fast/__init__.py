@@ -5,7 +5,7 @@ The names below load on first use, so that the command line starts (and answers
 """
 import importlib
 
-from .errors import Interrupted, NonFiniteLoss, NstError, WeightsUnavailable
+from .errors import CheckpointNotWritten, Interrupted, NonFiniteLoss, NstError, RunStopped, WeightsUnavailable
 
 _LAZY = {
     "stylize": ("transfer", "stylize"), "StyleTransfer": ("transfer", "StyleTransfer"),
@@ -15,7 +15,7 @@ _LAZY = {
 
 __all__ = [
     "stylize", "StyleTransfer", "Options", "StepInfo", "backend_info", "set_backend",
-    "NstError", "WeightsUnavailable", "NonFiniteLoss", "Interrupted",
+    "NstError", "WeightsUnavailable", "RunStopped", "NonFiniteLoss", "Interrupted", "CheckpointNotWritten",
 ]
 __version__ = "0.1.0"
 

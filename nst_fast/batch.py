@@ -60,6 +60,10 @@ def plan(content_dir, out_dir, overwrite=False, each_style=None, inputs=()):
             by_output[output] = what
             previous = Job(content, output, stem + ".ckpt", previous and previous._replace(previous=None), style)
             jobs.append(previous)
+    for job in jobs:  # an input there is no output done before: it would be kept, or overwritten
+        if os.path.exists(job.output) and any(os.path.exists(i) and os.path.samefile(job.output, i) for i in inputs):
+            raise NstError(f"{job.output} is one of the input images, and {os.path.basename(job.content)}'s "
+                           "output would go there; name another folder with -o")
     kept = [] if overwrite else [job for job in jobs if os.path.exists(job.output)]
     return [job for job in jobs if job not in kept], kept
 
@@ -124,8 +128,8 @@ def run(transfer, jobs, styles, options: dict, *, save: Callable, new_progress: 
                     result = transfer.stylize_tensor(
                         content, [styles[job.style]] if job.style else list(styles.values()),
                         checkpoint=job.checkpoint if checkpoint_every else None, interrupt_checkpoint=job.checkpoint,
-                        resume=resume, save_every=save_every,
-                        snapshot=snapshot, live=live, **dict(options, init=init, callback=new_progress()))
+                        resume=resume, save_every=save_every, snapshot=snapshot if save_every else None,
+                        live=live, **dict(options, init=init, callback=new_progress()))
                     break
                 except CheckpointMismatch as exc:
                     _say(f"{exc}; starting this image over")

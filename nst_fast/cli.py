@@ -1,5 +1,6 @@
 """nst-fast: the command line. Errors are one line on stderr and a non-zero exit."""
 import argparse
+import glob
 import importlib.util
 import os
 import re
@@ -26,12 +27,19 @@ def _on_sigterm(signum, frame):
     raise KeyboardInterrupt
 
 
+def _csv_numbers(text, kind, example):
+    try:
+        return [kind(t) for t in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list like {example}: {text!r}") from None
+
+
 def _csv_floats(text):
-    return [float(t) for t in text.replace(",", " ").split()]
+    return _csv_numbers(text, float, "0.7,0.3")
 
 
 def _csv_ints(text):
-    return [int(t) for t in text.replace(",", " ").split()]
+    return _csv_numbers(text, int, "256,512")
 
 
 def _bytes(text):
@@ -142,7 +150,8 @@ def build_parser():
                         "to the content's colour statistics (match: mean+covariance; histogram)")
     p.add_argument("--save-every", type=int, default=0, help="save a snapshot OUT.stepNNNN.png every N steps")
     p.add_argument("--history", default=None, help="write the loss history (per step, per layer) as JSON")
-    p.add_argument("--plot", default=None, help="write a PNG plot of the loss curves (needs matplotlib)")
+    p.add_argument("--plot", default=None,
+                   help="write a plot of the loss curves, PNG, PDF, SVG... as its extension says (needs matplotlib)")
     p.add_argument("--checkpoint", default=None,
                    help="save a resumable checkpoint here (every --checkpoint-every steps and at the end); "
                         "Ctrl-C always saves one, to OUT.ckpt if this is not given")
@@ -174,6 +183,10 @@ def _error(message, code=EXIT_ERROR):
 DEFAULT_CHECKPOINT = "the default --checkpoint (where Ctrl-C saves)"  # OUT.ckpt, without --checkpoint
 # --resume may name the checkpoint the run writes: it goes on in the same file.
 RESUMABLE = ("--checkpoint", DEFAULT_CHECKPOINT)
+
+
+def _os_error(exc: OSError) -> str:
+    return f"{exc.strerror or exc}: {exc.filename}" if exc.filename else f"{exc.strerror or exc}"
 
 
 def _check_folders(writes):
@@ -243,7 +256,7 @@ def run(args) -> int:
     import torch
 
     from . import batch, history, images, recipe, vgg, web
-    from .errors import Interrupted, NonFiniteLoss, NstError, WeightsUnavailable
+    from .errors import CheckpointNotWritten, Interrupted, NstError, RunStopped, WeightsUnavailable
     from .options import INITS, Options, report_interval
     from .progress import Progress
     from .transfer import StyleTransfer
@@ -260,8 +273,13 @@ def run(args) -> int:
                          ("--plot", args.plot), ("--resume", args.resume)):
         if path == "":
             return _error(f"{option} names no file (an empty path)")
-    if args.plot and importlib.util.find_spec("matplotlib") is None:  # known now, not after the run
-        return _error("--plot needs matplotlib: pip install matplotlib")
+    if args.plot:  # known now, not after the run
+        if importlib.util.find_spec("matplotlib") is None:
+            return _error("--plot needs matplotlib: pip install matplotlib")
+        try:
+            history.plot_format(args.plot)
+        except NstError as exc:
+            return _error(f"--plot: {exc}")
     if args.save_every < 0:
         return _error(f"--save-every must be 0 (off) or a number of steps, got {args.save_every}")
     if args.size is not None and args.scales and args.size != args.scales[-1]:
@@ -302,6 +320,9 @@ def run(args) -> int:
                               "cannot take it")
         if os.path.splitext(args.output)[1].lower() in IMAGE_EXTENSIONS or os.path.isfile(args.output):
             return _error(f"for a batch, -o names a folder for the outputs, got {args.output!r}")
+        for style in args.style or []:  # its outputs would be styles of the next run
+            if os.path.isdir(style) and os.path.isdir(args.output) and os.path.samefile(style, args.output):
+                return _error(f"the output folder is the style folder {style}; name another one with -o")
         out_dir = os.path.dirname(os.path.abspath(args.output))
         try:
             jobs, kept = batch.plan(content, args.output, args.overwrite, styles if args.each_style else None,
@@ -334,6 +355,10 @@ def run(args) -> int:
     problem = _check_distinct(writes, reads + ([("--resume", args.resume)] if args.resume else []), snapshots)
     if problem:
         return _error(problem)
+    earlier = glob.glob(glob.escape(snapshots) + ".step[0-9][0-9][0-9][0-9]*.png") if snapshots else []
+    if earlier:  # kept: they may be all that is left of a run; this run's replace those of its steps
+        sys.stderr.write(f"nst-fast: note: {len(earlier)} snapshot(s) of an earlier run are there "
+                         f"({os.path.basename(snapshots)}.stepNNNN.png); this run replaces those of the same steps\n")
 
     options = dict(
         size=args.size, steps=args.steps, content_weight=args.content_weight, style_weight=args.style_weight,
@@ -399,14 +424,20 @@ def run(args) -> int:
         try:
             result = transfer.stylize_tensor(opened[content], [opened[s] for s in styles], checkpoint=args.checkpoint,
                                              interrupt_checkpoint=interrupt_checkpoint, resume=args.resume,
-                                             save_every=args.save_every, snapshot=snapshot, live=live, **options)
-        except (Interrupted, NonFiniteLoss) as exc:
-            if exc.image is not None:
-                save(exc.image, args.output)
-                sys.stderr.write(f"\nnst-fast: saved the image so far to {args.output}\n")
-            if isinstance(exc, Interrupted) and os.path.exists(interrupt_checkpoint):
-                sys.stderr.write(f"nst-fast: continue with --resume {interrupt_checkpoint}\n")
+                                             save_every=args.save_every,
+                                             snapshot=snapshot if args.save_every else None, live=live,
+                                             **options)
+        except RunStopped as exc:
             code = _interrupted_code() if isinstance(exc, Interrupted) else EXIT_ERROR
+            if exc.image is not None:
+                try:  # on a full disk the image may not fit either; the run's exit code stays
+                    save(exc.image, args.output)
+                except OSError as failed:
+                    sys.stderr.write(f"\nnst-fast: could not save the image so far: {_os_error(failed)}\n")
+                else:
+                    sys.stderr.write(f"\nnst-fast: saved the image so far (step {exc.step}) to {args.output}\n")
+            if isinstance(exc, (Interrupted, CheckpointNotWritten)) and os.path.exists(interrupt_checkpoint):
+                sys.stderr.write(f"nst-fast: continue with --resume {interrupt_checkpoint}\n")
             return _error(str(exc), code)
         save(result, args.output)
         if args.history:
@@ -418,8 +449,7 @@ def run(args) -> int:
     except torch.cuda.OutOfMemoryError:
         return _error("out of GPU memory; try a smaller --size or --precision bf16")
     except OSError as exc:  # a full disk, a folder without write permission
-        where = f": {exc.filename}" if exc.filename else ""
-        return _error(f"{exc.strerror or exc}{where}")
+        return _error(_os_error(exc))
     except KeyboardInterrupt:
         return _error("interrupted", _interrupted_code())
     finally:

@@ -13,19 +13,24 @@ class CheckpointMismatch(NstError):
     """A checkpoint from a run with other images or options than this one."""
 
 
-class NonFiniteLoss(NstError):
+class RunStopped(NstError):
+    """A run that ended before its last step; `image` holds the image so far (or None),
+    `step` the steps it had finished."""
+
+    def __init__(self, message, image=None, step=None):
+        super().__init__(message)
+        self.image = image
+        self.step = step
+
+
+class NonFiniteLoss(RunStopped):
     """The loss became NaN or infinite; `image` holds the last finite image."""
 
-    def __init__(self, message, image=None, step=None):
-        super().__init__(message)
-        self.image = image
-        self.step = step
 
-
-class Interrupted(NstError):
+class Interrupted(RunStopped):
     """The run was interrupted (Ctrl-C); `image` holds the image so far."""
 
-    def __init__(self, message, image=None, step=None):
-        super().__init__(message)
-        self.image = image
-        self.step = step
+
+class CheckpointNotWritten(RunStopped):
+    """A checkpoint could not be written (a full disk); `image` holds the image so far,
+    the whole result when it was the run's last checkpoint."""

@@ -1,5 +1,6 @@
-"""The loss history of a run: JSON for tools, a PNG plot for people."""
+"""The loss history of a run: JSON for tools, a plot for people."""
 import json
+import os
 
 from .errors import NstError
 from .files import atomic_write
@@ -11,14 +12,28 @@ def write_json(rows, path):
     atomic_write(path, lambda f: f.write(json.dumps(data, indent=1, allow_nan=True).encode()))
 
 
+# What matplotlib writes by its own means (JPEG and WebP through Pillow, which nst_fast needs).
+PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg", "tif", "tiff", "webp", "eps")
+
+
+def plot_format(path) -> str:
+    """The plot's file format, from its extension (none: PNG)."""
+    ext = os.path.splitext(os.fspath(path))[1].lower().lstrip(".") or "png"
+    if ext not in PLOT_FORMATS:
+        raise NstError(f"a plot is written as {', '.join(PLOT_FORMATS)}; cannot tell how from {os.fspath(path)!r}")
+    return ext
+
+
 def plot(rows, path):
+    """The loss curves on a log scale, in the format path's extension names."""
+    fmt = plot_format(path)
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise NstError("--plot needs matplotlib: pip install matplotlib") from None
+        raise NstError("the loss plot needs matplotlib: pip install matplotlib") from None
     if not rows:
         raise NstError("no steps were run, nothing to plot")
     names = [k for k in rows[0] if k != "size"]
@@ -33,5 +48,5 @@ def plot(rows, path):
     ax.set_ylabel("loss")
     ax.legend(fontsize="small", ncol=2)
     fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=100))
     plt.close(fig)

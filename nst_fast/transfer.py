@@ -8,7 +8,7 @@ import torch
 
 from . import checkpoint as checkpoint_io
 from . import color, heap, images, memory, mrf, vgg, wasserstein
-from .errors import Interrupted, NonFiniteLoss, NstError
+from .errors import CheckpointNotWritten, Interrupted, NonFiniteLoss, NstError, RunStopped
 from .losses import GatysLoss, GuidedStyle, WeightedSum, gram_target
 from .mrf import MRFStyle
 from .optim import make_optimizer
@@ -45,9 +45,9 @@ def _device(device) -> torch.device:
     if device.type not in ("cpu", "cuda", "mps"):
         raise NstError(f"device {str(device)!r} is not supported; use cpu, cuda (cuda:N) or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise NstError("device cuda was asked for but no CUDA GPU is available here; use --device cpu")
+        raise NstError("device cuda was asked for but no CUDA GPU is available here; use device cpu")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise NstError("device mps was asked for but this machine has no Apple GPU (MPS); use --device cpu")
+        raise NstError("device mps was asked for but this machine has no Apple GPU (MPS); use device cpu")
     return device
 
 
@@ -175,6 +175,10 @@ class StyleTransfer:
         styles = list(style) if isinstance(style, (list, tuple)) else [style]
         if not styles:
             raise NstError("at least one style image is needed")
+        _check_snapshots(save_every, snapshot)
+        for name, path in (("checkpoint", checkpoint), ("interrupt_checkpoint", interrupt_checkpoint)):
+            if path is not None:
+                _check_writable(name, path)  # now, not after the steps it would have kept
         opts = Options.from_kwargs(kwargs).validate(n_styles=len(styles), convention=self.convention,
                                                      network=self.architecture, devices=self.devices)
         self.last_options = opts
@@ -262,7 +266,7 @@ class StyleTransfer:
                                            interrupt_checkpoint=interrupt_checkpoint, save_checkpoint=save_checkpoint,
                                            work=(sum(work[:scale_index]) / max(1, sum(work)),
                                                  size**2 / max(1, sum(work))))
-            except (Interrupted, NonFiniteLoss) as exc:
+            except RunStopped as exc:
                 exc.image = finish(exc.image)
                 raise
             self.history = self._history_rows(loss_fn, state, rows_before)
@@ -302,8 +306,8 @@ class StyleTransfer:
             if not opts.fit_memory:
                 raise NstError(
                     f"a {width}x{height} run needs about {need / 2**30:.1f} GiB but {budget / 2**30:.1f} GiB is "
-                    f"available on {self._where()}; the largest size that fits is {fits} (use --size {fits}, "
-                    "or --fit-memory to pick it)")
+                    f"available on {self._where()}; the largest size that fits is {fits}: ask for size {fits}, "
+                    "or let fit_memory (--fit-memory) pick it")
             sizes = [s for s in sizes if s < fits] + [fits]
         # The style targets are taken before the steps run, at the style images' own size.
         style_side = opts.style_size or max(1, round(sizes[-1] * opts.style_scale))
@@ -430,6 +434,17 @@ class StyleTransfer:
         runner = StepRunner(one_step, dev, False if eager_because else opts.cuda_graph)
         if eager_because and dev.type == "cuda":
             runner.why_not = eager_because
+
+        def so_far():
+            return state.output().clamp(0, 1).cpu()
+
+        def write_checkpoint(path):
+            try:
+                save_checkpoint(state, x, opt, path)
+            except OSError as exc:  # the image so far goes with the error: a full disk loses no work
+                raise CheckpointNotWritten(f"could not write the checkpoint {path}: {exc.strerror or exc}",
+                                           image=so_far(), step=step_offset + state.step) from exc
+
         try:
             for step in range(state.step + 1, steps + 1):
                 row = runner()
@@ -443,20 +458,44 @@ class StyleTransfer:
                         raise NonFiniteLoss(
                             f"the loss became {float(row[-1])} at step {step_offset + step} and did "
                             "not recover; lower the loss weights or the learning rate",
-                            image=state.output().clamp(0, 1).cpu(), step=step_offset + step)
+                            image=so_far(), step=step_offset + step)
                 if checkpoint and opts.checkpoint_every and step % opts.checkpoint_every == 0:
-                    save_checkpoint(state, x, opt, checkpoint)
+                    write_checkpoint(checkpoint)
         except KeyboardInterrupt:
-            if checkpoint or interrupt_checkpoint:
-                save_checkpoint(state, x, opt, checkpoint or interrupt_checkpoint)
             # state.step: the steps finished, as the checkpoint holds (Ctrl-C mostly comes in mid-step).
-            raise Interrupted(f"interrupted at step {step_offset + state.step}",
-                              image=state.output().clamp(0, 1).cpu(), step=step_offset + state.step) from None
+            message = f"interrupted at step {step_offset + state.step}"
+            if checkpoint or interrupt_checkpoint:
+                try:
+                    write_checkpoint(checkpoint or interrupt_checkpoint)
+                except CheckpointNotWritten as exc:
+                    message += f"; {exc}"
+            raise Interrupted(message, image=so_far(), step=step_offset + state.step) from None
         why_not = runner.why_not or (None if runner.graphed else "fewer steps than the warm-up before capture")
         self.last_run.update(cuda_graph=runner.graphed, why_not=why_not)
         if checkpoint:
-            save_checkpoint(state, x, opt, checkpoint)
+            write_checkpoint(checkpoint)
         return state
+
+
+def _check_snapshots(save_every, snapshot) -> None:
+    if isinstance(save_every, bool) or not isinstance(save_every, int) or save_every < 0:
+        raise NstError(f"save_every must be 0 (off) or a number of steps, got {save_every!r}")
+    if snapshot is not None and not callable(snapshot):
+        raise NstError(f"snapshot must be a function of (step, image), got {snapshot!r}")
+    if (snapshot is None) != (save_every == 0):
+        raise NstError("save_every and snapshot go together: snapshot(step, image) is called every save_every steps")
+
+
+def _check_writable(name, path) -> None:
+    """A file the run will write: a path in a folder that exists, and no folder itself."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise NstError(f"{name} must be a file path, got {path!r}")
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise NstError(f"the folder of {name} {path} does not exist")
+    if os.path.isdir(path):
+        raise NstError(f"{name} {path} is a folder; name a file")
 
 
 def _guided_targets(style_feats, layer, masks, blends, dtype) -> list:

@@ -96,15 +96,27 @@ def test_plan_refuses_two_contents_with_one_output_and_empty_folders(tmp_path):
         batch.plan(tmp_path / "c", tmp_path / "out")
 
 
-def test_an_output_that_is_a_style_image_is_refused_with_overwrite(tmp_path, folder, capsys):
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])  # neither replaced nor taken for a done output
+def test_an_output_that_is_a_style_image_is_refused(tmp_path, folder, capsys, overwrite):
     contents, _ = folder
     out = tmp_path / "out"
     out.mkdir()
     Image.open(contents / "wide.png").save(out / "wide.png")  # the style is where an output would go
     before = (out / "wide.png").read_bytes()
-    code = cli.main([str(contents), str(out / "wide.png"), "-o", str(out), *SMALL, "--steps", "1", "--overwrite"])
+    code = cli.main([str(contents), str(out / "wide.png"), "-o", str(out), *SMALL, "--steps", "1", *overwrite])
     assert code == 1 and "is one of the input images" in capsys.readouterr().err
-    assert (out / "wide.png").read_bytes() == before
+    assert (out / "wide.png").read_bytes() == before and _files(out) == ["wide.png"]
+
+
+def test_the_style_folder_is_no_output_folder(tmp_path, folder, capsys):
+    contents, style = folder
+    styles = tmp_path / "styles"
+    styles.mkdir()
+    Image.open(style).save(styles / "brush.png")
+    code = cli.main([str(contents), str(styles), "-o", str(styles), *SMALL, "--steps", "1"])
+    err = capsys.readouterr().err
+    assert code == 1 and f"the output folder is the style folder {styles}; name another one" in err
+    assert _files(styles) == ["brush.png"]  # the outputs would be styles of the next run
 
 
 def test_ctrl_c_stops_the_batch_and_the_same_command_continues_it(tmp_path, folder, interrupt):

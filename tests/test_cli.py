@@ -117,6 +117,53 @@ def test_a_full_disk_is_a_one_line_error(tmp_path, small_images, capsys, monkeyp
     assert not out.exists()
 
 
+def _checkpoints_to_a_full_disk(monkeypatch):
+    """Checkpoints written to /dev/full, which fails every write with ENOSPC as a full disk does."""
+    from nst_fast import checkpoint
+
+    write = checkpoint.write
+
+    def to_full_disk(f, data):
+        with open("/dev/full", "wb", buffering=0) as full:
+            write(full, data)
+
+    monkeypatch.setattr(checkpoint, "write", to_full_disk)
+
+
+def test_a_checkpoint_on_a_full_disk_keeps_the_finished_image(tmp_path, small_images, capsys, monkeypatch):
+    content, style = small_images
+    argv = [str(content), str(style), *SMALL, "--steps", "3", "--seed", "1"]
+    assert cli.main([*argv, "-o", str(tmp_path / "clean.png")]) == 0
+    _checkpoints_to_a_full_disk(monkeypatch)
+    out, ckpt = tmp_path / "out.png", tmp_path / "run.ckpt"
+    _one_line_error(capsys, [*argv, "-o", str(out), "--checkpoint", str(ckpt)],
+                    f"could not write the checkpoint {ckpt}: No space left on device")
+    # The last checkpoint failed after the last step: the image saved is the whole result.
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(tmp_path / "clean.png")))
+    assert sorted(os.listdir(tmp_path)) == ["clean.png", "out.png"]  # no partial checkpoint
+
+
+def test_ctrl_c_with_a_full_disk_still_exits_130_with_the_image(tmp_path, small_images, capsys, monkeypatch):
+    _checkpoints_to_a_full_disk(monkeypatch)
+    report = Progress.__call__
+
+    def ctrl_c_at_step_2(self, info):
+        report(self, info)
+        if info.step == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Progress, "__call__", ctrl_c_at_step_2)
+    content, style = small_images
+    out = tmp_path / "out.png"
+    code = cli.main([str(content), str(style), "-o", str(out), *SMALL, "--steps", "10"])
+    err = capsys.readouterr().err
+    assert code == 130, err
+    assert "saved the image so far (step 2)" in err and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == ("nst-fast: error: interrupted at step 2; could not write the checkpoint "
+                                            f"{tmp_path / 'out.ckpt'}: No space left on device")
+    assert "--resume" not in err and os.listdir(tmp_path) == ["out.png"]
+
+
 def test_a_cut_out_photo_stays_cut_out(tmp_path, small_images, capsys):
     content, style = small_images
     photo = Image.open(content).convert("RGBA")
@@ -294,6 +341,17 @@ def test_sixteen_bit_output_and_snapshots(tmp_path, small_images, capsys):
     assert open(tif, "rb").read()[:4] == b"II*\0"
 
 
+def test_snapshots_of_an_earlier_run_are_kept_and_named(tmp_path, small_images, capsys):
+    content, style = small_images
+    out = tmp_path / "out.png"
+    args = [str(content), str(style), "-o", str(out), *SMALL, "--steps", "2", "--save-every", "1", "-q"]
+    Image.new("RGB", (4, 4)).save(tmp_path / "out.step0007.png")
+    assert cli.main(args) == 0
+    assert "note: 1 snapshot(s) of an earlier run are there (out.stepNNNN.png)" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["out.png", "out.step0001.png", "out.step0002.png", "out.step0007.png"]
+    assert cli.main(args) == 0 and "note: 3 snapshot(s)" in capsys.readouterr().err
+
+
 NO_WEIGHTS = ["--weights", "/nonexistent/none.pth", "--device", "cpu", "--size", "32", "--steps", "1"]
 
 
@@ -411,3 +469,12 @@ def test_memory_limit_flag(tmp_path, small_images, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(argv + ["--memory-limit", "lots"])
     assert exc.value.code == 2 and "not an amount of memory: 'lots'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value, expected", [("--style-blend", "0.7,abc", "not a list like 0.7,0.3: '0.7,abc'"),
+                                                   ("--scales", "256,5x2", "not a list like 256,512: '256,5x2'")])
+def test_number_lists_that_are_not_say_so(small_images, capsys, flag, value, expected):
+    with pytest.raises(SystemExit) as exc:
+        cli.main([*map(str, small_images), flag, value])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exc.value.code == 2 and err.endswith(f"argument {flag}: {expected}") and "_csv" not in err

@@ -2,12 +2,14 @@
 resumable runs and memory-safe sizes, through the API and the CLI."""
 import errno
 import json
+import os
+import re
 
 import pytest
 import torch
 from PIL import Image
 
-from nst_fast import NstError, StyleTransfer, checkpoint, cli, color, images
+from nst_fast import CheckpointNotWritten, NstError, StyleTransfer, checkpoint, cli, color, images
 from nst_fast.losses import gram_target
 from nst_fast.options import Options
 
@@ -219,6 +221,41 @@ def test_a_full_disk_is_an_os_error_not_torchs_own(small_images):
     assert caught.value.errno == errno.ENOSPC
 
 
+TOGETHER = "save_every and snapshot go together: snapshot\\(step, image\\) is called every save_every steps"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"checkpoint": "{tmp}/missing/run.ckpt"}, "the folder of checkpoint {tmp}/missing/run.ckpt does not exist"),
+    ({"interrupt_checkpoint": "{tmp}"}, "interrupt_checkpoint {tmp} is a folder; name a file"),
+    ({"checkpoint": 5}, "checkpoint must be a file path, got 5"),
+    ({"snapshot": print}, TOGETHER),
+    ({"save_every": 2}, TOGETHER),
+    ({"save_every": -1, "snapshot": print}, "save_every must be 0 \\(off\\) or a number of steps, got -1"),
+])
+def test_where_a_run_writes_is_checked_before_its_steps(transfer, small_images, tmp_path, kwargs, message):
+    steps = []
+    kwargs = {k: v.format(tmp=tmp_path) if isinstance(v, str) else v for k, v in kwargs.items()}
+    with pytest.raises(NstError, match=message.format(tmp=re.escape(str(tmp_path))) + "$"):
+        transfer.stylize_tensor(*small_images, size=32, steps=2, callback=steps.append, **kwargs)
+    assert steps == []
+
+
+def test_a_full_disk_at_the_last_checkpoint_raises_with_the_whole_result(transfer, small_images, tmp_path,
+                                                                        monkeypatch):
+    whole = transfer.stylize_tensor(*small_images, size=32, steps=3)
+    write = checkpoint.write
+
+    def to_full_disk(f, data):
+        with open("/dev/full", "wb", buffering=0) as full:
+            write(full, data)
+
+    monkeypatch.setattr(checkpoint, "write", to_full_disk)
+    with pytest.raises(CheckpointNotWritten, match="No space left on device$") as caught:
+        transfer.stylize_tensor(*small_images, size=32, steps=3, checkpoint=tmp_path / "run.ckpt")
+    assert caught.value.step == 3 and torch.equal(caught.value.image, whole)
+    assert os.listdir(tmp_path) == []
+
+
 def test_a_checkpoint_without_settings_still_resumes(transfer, small_images, tmp_path):
     """Checkpoints from before they kept their settings: the same run resumes, another
     gets the general message."""
@@ -394,6 +431,19 @@ def test_loss_plot(transfer, small_images, tmp_path):
     transfer.stylize_tensor(content, style, size=32, steps=5)
     history.plot(transfer.history, tmp_path / "loss.png")
     assert Image.open(tmp_path / "loss.png").size[0] > 100
+    history.plot(transfer.history, tmp_path / "loss.jpg")  # the format its name says
+    assert Image.open(tmp_path / "loss.jpg").format == "JPEG"
+    history.plot(transfer.history, tmp_path / "loss.svg")
+    assert (tmp_path / "loss.svg").read_text().lstrip().startswith("<?xml")
+    with pytest.raises(NstError, match="cannot tell how from '.*loss.xyz'"):
+        history.plot(transfer.history, tmp_path / "loss.xyz")
+
+
+def test_cli_refuses_a_plot_format_before_it_runs(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(StyleTransfer, "__init__", lambda *a, **k: pytest.fail("the run started"))
+    assert cli.main(["--demo", "-o", str(tmp_path / "o.png"), "--plot", str(tmp_path / "p.doc")]) == 1
+    assert "--plot: a plot is written as png, pdf, svg" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
 
 
 def test_loss_plot_without_matplotlib_is_a_clear_error(monkeypatch, tmp_path):

@@ -205,7 +205,7 @@ def test_a_device_type_nst_fast_cannot_run_on_is_refused(device):
 def test_a_device_this_machine_lacks_is_named(device, available):
     if available():
         pytest.skip(f"this machine has {device}")
-    with pytest.raises(NstError, match=f"device {device} was asked for but .*; use --device cpu"):
+    with pytest.raises(NstError, match=f"device {device} was asked for but .*; use device cpu"):
         StyleTransfer(weights="random", device=device)
 
 
