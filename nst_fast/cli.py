@@ -427,7 +427,7 @@ def run(args) -> int:
                                              save_every=args.save_every,
                                              snapshot=snapshot if args.save_every else None, live=live,
                                              **options)
-        except RunStopped as exc:
+        except (RunStopped, Interrupted) as exc:
             code = _interrupted_code() if isinstance(exc, Interrupted) else EXIT_ERROR
             if exc.image is not None:
                 try:  # on a full disk the image may not fit either; the run's exit code stays

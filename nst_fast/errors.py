@@ -1,4 +1,5 @@
-"""Errors a user can act on: the CLI prints their message on one line and exits non-zero."""
+"""Errors a user can act on (and Ctrl-C's Interrupted): the CLI prints their message on
+one line and exits non-zero."""
 
 
 class NstError(Exception):
@@ -13,9 +14,9 @@ class CheckpointMismatch(NstError):
     """A checkpoint from a run with other images or options than this one."""
 
 
-class RunStopped(NstError):
-    """A run that ended before its last step; `image` holds the image so far (or None),
-    `step` the steps it had finished."""
+class _ImageSoFar:
+    """Of a run that ended before its last step: `image` holds the image so far (or
+    None), `step` the steps it had finished."""
 
     def __init__(self, message, image=None, step=None):
         super().__init__(message)
@@ -23,12 +24,18 @@ class RunStopped(NstError):
         self.step = step
 
 
+class RunStopped(_ImageSoFar, NstError):
+    """A run that an error ended before its last step, with its image so far."""
+
+
 class NonFiniteLoss(RunStopped):
     """The loss became NaN or infinite; `image` holds the last finite image."""
 
 
-class Interrupted(RunStopped):
-    """The run was interrupted (Ctrl-C); `image` holds the image so far."""
+class Interrupted(_ImageSoFar, KeyboardInterrupt):
+    """The run was interrupted (Ctrl-C); `image` holds the image so far. A
+    KeyboardInterrupt, and no NstError, so that `except Exception` or `except NstError`
+    around a run lets the user's Ctrl-C through."""
 
 
 class CheckpointNotWritten(RunStopped):

@@ -266,7 +266,7 @@ class StyleTransfer:
                                            interrupt_checkpoint=interrupt_checkpoint, save_checkpoint=save_checkpoint,
                                            work=(sum(work[:scale_index]) / max(1, sum(work)),
                                                  size**2 / max(1, sum(work))))
-            except RunStopped as exc:
+            except (RunStopped, Interrupted) as exc:
                 exc.image = finish(exc.image)
                 raise
             self.history = self._history_rows(loss_fn, state, rows_before)
