@@ -8,7 +8,8 @@ each one's peak memory is its own: peak resident set on the CPU, peak allocated
 memory on a GPU. A step's time is (T(n2 steps) - T(n1 steps)) / (n2 - n1), as in
 bench_step.py.
 
-The peers:
+nst_fast-low-memory is nst_fast with low_memory=True (on the CPU: no Winograd weight
+transforms). The peers:
 - tutorial: the PyTorch neural-transfer tutorial's loop (benchmarks/naive.py);
 - pystiche: pystiche's own Gatys pipeline (`loss.PerceptualLoss` of a
   `FeatureReconstructionLoss` and `GramLoss`es, `optim.image_optimization`),
@@ -32,7 +33,7 @@ from bench_step import STYLE_WEIGHT, inputs, per_step_ms  # noqa: E402
 from nst_fast import StyleTransfer  # noqa: E402
 from nst_fast.options import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, default_precision  # noqa: E402
 
-TOOLS = ("nst_fast", "tutorial", "pystiche")
+TOOLS = ("nst_fast", "nst_fast-low-memory", "tutorial", "pystiche")
 
 
 def resident_mib() -> float:
@@ -86,13 +87,13 @@ def runner(tool, device, size):
     """-> (run(n_steps), label), for one tool at one size."""
     content, style = (t.to(device) for t in inputs(size))
     transfer = StyleTransfer(weights=os.environ.get("NST_FAST_WEIGHTS", "random"), device=device)
-    if tool == "nst_fast":
-        precision = default_precision([device])
+    if tool.startswith("nst_fast"):
+        precision, low_memory = default_precision([device]), tool.endswith("low-memory")
 
         def run(n):
             transfer.stylize_tensor(content, style, size=size, steps=n, style_weight=STYLE_WEIGHT,
-                                    report_every=10**9)
-        return run, f"nst_fast ({precision})"
+                                    report_every=10**9, low_memory=low_memory)
+        return run, f"nst_fast ({precision}{', low_memory' if low_memory else ''})"
     if tool == "tutorial":
         import naive
 

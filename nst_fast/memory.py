@@ -87,7 +87,7 @@ def _layers(layers, network="vgg19") -> list:
 def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs", precision="fp32",
                    history=10, batch_styles=1, device="cpu", pooling="max", fused_style=None,
                    network="vgg19", style_regions=0, style_loss="gram", styles=1, style_scale=1.0,
-                   mrf_variants=1) -> dict:
+                   mrf_variants=1, winograd_transforms=True) -> dict:
     """The terms of `estimate_bytes`, in bytes, by name (see the module docstring).
 
     fused_style: whether the style loss runs the extension's kernel (None: as
@@ -96,6 +96,8 @@ def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs
     style_loss: gram, w2 or mrf; styles: the number of style images and
     style_scale their long side relative to the output's (mrf keeps each one's
     patches, from mrf_variants rotated and scaled copies of each).
+    winograd_transforms: False for a low_memory run, whose convolutions keep no
+    Winograd weight transforms (True: they do where the device runs them).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
@@ -114,7 +116,7 @@ def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs
 
     dev_type = torch.device(device).type
     compute = torch.bfloat16 if precision == "bf16" else torch.float32
-    transformed = winograd.uses_winograd(device, compute)
+    transformed = winograd_transforms and winograd.uses_winograd(device, compute)
     weights = saved = largest = transforms = 0
     for i, (layer, c_in, c_out, h, w, oh, ow) in enumerate(vgg.walk(height, width, depth, network)):
         kind = layer.kind
@@ -220,7 +222,7 @@ def largest_activation_bytes(height: int, width: int, precision: str = "fp32", n
 def estimate_bytes(height, width, content_layers, style_layers, optimizer="lbfgs", precision="fp32",
                    history=10, batch_styles=1, device="cpu", pooling="max", fused_style=None,
                    network="vgg19", style_regions=0, style_loss="gram", styles=1, style_scale=1.0,
-                   mrf_variants=1) -> int:
+                   mrf_variants=1, winograd_transforms=True) -> int:
     """Estimated peak memory (bytes) of one optimisation step at height x width.
 
     content_layers / style_layers: names or {name: weight} dicts (the weights are ignored).
@@ -229,10 +231,12 @@ def estimate_bytes(height, width, content_layers, style_layers, optimizer="lbfgs
     """
     return int(sum(estimate_parts(height, width, content_layers, style_layers, optimizer, precision,
                                   history, batch_styles, device, pooling, fused_style, network,
-                                  style_regions, style_loss, styles, style_scale, mrf_variants).values()))
+                                  style_regions, style_loss, styles, style_scale, mrf_variants,
+                                  winograd_transforms).values()))
 
 
-def style_pass_bytes(long_side, aspect, layers, precision="fp32", device="cpu", network="vgg19") -> int:
+def style_pass_bytes(long_side, aspect, layers, precision="fp32", device="cpu", network="vgg19",
+                     winograd_transforms=True) -> int:
     """Peak memory (bytes) of taking the targets of a style image of this long side
     and aspect (width / height): a forward without autograd, which holds the weights,
     a layer's input and output (the largest activation twice) and the requested
@@ -244,7 +248,8 @@ def style_pass_bytes(long_side, aspect, layers, precision="fp32", device="cpu", 
     depth = max(vgg.layer_index(n, network) for n in names) + 1
     largest = max(c_out * oh * ow for _, _, c_out, _, _, oh, ow in vgg.walk(height, width, depth, network))
     kept = sum(c * h * w for c, h, w in (vgg.layer_shape(n, height, width, network) for n in names))
-    parts = estimate_parts(height, width, names, names[:1], precision=precision, device=device, network=network)
+    parts = estimate_parts(height, width, names, names[:1], precision=precision, device=device, network=network,
+                           winograd_transforms=winograd_transforms)
     return int(parts["weights"] + parts["scratch"] + parts["runtime"] + (2 * largest + kept) * act)
 
 
@@ -258,7 +263,7 @@ def _shape(long_side: int, aspect: float):
 def largest_size(budget_bytes, aspect, content_layers, style_layers, optimizer="lbfgs", precision="fp32",
                  history=10, batch_styles=1, device="cpu", pooling="max", fused_style=None,
                  network="vgg19", style_regions=0, style_loss="gram", styles=1, style_scale=1.0,
-                 mrf_variants=1) -> int:
+                 mrf_variants=1, winograd_transforms=True) -> int:
     """The largest long side (pixels) whose estimate fits in budget_bytes; 0 if none does.
 
     aspect is width / height of the content image.
@@ -274,7 +279,7 @@ def largest_size(budget_bytes, aspect, content_layers, style_layers, optimizer="
             return True  # too small to run at all; not a memory question
         return estimate_bytes(h, w, content_layers, style_layers, optimizer, precision, history,
                               batch_styles, device, pooling, fused_style, network, style_regions, style_loss,
-                              styles, style_scale, mrf_variants) <= budget_bytes
+                              styles, style_scale, mrf_variants, winograd_transforms) <= budget_bytes
 
     lo, hi = 0, 1
     while fits(hi):  # the estimate grows with the side: find a side that does not fit

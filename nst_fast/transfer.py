@@ -195,7 +195,9 @@ class StyleTransfer:
         content_img, style_imgs, finish = _preserve_colors(opts.preserve_colors, content_img, style_imgs)
         net = self.network(list(opts.content_layers) + list(opts.style_layers), opts.precision)
         min_side = vgg.min_side(net.layers, self.architecture)
-        sizes = self._sizes_that_fit(opts, content_img.shape[-2:], len(style_imgs))
+        sizes, transforms = self._sizes_that_fit(opts, content_img.shape[-2:], len(style_imgs))
+        for cached in self._nets.values():  # the transforms of every cached network are freed, or made on use
+            cached.use_winograd(transforms)
 
         callback = opts.callback
         if (save_every and snapshot is not None) or live is not None:
@@ -217,6 +219,9 @@ class StyleTransfer:
         if opts.precision == "tf32" and default_precision(self.devices) != "tf32":
             self.last_run["note"] = ("precision tf32 acts on NVIDIA GPUs of the Ampere generation or later only; "
                                      "this run was exact fp32")
+        if not transforms and not opts.low_memory:
+            self.last_run["note"] = ("the run fits in memory only without the Winograd weight transforms: it ran "
+                                     "as low_memory (--low-memory), with slower steps")
         for scale_index, size in enumerate(sizes):
             content_t = images.resize_long_side(content_img, size)
             h, w = content_t.shape[-2:]
@@ -282,7 +287,9 @@ class StyleTransfer:
         return rows + [dict(zip(names, v), size=list(state.best.shape[-2:])) for v in values]
 
     def _sizes_that_fit(self, opts, content_hw, n_styles):
-        """opts.sizes(), refused (or, with fit_memory, shrunk) when the largest cannot fit in memory."""
+        """-> (opts.sizes(), whether the CPU convolutions keep Winograd weight transforms):
+        refused (or, with fit_memory, shrunk) when the largest cannot fit in memory. A run
+        that fits only without the transforms, or fits larger, runs without them."""
         sizes = opts.sizes()
         h, w = content_hw
         long_side = sizes[-1]
@@ -294,11 +301,17 @@ class StyleTransfer:
                     device=self.device.type, pooling=self.pooling, network=self.architecture,
                     style_regions=len(opts.style_masks or []), style_loss=opts.style_loss, styles=n_styles,
                     mrf_variants=len(mrf.VARIANT_ANGLES) * len(mrf.VARIANT_SCALES) if opts.mrf_variants else 1,
-                    style_scale=opts.style_size / long_side if opts.style_size else opts.style_scale)
+                    style_scale=opts.style_size / long_side if opts.style_size else opts.style_scale,
+                    winograd_transforms=not opts.low_memory)
         need = memory.estimate_bytes(height, width, **args)
         # Split over several devices, the check is against their free memory together.
         budget = opts.memory_limit if opts.memory_limit is not None else \
             sum(memory.available_bytes(d) for d in dict.fromkeys(self.devices))
+        if need > budget and args["winograd_transforms"]:
+            lean = dict(args, winograd_transforms=False)
+            lean_need = memory.estimate_bytes(height, width, **lean)
+            if lean_need < need:  # the device would hold transforms: a full-size run is worth slower steps
+                args, need = lean, lean_need
         if need > budget:
             fits = memory.largest_size(budget, w / h, **args)
             if fits < 16:
@@ -311,13 +324,13 @@ class StyleTransfer:
             sizes = [s for s in sizes if s < fits] + [fits]
         # The style targets are taken before the steps run, at the style images' own size.
         style_side = opts.style_size or max(1, round(sizes[-1] * opts.style_scale))
-        style_need = memory.style_pass_bytes(style_side, w / h, list(opts.style_layers),
-                                             opts.precision, self.device.type, self.architecture)
+        style_need = memory.style_pass_bytes(style_side, w / h, list(opts.style_layers), opts.precision,
+                                             self.device.type, self.architecture, args["winograd_transforms"])
         if style_need > budget:
             raise NstError(f"the style images at {style_side} px (style_size / style_scale) need about "
                            f"{style_need / 2**30:.1f} GiB but {budget / 2**30:.1f} GiB is available on "
                            f"{self._where()}; give a smaller style size")
-        return sizes
+        return sizes, args["winograd_transforms"]
 
     def _where(self) -> str:
         return ", ".join(str(d) for d in dict.fromkeys(self.devices))

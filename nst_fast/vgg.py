@@ -475,6 +475,13 @@ class VGGFeatures(nn.Module):
             return ((image - mean) / std).flip(1).contiguous(memory_format=torch.channels_last)
         return _Normalize.apply(image, mean, std)
 
+    def use_winograd(self, enabled: bool) -> None:
+        """Whether the CPU convolutions run by Winograd (faster; each holds two weight
+        transforms, 8x its weights) or as ordinary ones, their transforms freed."""
+        for module in self.net:
+            if isinstance(module, WinogradConv2d):
+                module.set_enabled(enabled)
+
     def place(self, devices, split_at) -> "VGGFeatures":
         """Spread the network over several devices (model parallelism): the modules
         from split_at[k] (a layer name) on run on devices[k + 1], those before the

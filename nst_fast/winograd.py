@@ -127,6 +127,13 @@ class WinogradConv2d(nn.Module):
             raise ValueError("WinogradConv2d takes 3x3 convolutions with stride 1 and zero padding 1")
         self.weight, self.bias = conv.weight, conv.bias
         self._transforms = None
+        self.enabled = True
+
+    def set_enabled(self, enabled: bool) -> None:
+        """Off: the ordinary convolution, and the weight transforms freed (a low_memory run)."""
+        self.enabled = enabled
+        if not enabled:
+            self._transforms = None
 
     def _weights(self, bf16: bool):
         key = (self.weight.data_ptr(), self.weight.dtype, self.weight._version, bf16)
@@ -145,7 +152,7 @@ class WinogradConv2d(nn.Module):
                 and bf16_fits(self.weight.size(1), self.weight.size(0)))
 
     def forward(self, x):
-        if self.weight.requires_grad:
+        if self.weight.requires_grad or not self.enabled:
             return F.conv2d(x, self.weight, self.bias, padding=1)
         if self._bf16(x):
             u, u_input_grad = self._weights(bf16=True)

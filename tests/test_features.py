@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from nst_fast import CheckpointNotWritten, NstError, StyleTransfer, checkpoint, cli, color, images
+from nst_fast import CheckpointNotWritten, NstError, StyleTransfer, checkpoint, cli, color, images, winograd
 from nst_fast.losses import gram_target
 from nst_fast.options import Options
 
@@ -395,11 +395,42 @@ def test_fit_memory_picks_the_largest_size_that_fits(transfer, small_images):
     from nst_fast.options import DEFAULT_STYLE_LAYERS
 
     content, style = small_images
-    budget = memory.estimate_bytes(60, 80, ["relu4_2"], list(DEFAULT_STYLE_LAYERS))
+    # Sizes are shrunk only after the Winograd transforms are left out (which fits larger).
+    budget = memory.estimate_bytes(60, 80, ["relu4_2"], list(DEFAULT_STYLE_LAYERS), winograd_transforms=False)
     out = transfer.stylize_tensor(content, style, size=512, steps=1, memory_limit=budget, fit_memory=True)
     assert 64 <= max(out.shape[-2:]) <= 96
     with pytest.raises(NstError, match="largest size that fits"):
         transfer.stylize_tensor(content, style, size=512, steps=1, memory_limit=budget)
+
+
+def _transforms_held(transfer):
+    from nst_fast.winograd import WinogradConv2d
+
+    return [m._transforms is not None for net in transfer._nets.values() for m in net.net
+            if isinstance(m, WinogradConv2d)]
+
+
+@pytest.mark.skipif(not winograd.available(), reason="the CPU's Winograd convolutions need the extension")
+def test_low_memory_runs_without_the_weight_transforms(transfer, small_images):
+    fast = transfer.stylize_tensor(*small_images, size=32, steps=3)
+    assert any(_transforms_held(transfer))
+    lean = transfer.stylize_tensor(*small_images, size=32, steps=3, low_memory=True)
+    assert not any(_transforms_held(transfer))  # freed, not only unused
+    torch.testing.assert_close(lean, fast, atol=2e-3, rtol=0)  # the same convolution, otherwise computed
+    assert "note" not in transfer.last_run
+
+
+@pytest.mark.skipif(not winograd.available(), reason="the CPU's Winograd convolutions need the extension")
+def test_a_run_that_fits_only_without_the_transforms_runs_so_and_says_it(transfer, small_images):
+    from nst_fast import memory
+    from nst_fast.options import DEFAULT_STYLE_LAYERS
+
+    layers = ["relu4_2"], list(DEFAULT_STYLE_LAYERS)
+    budget = memory.estimate_bytes(48, 64, *layers) - 1
+    assert memory.estimate_bytes(48, 64, *layers, winograd_transforms=False) < budget
+    out = transfer.stylize_tensor(*small_images, size=64, steps=1, memory_limit=budget)
+    assert out.shape[-2:] == (48, 64) and not any(_transforms_held(transfer))
+    assert transfer.last_run["note"].startswith("the run fits in memory only without the Winograd weight transforms")
 
 
 def test_cli_features(tmp_path, small_images, capsys):
