@@ -14,6 +14,12 @@ from setuptools import find_packages, setup
 
 
 DEFAULT_ARCH_LIST = "9.0+PTX"  # Hopper, where the kernels are tuned; the PTX runs on later GPUs
+NO_TORCH = """nst_fast: building its kernels needs torch, and none is importable here.
+The kernels are built against the torch that will run them, so install torch first and
+build without pip's isolated environment (which hides it):
+    pip install torch torchvision
+    pip install --no-build-isolation nst_fast      (from a clone: pip install --no-build-isolation .)
+or install without the kernels (every op in PyTorch, slower): NST_FAST_NO_EXTENSION=1 pip install nst_fast"""
 
 
 def _flag(name):
@@ -26,7 +32,10 @@ def extension_modules():
     if "CUDA_HOME" not in os.environ and os.path.exists("/usr/local/cuda/bin/nvcc"):
         # torch may guess a CUDA_HOME that cannot link -lcudart; the toolkit's own folder can.
         os.environ["CUDA_HOME"] = "/usr/local/cuda"
-    from torch.utils import cpp_extension
+    try:
+        from torch.utils import cpp_extension
+    except ImportError:
+        sys.exit(NO_TORCH)
 
     sources = glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp")
     cuda_sources = glob.glob("csrc/cuda/*.cu")

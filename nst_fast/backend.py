@@ -4,7 +4,9 @@ NST_FAST_BACKEND=auto (default) uses the extension wherever it has a kernel for
 the tensor's device and the reference elsewhere; "extension" insists on the
 extension (an error where it is missing); "reference" never uses it.
 """
+import importlib.util
 import os
+import warnings
 
 import torch
 
@@ -17,7 +19,36 @@ try:
 except ImportError as exc:  # pure-Python install, or a build for another torch
     EXTENSION_ERROR = exc
 
+# Why a built extension did not load (one line); None where it loaded, or where
+# none was built (a pure-Python install asked for the reference ops).
+LOAD_FAILURE = None
+if EXTENSION_ERROR is not None and importlib.util.find_spec(f"{__package__}._C") is not None:
+    LOAD_FAILURE = (str(EXTENSION_ERROR).strip().splitlines() or [type(EXTENSION_ERROR).__name__])[0]
+
 _forced = None
+_told = False
+
+
+class KernelsNotLoaded(RuntimeWarning):
+    """The compiled kernels were built but do not load: every op runs in PyTorch."""
+
+
+def tell_load_failure(write=None) -> None:
+    """Say once per process that the built kernels did not load (usually a build for
+    another torch), through `write` (a line of text) or as a KernelsNotLoaded warning.
+    Nothing where they loaded, were never built, or the reference ops were asked for."""
+    global _told
+    if LOAD_FAILURE is None or _told or get_backend() == "reference":
+        return
+    _told = True
+    message = (f"nst_fast's compiled kernels did not load ({LOAD_FAILURE}); every op runs in PyTorch "
+               f"instead, slower. Rebuild them against this torch ({torch.__version__}): "
+               "pip install --no-build-isolation --force-reinstall nst_fast, or from a clone "
+               "pip install --no-build-isolation -e .")
+    if write is None:
+        warnings.warn(KernelsNotLoaded(message), stacklevel=3)
+    else:
+        write(message)
 
 
 def extension_loaded() -> bool:

@@ -258,7 +258,7 @@ def _list_layers(network: str, size: int) -> int:
 def run(args) -> int:
     import torch
 
-    from . import batch, history, images, recipe, vgg, web
+    from . import backend, batch, history, images, recipe, vgg, web
     from .errors import CheckpointNotWritten, Interrupted, NstError, RunStopped, WeightsUnavailable
     from .options import INITS, Options, report_interval
     from .progress import Progress
@@ -383,6 +383,7 @@ def run(args) -> int:
         Options(**options).validate(n_styles=1 if args.each_style else len(styles), network=args.network)
         vgg.check_padding(args.padding, args.network)
         opened = {path: images.open_image(path) for path in inputs}  # decoded once, used for the run
+        backend.tell_load_failure(lambda message: sys.stderr.write(f"nst-fast: WARNING: {message}\n"))
         if args.style_masks:
             options["style_masks"] = [opened[m] for m in args.style_masks]
         try:

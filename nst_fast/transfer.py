@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 
 from . import checkpoint as checkpoint_io
-from . import color, heap, images, memory, mrf, vgg, wasserstein
+from . import backend, color, heap, images, memory, mrf, vgg, wasserstein
 from .errors import CheckpointNotWritten, Interrupted, NonFiniteLoss, NstError, RunStopped
 from .losses import GatysLoss, GuidedStyle, WeightedSum, gram_target
 from .mrf import MRFStyle
@@ -122,6 +122,7 @@ class StyleTransfer:
 
     def __init__(self, weights=None, device=None, pooling="max", convention="auto", seed=0, network="vgg19",
                  split_at=None, padding="zeros"):
+        backend.tell_load_failure()
         self.history, self.last_run, self.last_options = [], {}, None
         self.devices = _devices(device)
         self.device = self.devices[0]

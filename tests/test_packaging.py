@@ -1,5 +1,7 @@
 """The source distribution (what `pip install nst_fast` builds from) holds everything
-the build and the tests need."""
+the build and the tests need; a build that cannot work says so."""
+import importlib.machinery
+import json
 import os
 import shutil
 import subprocess
@@ -41,3 +43,84 @@ def test_sdist_holds_every_source_header_and_example(tmp_path):
     assert "csrc/style_loss.h" in expected and "csrc/cuda/style_loss_cuda.cu" in expected
     assert "csrc/cuda/style_loss_kernels.cuh" in expected and "tests/cuda_emulator/emulator.h" in expected
     assert expected - members == set()
+
+
+def test_build_without_torch_says_how_to_install(tmp_path):
+    """pip's default isolated build environment has no torch: the build stops with
+    what to do instead of an ImportError's traceback."""
+    shim = tmp_path / "shim" / "torch"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'torch'\", name='torch')\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "shim"))
+    env.pop("NST_FAST_NO_EXTENSION", None)
+    proc = subprocess.run([sys.executable, str(ROOT / "setup.py"), "--name"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "pip install --no-build-isolation" in proc.stderr and "NST_FAST_NO_EXTENSION=1" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+_BROKEN_BUILD = r"""
+import json, sys, warnings
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import nst_fast
+    nst_fast.StyleTransfer("random", device="cpu")
+    nst_fast.StyleTransfer("random", device="cpu")
+print(json.dumps({"backends": nst_fast.backend_info(),
+                  "warnings": [(w.category.__name__, str(w.message)) for w in caught]}))
+"""
+
+
+@pytest.fixture
+def broken_build(tmp_path):
+    """A copy of the package whose compiled extension is there but does not load, as a
+    build for another torch does not."""
+    if not any(name.startswith("_C.") for name in os.listdir(ROOT / "nst_fast")):
+        pytest.skip("no compiled extension in this checkout")
+    shutil.copytree(ROOT / "nst_fast", tmp_path / "nst_fast", ignore=shutil.ignore_patterns("__pycache__", "_C.*"))
+    (tmp_path / "nst_fast" / ("_C" + importlib.machinery.EXTENSION_SUFFIXES[0])).write_bytes(b"not a library")
+    return dict(os.environ, PYTHONPATH=str(tmp_path), NST_FAST_BACKEND="auto"), tmp_path
+
+
+def test_kernels_that_do_not_load_are_named_once_and_the_reference_runs(broken_build):
+    env, where = broken_build
+    proc = subprocess.run([sys.executable, "-c", _BROKEN_BUILD], cwd=where, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout.splitlines()[-1])
+    assert report["backends"]["cpu"] == "reference"
+    (warning,) = report["warnings"]  # once, for both runs
+    assert warning[0] == "KernelsNotLoaded"
+    assert "did not load" in warning[1] and "pip install --no-build-isolation" in warning[1]
+
+
+def test_cli_names_kernels_that_do_not_load_in_one_line(broken_build, tmp_path):
+    env, where = broken_build
+    out = tmp_path / "out.png"
+    proc = subprocess.run([sys.executable, "-c", "import sys; from nst_fast.cli import main; sys.exit(main())",
+                           "--demo", "--weights", "random", "--size", "32", "--steps", "1", "-q", "-o", str(out)],
+                          cwd=where, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if "did not load" in line]
+    assert len(lines) == 1 and lines[0].startswith("nst-fast: WARNING: nst_fast's compiled kernels did not load ("), \
+        proc.stderr
+    assert "Traceback" not in proc.stderr and "KernelsNotLoaded" not in proc.stderr
+    assert out.stat().st_size > 0
+
+
+def test_no_word_of_kernels_for_a_pure_python_install_or_the_reference(monkeypatch):
+    from nst_fast import backend
+
+    said = []
+    monkeypatch.setattr(backend, "_told", False)
+    monkeypatch.setattr(backend, "LOAD_FAILURE", None)  # loaded, or never built
+    backend.tell_load_failure(said.append)
+    monkeypatch.setattr(backend, "LOAD_FAILURE", "undefined symbol: _ZN3c10")
+    monkeypatch.setenv("NST_FAST_BACKEND", "reference")  # the PyTorch ops were asked for
+    backend.tell_load_failure(said.append)
+    assert said == []
+    monkeypatch.setenv("NST_FAST_BACKEND", "auto")
+    backend.tell_load_failure(said.append)
+    backend.tell_load_failure(said.append)
+    assert len(said) == 1 and "(undefined symbol: _ZN3c10)" in said[0]
