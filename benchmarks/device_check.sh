@@ -62,7 +62,7 @@ if [ "${SKIP_BUILD:-0}" != "1" ]; then
 fi
 python3 -c "from nst_fast import backend; print('backends:', backend.describe())" 2>&1 | tee -a "$OUT/summary.txt"
 
-stamp "== pytest tests/test_cuda_ops.py, test_cuda_pool.py"
+stamp "== pytest: the CUDA ops, pool, loop, optimisers, memory estimate"
 if [ "$QUICK" = "1" ]; then
   PYTEST_ARGS=(-k "not 1024 and not layer_shapes_bf16 and not compile and not (opcheck and (bf16 or fp64))")
   PYTEST_LIMIT="${PYTEST_LIMIT:-80}"
@@ -71,7 +71,8 @@ else
   PYTEST_LIMIT="${PYTEST_LIMIT:-150}"
 fi
 set -o pipefail
-timeout "$(within "$PYTEST_LIMIT")" python3 -m pytest -q -rfE -s -p no:cacheprovider tests/test_cuda_ops.py tests/test_cuda_pool.py tests/test_cuda_loop.py tests/test_optim.py "${PYTEST_ARGS[@]}" 2>&1 | tee "$OUT/pytest.log" | tail -40
+timeout "$(within "$PYTEST_LIMIT")" python3 -m pytest -q -rfE -s -p no:cacheprovider tests/test_cuda_ops.py tests/test_cuda_pool.py tests/test_cuda_loop.py tests/test_optim.py \
+  tests/test_memory.py::test_cuda_estimate_matches_measured_peak "${PYTEST_ARGS[@]}" 2>&1 | tee "$OUT/pytest.log" | tail -40
 rc=$?
 STATUS[pytest]=$([ $rc = 0 ] && echo ok || echo "FAILED rc=$rc")
 STATUS[pytest]+=" ($(grep -E '[0-9]+ (passed|failed)' "$OUT/pytest.log" | tail -1))"

@@ -26,29 +26,67 @@ if EXTENSION_ERROR is not None and importlib.util.find_spec(f"{__package__}._C")
     LOAD_FAILURE = (str(EXTENSION_ERROR).strip().splitlines() or [type(EXTENSION_ERROR).__name__])[0]
 
 _forced = None
-_told = False
+_told = set()  # what tell_unused_kernels has said in this process
+_RUNS_ON = {}  # CUDA device index -> whether this build's CUDA kernels run on it
 
 
 class KernelsNotLoaded(RuntimeWarning):
-    """The compiled kernels were built but do not load: every op runs in PyTorch."""
+    """The compiled kernels cannot run here (not loaded, or built for other GPUs): the
+    ops run in PyTorch."""
 
 
-def tell_load_failure(write=None) -> None:
-    """Say once per process that the built kernels did not load (usually a build for
-    another torch), through `write` (a line of text) or as a KernelsNotLoaded warning.
-    Nothing where they loaded, were never built, or the reference ops were asked for."""
-    global _told
-    if LOAD_FAILURE is None or _told or get_backend() == "reference":
+def tell_unused_kernels(devices=("cpu",), write=None) -> None:
+    """Say once per process where the built kernels cannot run: the extension did not
+    load (usually a build for another torch), or its CUDA code is for other GPUs than
+    one of `devices`. Through `write` (a line of text) or as a KernelsNotLoaded warning.
+    Nothing where the reference ops were asked for, or where no extension was built."""
+    if get_backend() == "reference":
         return
-    _told = True
-    message = (f"nst_fast's compiled kernels did not load ({LOAD_FAILURE}); every op runs in PyTorch "
-               f"instead, slower. Rebuild them against this torch ({torch.__version__}): "
-               "pip install --no-build-isolation --force-reinstall nst_fast, or from a clone "
-               "pip install --no-build-isolation -e .")
-    if write is None:
-        warnings.warn(KernelsNotLoaded(message), stacklevel=3)
-    else:
-        write(message)
+    for key, message in _unused_kernels(devices):
+        if key in _told:
+            continue
+        _told.add(key)
+        if write is None:
+            warnings.warn(KernelsNotLoaded(message), stacklevel=3)
+        else:
+            write(message)
+
+
+def _unused_kernels(devices):
+    if LOAD_FAILURE is not None:
+        yield "load", (f"nst_fast's compiled kernels did not load ({LOAD_FAILURE}); every op runs in PyTorch "
+                       f"instead, slower. Rebuild them against this torch ({torch.__version__}): "
+                       "pip install --no-build-isolation --force-reinstall nst_fast, or from a clone "
+                       "pip install --no-build-isolation -e .")
+        return
+    for device in map(torch.device, devices):
+        if device.type == "cuda" and cuda_compiled() and not _cuda_runs_on(device):
+            index = _cuda_index(device)
+            major, minor = torch.cuda.get_device_capability(index)
+            yield f"cuda:{index}", (
+                f"nst_fast's CUDA kernels were built for other GPUs than cuda:{index} "
+                f"({torch.cuda.get_device_name(index)}, compute capability {major}.{minor}); its ops run in "
+                f"PyTorch there instead, slower. Rebuild them for it: TORCH_CUDA_ARCH_LIST={major}.{minor} "
+                "pip install --no-build-isolation --force-reinstall nst_fast")
+
+
+def _cuda_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def _cuda_runs_on(device: torch.device) -> bool:
+    """Whether this build's CUDA kernels have code for the GPU (asked once per GPU)."""
+    index = _cuda_index(device)
+    if index not in _RUNS_ON:
+        if torch.compiler.is_compiling():  # the query cannot be traced; asked eagerly first
+            return True
+        _RUNS_ON[index] = _ask_kernel_image(index) > 0
+    return _RUNS_ON[index]
+
+
+def _ask_kernel_image(index: int) -> int:
+    """The architecture (e.g. 90) of this build's code that runs on GPU `index`, 0 if none."""
+    return torch.ops.nst_fast.cuda_kernel_image(index)
 
 
 def extension_loaded() -> bool:
@@ -109,6 +147,11 @@ def uses_extension(device) -> bool:
     if name == "reference":
         return False
     available = _has_kernel(device.type)
+    if available and device.type == "cuda" and not _cuda_runs_on(device):
+        if name == "extension":
+            raise RuntimeError(f"NST_FAST_BACKEND=extension but nst_fast's CUDA kernels were built for other GPUs "
+                               f"than {device}; rebuild with TORCH_CUDA_ARCH_LIST set for it, or use auto")
+        return False
     if name == "extension" and not available:
         reason = f" ({EXTENSION_ERROR})" if EXTENSION_ERROR else ""
         raise RuntimeError(

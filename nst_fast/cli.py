@@ -262,7 +262,7 @@ def run(args) -> int:
     from .errors import CheckpointNotWritten, Interrupted, NstError, RunStopped, WeightsUnavailable
     from .options import INITS, Options, report_interval
     from .progress import Progress
-    from .transfer import StyleTransfer
+    from .transfer import StyleTransfer, parse_devices
 
     if args.list_layers:
         try:
@@ -383,7 +383,8 @@ def run(args) -> int:
         Options(**options).validate(n_styles=1 if args.each_style else len(styles), network=args.network)
         vgg.check_padding(args.padding, args.network)
         opened = {path: images.open_image(path) for path in inputs}  # decoded once, used for the run
-        backend.tell_load_failure(lambda message: sys.stderr.write(f"nst-fast: WARNING: {message}\n"))
+        backend.tell_unused_kernels(parse_devices(args.device),
+                                    lambda message: sys.stderr.write(f"nst-fast: WARNING: {message}\n"))
         if args.style_masks:
             options["style_masks"] = [opened[m] for m in args.style_masks]
         try:

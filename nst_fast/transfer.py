@@ -51,8 +51,9 @@ def _device(device) -> torch.device:
     return device
 
 
-def _devices(device) -> list:
-    """"cuda:0,cuda:1" / a list / one device / None -> [torch.device, ...]."""
+def parse_devices(device) -> list:
+    """"cuda:0,cuda:1" / a list / one device / None (cuda if there is one, else cpu) ->
+    [torch.device, ...]."""
     if isinstance(device, str) and "," in device:
         device = [d.strip() for d in device.split(",")]
     if isinstance(device, (list, tuple)):
@@ -122,9 +123,9 @@ class StyleTransfer:
 
     def __init__(self, weights=None, device=None, pooling="max", convention="auto", seed=0, network="vgg19",
                  split_at=None, padding="zeros"):
-        backend.tell_load_failure()
         self.history, self.last_run, self.last_options = [], {}, None
-        self.devices = _devices(device)
+        self.devices = parse_devices(device)
+        backend.tell_unused_kernels(self.devices)
         self.device = self.devices[0]
         self.split_at = _split_layers(split_at, self.devices)
         self.pooling = pooling
@@ -589,7 +590,7 @@ def stylize(content, style, *, weights=None, device=None, pooling="max", convent
     global _default
     seed = options.get("seed", 0)  # the random weights' too, as on the command line
     resolved = vgg.resolve_weights(weights)
-    key = (resolved, str(_devices(device)), pooling, convention, network, str(split_at), padding,
+    key = (resolved, str(parse_devices(device)), pooling, convention, network, str(split_at), padding,
            seed if resolved == "random" else None)
     if _default is None or _default._key != key:
         _default = StyleTransfer(weights, device, pooling, convention, seed=seed, network=network,

@@ -472,3 +472,10 @@ def test_errors():
     if torch.cuda.device_count() > 1:
         with pytest.raises(RuntimeError, match="is on"):
             torch.ops.nst_fast.style_loss_forward(f, a.to("cuda:1"), 1.0)
+
+
+def test_the_build_has_code_for_this_gpu():
+    major, minor = torch.cuda.get_device_capability()
+    image = torch.ops.nst_fast.cuda_kernel_image(torch.cuda.current_device())
+    assert 0 < image <= 10 * major + minor
+    assert backend.uses_extension("cuda") and backend.describe()["cuda"] == "extension"

@@ -108,19 +108,3 @@ def test_cli_names_kernels_that_do_not_load_in_one_line(broken_build, tmp_path):
     assert "Traceback" not in proc.stderr and "KernelsNotLoaded" not in proc.stderr
     assert out.stat().st_size > 0
 
-
-def test_no_word_of_kernels_for_a_pure_python_install_or_the_reference(monkeypatch):
-    from nst_fast import backend
-
-    said = []
-    monkeypatch.setattr(backend, "_told", False)
-    monkeypatch.setattr(backend, "LOAD_FAILURE", None)  # loaded, or never built
-    backend.tell_load_failure(said.append)
-    monkeypatch.setattr(backend, "LOAD_FAILURE", "undefined symbol: _ZN3c10")
-    monkeypatch.setenv("NST_FAST_BACKEND", "reference")  # the PyTorch ops were asked for
-    backend.tell_load_failure(said.append)
-    assert said == []
-    monkeypatch.setenv("NST_FAST_BACKEND", "auto")
-    backend.tell_load_failure(said.append)
-    backend.tell_load_failure(said.append)
-    assert len(said) == 1 and "(undefined symbol: _ZN3c10)" in said[0]
