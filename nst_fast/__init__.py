@@ -5,7 +5,8 @@ The names below load on first use, so that the command line starts (and answers
 """
 import importlib
 
-from .errors import CheckpointNotWritten, Interrupted, NonFiniteLoss, NstError, RunStopped, WeightsUnavailable
+from .errors import (CheckpointNotWritten, Interrupted, NonFiniteLoss, NstError, OutOfMemory, RunStopped,
+                     WeightsUnavailable)
 
 _LAZY = {
     "stylize": ("transfer", "stylize"), "StyleTransfer": ("transfer", "StyleTransfer"),
@@ -16,6 +17,7 @@ _LAZY = {
 __all__ = [
     "stylize", "StyleTransfer", "Options", "StepInfo", "backend_info", "set_backend",
     "NstError", "WeightsUnavailable", "RunStopped", "NonFiniteLoss", "Interrupted", "CheckpointNotWritten",
+    "OutOfMemory",
 ]
 __version__ = "0.1.0"
 

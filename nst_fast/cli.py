@@ -259,10 +259,10 @@ def run(args) -> int:
     import torch
 
     from . import backend, batch, history, images, recipe, vgg, web
-    from .errors import CheckpointNotWritten, Interrupted, NstError, RunStopped, WeightsUnavailable
+    from .errors import CheckpointNotWritten, Interrupted, NstError, OutOfMemory, RunStopped, WeightsUnavailable
     from .options import INITS, Options, report_interval
     from .progress import Progress
-    from .transfer import StyleTransfer, parse_devices
+    from .transfer import StyleTransfer, is_out_of_memory, parse_devices
 
     if args.list_layers:
         try:
@@ -442,7 +442,8 @@ def run(args) -> int:
                     sys.stderr.write(f"\nnst-fast: could not save the image so far: {_os_error(failed)}\n")
                 else:
                     sys.stderr.write(f"\nnst-fast: saved the image so far (step {exc.step}) to {args.output}\n")
-            if isinstance(exc, (Interrupted, CheckpointNotWritten)) and os.path.exists(interrupt_checkpoint):
+            resumable = isinstance(exc, (Interrupted, CheckpointNotWritten, OutOfMemory))
+            if resumable and os.path.exists(interrupt_checkpoint):
                 sys.stderr.write(f"nst-fast: continue with --resume {interrupt_checkpoint}\n")
             return _error(str(exc), code)
         save(result, args.output)
@@ -452,8 +453,12 @@ def run(args) -> int:
             history.plot(transfer.history, args.plot)
     except NstError as exc:
         return _error(str(exc))
-    except torch.cuda.OutOfMemoryError:
-        return _error("out of GPU memory; try a smaller --size or --precision bf16")
+    except RuntimeError as exc:  # before the first step (the steps' own end in OutOfMemory)
+        if not is_out_of_memory(exc):
+            raise
+        gpu = isinstance(exc, torch.cuda.OutOfMemoryError)
+        return _error(f"out of {'GPU' if gpu else 'CPU'} memory; try a smaller --size, --fit-memory or "
+                      + ("--precision bf16" if gpu else "--low-memory"))
     except OSError as exc:  # a full disk, a folder without write permission
         return _error(_os_error(exc))
     except KeyboardInterrupt:

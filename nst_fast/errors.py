@@ -41,3 +41,7 @@ class Interrupted(_ImageSoFar, KeyboardInterrupt):
 class CheckpointNotWritten(RunStopped):
     """A checkpoint could not be written (a full disk); `image` holds the image so far,
     the whole result when it was the run's last checkpoint."""
+
+
+class OutOfMemory(RunStopped):
+    """The device ran out of memory during the run; `image` holds the image so far."""

@@ -8,7 +8,7 @@ import torch
 
 from . import checkpoint as checkpoint_io
 from . import backend, color, heap, images, memory, mrf, vgg, wasserstein
-from .errors import CheckpointNotWritten, Interrupted, NonFiniteLoss, NstError, RunStopped
+from .errors import CheckpointNotWritten, Interrupted, NonFiniteLoss, NstError, OutOfMemory, RunStopped
 from .losses import GatysLoss, GuidedStyle, WeightedSum, gram_target
 from .mrf import MRFStyle
 from .optim import make_optimizer
@@ -460,6 +460,7 @@ class StyleTransfer:
                 raise CheckpointNotWritten(f"could not write the checkpoint {path}: {exc.strerror or exc}",
                                            image=so_far(), step=step_offset + state.step) from exc
 
+        out_of_memory = None
         try:
             for step in range(state.step + 1, steps + 1):
                 row = runner()
@@ -485,11 +486,34 @@ class StyleTransfer:
                 except CheckpointNotWritten as exc:
                     message += f"; {exc}"
             raise Interrupted(message, image=so_far(), step=step_offset + state.step) from None
+        except RuntimeError as exc:
+            if not is_out_of_memory(exc):
+                raise
+            out_of_memory = f"ran out of {dev.type.upper()} memory at step {step_offset + state.step + 1}"
+        if out_of_memory:
+            # Out here, not in the except clause, whose traceback keeps the failed step's tensors.
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+            advice = "precision bf16 (--precision bf16)" if dev.type == "cuda" else "low_memory (--low-memory)"
+            message = (f"{out_of_memory}; ask for a smaller size, let fit_memory (--fit-memory) pick one, "
+                       f"or use {advice}")
+            if checkpoint or interrupt_checkpoint:
+                try:
+                    write_checkpoint(checkpoint or interrupt_checkpoint)
+                except CheckpointNotWritten as exc:
+                    message += f"; {exc}"
+            raise OutOfMemory(message, image=so_far(), step=step_offset + state.step)
         why_not = runner.why_not or (None if runner.graphed else "fewer steps than the warm-up before capture")
         self.last_run.update(cuda_graph=runner.graphed, why_not=why_not)
         if checkpoint:
             write_checkpoint(checkpoint)
         return state
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch's out-of-memory errors: its own class on a GPU, a RuntimeError on the CPU."""
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
 
 
 def _check_snapshots(save_every, snapshot) -> None:

@@ -164,6 +164,39 @@ def test_ctrl_c_with_a_full_disk_still_exits_130_with_the_image(tmp_path, small_
     assert "--resume" not in err and os.listdir(tmp_path) == ["out.png"]
 
 
+def test_running_out_of_memory_saves_the_image_so_far(tmp_path, small_images, capsys, monkeypatch):
+    from test_features import CPU_OUT_OF_MEMORY, _out_of_memory_at_call
+
+    content, style = small_images
+    argv = [str(content), str(style), *SMALL, "--seed", "1"]
+    assert cli.main([*argv, "--steps", "2", "-o", str(tmp_path / "two.png")]) == 0
+    capsys.readouterr()
+    _out_of_memory_at_call(monkeypatch, 3, CPU_OUT_OF_MEMORY)
+    out = tmp_path / "out.png"
+    code = cli.main([*argv, "--steps", "10", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert "saved the image so far (step 2)" in err and f"continue with --resume {tmp_path / 'out.ckpt'}" in err
+    assert err.strip().splitlines()[-1].startswith("nst-fast: error: ran out of CPU memory at step 3; ")
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(tmp_path / "two.png")))
+
+
+def test_running_out_of_memory_before_the_first_step_is_one_line(tmp_path, small_images, capsys, monkeypatch):
+    from test_features import CPU_OUT_OF_MEMORY
+
+    from nst_fast import transfer
+
+    def no_memory(*args, **kwargs):
+        raise CPU_OUT_OF_MEMORY
+
+    monkeypatch.setattr(transfer.StyleTransfer, "stylize_tensor", no_memory)
+    content, style = small_images
+    out = tmp_path / "out.png"
+    _one_line_error(capsys, [str(content), str(style), *SMALL, "-o", str(out)],
+                    "out of CPU memory; try a smaller --size, --fit-memory or --low-memory")
+    assert not out.exists()
+
+
 def test_a_cut_out_photo_stays_cut_out(tmp_path, small_images, capsys):
     content, style = small_images
     photo = Image.open(content).convert("RGBA")

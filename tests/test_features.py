@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from nst_fast import CheckpointNotWritten, NstError, StyleTransfer, checkpoint, cli, color, images, winograd
+from nst_fast import (CheckpointNotWritten, NstError, OutOfMemory, StyleTransfer, checkpoint, cli, color, images,
+                      winograd)
 from nst_fast.losses import gram_target
 from nst_fast.options import Options
 
@@ -183,6 +184,49 @@ def test_resume_equals_an_uninterrupted_run(transfer, small_images, tmp_path, op
     resumed = transfer.stylize_tensor(content, style, steps=16, resume=ckpt, **kw)
     assert torch.equal(resumed, whole)
     assert [r["total"] for r in transfer.history] == whole_history
+
+
+def _out_of_memory_at_call(monkeypatch, n, error):
+    """The n-th step of a run fails as an allocation would."""
+    from nst_fast.steps import StepRunner
+
+    step = StepRunner.__call__
+
+    def failing(self):
+        if self.calls + 1 == n:
+            raise error
+        return step(self)
+
+    monkeypatch.setattr(StepRunner, "__call__", failing)
+
+
+CPU_OUT_OF_MEMORY = RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                                 "memory: you tried to allocate 4000000000 bytes. Error code 12")
+
+
+@pytest.mark.parametrize("error", [CPU_OUT_OF_MEMORY, torch.cuda.OutOfMemoryError("CUDA out of memory.")],
+                         ids=["cpu", "cuda-class"])
+def test_running_out_of_memory_keeps_the_image_so_far_and_a_checkpoint(transfer, small_images, tmp_path,
+                                                                       monkeypatch, error):
+    content, style = small_images
+    kw = dict(size=32, init="noise", seed=3)
+    two_steps = transfer.stylize_tensor(content, style, steps=2, **kw)
+    whole = transfer.stylize_tensor(content, style, steps=6, **kw)
+    ckpt = tmp_path / "run.ckpt"
+    with monkeypatch.context() as patch:
+        _out_of_memory_at_call(patch, 3, error)
+        with pytest.raises(OutOfMemory, match=r"^ran out of CPU memory at step 3; ask for a smaller size, let "
+                                              r"fit_memory \(--fit-memory\) pick one, or use low_memory") as caught:
+            transfer.stylize_tensor(content, style, steps=6, interrupt_checkpoint=ckpt, **kw)
+    assert caught.value.step == 2 and torch.equal(caught.value.image, two_steps)
+    assert torch.equal(transfer.stylize_tensor(content, style, steps=6, resume=ckpt, **kw), whole)
+
+
+def test_other_errors_of_a_step_are_not_taken_for_memory(transfer, small_images, monkeypatch):
+    content, style = small_images
+    _out_of_memory_at_call(monkeypatch, 2, RuntimeError("expected scalar type Float but found Half"))
+    with pytest.raises(RuntimeError, match="expected scalar type"):
+        transfer.stylize_tensor(content, style, size=32, steps=4)
 
 
 def test_resume_upscaled_and_from_another_run(transfer, small_images, tmp_path):
