@@ -13,7 +13,7 @@
 #   SKIP_SANITIZER=1, SKIP_LAYERS=1, SKIP_STYLE_LOSSES=1   leave out the sanitizer runs / the layer
 #                    table / the per-style-loss step table
 #   STEP_SIZES, STEP_STEPS, PROBE_SIZE   the whole-step benchmark's sizes, step counts, bf16 probe
-#   PYTEST_LIMIT, SAN_LIMIT, BENCH_LIMIT, LBFGS_LIMIT, RELU_LIMIT, STEP_LIMIT, LOSSES_LIMIT   per-stage
+#   PYTEST_LIMIT, SAN_LIMIT, BENCH_LIMIT, LBFGS_LIMIT, RELU_LIMIT, STEP_LIMIT, LOSSES_LIMIT, TRACE_LIMIT   per-stage
 #                    time limits in seconds
 #   TOTAL_LIMIT      seconds for the whole script (540): each stage's limit is cut to
 #                    what is left, so the final table prints inside one 10-minute call
@@ -148,11 +148,20 @@ STATUS[losses]=$([ $rc = 0 ] && echo ok || echo "FAILED rc=$rc")
 stamp "losses: ${STATUS[losses]}"
 fi
 
+# --- live memory op by op against the memory estimate's terms ---
+stamp "== memory trace"
+timeout "$(within "${TRACE_LIMIT:-40}")" python3 benchmarks/trace_memory.py --device cuda --size 1024 --ops 0 \
+  >"$OUT/trace_memory.log" 2>&1
+rc=$?
+STATUS[memtrace]=$([ $rc = 0 ] && echo ok || echo "FAILED rc=$rc")
+tail -3 "$OUT/trace_memory.log"
+stamp "memory trace: ${STATUS[memtrace]}"
+
 stamp "== summary"
 {
   echo "| stage | result |"
   echo "|---|---|"
-  for k in build pytest memcheck racecheck bench lbfgs step relu losses; do
+  for k in build pytest memcheck racecheck bench lbfgs step relu losses memtrace; do
     [ -n "${STATUS[$k]:-}" ] && echo "| $k | ${STATUS[$k]} |"
   done
   echo

@@ -9,18 +9,22 @@ step of StyleTransfer._optimise (the backward of GatysLoss), not a simulation:
                transforms, forward and input gradient, in the compute dtype)
   scratch      CPU: the transformed tiles a Winograd convolution holds
                while it runs, at most WINOGRAD_SCRATCH_BYTES
-  saved        what autograd keeps from the forward: each conv's input and
-               output (the in-place ReLU writes into the conv output, so one
-               buffer serves both and the next conv's input), each max pool's
-               output and its int64 indices (an L2 pool's output and the
-               squares of its input), the normalised input image, and
-               the content loss's (F - P) residual; the style loss keeps only
-               the features (already counted) and a C x C residual (below);
-               but the reference style loss (no fused kernel for the device)
-               under bf16 keeps an fp32 copy of each style layer's features
-  backward     transient gradient buffers: BACKWARD_BUFFERS times the largest
-               activation (the gradient arriving at a layer, the one leaving
-               it, and the sum at a layer that also feeds a loss)
+  saved        what autograd keeps from the forward. On the CPU, as an op-by-op
+               trace of live memory shows (benchmarks/trace_memory.py; see
+               _cpu_activations): each ReLU's output (written in place into its
+               conv's output), the inputs of the convs PyTorch runs, a max pool's
+               int64 indices where its ReLU does not run with it, an L2 pool's
+               output and squares. On CUDA, as first derived and checked against
+               the H100's peaks (_cuda_activations): each conv's output, each
+               pool's output and indices. Both: the normalised input image and the
+               content loss's (F - P) residual; the style loss keeps only the
+               features (already counted) and a C x C residual (below); but the
+               reference style loss (no fused kernel for the device) under bf16
+               keeps an fp32 copy of each style layer's features
+  backward     transient gradient buffers. CPU: what the backward holds beyond
+               the saved tensors at its peak (for VGG-19 at its start, two
+               gradients of the deepest layers). CUDA: BACKWARD_BUFFERS times the
+               largest activation
   targets      content targets (fp32, layer size), style Gram targets and the
                style losses' residuals (C x C fp32 each, per layer and batch item)
   guided       with style masks (spatial control) on the Gram loss: the masked
@@ -44,11 +48,13 @@ step of StyleTransfer._optimise (the backward of GatysLoss), not a simulation:
                the resident peak exceeds the live tensors. Measured on the
                2-core CPU box at 256-1024 px as 1-20% of saved + backward,
                and varying from run to run; we add ALLOCATOR_SLACK of it.
-               (With MALLOC_MMAP_THRESHOLD_ fixed, the other terms alone match
-               the measured peak to ~3%.) While a CPU run keeps freed memory
+               (With MALLOC_MMAP_THRESHOLD_ fixed, the other terms alone come
+               within -4% to +10% of the measured peak at 768x576: fp32, bf16,
+               L2 pooling, low_memory.) While a CPU run keeps freed memory
                (nst_fast/heap.py: where blocks exceed 32 MiB), larger blocks
-               come from the heap too and fragment it: 31-56% of saved +
-               backward at 768x576 in fp32, 0-75% in bf16 (run to run), so
+               come from the heap too and fragment it: at 768x576, 0.65-1.33
+               of saved + backward over the Gram, W2 and MRF losses, masked
+               or not, and 1.2-1.25 in bf16 (three runs each), so
                KEPT_ALLOCATOR_SLACK then. CUDA's max_memory_allocated counts
                tensors only, so no slack there.
 
@@ -60,13 +66,14 @@ import os
 import torch
 
 from . import backend, heap, mrf, vgg, winograd
+from . import pooling as pooling_module
 
 BACKWARD_BUFFERS = 2
 IMAGE_COPIES = 5  # x, grad, best, content image, one transient
 RUNTIME_BYTES = {"cpu": 32 << 20, "cuda": 64 << 20}
 WINOGRAD_SCRATCH_BYTES = 64 << 20  # kMaxOnePassBytes in csrc/cpu/winograd_cpu.cpp
 ALLOCATOR_SLACK = {"cpu": 0.10, "cuda": 0.0}
-KEPT_ALLOCATOR_SLACK = 0.45
+KEPT_ALLOCATOR_SLACK = 1.0
 _POOL_INDEX_BYTES = 8  # max_pool2d_with_indices keeps int64 indices for the backward
 PRECISIONS = ("fp32", "tf32", "bf16")
 OPTIMIZERS = ("lbfgs", "adam")
@@ -109,7 +116,6 @@ def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs
         raise ValueError(f"height and width must be positive whole numbers of pixels, got {height!r}, {width!r}")
     content_layers, style_layers = _layers(content_layers, network), _layers(style_layers, network)
     requested = set(content_layers) | set(style_layers)
-    names = vgg.layer_names(network)
     depth = max(vgg.layer_index(n, network) for n in requested) + 1
     act = 2 if precision == "bf16" else 4
     batch = int(batch_styles)
@@ -117,24 +123,23 @@ def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs
     dev_type = torch.device(device).type
     compute = torch.bfloat16 if precision == "bf16" else torch.float32
     transformed = winograd_transforms and winograd.uses_winograd(device, compute)
-    weights = saved = largest = transforms = 0
-    for i, (layer, c_in, c_out, h, w, oh, ow) in enumerate(vgg.walk(height, width, depth, network)):
-        kind = layer.kind
-        out = c_out * oh * ow
-        largest = max(largest, out)
-        if kind == "conv":
+
+    def by_winograd(layer, c_in, c_out):
+        return transformed and vgg.winograd_fits(layer, c_in) and (
+            compute == torch.float32 or winograd.bf16_fits(c_in, c_out))
+
+    weights = transforms = 0
+    for layer, c_in, c_out, *_ in vgg.walk(height, width, depth, network):
+        if layer.kind == "conv":
             weights += c_in * c_out * layer.kernel ** 2 + c_out
-            if transformed and vgg.winograd_fits(layer, c_in) and (
-                    compute == torch.float32 or winograd.bf16_fits(c_in, c_out)):
+            if by_winograd(layer, c_in, c_out):
                 transforms += winograd.transform_bytes(c_in, c_out, act)
-            saved += out * act
-            # The ReLU after a requested conv is not in place: a second buffer.
-            if names[i] in requested and i + 1 < depth:
-                saved += out * act
-        elif kind == "pool":
-            saved += out * (act + (_POOL_INDEX_BYTES if pooling == "max" else 0))
-            if pooling == "l2":
-                saved += c_in * h * w * act  # the squares, kept by avg_pool2d's backward
+    if dev_type == "cuda":
+        saved, backward = _cuda_activations(height, width, depth, requested, act, pooling, network)
+    else:
+        fused_pool = pooling == "max" and compute == torch.float32 and _fused_pool_cpu()
+        saved, backward = _cpu_activations(height, width, depth, requested, act, pooling, fused_pool, by_winograd,
+                                           network)
     pixels = 3 * height * width
     saved += pixels * 4  # the normalised input (conv1_1's input)
     weight_bytes = weights * 4 + transforms
@@ -161,7 +166,7 @@ def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs
         opt_bytes = (2 * history + 3) * n * 4
     else:
         opt_bytes = 2 * n * 4
-    saved, backward, guided = batch * saved, batch * BACKWARD_BUFFERS * largest * act, batch * guided
+    saved, backward, guided = batch * saved, batch * backward, batch * guided
     style_kept, style_in_flight = _style_loss_bytes(style_loss, style_layers, height, width, styles,
                                                     style_regions, style_scale, mrf_variants, network)
     return {
@@ -181,6 +186,70 @@ def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs
         # backward: the peak holds the larger of the two.
         "style_loss": batch * style_kept + max(0, batch * style_in_flight - backward),
     }
+
+
+def _cpu_activations(height, width, depth, requested, act, pooling, fused_pool, by_winograd, network):
+    """-> (saved, backward) bytes of the network's activations on the CPU, where
+    an op-by-op trace of live memory (benchmarks/trace_memory.py) shows what autograd
+    keeps: each ReLU's output, written into its conv's output; the input of a conv
+    that PyTorch runs (a Winograd conv of fixed weights keeps none), which is new
+    where it is a pool's output; a max pool's int64 indices unless the ReLU before it
+    runs with it (pooling.py); an L2 pool's output and the squares of its input.
+    backward: what the backward holds beyond that at its peak, taken over the layers
+    from the deepest, each with the saved tensors of the layers before it and two
+    gradient buffers of its size: for VGG-19 the peak is at its start."""
+    names = vgg.layer_names(network)
+    kept, live_at, after = 0, [], None  # after: the kind of the layer before
+    for i, (layer, c_in, c_out, h, w, oh, ow) in enumerate(vgg.walk(height, width, depth, network)):
+        out = c_out * oh * ow
+        if layer.kind == "conv":
+            kept += out * act
+            if after == "pool" and not by_winograd(layer, c_in, c_out):
+                kept += c_in * h * w * act
+            if names[i] in requested and i + 1 < depth:
+                kept += out * act  # the ReLU after a requested conv is not in place: a second buffer
+        elif layer.kind == "pool":
+            # A requested ReLU before the pool may run with its style loss instead (ops.py).
+            alone = names[i - 1] in requested or not (layer.kernel == 2 and layer.stride == 2)
+            if pooling == "max" and (alone or not fused_pool):
+                kept += out * _POOL_INDEX_BYTES
+            elif pooling == "l2":
+                kept += out * act + c_in * h * w * act  # the squares, kept by avg_pool2d's backward
+        live_at.append(kept + BACKWARD_BUFFERS * max(out, c_in * h * w) * act)
+        after = layer.kind
+    return kept, max(live_at) - kept
+
+
+def _cuda_activations(height, width, depth, requested, act, pooling, network):
+    """-> (saved, backward) on CUDA: each conv's output, each pool's output and
+    int64 indices, and BACKWARD_BUFFERS of the largest activation for the backward. The
+    CPU's trace (above) keeps less than this; on CUDA the difference has not been
+    traced, and these terms are the ones the H100's measured peaks were checked
+    against (benchmarks/RESULTS.md: -8% at 4096x2720 in bf16, and
+    tests/test_memory.py's CUDA case)."""
+    names = vgg.layer_names(network)
+    saved = largest = 0
+    for i, (layer, c_in, c_out, h, w, oh, ow) in enumerate(vgg.walk(height, width, depth, network)):
+        out = c_out * oh * ow
+        largest = max(largest, out)
+        if layer.kind == "conv":
+            saved += out * act
+            if names[i] in requested and i + 1 < depth:
+                saved += out * act
+        elif layer.kind == "pool":
+            saved += out * (act + (_POOL_INDEX_BYTES if pooling == "max" else 0))
+            if pooling == "l2":
+                saved += c_in * h * w * act
+    return saved, BACKWARD_BUFFERS * largest * act
+
+
+def _fused_pool_cpu() -> bool:
+    """Whether a CPU run's ReLU and max pool run as one op, keeping no indices (pooling.fits)."""
+    try:
+        return backend.uses_extension("cpu") and backend.has_op_kernel("relu_max_pool2_backward", "cpu") \
+            and pooling_module.FUSE
+    except RuntimeError:
+        return False
 
 
 def _patch_bytes(name, height, width, network) -> int:
