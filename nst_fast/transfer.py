@@ -250,8 +250,16 @@ class StyleTransfer:
                     continue  # this scale was done before the checkpoint
                 else:  # continue upscaled from the checkpoint's image
                     x, self.history, saved = saved.get("result", saved["best"]), saved["history_rows"], None
-            loss_fn = self._loss(net, content_t, style_imgs, opts, (h, w), min_side, masks)
-            x = self._initial_image(opts, content_t, style_imgs, x)
+            try:
+                loss_fn = self._loss(net, content_t, style_imgs, opts, (h, w), min_side, masks)
+                x = self._initial_image(opts, content_t, style_imgs, x)
+            except RuntimeError as exc:  # the targets of a larger scale may not fit where its steps would
+                if not is_out_of_memory(exc):
+                    raise
+                done = sum(opts.steps_at(i) for i in range(scale_index))
+                raise OutOfMemory(f"ran out of {self.device.type.upper()} memory preparing size {size}; "
+                                  + _memory_advice(self.device), image=None if x is None else finish(x),
+                                  step=done) from None
             rows_before = self.history
 
             def save_checkpoint(state, x_now, opt, path, scale_index=scale_index, rows_before=rows_before,
@@ -494,9 +502,7 @@ class StyleTransfer:
             # Out here, not in the except clause, whose traceback keeps the failed step's tensors.
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
-            advice = "precision bf16 (--precision bf16)" if dev.type == "cuda" else "low_memory (--low-memory)"
-            message = (f"{out_of_memory}; ask for a smaller size, let fit_memory (--fit-memory) pick one, "
-                       f"or use {advice}")
+            message = f"{out_of_memory}; {_memory_advice(dev)}"
             if checkpoint or interrupt_checkpoint:
                 try:
                     write_checkpoint(checkpoint or interrupt_checkpoint)
@@ -508,6 +514,11 @@ class StyleTransfer:
         if checkpoint:
             write_checkpoint(checkpoint)
         return state
+
+
+def _memory_advice(device: torch.device) -> str:
+    lighter = "precision bf16 (--precision bf16)" if device.type == "cuda" else "low_memory (--low-memory)"
+    return f"ask for a smaller size, let fit_memory (--fit-memory) pick one, or use {lighter}"
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

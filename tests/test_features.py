@@ -222,6 +222,25 @@ def test_running_out_of_memory_keeps_the_image_so_far_and_a_checkpoint(transfer,
     assert torch.equal(transfer.stylize_tensor(content, style, steps=6, resume=ckpt, **kw), whole)
 
 
+def test_running_out_of_memory_before_a_larger_scale_keeps_the_smaller_result(transfer, small_images,
+                                                                                  monkeypatch):
+    content, style = small_images
+    kw = dict(init="noise", seed=3, steps=3)
+    smaller = transfer.stylize_tensor(content, style, scales=[32], **kw)
+    targets, calls = StyleTransfer._loss, []
+
+    def second_fails(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise CPU_OUT_OF_MEMORY
+        return targets(self, *args, **kwargs)
+
+    monkeypatch.setattr(StyleTransfer, "_loss", second_fails)
+    with pytest.raises(OutOfMemory, match=r"^ran out of CPU memory preparing size 48; ask for a smaller") as caught:
+        transfer.stylize_tensor(content, style, scales=[32, 48], **kw)
+    assert caught.value.step == 3 and torch.equal(caught.value.image, smaller)
+
+
 def test_other_errors_of_a_step_are_not_taken_for_memory(transfer, small_images, monkeypatch):
     content, style = small_images
     _out_of_memory_at_call(monkeypatch, 2, RuntimeError("expected scalar type Float but found Half"))
