@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -285,3 +286,16 @@ def test_odd_arguments():
         64, 64, ["relu4_2"], ["relu1_1", "relu2_1"])  # comma-separated names, as the options take them
     for aspect in (1e7, 1e-7, float("inf")):  # too thin for any size to run
         assert memory.largest_size(1 << 30, aspect, CONTENT, STYLE) == 0
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux with glibc")
+def test_the_memory_trace_script_runs():
+    """benchmarks/trace_memory.py, which the device check also runs on a GPU."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "trace_memory.py"), "--size", "64",
+                           "--steps", "1", "--ops", "2"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = re.search(r"64x48 cpu fp32: peak (\d+) MiB live after op \d+ of (\d+) \(", proc.stdout)
+    assert summary and int(summary.group(2)) > 100, proc.stdout
+    assert "weights " in proc.stdout.splitlines()[-1] and len(proc.stdout.splitlines()) == 2 * 2 + 3
