@@ -44,4 +44,5 @@ class CheckpointNotWritten(RunStopped):
 
 
 class OutOfMemory(RunStopped):
-    """The device ran out of memory during the run; `image` holds the image so far."""
+    """The device ran out of memory during the run; `image` holds the image so far (None
+    where the first scale's targets did not fit)."""
