@@ -468,6 +468,15 @@ class StyleTransfer:
                 raise CheckpointNotWritten(f"could not write the checkpoint {path}: {exc.strerror or exc}",
                                            image=so_far(), step=step_offset + state.step) from exc
 
+        def checkpoint_on_stop(message):
+            """`message` of a run that stops early, once its checkpoint is written (or why not)."""
+            if checkpoint or interrupt_checkpoint:
+                try:
+                    write_checkpoint(checkpoint or interrupt_checkpoint)
+                except CheckpointNotWritten as exc:
+                    message += f"; {exc}"
+            return message
+
         out_of_memory = None
         try:
             for step in range(state.step + 1, steps + 1):
@@ -487,12 +496,7 @@ class StyleTransfer:
                     write_checkpoint(checkpoint)
         except KeyboardInterrupt:
             # state.step: the steps finished, as the checkpoint holds (Ctrl-C mostly comes in mid-step).
-            message = f"interrupted at step {step_offset + state.step}"
-            if checkpoint or interrupt_checkpoint:
-                try:
-                    write_checkpoint(checkpoint or interrupt_checkpoint)
-                except CheckpointNotWritten as exc:
-                    message += f"; {exc}"
+            message = checkpoint_on_stop(f"interrupted at step {step_offset + state.step}")
             raise Interrupted(message, image=so_far(), step=step_offset + state.step) from None
         except RuntimeError as exc:
             if not is_out_of_memory(exc):
@@ -502,12 +506,7 @@ class StyleTransfer:
             # Out here, not in the except clause, whose traceback keeps the failed step's tensors.
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
-            message = f"{out_of_memory}; {_memory_advice(dev)}"
-            if checkpoint or interrupt_checkpoint:
-                try:
-                    write_checkpoint(checkpoint or interrupt_checkpoint)
-                except CheckpointNotWritten as exc:
-                    message += f"; {exc}"
+            message = checkpoint_on_stop(f"{out_of_memory}; {_memory_advice(dev)}")
             raise OutOfMemory(message, image=so_far(), step=step_offset + state.step)
         why_not = runner.why_not or (None if runner.graphed else "fewer steps than the warm-up before capture")
         self.last_run.update(cuda_graph=runner.graphed, why_not=why_not)
