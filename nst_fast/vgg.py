@@ -8,13 +8,12 @@ random initialisation ("random"). Two input conventions exist:
 import os
 import pickle
 import re
-import sys
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from . import caffemodel, pooling
+from . import caffemodel, hub, pooling
 from .errors import NstError, WeightsUnavailable
 from .winograd import WinogradConv2d
 
@@ -289,7 +288,7 @@ def _load_failure(exc: Exception) -> str:
     is a paragraph on its loading options)."""
     text = str(exc)
     if isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in text:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        found = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", text, re.IGNORECASE)
         if found:  # a pickled model or training state, not just tensors
             return (f"it holds a {found.group(1)} object, and only tensors are read from a file (no code runs); "
                     "save the model's state_dict() instead")
@@ -318,16 +317,7 @@ def _imagenet_state(network: str) -> dict:
     from torchvision import models
 
     family = models.AlexNet_Weights if network == "alexnet" else getattr(models, f"VGG{network[3:]}_Weights")
-    weights = family.IMAGENET1K_V1
-    title = NETWORK_TITLES[network]
-    try:
-        # 548 MB (VGG-19) on the first run: show the download where someone watches.
-        return weights.get_state_dict(progress=sys.stderr.isatty())
-    except Exception as exc:
-        raise WeightsUnavailable(
-            f"cannot download torchvision's {title} weights ({type(exc).__name__}). Give weights PATH "
-            f"(or set NST_FAST_WEIGHTS), a {title} state dict, or weights random for a smoke run"
-        ) from None
+    return _read_state_file(hub.verified(family.IMAGENET1K_V1.url, NETWORK_TITLES[network]))
 
 
 def resolve_weights(weights=None) -> str:
