@@ -3,6 +3,7 @@ the build and the tests need; a build that cannot work says so."""
 import importlib.machinery
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -108,3 +109,23 @@ def test_cli_names_kernels_that_do_not_load_in_one_line(broken_build, tmp_path):
     assert "Traceback" not in proc.stderr and "KernelsNotLoaded" not in proc.stderr
     assert out.stat().st_size > 0
 
+
+
+def _pip_packages(text: str) -> set:
+    """The package names (versions dropped) of every `pip install` in text, options and local paths left out."""
+    names = set()
+    for command in re.findall(r"pip install ([^&|;\n]*)", text):
+        for word in command.split():
+            if not word.startswith(("-", ".", "/", "$", '"')):
+                names.add(re.split(r"[<>=\[]", word)[0].lower())
+    return names
+
+
+@pytest.mark.skipif(not (ROOT / ".ci" / "run").exists(), reason="not a source checkout")
+def test_ci_installs_exactly_what_the_readme_quick_start_installs():
+    readme = (ROOT / "README.md").read_text()
+    quick_start = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert _pip_packages(ci) - {"pip"} == _pip_packages(quick_start) != set()
+    test_command = re.search(r"^python -m pytest .*$", quick_start, re.MULTILINE).group(0)
+    assert re.search(rf"^{re.escape(test_command)}$", ci, re.MULTILINE), "CI runs the README's test command"
