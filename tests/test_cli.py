@@ -3,6 +3,7 @@ import io
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 
@@ -461,6 +462,17 @@ def test_a_failing_atomic_write_names_the_file_asked_for(tmp_path):
 
     with pytest.raises(OSError, match="^encoder error -2$"):
         atomic_write(tmp_path / "x.png", encoder_error)
+
+
+def test_atomic_write_leaves_a_fifo_alone(tmp_path):
+    from nst_fast.files import atomic_write
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(FileExistsError, match=r"Not a regular file \(a FIFO\)") as raised:
+        atomic_write(fifo, lambda f: f.write(b"data"))
+    assert raised.value.filename == str(fifo)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and os.listdir(tmp_path) == ["pipe"]
 
 
 @pytest.mark.parametrize("argv, expected", [
