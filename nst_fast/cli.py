@@ -9,7 +9,7 @@ import sys
 import threading
 
 from . import __version__
-from .files import IMAGE_EXTENSIONS, images_in
+from .files import IMAGE_EXTENSIONS, images_in, not_a_file
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "examples")
 EXIT_ERROR = 1
@@ -184,6 +184,7 @@ def _error(message, code=EXIT_ERROR):
 
 
 DEFAULT_CHECKPOINT = "the default --checkpoint (where Ctrl-C saves)"  # OUT.ckpt, without --checkpoint
+BATCH_CHECKPOINT = "the checkpoint of a batch image"  # OUT/NAME.ckpt, where Ctrl-C saves
 # --resume may name the checkpoint the run writes: it goes on in the same file.
 RESUMABLE = ("--checkpoint", DEFAULT_CHECKPOINT)
 
@@ -193,17 +194,27 @@ def _os_error(exc: OSError) -> str:
 
 
 def _check_folders(writes):
-    """writes: (option, path) of files the run writes -> why one cannot be written, or None."""
+    """writes: (option, path) of files the run writes -> why one of their folders cannot
+    be written into, or None."""
     for option, path in writes:
         what = "output" if option == "-o" else option
         folder = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(folder):
             return f"{what} directory does not exist: {folder}"
-        if os.path.isdir(path):
-            return f"{option} {path} is a folder; name a file"
         if not os.access(folder, os.W_OK | os.X_OK):
             return f"cannot write into the {what} directory {folder}"
     return None
+
+
+def _check_files(writes):
+    """writes: (option, path) of files the run writes -> why one is no file the run may
+    replace (a folder, a device, a FIFO), or None."""
+    return next(filter(None, (not_a_file(option, path) for option, path in writes)), None)
+
+
+def _earlier_snapshots(output) -> list:
+    """The --save-every snapshots OUT.stepNNNN.png there are beside the output OUT.png."""
+    return glob.glob(glob.escape(os.path.splitext(output)[0]) + ".step[0-9][0-9][0-9][0-9]*.png")
 
 
 def _file_key(path):
@@ -321,7 +332,8 @@ def run(args) -> int:
             if given:
                 return _error(f"{flag} names one file; a batch (a folder as CONTENT, or --each-style) "
                               "cannot take it")
-        if os.path.splitext(args.output)[1].lower() in IMAGE_EXTENSIONS or os.path.isfile(args.output):
+        if os.path.splitext(args.output)[1].lower() in IMAGE_EXTENSIONS or (
+                os.path.exists(args.output) and not os.path.isdir(args.output)):
             return _error(f"for a batch, -o names a folder for the outputs, got {args.output!r}")
         for style in args.style or []:  # its outputs would be styles of the next run
             if os.path.isdir(style) and os.path.isdir(args.output) and os.path.samefile(style, args.output):
@@ -334,7 +346,7 @@ def run(args) -> int:
             return _error(str(exc))
         if not os.path.isdir(out_dir):
             return _error(f"output directory does not exist: {out_dir}")
-        writes = [("-o", job.output) for job in jobs]
+        writes = [*(("-o", job.output) for job in jobs), *((BATCH_CHECKPOINT, job.checkpoint) for job in jobs)]
     else:
         args.output = args.output or "out.png"
         out_ext = os.path.splitext(args.output)[1].lower()
@@ -349,6 +361,11 @@ def run(args) -> int:
         problem = _check_folders(writes)
         if problem:
             return _error(problem)
+    outputs = [path for option, path in writes if option == "-o"]
+    snapshot_files = [path for output in outputs for path in _earlier_snapshots(output)] if args.save_every else []
+    problem = _check_files(writes + [("the --save-every snapshot", path) for path in snapshot_files])
+    if problem:
+        return _error(problem)
     reads = [*([] if os.path.isdir(content) else [("CONTENT", content)]), *(("STYLE", s) for s in styles),
              *(("--style-masks", m) for m in args.style_masks or [])]
     if args.init not in INITS and os.path.isfile(args.init):
@@ -358,7 +375,7 @@ def run(args) -> int:
     problem = _check_distinct(writes, reads + ([("--resume", args.resume)] if args.resume else []), snapshots)
     if problem:
         return _error(problem)
-    earlier = glob.glob(glob.escape(snapshots) + ".step[0-9][0-9][0-9][0-9]*.png") if snapshots else []
+    earlier = snapshot_files if snapshots else []
     if earlier:  # kept: they may be all that is left of a run; this run's replace those of its steps
         sys.stderr.write(f"nst-fast: note: {len(earlier)} snapshot(s) of an earlier run are there "
                          f"({os.path.basename(snapshots)}.stepNNNN.png); this run replaces those of the same steps\n")

@@ -1,7 +1,10 @@
 """Files: atomic writes (a temporary file beside the target, then a rename) and the
 images a folder holds."""
+import errno
 import os
+import stat
 import tempfile
+from typing import Optional
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 _TEMP_PREFIX = ".nst_fast-"
@@ -18,11 +21,43 @@ def _new_file_mode(path) -> int:
         return 0o666 & ~umask
 
 
+# The kinds of file that are neither regular files nor folders, as messages name them.
+_SPECIAL_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"),
+                  (stat.S_ISSOCK, "a socket"))
+
+
+def special_kind(path) -> Optional[str]:
+    """What `path` is where it exists as neither a regular file nor a folder (a link
+    followed): "a FIFO", "a character device"...; else None."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):  # absent, unreadable or no path at all: told of when written
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return next((kind for is_kind, kind in _SPECIAL_KINDS if is_kind(mode)), "a special file")
+
+
+def not_a_file(name, path) -> Optional[str]:
+    """Why a run cannot write the file `path` (`name` in the message): it is a folder, or
+    a device, FIFO or socket, which atomic_write's rename would replace by a regular file
+    (as root, /dev/null would become a file anyone can write); None where it is a
+    regular file or absent."""
+    if os.path.isdir(path):
+        return f"{name} {path} is a folder; name a file"
+    kind = special_kind(path)
+    return f"{name} {path} is {kind}, not a regular file; name another file" if kind else None
+
+
 def atomic_write(path, write, suffix=""):
     """Call write(binary_file) on a temporary file and rename it to `path`: the file
     at `path` is then whole or absent, never half written, even after a power cut
-    (the data reach the disk before the rename)."""
+    (the data reach the disk before the rename). A device, FIFO or socket at `path` is
+    left alone (FileExistsError): the rename would replace it by a regular file."""
     path = os.fspath(path)
+    kind = special_kind(path)
+    if kind:
+        raise FileExistsError(errno.EEXIST, f"Not a regular file ({kind})", path)
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=suffix, dir=os.path.dirname(os.path.abspath(path)))

@@ -9,6 +9,7 @@ import torch
 from . import checkpoint as checkpoint_io
 from . import backend, color, heap, images, memory, mrf, vgg, wasserstein
 from .errors import CheckpointNotWritten, Interrupted, NonFiniteLoss, NstError, OutOfMemory, RunStopped
+from .files import not_a_file
 from .losses import GatysLoss, GuidedStyle, WeightedSum, gram_target
 from .mrf import MRFStyle
 from .optim import make_optimizer
@@ -536,15 +537,17 @@ def _check_snapshots(save_every, snapshot) -> None:
 
 
 def _check_writable(name, path) -> None:
-    """A file the run will write: a path in a folder that exists, and no folder itself."""
+    """A file the run will write: a path in a folder that exists, and a regular file or
+    none (no folder, device or FIFO)."""
     if not isinstance(path, (str, os.PathLike)):
         raise NstError(f"{name} must be a file path, got {path!r}")
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise NstError(f"the folder of {name} {path} does not exist")
-    if os.path.isdir(path):
-        raise NstError(f"{name} {path} is a folder; name a file")
+    problem = not_a_file(name, path)
+    if problem:
+        raise NstError(problem)
 
 
 def _guided_targets(style_feats, layer, masks, blends, dtype) -> list:

@@ -1,6 +1,7 @@
 """Batches: a folder of contents, one output each, kept outputs, Ctrl-C and resume."""
 import os
 import re
+import stat
 import subprocess
 import sys
 
@@ -84,6 +85,24 @@ def test_batch_mistakes_are_one_line_errors_before_any_work(tmp_path, folder, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1 and expected in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("fifo, extra, expected", [
+    ("out/wide.png", ["--overwrite"], "-o {tmp}/out/wide.png is a FIFO, not a regular file"),
+    ("out/wide.ckpt", [], "the checkpoint of a batch image {tmp}/out/wide.ckpt is a FIFO, not a regular file"),
+    ("out/wide.step0001.png", ["--save-every", "1"], "the --save-every snapshot {tmp}/out/wide.step0001.png is a FIFO"),
+    ("out", [], "-o names a folder"),
+])
+def test_a_fifo_where_a_batch_writes_is_refused_before_any_work(tmp_path, folder, capsys, fifo, extra, expected):
+    contents, style = folder
+    if fifo != "out":
+        (tmp_path / "out").mkdir()
+    os.mkfifo(tmp_path / fifo)
+    code = cli.main([str(contents), str(style), "-o", str(tmp_path / "out"), "--weights", "/nonexistent/none.pth",
+                     "--device", "cpu", "--size", "32", "--steps", "1", *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and expected.format(tmp=tmp_path) in err[0], err
+    assert stat.S_ISFIFO(os.stat(tmp_path / fifo).st_mode)
 
 
 def test_plan_refuses_two_contents_with_one_output_and_empty_folders(tmp_path):

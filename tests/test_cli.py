@@ -3,6 +3,7 @@ import io
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 
@@ -447,6 +448,33 @@ def test_the_folders_of_all_outputs_are_checked_before_the_run(tmp_path, small_i
     assert not (tmp_path / "out.png").exists()
 
 
+@pytest.mark.parametrize("extra, fifo, option", [
+    ([], "out.png", "-o"),
+    ([], "out.ckpt", "the default --checkpoint (where Ctrl-C saves)"),
+    (["--checkpoint", "{d}/run.ckpt"], "run.ckpt", "--checkpoint"),
+    (["--history", "{d}/h.json"], "h.json", "--history"),
+    (["--plot", "{d}/p.png"], "p.png", "--plot"),
+    (["--save-every", "1"], "out.step0001.png", "the --save-every snapshot"),
+])
+def test_a_fifo_where_a_run_writes_is_refused_before_the_run(tmp_path, small_images, capsys, extra, fifo, option):
+    content, style = small_images
+    os.mkfifo(tmp_path / fifo)
+    argv = [str(content), str(style), "-o", str(tmp_path / "out.png"), *NO_WEIGHTS, *extra]
+    _one_line_error(capsys, [a.format(d=tmp_path) for a in argv],
+                    f"{option} {tmp_path / fifo} is a FIFO, not a regular file; name another file")
+    assert stat.S_ISFIFO(os.stat(tmp_path / fifo).st_mode)  # not replaced by a regular file
+    assert os.listdir(tmp_path) == [fifo]
+
+
+@pytest.mark.parametrize("option", ["--history", "--checkpoint"])
+@pytest.mark.parametrize("device", ["/dev/null", "/dev/full"])
+def test_a_device_is_no_file_a_run_may_replace(tmp_path, small_images, capsys, option, device):
+    content, style = small_images
+    argv = [str(content), str(style), "-o", str(tmp_path / "out.png"), *NO_WEIGHTS, option, device]
+    _one_line_error(capsys, argv, f"{option} {device} is a character device, not a regular file")
+    assert stat.S_ISCHR(os.stat(device).st_mode)
+
+
 def test_a_failing_atomic_write_names_the_file_asked_for(tmp_path):
     from nst_fast.files import atomic_write
 
@@ -461,6 +489,17 @@ def test_a_failing_atomic_write_names_the_file_asked_for(tmp_path):
 
     with pytest.raises(OSError, match="^encoder error -2$"):
         atomic_write(tmp_path / "x.png", encoder_error)
+
+
+def test_atomic_write_leaves_a_fifo_alone(tmp_path):
+    from nst_fast.files import atomic_write
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(FileExistsError, match=r"Not a regular file \(a FIFO\)") as raised:
+        atomic_write(fifo, lambda f: f.write(b"data"))
+    assert raised.value.filename == str(fifo)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and os.listdir(tmp_path) == ["pipe"]
 
 
 @pytest.mark.parametrize("argv, expected", [

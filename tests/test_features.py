@@ -4,6 +4,7 @@ import errno
 import json
 import os
 import re
+import stat
 
 import pytest
 import torch
@@ -301,6 +302,17 @@ def test_where_a_run_writes_is_checked_before_its_steps(transfer, small_images, 
     with pytest.raises(NstError, match=message.format(tmp=re.escape(str(tmp_path))) + "$"):
         transfer.stylize_tensor(*small_images, size=32, steps=2, callback=steps.append, **kwargs)
     assert steps == []
+
+
+@pytest.mark.parametrize("name", ["checkpoint", "interrupt_checkpoint"])
+def test_a_checkpoint_at_a_fifo_is_refused_before_the_steps(transfer, small_images, tmp_path, name):
+    fifo = tmp_path / "run.ckpt"
+    os.mkfifo(fifo)
+    steps = []
+    message = f"^{name} {re.escape(str(fifo))} is a FIFO, not a regular file; name another file$"
+    with pytest.raises(NstError, match=message):
+        transfer.stylize_tensor(*small_images, size=32, steps=2, callback=steps.append, **{name: fifo})
+    assert steps == [] and stat.S_ISFIFO(os.stat(fifo).st_mode)
 
 
 def test_a_full_disk_at_the_last_checkpoint_raises_with_the_whole_result(transfer, small_images, tmp_path,
