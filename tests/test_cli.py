@@ -101,6 +101,15 @@ def test_input_mistakes_show_before_the_weights_load(tmp_path, small_images, cap
                     "init must be one of noise")
 
 
+def test_an_unknown_backend_is_one_line_before_the_weights_load(tmp_path, small_images, capsys, monkeypatch):
+    content, style = small_images
+    monkeypatch.setenv("NST_FAST_BACKEND", "bogus")
+    out = tmp_path / "out.png"
+    _one_line_error(capsys, [str(content), str(style), "-o", str(out), *NO_WEIGHTS],
+                    "NST_FAST_BACKEND must be one of auto, extension, reference, got 'bogus'")
+    assert not out.exists()
+
+
 def test_a_full_disk_is_a_one_line_error(tmp_path, small_images, capsys, monkeypatch):
     import errno
 
