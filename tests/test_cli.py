@@ -485,6 +485,8 @@ def test_a_failing_atomic_write_names_the_file_asked_for(tmp_path):
     (["--list-layers", "--size", "-5"], "size must be at least 16 pixels, got -5"),
     (["--list-layers", "--size", "0"], "size must be at least 16 pixels, got 0"),
     (["{c}", "{s}", "--size", "48", "--scales", "32,64"], "--size 48 and --scales ending at 64 disagree"),
+    (["{c}", "{s}", "--web-port", "8081"], "--web-port sets where the live view listens: give --web (or --browser)"),
+    (["{c}", "{s}", "--web-host", "0.0.0.0"], "--web-host sets where the live view listens: give --web"),
 ])
 def test_small_option_mistakes_are_refused(tmp_path, small_images, capsys, monkeypatch, argv, expected):
     content, style = small_images
