@@ -470,7 +470,6 @@ def run(args) -> int:
         return _error("interrupted", _interrupted_code())
     finally:
         if live is not None:
-            live.finish()
             live.close()
     if transfer.last_run.get("note"):
         sys.stderr.write(f"nst-fast: {transfer.last_run['note']}\n")

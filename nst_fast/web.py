@@ -31,7 +31,6 @@ async function poll() {
     document.getElementById("status").textContent = (s.done ? "done: " : "") + "step " + s.step + "/" +
       s.steps + (s.size ? ", " + s.size[1] + "x" + s.size[0] : "") + (losses ? ", " + losses : "");
     if (s.step !== shown) { document.getElementById("image").src = "/image.png?step=" + s.step; shown = s.step; }
-    if (s.done) return;
   } catch (e) {
     document.getElementById("status").textContent = "the run has ended";
     return;
@@ -70,11 +69,12 @@ class LivePreview:
     def update(self, info, image) -> None:
         """info: a StepInfo; image: what the user would see now, (1, 3, H, W) on the CPU."""
         losses = {k: float(info.losses[k]) for k in LOSSES_SHOWN if k in info.losses}
-        with self._lock:
-            self._status.update(step=info.step, steps=info.steps, size=list(info.size), losses=losses)
+        with self._lock:  # a step of another run (the next image of a batch) is no longer done
+            self._status.update(step=info.step, steps=info.steps, size=list(info.size), losses=losses, done=False)
             self._image = (info.step, image)
 
     def finish(self) -> None:
+        """The run has ended (stylize_tensor says so); a next run's update() goes on."""
         with self._lock:
             self._status["done"] = True
 

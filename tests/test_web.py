@@ -7,9 +7,10 @@ import urllib.error
 import urllib.request
 
 import pytest
+import torch
 from PIL import Image
 
-from nst_fast import NstError, StyleTransfer, cli, web
+from nst_fast import NstError, StepInfo, StyleTransfer, cli, web
 
 
 def _get(url):
@@ -37,15 +38,13 @@ def test_serves_the_page_status_and_image_of_a_run(preview, small_images):
     out = transfer.stylize_tensor(content, style, size=32, steps=6, report_every=2, live=preview,
                                   callback=lambda info: seen.append(float(info.losses["total"])))
     state = json.loads(_get(preview.url + "status")[2])
-    assert state["step"] == state["steps"] == 6 and state["size"] == [24, 32] and not state["done"]
+    assert state["step"] == state["steps"] == 6 and state["size"] == [24, 32] and state["done"]  # the run ended
     assert state["losses"]["total"] == pytest.approx(seen[-1], rel=1e-6)
     status, kind, png = _get(preview.url + "image.png?step=6")
     assert status == 200 and kind == "image/png"
     shown = Image.open(io.BytesIO(png))
     assert shown.size == (32, 24)
     assert shown.tobytes() == Image.open(io.BytesIO(_png_of(out))).tobytes()
-    preview.finish()
-    assert json.loads(_get(preview.url + "status")[2])["done"]
     with pytest.raises(urllib.error.HTTPError) as exc:
         _get(preview.url + "nothing")
     assert exc.value.code == 404
@@ -57,6 +56,19 @@ def _png_of(image):
     buf = io.BytesIO()
     images.to_pil(image).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def test_the_next_run_on_the_view_is_not_done_until_it_ends(preview):
+    preview.finish()  # of the first image of a batch
+    preview.update(StepInfo(step=2, steps=6, size=(24, 32), losses={}, image=None), torch.zeros(1, 3, 24, 32))
+    assert not preview.status()["done"]
+
+
+def test_a_live_view_needs_update_and_finish(small_images):
+    content, style = small_images
+    with pytest.raises(NstError, match="^live must be a nst_fast.web.LivePreview, or have its update"):
+        StyleTransfer(weights="random", device="cpu").stylize_tensor(content, style, size=32, steps=1,
+                                                                      live=object())
 
 
 def test_updates_follow_report_every(preview, small_images):
