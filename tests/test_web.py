@@ -1,4 +1,5 @@
 """The live view: a local HTTP server showing the image so far and the losses."""
+import http.client
 import io
 import json
 import socket
@@ -79,6 +80,47 @@ def test_updates_follow_report_every(preview, small_images):
     StyleTransfer(weights="random", device="cpu").stylize_tensor(content, style, size=32, steps=7, report_every=3,
                                                                   live=preview)
     assert steps == [3, 6, 7]
+
+
+def _status_code_for_host(preview, host):
+    """GET /status with this Host header (None: none at all) -> the HTTP status code."""
+    connection = http.client.HTTPConnection("127.0.0.1", preview.server.server_address[1], timeout=10)
+    try:
+        connection.putrequest("GET", "/status", skip_host=True)
+        if host is not None:
+            connection.putheader("Host", host)
+        connection.endheaders()
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def test_only_requests_for_its_own_address_are_answered(preview):
+    """Against DNS rebinding: a page of evil.example whose name comes to resolve to
+    127.0.0.1 reaches the server, but with its own name in the Host header."""
+    port = preview.server.server_address[1]
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LocalHost:{port}", f"[::1]:{port}",
+                 f"{socket.gethostname()}:{port}",
+                 f"192.168.1.5:{port}"):  # an address (of a server listening everywhere) is no rebound name
+        assert _status_code_for_host(preview, host) == 200, host
+    for host in (f"evil.example:{port}", f"localhost.evil.example:{port}", "localhost:1", "localhost",
+                 f"evil.example@localhost:{port}", f"localhost:{port}/x", "", None):
+        assert _status_code_for_host(preview, host) == 403, host
+
+
+def test_the_name_it_listens_on_is_its_own(monkeypatch):
+    name = socket.gethostname()
+    try:
+        socket.getaddrinfo(name, 0)
+    except OSError:
+        pytest.skip(f"this machine's name {name!r} does not resolve")
+    monkeypatch.setattr(web.socket, "gethostname", lambda: "another-name")  # so that only the listening name can pass
+    live = web.LivePreview(name, 0)
+    try:
+        assert _status_code_for_host(live, f"{name.upper()}:{live.server.server_address[1]}") == 200
+        assert _status_code_for_host(live, f"elsewhere:{live.server.server_address[1]}") == 403
+    finally:
+        live.close()
 
 
 def test_a_busy_port_is_a_clear_error():
