@@ -10,6 +10,8 @@ import warnings
 
 import torch
 
+from .errors import UnknownBackend
+
 BACKENDS = ("auto", "extension", "reference")
 
 try:
@@ -97,14 +99,14 @@ def set_backend(name):
     """Force "extension" or "reference" for every device, or go back to "auto" (or None)."""
     global _forced
     if name is not None and name not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+        raise UnknownBackend(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
     _forced = name
 
 
 def get_backend() -> str:
     name = _forced or os.environ.get("NST_FAST_BACKEND", "auto").strip().lower() or "auto"
     if name not in BACKENDS:
-        raise ValueError(f"NST_FAST_BACKEND must be one of {BACKENDS}, got {name!r}")
+        raise UnknownBackend(f"NST_FAST_BACKEND must be one of {', '.join(BACKENDS)}, got {name!r}")
     return name
 
 

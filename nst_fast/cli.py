@@ -167,8 +167,8 @@ def build_parser():
     p.add_argument("--no-cuda-graph", action="store_true", help="run each step eagerly on a GPU")
     p.add_argument("--web", action="store_true",
                    help="watch the run in a browser: serve a live view at http://WEB_HOST:WEB_PORT/")
-    p.add_argument("--web-host", default="127.0.0.1", help="address the live view listens on (127.0.0.1)")
-    p.add_argument("--web-port", type=int, default=8080, help="port of the live view (8080; 0: any free port)")
+    p.add_argument("--web-host", default=None, help="address the live view listens on (127.0.0.1)")
+    p.add_argument("--web-port", type=int, default=None, help="port of the live view (8080; 0: any free port)")
     p.add_argument("--browser", action="store_true", help="open the live view in the default web browser "
                    "(implies --web)")
     p.add_argument("--report-every", type=int, default=None,
@@ -283,6 +283,10 @@ def run(args) -> int:
         return _list_layers(args.network, 512 if args.size is None else args.size)
     if args.demo and (args.content or args.style):
         return _error("--demo uses the bundled example images; give it no CONTENT or STYLE")
+    if not (args.web or args.browser):
+        for option, given in (("--web-host", args.web_host), ("--web-port", args.web_port)):
+            if given is not None:
+                return _error(f"{option} sets where the live view listens: give --web (or --browser) too")
     for option, path in (("-o", args.output), ("--checkpoint", args.checkpoint), ("--history", args.history),
                          ("--plot", args.plot), ("--resume", args.resume)):
         if path == "":
@@ -437,7 +441,8 @@ def run(args) -> int:
             save(image, f"{stem}.step{step:04d}.png")
 
         if args.web or args.browser:
-            live = web.LivePreview(args.web_host, args.web_port)
+            given = {"host": args.web_host, "port": args.web_port}  # the rest: LivePreview's defaults
+            live = web.LivePreview(**{name: value for name, value in given.items() if value is not None})
             sys.stderr.write(f"nst-fast: live view at {live.url}\n")
             if args.browser:
                 web.open_in_browser(live)
@@ -482,7 +487,6 @@ def run(args) -> int:
         return _error("interrupted", _interrupted_code())
     finally:
         if live is not None:
-            live.finish()
             live.close()
     if transfer.last_run.get("note"):
         sys.stderr.write(f"nst-fast: {transfer.last_run['note']}\n")

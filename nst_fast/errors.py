@@ -6,6 +6,10 @@ class NstError(Exception):
     """Bad input or options, or a missing resource."""
 
 
+class UnknownBackend(NstError, ValueError):
+    """NST_FAST_BACKEND, or set_backend's argument, names no backend."""
+
+
 class WeightsUnavailable(NstError):
     """The requested VGG-19 weights cannot be had (offline, or no such file)."""
 

@@ -78,13 +78,14 @@ def parse_layers(spec, what: str, network: str = "vgg19") -> dict:
     else:
         if isinstance(spec, str):
             spec = [s for s in spec.split(",") if s.strip()]
-        items = []
-        for entry in spec:
-            name, _, weight = str(entry).strip().partition(":")
-            items.append((name.strip(), weight.strip() or None))
+        items = [_layer_and_weight(str(entry), what) for entry in spec]
     if not items:
         raise NstError(f"no {what} layers given")
-    check_layer_names([n for n, _ in items], f"{what} layer", network)
+    names = [n for n, _ in items]
+    check_layer_names(names, f"{what} layer", network)
+    repeated = next((name for i, name in enumerate(names) if name in names[:i]), None)
+    if repeated is not None:
+        raise NstError(f"{what} layer {repeated} is given more than once; name each layer once, with its weight")
     out = {}
     for name, weight in items:
         if weight is None:
@@ -98,6 +99,15 @@ def parse_layers(spec, what: str, network: str = "vgg19") -> dict:
     if sum(out.values()) <= 0:
         raise NstError(f"{what} layer weights must not all be zero")
     return out
+
+
+def _layer_and_weight(entry: str, what: str) -> tuple:
+    """"relu1_1:0.2" -> ("relu1_1", "0.2"); "relu1_1" -> ("relu1_1", None)."""
+    name, colon, weight = entry.strip().partition(":")
+    name, weight = name.strip(), weight.strip()
+    if colon and not weight:
+        raise NstError(f"{what} layer {name} has no weight after its ':'; give one (relu1_1:0.5) or drop the ':'")
+    return name, weight if colon else None
 
 
 def report_interval(report_every: Optional[int], device_type: str) -> int:

@@ -172,9 +172,20 @@ class StyleTransfer:
         the same images and options to continue from (same size: exactly where it
         stopped; a larger size: from its image, upscaled). save_every/snapshot:
         call snapshot(step, image) with the best image so far every N steps.
-        live: a nst_fast.web.LivePreview (or anything with update(info, image)) to
-        show the image so far whenever the losses are read back (report_every).
+        live: a nst_fast.web.LivePreview (or anything with its update(info, image)
+        and finish()) to show the image so far whenever the losses are read back
+        (report_every); finished when the run ends, however it ends.
         """
+        _check_live(live)
+        try:
+            return self._stylize_tensor(content, style, checkpoint, interrupt_checkpoint, resume, save_every,
+                                        snapshot, live, kwargs)
+        finally:
+            if live is not None:
+                live.finish()
+
+    def _stylize_tensor(self, content, style, checkpoint, interrupt_checkpoint, resume, save_every, snapshot, live,
+                        kwargs) -> torch.Tensor:
         styles = list(style) if isinstance(style, (list, tuple)) else [style]
         if not styles:
             raise NstError("at least one style image is needed")
@@ -534,6 +545,12 @@ def _check_snapshots(save_every, snapshot) -> None:
         raise NstError(f"snapshot must be a function of (step, image), got {snapshot!r}")
     if (snapshot is None) != (save_every == 0):
         raise NstError("save_every and snapshot go together: snapshot(step, image) is called every save_every steps")
+
+
+def _check_live(live) -> None:
+    if live is not None and not all(callable(getattr(live, name, None)) for name in ("update", "finish")):
+        raise NstError(f"live must be a nst_fast.web.LivePreview, or have its update(info, image) and finish(), "
+                       f"got {live!r}")
 
 
 def _check_writable(name, path) -> None:

@@ -6,11 +6,17 @@ far and the losses, refreshed as the run goes:
   /            the page
   /status      JSON: step, steps, size, losses, done
   /image.png   the image so far (PNG, encoded when asked for)
+
+A request whose Host header names another server is refused (403): against DNS
+rebinding, by which a web page could otherwise read the view (LivePreview.answers_to).
 """
 import http.server
 import io
+import ipaddress
 import json
 import os
+import re
+import socket
 import sys
 import threading
 import webbrowser
@@ -31,7 +37,6 @@ async function poll() {
     document.getElementById("status").textContent = (s.done ? "done: " : "") + "step " + s.step + "/" +
       s.steps + (s.size ? ", " + s.size[1] + "x" + s.size[0] : "") + (losses ? ", " + losses : "");
     if (s.step !== shown) { document.getElementById("image").src = "/image.png?step=" + s.step; shown = s.step; }
-    if (s.done) return;
   } catch (e) {
     document.getElementById("status").textContent = "the run has ended";
     return;
@@ -42,6 +47,7 @@ poll();
 </script></body></html>
 """
 LOSSES_SHOWN = ("total", "content", "style", "tv")
+HOST_HEADER = re.compile(r"(\[[0-9a-f:.]+\]|[^\s:/@\[\]]+)(?::(\d+))?", re.IGNORECASE)  # name or [IPv6], port
 
 
 class LivePreview:
@@ -59,6 +65,7 @@ class LivePreview:
             raise NstError(f"cannot serve the live view on {host}:{port}: {getattr(exc, 'strerror', None) or exc}") \
                 from None
         self.server.daemon_threads = True
+        self._names = {"localhost", socket.gethostname().lower(), str(host).lower()}  # what answers_to accepts
         self._thread = threading.Thread(target=self.server.serve_forever, name="nst-fast-web", daemon=True)
         self._thread.start()
 
@@ -70,17 +77,33 @@ class LivePreview:
     def update(self, info, image) -> None:
         """info: a StepInfo; image: what the user would see now, (1, 3, H, W) on the CPU."""
         losses = {k: float(info.losses[k]) for k in LOSSES_SHOWN if k in info.losses}
-        with self._lock:
-            self._status.update(step=info.step, steps=info.steps, size=list(info.size), losses=losses)
+        with self._lock:  # a step of another run (the next image of a batch) is no longer done
+            self._status.update(step=info.step, steps=info.steps, size=list(info.size), losses=losses, done=False)
             self._image = (info.step, image)
 
     def finish(self) -> None:
+        """The run has ended (stylize_tensor says so); a next run's update() goes on."""
         with self._lock:
             self._status["done"] = True
 
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+    def answers_to(self, host_header) -> bool:
+        """Whether a request's Host header names this server: its port, with an IP
+        address (a browser sends one where it connected to that address itself),
+        localhost, this machine's name or the name the server listens on. A web page
+        whose own name was made to resolve here (DNS rebinding) sends that name: refused."""
+        match = HOST_HEADER.fullmatch(host_header or "")
+        if match is None or int(match[2] or 80) != self.server.server_address[1]:
+            return False
+        name = match[1].strip("[]").lower()
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            return name in self._names
+        return True
 
     def status(self) -> dict:
         with self._lock:
@@ -105,7 +128,10 @@ class LivePreview:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 (the http.server name)
                 path = self.path.split("?", 1)[0]
-                if path == "/":
+                hosts = self.headers.get_all("Host") or []
+                if len(hosts) != 1 or not preview.answers_to(hosts[0]):
+                    self._send(403, "text/plain", b"this live view answers only to its own address (the Host header)")
+                elif path == "/":
                     self._send(200, "text/html; charset=utf-8", PAGE)
                 elif path == "/status":
                     self._send(200, "application/json", json.dumps(preview.status()).encode())

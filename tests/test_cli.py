@@ -53,6 +53,9 @@ def _one_line_error(capsys, argv, expected):
         (lambda d, c, s: [str(d / "tiny.png"), str(s)], "need at least 16 pixels"),
         (lambda d, c, s: [str(c), str(s), "--steps", "-5"], "steps must be 0 or more"),
         (lambda d, c, s: [str(c), str(s), "--style-layers", "relu1_1,relu9_1"], "unknown style layer"),
+        (lambda d, c, s: [str(c), str(s), "--style-layers", "relu1_1:0.5,relu1_1"],
+         "style layer relu1_1 is given more than once"),
+        (lambda d, c, s: [str(c), str(s), "--content-layers", "relu4_2:"], "content layer relu4_2 has no weight"),
         (lambda d, c, s: [str(c), str(s), "--style-weight", "nan"], "finite number"),
         (lambda d, c, s: [str(c), str(s), "--weights", str(d / "none.pth")], "weights file not found"),
     ],
@@ -100,6 +103,15 @@ def test_input_mistakes_show_before_the_weights_load(tmp_path, small_images, cap
     _one_line_error(capsys, [str(content), str(style), "-o", out, *no_weights, "--size", "8"], "at least 16")
     _one_line_error(capsys, [str(content), str(style), "-o", out, *no_weights, "--init", "nosie"],
                     "init must be one of noise")
+
+
+def test_an_unknown_backend_is_one_line_before_the_weights_load(tmp_path, small_images, capsys, monkeypatch):
+    content, style = small_images
+    monkeypatch.setenv("NST_FAST_BACKEND", "bogus")
+    out = tmp_path / "out.png"
+    _one_line_error(capsys, [str(content), str(style), "-o", str(out), *NO_WEIGHTS],
+                    "NST_FAST_BACKEND must be one of auto, extension, reference, got 'bogus'")
+    assert not out.exists()
 
 
 def test_a_full_disk_is_a_one_line_error(tmp_path, small_images, capsys, monkeypatch):
@@ -512,6 +524,8 @@ def test_atomic_write_leaves_a_fifo_alone(tmp_path):
     (["--list-layers", "--size", "-5"], "size must be at least 16 pixels, got -5"),
     (["--list-layers", "--size", "0"], "size must be at least 16 pixels, got 0"),
     (["{c}", "{s}", "--size", "48", "--scales", "32,64"], "--size 48 and --scales ending at 64 disagree"),
+    (["{c}", "{s}", "--web-port", "8081"], "--web-port sets where the live view listens: give --web (or --browser)"),
+    (["{c}", "{s}", "--web-host", "0.0.0.0"], "--web-host sets where the live view listens: give --web"),
 ])
 def test_small_option_mistakes_are_refused(tmp_path, small_images, capsys, monkeypatch, argv, expected):
     content, style = small_images

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from nst_fast import backend, ops, reference
+from nst_fast import NstError, StyleTransfer, backend, ops, reference
 
 SHAPES = [(1, 3, 1), (1, 3, 97), (2, 65, 33), (3, 64, 128), (1, 128, 1025)]
 
@@ -148,6 +148,14 @@ def test_backend_switch(monkeypatch):
     monkeypatch.setenv("NST_FAST_BACKEND", "auto")
     expected = "extension" if backend.extension_loaded() else "reference"
     assert backend.describe()["cpu"] == expected
+
+
+def test_an_unknown_backend_is_an_nst_error_at_the_first_call(monkeypatch):
+    monkeypatch.setenv("NST_FAST_BACKEND", "bogus")
+    with pytest.raises(NstError, match="^NST_FAST_BACKEND must be one of auto, extension, reference, got 'bogus'$"):
+        StyleTransfer(weights="random", device="cpu")
+    with pytest.raises(NstError, match="^backend must be one of auto, extension, reference, got 'fast'$"):
+        backend.set_backend("fast")
 
 
 def test_reference_is_used_where_the_extension_is_forced_off(monkeypatch):

@@ -37,6 +37,11 @@ def validated(**kwargs):
         ({"style_weight": True}, "style_weight must be a finite number, got True"),
         ({"style_blend": [True, 1]}, "style_blend must be a list of numbers"),
         ({"callback": "print"}, "callback must be a function of a StepInfo"),
+        ({"style_layers": "relu1_1:0.2,relu2_1,relu1_1:0.8"}, "^style layer relu1_1 is given more than once"),
+        ({"style_layers": ["relu2_1", "relu2_1"]}, "^style layer relu2_1 is given more than once"),
+        ({"content_layers": "relu4_2, relu4_2:1"}, "^content layer relu4_2 is given more than once"),
+        ({"style_layers": "relu1_1:,relu2_1"}, "^style layer relu1_1 has no weight after its ':'"),
+        ({"content_layers": ["relu4_2: "]}, "^content layer relu4_2 has no weight after its ':'"),
     ],
 )
 def test_bad_option_types(kwargs, message):

@@ -1,4 +1,5 @@
 """The live view: a local HTTP server showing the image so far and the losses."""
+import http.client
 import io
 import json
 import socket
@@ -7,9 +8,10 @@ import urllib.error
 import urllib.request
 
 import pytest
+import torch
 from PIL import Image
 
-from nst_fast import NstError, StyleTransfer, cli, web
+from nst_fast import NstError, StepInfo, StyleTransfer, cli, web
 
 
 def _get(url):
@@ -37,15 +39,13 @@ def test_serves_the_page_status_and_image_of_a_run(preview, small_images):
     out = transfer.stylize_tensor(content, style, size=32, steps=6, report_every=2, live=preview,
                                   callback=lambda info: seen.append(float(info.losses["total"])))
     state = json.loads(_get(preview.url + "status")[2])
-    assert state["step"] == state["steps"] == 6 and state["size"] == [24, 32] and not state["done"]
+    assert state["step"] == state["steps"] == 6 and state["size"] == [24, 32] and state["done"]  # the run ended
     assert state["losses"]["total"] == pytest.approx(seen[-1], rel=1e-6)
     status, kind, png = _get(preview.url + "image.png?step=6")
     assert status == 200 and kind == "image/png"
     shown = Image.open(io.BytesIO(png))
     assert shown.size == (32, 24)
     assert shown.tobytes() == Image.open(io.BytesIO(_png_of(out))).tobytes()
-    preview.finish()
-    assert json.loads(_get(preview.url + "status")[2])["done"]
     with pytest.raises(urllib.error.HTTPError) as exc:
         _get(preview.url + "nothing")
     assert exc.value.code == 404
@@ -59,6 +59,19 @@ def _png_of(image):
     return buf.getvalue()
 
 
+def test_the_next_run_on_the_view_is_not_done_until_it_ends(preview):
+    preview.finish()  # of the first image of a batch
+    preview.update(StepInfo(step=2, steps=6, size=(24, 32), losses={}, image=None), torch.zeros(1, 3, 24, 32))
+    assert not preview.status()["done"]
+
+
+def test_a_live_view_needs_update_and_finish(small_images):
+    content, style = small_images
+    with pytest.raises(NstError, match="^live must be a nst_fast.web.LivePreview, or have its update"):
+        StyleTransfer(weights="random", device="cpu").stylize_tensor(content, style, size=32, steps=1,
+                                                                      live=object())
+
+
 def test_updates_follow_report_every(preview, small_images):
     content, style = small_images
     steps = []
@@ -67,6 +80,47 @@ def test_updates_follow_report_every(preview, small_images):
     StyleTransfer(weights="random", device="cpu").stylize_tensor(content, style, size=32, steps=7, report_every=3,
                                                                   live=preview)
     assert steps == [3, 6, 7]
+
+
+def _status_code_for_host(preview, host):
+    """GET /status with this Host header (None: none at all) -> the HTTP status code."""
+    connection = http.client.HTTPConnection("127.0.0.1", preview.server.server_address[1], timeout=10)
+    try:
+        connection.putrequest("GET", "/status", skip_host=True)
+        if host is not None:
+            connection.putheader("Host", host)
+        connection.endheaders()
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def test_only_requests_for_its_own_address_are_answered(preview):
+    """Against DNS rebinding: a page of evil.example whose name comes to resolve to
+    127.0.0.1 reaches the server, but with its own name in the Host header."""
+    port = preview.server.server_address[1]
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LocalHost:{port}", f"[::1]:{port}",
+                 f"{socket.gethostname()}:{port}",
+                 f"192.168.1.5:{port}"):  # an address (of a server listening everywhere) is no rebound name
+        assert _status_code_for_host(preview, host) == 200, host
+    for host in (f"evil.example:{port}", f"localhost.evil.example:{port}", "localhost:1", "localhost",
+                 f"evil.example@localhost:{port}", f"localhost:{port}/x", "", None):
+        assert _status_code_for_host(preview, host) == 403, host
+
+
+def test_the_name_it_listens_on_is_its_own(monkeypatch):
+    name = socket.gethostname()
+    try:
+        socket.getaddrinfo(name, 0)
+    except OSError:
+        pytest.skip(f"this machine's name {name!r} does not resolve")
+    monkeypatch.setattr(web.socket, "gethostname", lambda: "another-name")  # so that only the listening name can pass
+    live = web.LivePreview(name, 0)
+    try:
+        assert _status_code_for_host(live, f"{name.upper()}:{live.server.server_address[1]}") == 200
+        assert _status_code_for_host(live, f"elsewhere:{live.server.server_address[1]}") == 403
+    finally:
+        live.close()
 
 
 def test_a_busy_port_is_a_clear_error():
