@@ -16,13 +16,12 @@ import copy
 import os
 import sys
 
+import common
 import torch
 import torch.nn.functional as F
+from common import median_ms
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from bench_layers import finish, median_ms  # noqa: E402
-
-from nst_fast import winograd  # noqa: E402
+from nst_fast import winograd
 
 # (layer, in channels, out channels, downsampling): every 3x3 conv up to conv5_1 but
 # conv1_1, which stays direct; conv3_2..3_4 and conv4_2..4_4 repeat one shape each.
@@ -57,40 +56,39 @@ def main(argv=None):
         sys.exit("the Winograd kernel is not available (extension not built, or NST_FAST_WINOGRAD=0)")
     bf16 = winograd.bf16_kernel_available()
     os.environ["NST_FAST_WINOGRAD_BF16"] = "1"
-    head = "| layer | input px | C -> K, H x W | direct ms | winograd ms | direct / winograd |"
-    rule = "|---|---|---|---|---|---|"
+    headers = ["layer", "input px", "C -> K, H x W", "direct ms", "winograd ms", "direct / winograd"]
     if bf16:
-        head += " direct bf16 ms | winograd bf16 ms | direct bf16 / winograd bf16 | winograd / winograd bf16 |"
-        rule += "---|---|---|---|"
-    lines = [f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}", "", head, rule]
+        headers += ["direct bf16 ms", "winograd bf16 ms", "direct bf16 / winograd bf16", "winograd / winograd bf16"]
+    report = common.Report(args.md)
+    report.add(f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}", "")
+    report.table(*headers)
     for size in [int(s) for s in args.sizes.split(",")]:
         totals = [0.0] * 4
         for name, c_in, c_out, down in LAYERS:
             x, conv, grad = make_inputs(c_in, c_out, size, down)
-            times = [median_ms(direct_step, (x, conv, grad)),
-                     median_ms(winograd_step, (x, winograd.WinogradConv2d(conv), grad))]
+            times = [median_ms(direct_step, x, conv, grad),
+                     median_ms(winograd_step, x, winograd.WinogradConv2d(conv), grad)]
             if bf16:
                 x16, grad16 = x.detach().bfloat16().requires_grad_(True), grad.bfloat16()
                 conv16 = copy.deepcopy(conv).bfloat16()
-                times += [median_ms(direct_step, (x16, conv16, grad16)),
-                          median_ms(winograd_step, (x16, winograd.WinogradConv2d(conv16), grad16))]
+                times += [median_ms(direct_step, x16, conv16, grad16),
+                          median_ms(winograd_step, x16, winograd.WinogradConv2d(conv16), grad16)]
             n = REPEATS.get(name, 1)
             totals = [t + n * v for t, v in zip(totals, times)]
             label = f"{name} (x{n})" if n > 1 else name
             side = size // down
-            lines.append(f"| {label} | {size} | {c_in} -> {c_out}, {side} x {side} | " + _cells(times))
-            print(lines[-1], flush=True)
-        lines.append(f"| the 12 convs after conv1_1 | {size} | | " + _cells(totals[:len(times)], ".1f"))
-    finish(lines, args.md)
+            report.row(label, size, f"{c_in} -> {c_out}, {side} x {side}", *_cells(times))
+        report.row("the 12 convs after conv1_1", size, "", *_cells(totals[:len(times)], ".1f"))
+    report.finish()
 
 
-def _cells(times, fmt=".2f") -> str:
+def _cells(times, fmt=".2f") -> list:
     """direct, winograd[, direct bf16, winograd bf16] ms -> the table's cells with their ratios."""
     cells = [f"{times[0]:{fmt}}", f"{times[1]:{fmt}}", f"{times[0] / times[1]:.2f}x"]
     if len(times) == 4:
         cells += [f"{times[2]:{fmt}}", f"{times[3]:{fmt}}", f"{times[2] / times[3]:.2f}x",
                   f"{times[1] / times[3]:.2f}x"]
-    return " | ".join(cells) + " |"
+    return cells
 
 
 if "pytest" in sys.modules:  # collected by pytest-benchmark

@@ -14,23 +14,23 @@ import os
 import subprocess
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+import common
 
 # ms per step = (T(12 steps) - T(4 steps)) / 8, after a 2-step warm-up.
 _ONE_RUN = r"""
 import json, resource, sys, time
 sys.path.insert(0, sys.argv[2])
-import bench_step
+import common
 from nst_fast import StyleTransfer
 
 size = int(sys.argv[1])
-content, style = bench_step.inputs(size)
+content, style = common.inputs(size)
 transfer = StyleTransfer(weights="random", device="cpu")
 
 def run(steps):
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     start = time.perf_counter()
-    transfer.stylize_tensor(content, style, size=size, steps=steps, style_weight=bench_step.STYLE_WEIGHT,
+    transfer.stylize_tensor(content, style, size=size, steps=steps, style_weight=common.STYLE_WEIGHT,
                             report_every=10**9)
     return time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
 
@@ -43,17 +43,11 @@ print(json.dumps({"ms": (t2 - t1) / 8 * 1e3, "faults": (f2 - f1) / 8}))
 def one_run(size: int, keep: bool) -> dict:
     # "all": kept at every size, also below the blocks' size where runs keep by default.
     env = dict(os.environ, NST_FAST_KEEP_MEMORY="all" if keep else "0")
-    env["PYTHONPATH"] = os.path.join(HERE, "..") + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-c", _ONE_RUN, str(size), HERE], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", _ONE_RUN, str(size), common.HERE], capture_output=True, text=True,
                           env=env)
     if proc.returncode != 0:
         raise SystemExit(f"a {size} px run failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def median(values):
-    values = sorted(values)
-    return values[len(values) // 2]
 
 
 def main(argv=None):
@@ -61,19 +55,18 @@ def main(argv=None):
     p.add_argument("--sizes", default="512,768")
     p.add_argument("--pairs", type=int, default=3)
     args = p.parse_args(argv)
-    lines = ["| size | kept ms | fresh ms | fresh / kept | kept faults/step | fresh faults/step |",
-             "|---|---|---|---|---|---|"]
+    report = common.Report()
+    report.table("size", "kept ms", "fresh ms", "fresh / kept", "kept faults/step", "fresh faults/step")
     for size in (int(s) for s in args.sizes.split(",")):
         runs = {True: [], False: []}
         for _ in range(args.pairs):
             for keep in (True, False):
                 runs[keep].append(one_run(size, keep))
-        kept, fresh = (median([r["ms"] for r in runs[k]]) for k in (True, False))
-        kept_faults, fresh_faults = (median([r["faults"] for r in runs[k]]) for k in (True, False))
-        lines.append(f"| {size} | {kept:.1f} | {fresh:.1f} | {fresh / kept:.2f}x | {kept_faults:.0f} | "
-                     f"{fresh_faults:.0f} |")
-        print(lines[-1], flush=True)
-    print("\n".join(lines))
+        kept, fresh = (common.median([r["ms"] for r in runs[k]]) for k in (True, False))
+        kept_faults, fresh_faults = (common.median([r["faults"] for r in runs[k]]) for k in (True, False))
+        report.row(size, f"{kept:.1f}", f"{fresh:.1f}", f"{fresh / kept:.2f}x", f"{kept_faults:.0f}",
+                   f"{fresh_faults:.0f}")
+    report.finish()
 
 
 if __name__ == "__main__":

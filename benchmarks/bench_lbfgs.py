@@ -10,17 +10,12 @@ replayed, as in the optimisation loop. Prints median ms per update, the ratios, 
 the ops each version dispatches per step (on a GPU, about one kernel each).
 """
 import argparse
-import os
-import sys
-import time
 
+import common
 import torch
+from common import OpCounter
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(HERE, ".."))
-from count_step_ops import OpCounter  # noqa: E402
-from nst_fast.optim import LBFGS  # noqa: E402
+from nst_fast.optim import LBFGS
 
 
 class ReferenceLBFGS(LBFGS):
@@ -51,7 +46,7 @@ class TwoLoopLBFGS(ReferenceLBFGS):
         return -r
 
 
-def median_ms(cls, n, history, device, repeats):
+def update_ms(cls, n, history, device, repeats):
     """-> (median ms per step, ops dispatched by one step)"""
     gen = torch.Generator(device=device).manual_seed(0)
     curvature = torch.rand(n, generator=gen, device=device) + 0.1
@@ -82,17 +77,9 @@ def median_ms(cls, n, history, device, repeats):
         with torch.cuda.graph(graph):
             opt.step(x, loss, grad)
         run = graph.replay
-    times = []
-    for _ in range(repeats):
-        evaluate()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        run()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2] * 1e3, counter.total()
+    # a fresh gradient before each update (untimed), `repeats` updates timed one by one
+    ms = common.median_ms(run, device=device, warmup=0, min_time=0.0, min_samples=repeats, setup=evaluate)
+    return ms, counter.total()
 
 
 def main(argv=None):
@@ -107,15 +94,15 @@ def main(argv=None):
     if not LBFGS(torch.zeros(8, device=device), history=args.history).fused:
         raise SystemExit(f"no fused L-BFGS kernel for {device.type} at history {args.history} "
                          "(is the extension built?)")
-    print("| size | two-loop ms | compact ms | fused ms | two-loop / fused | compact / fused | ops per step: "
-          "two-loop, compact, fused |")
-    print("|---|---|---|---|---|---|---|")
+    report = common.Report()
+    report.table("size", "two-loop ms", "compact ms", "fused ms", "two-loop / fused", "compact / fused",
+                 "ops per step: two-loop, compact, fused")
     for size in (int(s) for s in args.sizes.split(",")):
         n = 3 * size * (2 * size // 3)
         (loop, loop_ops), (compact, compact_ops), (fused, fused_ops) = (
-            median_ms(cls, n, args.history, device, repeats) for cls in (TwoLoopLBFGS, ReferenceLBFGS, LBFGS))
-        print(f"| {size}x{2 * size // 3} | {loop:.3f} | {compact:.3f} | {fused:.3f} | {loop / fused:.2f}x | "
-              f"{compact / fused:.2f}x | {loop_ops}, {compact_ops}, {fused_ops} |", flush=True)
+            update_ms(cls, n, args.history, device, repeats) for cls in (TwoLoopLBFGS, ReferenceLBFGS, LBFGS))
+        report.row(f"{size}x{2 * size // 3}", f"{loop:.3f}", f"{compact:.3f}", f"{fused:.3f}", f"{loop / fused:.2f}x",
+                   f"{compact / fused:.2f}x", f"{loop_ops}, {compact_ops}, {fused_ops}")
 
 
 if __name__ == "__main__":

@@ -20,29 +20,17 @@ transforms). The peers:
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 
+import common
 import torch
+from common import STYLE_WEIGHT, inputs, peak_resident_mib, per_step_ms, resident_mib
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(HERE, ".."))
-from bench_step import STYLE_WEIGHT, inputs, per_step_ms  # noqa: E402
-from nst_fast import StyleTransfer  # noqa: E402
-from nst_fast.options import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, default_precision  # noqa: E402
+from nst_fast import StyleTransfer
+from nst_fast.options import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, default_precision
 
 TOOLS = ("nst_fast", "nst_fast-low-memory", "tutorial", "pystiche")
-
-
-def resident_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def peak_resident_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def import_pystiche():
@@ -148,27 +136,22 @@ def main(argv=None):
         worker(args.worker, args.device, int(args.sizes), n1, n2, args.repeats)
         return
     what = "peak allocated MiB" if args.device.startswith("cuda") else "peak resident MiB over the start"
-    lines = [f"{args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-             f"weights {os.environ.get('NST_FAST_WEIGHTS', 'random')}", "",
-             f"| size | tool | ms / step | nst_fast's speed-up | {what} | memory vs nst_fast |",
-             "|---|---|---|---|---|---|"]
-    print(lines[0], flush=True)
+    report = common.Report(args.md)
+    report.add(f"{args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+               f"weights {os.environ.get('NST_FAST_WEIGHTS', 'random')}", "")
+    report.table("size", "tool", "ms / step", "nst_fast's speed-up", what, "memory vs nst_fast")
     for size in (int(s) for s in args.sizes.split(",")):
         ours = None
         for tool in args.tools.split(","):
             r = measure(tool, args, size)
             if "skipped" in r:
-                lines.append(f"| {size} | {tool} | {r['skipped']} | | | |")
+                report.row(size, tool, r["skipped"], "", "", "")
             else:
                 ours = r if tool == "nst_fast" else ours
                 speed = f"{r['ms'] / ours['ms']:.2f}x" if ours else "-"
                 mem = f"{r['peak_mib'] / ours['peak_mib']:.2f}x" if ours and ours["peak_mib"] > 0 else "-"
-                lines.append(f"| {r['size']} | {r['label']} | {r['ms']:.1f} | {speed} | {r['peak_mib']:.0f} | {mem} |")
-            print(lines[-1], flush=True)
-    if args.md:
-        with open(args.md, "w") as f:
-            f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+                report.row(r["size"], r["label"], f"{r['ms']:.1f}", speed, f"{r['peak_mib']:.0f}", mem)
+    report.finish()
 
 
 if __name__ == "__main__":

@@ -17,21 +17,17 @@ so that page faults do not decide, and the caches flushed before each call.
 import argparse
 import os
 import statistics
-import sys
 import time
 
+import common
 import torch
+from common import STYLE_WEIGHT, cuda_graph_ms, inputs, per_step_ms, sync
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(HERE, ".."))
-from bench_step import STYLE_WEIGHT, inputs, per_step_ms, sync  # noqa: E402
-from nst_fast import StyleTransfer, heap, ops, pooling  # noqa: E402, F401  (ops registers the fakes)
-from nst_fast.losses import GatysLoss  # noqa: E402
+from nst_fast import StyleTransfer, heap, ops, pooling  # noqa: F401  (ops registers the fakes)
+from nst_fast.losses import GatysLoss
 
 FLUSH_BYTES = 128 << 20  # more than the CPU's last-level cache
-LAYERS = [("relu1_1", 64, 1), ("relu2_1", 128, 2), ("relu3_1", 256, 4), ("relu4_1", 512, 8),
-          ("relu5_1", 512, 16)]
+LAYERS = common.STYLE_LAYERS
 
 
 def layer_inputs(c, h, w, dtype, device, seed):
@@ -115,35 +111,31 @@ def main(argv=None):
     n1, n2 = (int(s) for s in (args.steps or ("20,70" if cuda else "3,8")).split(","))
     content, style = inputs(size)
     h, w = content.shape[-2:]
-    name = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
-    lines = [f"{name}, torch {torch.__version__}, {w}x{h}, {precision}", "",
-             "| layer | C x H x W | separate ms | fused ms | speed-up |", "|---|---|---|---|---|"]
-    print(lines[0], flush=True)
-    if cuda:
-        from bench_cuda_layers import time_graph_ms
+    report = common.Report(args.md)
+    report.add(f"{common.device_name(device)}, torch {torch.__version__}, {w}x{h}, {precision}", "")
+    report.table("layer", "C x H x W", "separate ms", "fused ms", "speed-up")
     with heap.keep_freed_memory(not cuda):
         for i, (layer, c, down) in enumerate(LAYERS):
             args_ = layer_inputs(c, h // down, w // down, dtype, device, seed=i)
             if cuda:
-                ms = [time_graph_ms(fn, [args_])[0] for fn in (separate, fused)]
+                ms = [cuda_graph_ms(fn, [args_])[0] for fn in (separate, fused)]
             else:
                 ms = cpu_ms((separate, fused), args_)
-            lines.append(f"| {layer} | {c} x {h // down} x {w // down} | {ms[0]:.3f} | {ms[1]:.3f} | "
-                         f"{ms[0] / ms[1]:.2f}x |")
-            print(lines[-1], flush=True)
+            report.row(layer, f"{c} x {h // down} x {w // down}", f"{ms[0]:.3f}", f"{ms[1]:.3f}",
+                       f"{ms[0] / ms[1]:.2f}x")
 
         if cuda or precision == "fp32":
-            lines += ["", "| pool (after its ReLU), forward + backward | C x H x W in | separate ms | fused ms | "
-                      "speed-up |", "|---|---|---|---|---|"]
+            report.add("")
+            report.table("pool (after its ReLU), forward + backward", "C x H x W in", "separate ms", "fused ms",
+                         "speed-up")
             for i, (pool, c, down) in enumerate(POOLS):
                 args_ = pool_inputs(c, h // down, w // down, 10 + i, dtype, device)
                 if cuda:
-                    ms = [time_graph_ms(fn, [args_])[0] for fn in (pool_pass_separate, pool_pass_fused)]
+                    ms = [cuda_graph_ms(fn, [args_])[0] for fn in (pool_pass_separate, pool_pass_fused)]
                 else:
                     ms = cpu_ms((pool_pass_separate, pool_pass_fused), args_)
-                lines.append(f"| {pool} | {c} x {h // down} x {w // down} | {ms[0]:.3f} | {ms[1]:.3f} | "
-                             f"{ms[0] / ms[1]:.2f}x |")
-                print(lines[-1], flush=True)
+                report.row(pool, f"{c} x {h // down} x {w // down}", f"{ms[0]:.3f}", f"{ms[1]:.3f}",
+                           f"{ms[0] / ms[1]:.2f}x")
 
         transfer = StyleTransfer(weights=os.environ.get("NST_FAST_WEIGHTS", "random"), device=device)
         step_ms = {True: [], False: []}
@@ -158,14 +150,12 @@ def main(argv=None):
         GatysLoss.fuse_relu = pooling.FUSE = True
         sync(device)
     sep, fus = statistics.median(step_ms[False]), statistics.median(step_ms[True])
-    lines += ["", "| whole step | separate ms | fused ms | speed-up |", "|---|---|---|---|",
-              f"| {w}x{h} {precision} | {sep:.2f} | {fus:.2f} | {sep / fus:.2f}x |",
-              "", f"whole step per repeat, separate: {', '.join(f'{v:.2f}' for v in step_ms[False])}; "
-              f"fused: {', '.join(f'{v:.2f}' for v in step_ms[True])}"]
-    print("\n".join(lines[-5:]), flush=True)
-    if args.md:
-        with open(args.md, "w") as fh:
-            fh.write("\n".join(lines) + "\n")
+    report.add("")
+    report.table("whole step", "separate ms", "fused ms", "speed-up")
+    report.row(f"{w}x{h} {precision}", f"{sep:.2f}", f"{fus:.2f}", f"{sep / fus:.2f}x")
+    report.add("", f"whole step per repeat, separate: {', '.join(f'{v:.2f}' for v in step_ms[False])}; "
+               f"fused: {', '.join(f'{v:.2f}' for v in step_ms[True])}")
+    report.finish(reprint=False)
 
 
 if __name__ == "__main__":

@@ -22,22 +22,13 @@ import os
 import sys
 import time
 
+import common
+import naive
 import torch
+from common import STYLE_WEIGHT, inputs, per_step_ms, sync
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(HERE, ".."))
-import naive  # noqa: E402
-from nst_fast import StyleTransfer, images, memory, vgg, winograd  # noqa: E402
-from nst_fast.options import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS  # noqa: E402
-
-EXAMPLES = os.path.join(HERE, "..", "nst_fast", "examples")
-STYLE_WEIGHT = 5e7
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from nst_fast import StyleTransfer, memory, vgg, winograd
+from nst_fast.options import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
 
 
 def conv_flops(height, width, layers):
@@ -72,40 +63,6 @@ def matmul_tflops(device, precision, n=4096):
         return 2 * n**3 * reps / (time.perf_counter() - t) / 1e12
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old
-
-
-def inputs(size):
-    content = images.resize_long_side(images.to_tensor(os.path.join(EXAMPLES, "content.png")), size)
-    style = torch.nn.functional.interpolate(images.to_tensor(os.path.join(EXAMPLES, "style.png")),
-                                            size=content.shape[-2:], mode="bilinear").clamp(0, 1)
-    return content, style
-
-
-def per_step_ms(run, device, n1, n2, repeats):
-    """Median over repeats of (T(n2) - T(n1)) / (n2 - n1)."""
-    run(2)  # warm-up: kernels, allocator, cuDNN algorithm choice
-    results = []
-    for _ in range(repeats):
-        times = []
-        for n in (n1, n2):
-            sync(device)
-            t = time.perf_counter()
-            run(n)
-            sync(device)
-            times.append(time.perf_counter() - t)
-        results.append((times[1] - times[0]) / (n2 - n1) * 1e3)
-    results.sort()
-    return results[len(results) // 2]
-
-
-def peak_memory_mb(run, device):
-    if device.type != "cuda":
-        return None
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats(device)
-    run(3)
-    sync(device)
-    return torch.cuda.max_memory_allocated(device) / 2**20
 
 
 @contextlib.contextmanager
@@ -145,14 +102,13 @@ def main(argv=None):
 
     transfer = StyleTransfer(weights=os.environ.get("NST_FAST_WEIGHTS", "random"), device=device)
     layers = list(DEFAULT_CONTENT_LAYERS) + list(DEFAULT_STYLE_LAYERS)
-    name = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
+    name = common.device_name(device)
     rates = {m: matmul_tflops(device, m) for m in modes if m != "naive"}
     rates["naive"] = rates.get("fp32") or matmul_tflops(device, "fp32")
-    lines = [f"{name}, torch {torch.__version__}, weights {transfer.weights}; "
-             f"matmul TFLOP/s measured: " + ", ".join(f"{m} {r:.1f}" for m, r in rates.items()), "",
-             "| size | mode | ms / step | speed-up vs naive | floor ms | x floor | peak MiB |",
-             "|---|---|---|---|---|---|---|"]
-    print(lines[0], flush=True)
+    report = common.Report(args.md)
+    report.add(f"{name}, torch {torch.__version__}, weights {transfer.weights}; "
+               f"matmul TFLOP/s measured: " + ", ".join(f"{m} {r:.1f}" for m, r in rates.items()), "")
+    report.table("size", "mode", "ms / step", "speed-up vs naive", "floor ms", "x floor", "peak MiB")
     for size in sizes:
         content, style = inputs(size)
         h, w = content.shape[-2:]
@@ -170,22 +126,21 @@ def main(argv=None):
             ms = per_step_ms(run, device, n1, n2, args.repeats)
             base = ms if mode == "naive" else base
             floor = floor_flops / (rates[mode] * 1e12) * 1e3
-            peak = peak_memory_mb(run, device)
+            peak = common.cuda_peak_mib(run, device)
             graph = ""
             if mode != "naive" and cuda:
                 graph = " (graph)" if transfer.last_run.get("cuda_graph") else " (eager)"
             speedup = f"{base / ms:.2f}x" if base and mode != "naive" else "1.00x" if mode == "naive" else "-"
-            lines.append(f"| {w}x{h} | {mode}{graph} | {ms:.2f} | {speedup} | {floor:.2f} | {ms / floor:.1f} | "
-                         f"{'-' if peak is None else f'{peak:.0f}'} |")
-            print(lines[-1], flush=True)
+            report.row(f"{w}x{h}", f"{mode}{graph}", f"{ms:.2f}", speedup, f"{floor:.2f}", f"{ms / floor:.1f}",
+                       "-" if peak is None else f"{peak:.0f}")
     if cuda:
         budget = 80 * 10**9
-        lines += ["", "Largest square size whose estimated peak (nst_fast.memory) fits 80 GB:", "",
-                  "| mode | largest size |", "|---|---|"]
+        report.add("", "Largest square size whose estimated peak (nst_fast.memory) fits 80 GB:", "")
+        report.table("mode", "largest size")
         for mode in [m for m in modes if m != "naive"]:
             largest = memory.largest_size(budget, 1.0, list(DEFAULT_CONTENT_LAYERS), list(DEFAULT_STYLE_LAYERS),
                                           precision=mode, device="cuda")
-            lines.append(f"| {mode} | {largest} |")
+            report.row(mode, largest)
     if args.probe and cuda:
         content, style = inputs(args.probe)
         h, w = content.shape[-2:]
@@ -196,15 +151,14 @@ def main(argv=None):
 
         estimate = memory.estimate_bytes(h, w, list(DEFAULT_CONTENT_LAYERS), list(DEFAULT_STYLE_LAYERS),
                                          precision="bf16", device="cuda") / 2**20
-        peak = peak_memory_mb(probe_run, device)
+        peak = common.cuda_peak_mib(probe_run, device)
         ms = per_step_ms(probe_run, device, 2, 5, 1)
-        lines += ["", f"Probe {w}x{h} bf16: {ms:.1f} ms/step, peak {peak:.0f} MiB measured, "
-                  f"{estimate:.0f} MiB estimated"]
-        print(lines[-1], flush=True)
+        report.add("", f"Probe {w}x{h} bf16: {ms:.1f} ms/step, peak {peak:.0f} MiB measured, "
+                   f"{estimate:.0f} MiB estimated")
     if args.quality:
-        lines += ["", f"Final loss after {args.quality_steps} steps at {args.quality_size} px, "
-                  "each output re-scored in fp32 with direct convolutions:", "",
-                  "| mode | final loss | vs fp32 |", "|---|---|---|"]
+        report.add("", f"Final loss after {args.quality_steps} steps at {args.quality_size} px, "
+                   "each output re-scored in fp32 with direct convolutions:", "")
+        report.table("mode", "final loss", "vs fp32")
         content, style = inputs(args.quality_size)
         runs = [(m, m, False) for m in modes if m != "naive"]
         if not cuda and "fp32" in modes and winograd.uses_winograd("cpu", torch.float32):
@@ -221,12 +175,8 @@ def main(argv=None):
                                         style_weight=STYLE_WEIGHT,
                                         callback=lambda i: scores.__setitem__(label, float(i.losses["total"])))
             ref = scores.get("fp32", scores[label])
-            lines.append(f"| {label} | {scores[label]:.5g} | {100 * (scores[label] / ref - 1):+.2f}% |")
-            print(lines[-1], flush=True)
-    if args.md:
-        with open(args.md, "w") as f:
-            f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+            report.row(label, f"{scores[label]:.5g}", f"{100 * (scores[label] / ref - 1):+.2f}%")
+    report.finish()
 
 
 if __name__ == "__main__":

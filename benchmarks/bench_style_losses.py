@@ -9,33 +9,26 @@ MRF's style patches) cancels out. Random VGG-19 weights: the time does not depen
 on their values.
 """
 import argparse
-import os
-import sys
-import time
 
+import common
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, ".."))
-from nst_fast import StyleTransfer, images  # noqa: E402
+from nst_fast import StyleTransfer, images
 
-EXAMPLES = os.path.join(HERE, "..", "nst_fast", "examples")
 LOSSES = ("gram", "w2", "mrf")
 
 
-def per_step_ms(transfer, size, style_loss, n1, n2, device, precision):
-    content = images.to_tensor(os.path.join(EXAMPLES, "content.png"))
-    style = images.to_tensor(os.path.join(EXAMPLES, "style.png"))
-    times = {}
-    for n in (n1, n1, n2):  # the first run warms up (network, weight transforms, allocator)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t = time.perf_counter()
-        transfer.stylize_tensor(content, style, size=size, steps=n, style_loss=style_loss, precision=precision)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times[n] = time.perf_counter() - t
-    return (times[n2] - times[n1]) / (n2 - n1) * 1e3, transfer.last_run.get("cuda_graph")
+def step_ms(transfer, size, n1, n2, device, **options):
+    """ms per step of transfer.stylize_tensor on the example images (full size, resized by
+    the run), after a warm-up run of n1 steps (network, weight transforms, allocator);
+    -> (ms, whether the steps ran as CUDA-graph replays)."""
+    content, style = (images.to_tensor(p) for p in common.example_paths())
+
+    def run(n):
+        transfer.stylize_tensor(content, style, size=size, steps=n, **options)
+
+    ms = common.per_step_ms(run, device, n1, n2, repeats=1, warmup_steps=n1)
+    return ms, transfer.last_run.get("cuda_graph")
 
 
 def main(argv=None):
@@ -53,15 +46,17 @@ def main(argv=None):
     for size in (int(s) for s in args.sizes.split(",")):
         ms = {}
         for style_loss in LOSSES:
-            ms[style_loss], graphed = per_step_ms(transfer, size, style_loss, n1, n2, device, args.precision)
+            ms[style_loss], graphed = step_ms(transfer, size, n1, n2, device, style_loss=style_loss,
+                                              precision=args.precision)
             print(f"{size} px {style_loss}: {ms[style_loss]:.1f} ms/step"
                   + ("" if device.type == "cpu" else f" (cuda graph: {graphed})"), flush=True)
         rows.append((size, ms))
-    lines = ["| size | gram ms | w2 ms | mrf ms | w2 / gram | mrf / gram |", "|---|---|---|---|---|---|"]
+    report = common.Report(echo=False)
+    report.table("size", "gram ms", "w2 ms", "mrf ms", "w2 / gram", "mrf / gram")
     for size, ms in rows:
-        lines.append(f"| {size} px | {ms['gram']:.1f} | {ms['w2']:.1f} | {ms['mrf']:.1f} | "
-                     f"{ms['w2'] / ms['gram']:.2f}x | {ms['mrf'] / ms['gram']:.2f}x |")
-    table = "\n".join(lines)
+        report.row(f"{size} px", f"{ms['gram']:.1f}", f"{ms['w2']:.1f}", f"{ms['mrf']:.1f}",
+                   f"{ms['w2'] / ms['gram']:.2f}x", f"{ms['mrf'] / ms['gram']:.2f}x")
+    table = report.finish(reprint=False)
     print(f"\ndevice {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), "
           f"torch {torch.__version__}, precision {transfer.last_options.precision}\n{table}")
     if args.md:

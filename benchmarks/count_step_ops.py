@@ -9,50 +9,11 @@ and the optimiser's step; the backward is the rest. A GPU step in fp32 dispatche
 many (cuDNN's convolutions where the CPU runs conv3x3_winograd).
 """
 import argparse
-import collections
-import os
-import sys
 
-from torch.utils._python_dispatch import TorchDispatchMode
+import common
+from common import OpCounter
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from nst_fast import StyleTransfer, losses, optim, steps  # noqa: E402
-
-EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "nst_fast", "examples")
-VIEWS = {"detach", "view", "_unsafe_view", "reshape", "slice", "select", "unsqueeze", "squeeze", "permute",
-         "expand", "t", "transpose", "diagonal", "alias", "as_strided", "unbind", "split"}
-ALLOCATIONS = {"empty", "empty_like", "empty_strided", "new_empty"}  # no kernel runs for these
-
-
-class OpCounter(TorchDispatchMode):
-    """Counts the ops that do work (not views or allocations) dispatched inside it, per phase."""
-
-    def __init__(self):
-        super().__init__()
-        self.phase = "backward"
-        self.counts = collections.defaultdict(collections.Counter)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func.overloadpacket.__name__
-        if name not in VIEWS and name not in ALLOCATIONS:
-            self.counts[self.phase][name] += 1
-        return func(*args, **(kwargs or {}))
-
-    def total(self) -> int:
-        return sum(sum(c.values()) for c in self.counts.values())
-
-    def wrap(self, cls, method, phase):
-        """Count the ops of cls.method under `phase` (patched on the class)."""
-        inner = getattr(cls, method)
-
-        def counted(*args, **kwargs):
-            outer, self.phase = self.phase, phase
-            try:
-                return inner(*args, **kwargs)
-            finally:
-                self.phase = outer
-
-        setattr(cls, method, counted)
+from nst_fast import StyleTransfer, losses, optim, steps
 
 
 def main(argv=None):
@@ -76,18 +37,17 @@ def main(argv=None):
             return runner_call(runner)
 
     steps.StepRunner.__call__ = counted_step
-    content, style = os.path.join(EXAMPLES, "content.png"), os.path.join(EXAMPLES, "style.png")
+    content, style = common.example_paths()
     StyleTransfer(weights="random", device="cpu").stylize_tensor(
         content, style, size=args.size, steps=4, precision=args.precision, optimizer=args.optimizer,
         report_every=10**9)
     print(f"ops in one step ({args.optimizer}, {args.precision}, {args.size} px), views and allocations excluded")
-    print("| phase | ops | the most frequent |")
-    print("|---|---|---|")
+    report = common.Report()
+    report.table("phase", "ops", "the most frequent")
     for phase in ("forward and losses", "backward", "bookkeeping", "optimiser"):
         c = counter.counts[phase]
-        top = ", ".join(f"{n} {k}" for n, k in c.most_common(6))
-        print(f"| {phase} | {sum(c.values())} | {top} |")
-    print(f"| total | {counter.total()} | |")
+        report.row(phase, sum(c.values()), ", ".join(f"{n} {k}" for n, k in c.most_common(6)))
+    report.row("total", counter.total(), "")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 # The one script the GPU machine runs, from the repository root:
 #   bash benchmarks/device_check.sh
 # Builds the extension from source for sm_90, runs the CUDA tests, compute-sanitizer
-# (memcheck + racecheck) over tests/sanitizer_run.py, the per-layer benchmark, and
-# prints a short table last. Logs go to $OUT (default /tmp/out).
+# (memcheck + racecheck) over tests/sanitizer_run.py, the per-layer style-loss benchmark
+# (benchmarks/bench_ops.py --device cuda) and the other GPU benchmarks, and prints a short
+# table last. Logs go to $OUT (default /tmp/out). Results belong in benchmarks/RESULTS.md.
 #
 # Knobs (environment):
 #   QUICK=1          reduced run (subset of tests, memcheck quick, no racecheck, no sweep)
@@ -103,7 +104,7 @@ if [ "${SKIP_LAYERS:-0}" != "1" ]; then
 stamp "== layer benchmark"
 BENCH_ARGS=(--sizes "$BENCH_SIZES" --md "$OUT/layers.md")
 [ "${SWEEP:-1}" = "1" ] && BENCH_ARGS+=(--sweep-splitk --ab-async --ab-resident)
-timeout "$(within "${BENCH_LIMIT:-130}")" python3 benchmarks/bench_cuda_layers.py "${BENCH_ARGS[@]}" >"$OUT/bench.log" 2>&1
+timeout "$(within "${BENCH_LIMIT:-130}")" python3 benchmarks/bench_ops.py --device cuda "${BENCH_ARGS[@]}" >"$OUT/bench.log" 2>&1
 rc=$?
 STATUS[bench]=$([ $rc = 0 ] && echo ok || echo "FAILED rc=$rc")
 [ $rc = 0 ] || tail -20 "$OUT/bench.log"

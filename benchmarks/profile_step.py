@@ -4,15 +4,12 @@
 """
 import argparse
 import os
-import sys
 
+import common
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from nst_fast import StyleTransfer  # noqa: E402
-
-EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "nst_fast", "examples")
+from nst_fast import StyleTransfer
 
 
 def main(argv=None):
@@ -24,7 +21,7 @@ def main(argv=None):
     p.add_argument("--rows", type=int, default=15)
     args = p.parse_args(argv)
     transfer = StyleTransfer(weights=os.environ.get("NST_FAST_WEIGHTS", "random"), device=args.device)
-    content, style = os.path.join(EXAMPLES, "content.png"), os.path.join(EXAMPLES, "style.png")
+    content, style = common.example_paths()
     run = dict(size=args.size, precision=args.precision, style_weight=5e7, report_every=10**9,
                cuda_graph=False)  # eager, so the profiler sees every kernel
     transfer.stylize_tensor(content, style, steps=3, **run)

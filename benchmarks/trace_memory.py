@@ -15,6 +15,7 @@ the style image at half the output's size; Linux with glibc for the CPU.
 import argparse
 import ctypes
 
+import common  # noqa: F401  (the repository root on sys.path)
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 

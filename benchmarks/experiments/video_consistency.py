@@ -2,7 +2,7 @@
 (independent runs), the previous result as it is, or the previous result carried
 over (`--init previous`: nst_fast/video.py).
 
-    python benchmarks/video_consistency.py [--weights PATH] [--size 256] [--steps 60] [--frames 4]
+    python benchmarks/experiments/video_consistency.py [--weights PATH] [--size 256] [--steps 60] [--frames 4]
 
 Three synthetic clips from the example photo: a still camera with sensor noise (the
 photo plus fresh Gaussian noise, sigma 2/255, per frame), a pan (a window moving
@@ -20,18 +20,17 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/
+import common  # noqa: E402
 from nst_fast import StyleTransfer, images, video  # noqa: E402
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-EXAMPLES = os.path.join(ROOT, "nst_fast", "examples")
-SHARED = os.path.join(ROOT, "..", "shared", "weights", "vgg19_caffe_conv1_1-conv3_4.pth")
+SHARED = common.SHARED_WEIGHTS
 PAN = 4
 
 
 def clips(size, frames):
     """{name: (frames, shift in px between consecutive frames)} at `size` px wide."""
-    photo = images.to_tensor(os.path.join(EXAMPLES, "content.png"))
+    photo = images.to_tensor(common.example_paths()[0])
     still = images.resize_long_side(photo, size)
     gen = torch.Generator().manual_seed(0)
     noisy = [(still + torch.randn(still.shape, generator=gen) * 2 / 255).clamp(0, 1) for _ in range(frames)]
@@ -66,7 +65,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     partial = os.path.abspath(args.weights) == os.path.abspath(SHARED)
     layers = dict(content_layers="relu3_2", style_layers="relu1_1,relu2_1,relu3_1") if partial else {}
-    style = images.to_tensor(os.path.join(EXAMPLES, "style.png"))
+    style = images.to_tensor(common.example_paths()[1])
     transfer = StyleTransfer(weights=args.weights, device="cpu")
     print(f"{args.size} px wide, {args.frames} frames, {args.steps} L-BFGS steps each, "
           f"weights {os.path.basename(args.weights)}")

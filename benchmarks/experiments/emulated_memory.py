@@ -1,7 +1,7 @@
 """How the CUDA style-loss kernels' memory accesses would be served on a GPU, measured
 on the CPU emulator (tests/cuda_emulator, built with its access profiler).
 
-    python benchmarks/emulated_memory.py [--sites]
+    python benchmarks/experiments/emulated_memory.py [--sites]
 
 Per kernel run: shared-memory wavefronts against the fewest its accesses need (a ratio
 above 1 is bank conflicts), global 32-byte sectors against the fewest (above 1: loads
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 import emulated_profile  # noqa: E402
 import test_cuda_emulated as emulated  # noqa: E402
 

@@ -1,11 +1,12 @@
 """Whole step per network, with its default layers: VGG-19 (the paper's) against the
 smaller VGGs and NIN, and the memory each is estimated to need.
 
-    python benchmarks/bench_networks.py [--device cpu|cuda] [--sizes 512]
+    python benchmarks/experiments/bench_networks.py [--device cpu|cuda] [--sizes 512]
         [--networks vgg19,vgg16,vgg13,vgg11,alexnet,nin]
 
-ms per step as in bench_style_losses.py (the difference of two run lengths), Gram
-loss, random weights; memory: nst_fast.memory's estimate of the run's peak.
+ms per step as in bench_style_losses.py (the difference of two run lengths after a
+warm-up run), Gram loss, random weights, the run's default precision; memory:
+nst_fast.memory's estimate of the run's peak.
 """
 import argparse
 import os
@@ -13,11 +14,9 @@ import sys
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, ".."))
-from bench_style_losses import per_step_ms  # noqa: E402
-
-from nst_fast import StyleTransfer, memory, options  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/
+import common  # noqa: E402
+from nst_fast import StyleTransfer, images, memory, options  # noqa: E402
 
 
 def main(argv=None):
@@ -29,13 +28,18 @@ def main(argv=None):
     args = p.parse_args(argv)
     device = torch.device(args.device)
     n1, n2 = (int(s) for s in args.steps.split(","))
+    content_image, style_image = (images.to_tensor(p) for p in common.example_paths())
     print("| network | size | ms / step | vs vgg19 | estimated peak MiB |")
     print("|---|---|---|---|---|")
     for size in (int(s) for s in args.sizes.split(",")):
         base = None
         for network in args.networks.split(","):
             transfer = StyleTransfer(weights="random", device=device, network=network)
-            ms, _ = per_step_ms(transfer, size, "gram", n1, n2, device)
+
+            def run(n, transfer=transfer, size=size):
+                transfer.stylize_tensor(content_image, style_image, size=size, steps=n, style_loss="gram")
+
+            ms = common.per_step_ms(run, device, n1, n2, repeats=1, warmup_steps=n1)
             base = base or ms
             content, style = options.default_layers(network)
             h, w = round(size * 255 / 384), size  # the example content's shape

@@ -3,7 +3,7 @@ against the same losses with PyTorch's own backwards, which write them contiguou
 (mse_loss for the content, select and mm for W2's moments, fold for MRF's patches),
 alternating in one process.
 
-    python benchmarks/bench_gradient_layouts.py [--size 256] [--pairs 20] [--losses gram,w2,mrf]
+    python benchmarks/experiments/bench_gradient_layouts.py [--size 256] [--pairs 20] [--losses gram,w2,mrf]
 
 VGG-19 with random weights, each style loss's default layers, content relu4_2,
 channels-last activations, the example images.
@@ -18,12 +18,11 @@ import time
 import torch
 from torch.nn import functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/
+import common  # noqa: E402
 from nst_fast import StyleTransfer, images, losses, mrf, vgg, wasserstein  # noqa: E402
 from nst_fast.options import Options  # noqa: E402
 from nst_fast.reference import accum_dtype  # noqa: E402
-
-EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "nst_fast", "examples")
 
 
 @contextlib.contextmanager
@@ -55,8 +54,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     arms = {"contiguous": contiguous_gradients, "activations' layout": contextlib.nullcontext}
     transfer = StyleTransfer(weights="random", device="cpu")
-    content = images.resize_long_side(images.to_tensor(os.path.join(EXAMPLES, "content.png")), args.size)
-    style = images.to_tensor(os.path.join(EXAMPLES, "style.png"))
+    content_path, style_path = common.example_paths()
+    content = images.resize_long_side(images.to_tensor(content_path), args.size)
+    style = images.to_tensor(style_path)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {content.shape[-1]}x{content.shape[-2]}\n")
     print("| style loss | contiguous ms | activations' layout ms | speed-up | ranges |")
     print("|---|---|---|---|---|")

@@ -1,7 +1,7 @@
 """How much a run paints the image's border differently from its inside, per padding
 of the first convolution: the measurement behind `--padding`.
 
-    python benchmarks/edge_artifacts.py [--weights PATH] [--size 256] [--steps 100] [--init noise]
+    python benchmarks/experiments/edge_artifacts.py [--weights PATH] [--size 256] [--steps 100] [--init noise]
 
 For each padding it stylizes the example images and prints, for the band of BAND
 pixels along the border against the inside: the mean brightness difference and the
@@ -17,12 +17,11 @@ import sys
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/
+import common  # noqa: E402
 from nst_fast import StyleTransfer, images  # noqa: E402
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-EXAMPLES = os.path.join(ROOT, "nst_fast", "examples")
-SHARED = os.path.join(ROOT, "..", "shared", "weights", "vgg19_caffe_conv1_1-conv3_4.pth")
+SHARED = common.SHARED_WEIGHTS
 BAND = 8
 
 
@@ -47,8 +46,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     partial = os.path.abspath(args.weights) == os.path.abspath(SHARED)
     layers = dict(content_layers="relu3_2", style_layers="relu1_1,relu2_1,relu3_1") if partial else {}
-    content = images.to_tensor(os.path.join(EXAMPLES, "content.png"))
-    style = images.to_tensor(os.path.join(EXAMPLES, "style.png"))
+    content, style = (images.to_tensor(p) for p in common.example_paths())
     shrunk = images.resize_long_side(content, args.size)
     dark, busy = border_stats(shrunk)
     print(f"{args.size} px, {args.steps} L-BFGS steps, init {args.init}, band {BAND} px, "

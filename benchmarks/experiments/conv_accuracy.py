@@ -1,23 +1,26 @@
 """How far the CPU's fp32 convolutions are from float64: oneDNN's direct ones and the
 Winograd ones (nst_fast/winograd.py), at VGG-19 layer shapes, for [0, 1) and signed inputs.
 
-    python benchmarks/conv_accuracy.py
+    python benchmarks/experiments/conv_accuracy.py
 
 Errors are |fp32 - float64| over the largest |output|: the mean over the outputs and the worst one.
 """
+import argparse
 import os
 import sys
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/
+import common  # noqa: E402
 from nst_fast import winograd  # noqa: E402
 
 SHAPES = [(64, 64, 256), (128, 256, 128), (256, 256, 64), (512, 512, 32)]  # C, K, H = W
 
 
-def main():
+def main(argv=None):
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
     torch.manual_seed(0)
     print("| conv (C -> K, H x W) | input | direct mean | Winograd mean | direct max | Winograd max |")
     print("|---|---|---|---|---|---|")

@@ -1,7 +1,7 @@
 """How often the CUDA backward's bf16 gradient is not the correctly rounded one, per
 kernel route, measured on the CPU emulator of the kernels (tests/cuda_emulator).
 
-    python benchmarks/emulated_rounding.py [--c 128] [--m 1024]
+    python benchmarks/experiments/emulated_rounding.py [--c 128] [--m 1024]
 
 An fp32-accurate kernel rounds each gradient element once, so nearly every element
 equals the float64 gradient rounded to bf16. Routes: the cp.async path (the residual D
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 import test_cuda_emulated as emulated  # noqa: E402
 
 
