@@ -27,7 +27,7 @@ STYLE_LOSSES = ("gram", "w2", "mrf")
 # the 2nd. The W2 and MRF terms grow with the 2nd power too, so one beta serves both
 # conventions.
 DEFAULT_STYLE_WEIGHT = {"caffe": 1e4, "torchvision": 5e7}
-# Calibrated on the Caffe VGG-19 at 256 px (benchmarks/RESULTS.md): 20 steps from the
+# Calibrated on the Caffe VGG-19 at 256 px (docs/decisions.md): 20 steps from the
 # content image reduce the W2 loss about as much as the Gram loss at its default.
 DEFAULT_STYLE_WEIGHT_SQUARED = {"w2": 1e6, "mrf": 1e6}
 INITS = ("noise", "gray", "content", "style", "style_stats")

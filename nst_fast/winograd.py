@@ -47,7 +47,7 @@ def bf16_available() -> bool:
     """True where bf16 mode runs its convolutions by Winograd: the kernel is there and
     NST_FAST_WINOGRAD_BF16=1 asks for it. Off by default: F(4x4, 3x3) with bf16 tiles
     is 1.3-1.7x faster per step, but its gradients through VGG-19 are ~25% off (mean,
-    relative) and L-BFGS stalls on them (benchmarks/RESULTS.md); Adam does not."""
+    relative) and L-BFGS stalls on them (docs/decisions.md); Adam does not."""
     return os.environ.get("NST_FAST_WINOGRAD_BF16", "0").strip() == "1" and bf16_kernel_available()
 
 

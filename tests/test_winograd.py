@@ -218,7 +218,7 @@ def test_bf16_forward_and_input_gradient_match_conv2d(shape):
     8 per side) amplify. Measured on these signed random inputs, relative to the
     largest output: mean 1.8-2.8e-3 forward and 2.9-4.0e-3 for the gradient (8-13x a
     direct bf16 convolution's), at most 3-5e-2 and 7-8e-2. Bounds ~1.5x those. A
-    whole run's final loss is what this costs in the end (benchmarks/RESULTS.md)."""
+    whole run's final loss is what this costs in the end (docs/decisions.md)."""
     x, weight, bias = (t.to(torch.bfloat16) for t in _case(shape, torch.float32))
     grad_out = torch.randn(shape[0], shape[2], shape[3], shape[4], generator=torch.Generator().manual_seed(1))
     grad_out = grad_out.to(torch.bfloat16)
