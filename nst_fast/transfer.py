@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 
 from . import checkpoint as checkpoint_io
-from . import backend, color, heap, images, memory, mrf, vgg, wasserstein
+from . import backend, color, heap, images, interrupts, memory, mrf, vgg, wasserstein
 from .errors import CheckpointNotWritten, Interrupted, NonFiniteLoss, NstError, OutOfMemory, RunStopped
 from .losses import GatysLoss, GuidedStyle, WeightedSum, gram_target
 from .mrf import MRFStyle
@@ -439,11 +439,16 @@ class StyleTransfer:
         report_every = report_interval(opts.report_every, dev.type)
         weights, shown = loss_fn.history_weights(dev), loss_fn.shown_terms()
 
+        # From a step's first change of the run's state to its count: Ctrl-C waits for the
+        # step's end, so that a checkpoint never holds an update without its step.
+        update = interrupts.Deferral()
+
         def one_step():
             with tf32_mode(opts.precision):
                 with autocast_mode(opts.precision, self.devices):
                     total, terms = loss_fn.terms(x)
                 (grad,) = torch.autograd.grad(total, x)
+            update.hold()
             with torch.no_grad():
                 state.record(x, total.detach(), terms.detach(), weights, shown)
                 opt.step(x, total.detach(), grad)
@@ -480,8 +485,11 @@ class StyleTransfer:
         out_of_memory = None
         try:
             for step in range(state.step + 1, steps + 1):
-                row = runner()
-                state.step = step
+                with update:
+                    if runner.graphed:  # a replay is the whole step at once: nothing in it to interrupt
+                        update.hold()
+                    row = runner()
+                    state.step = step
                 if opts.callback is not None:
                     parts = dict(zip(names, row.clone().unbind()))  # the callback's to keep
                     opts.callback(StepInfo(step_offset + step, total_steps, tuple(x.shape[-2:]), parts,

@@ -4,6 +4,7 @@ import errno
 import json
 import os
 import re
+import signal
 
 import pytest
 import torch
@@ -436,6 +437,35 @@ def test_interrupt_mid_step_reports_the_steps_the_checkpoint_holds(transfer, sma
     with pytest.raises(Interrupted, match=r"^interrupted at step 4$") as caught:
         transfer.stylize_tensor(content, style, size=32, steps=10, checkpoint=ckpt)
     assert caught.value.step == 4 == torch.load(ckpt, weights_only=True)["step"]
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+def test_ctrl_c_right_after_the_optimisers_update_resumes_exactly(transfer, small_images, tmp_path, monkeypatch,
+                                                                  optimizer):
+    """Ctrl-C between the optimiser's update and the step's count: the run stops at the
+    step's end, with a checkpoint of whole steps that resumes to the uninterrupted result."""
+    from nst_fast import Interrupted, optim
+
+    content, style = small_images
+    ckpt = tmp_path / "run.ckpt"
+    kw = dict(size=32, init="noise", seed=3, optimizer=optimizer)
+    whole = transfer.stylize_tensor(content, style, steps=6, **kw)
+    cls = optim.LBFGS if optimizer == "lbfgs" else optim.Adam
+    update, updates = cls.step, []
+
+    def ctrl_c_after_the_third(self, *args):
+        update(self, *args)
+        updates.append(1)
+        if len(updates) == 3:
+            signal.raise_signal(signal.SIGINT)  # as Ctrl-C lands: Python runs its handler now
+
+    with monkeypatch.context() as patch:
+        patch.setattr(cls, "step", ctrl_c_after_the_third)
+        with pytest.raises(Interrupted, match=r"^interrupted at step 3$") as caught:
+            transfer.stylize_tensor(content, style, steps=6, interrupt_checkpoint=ckpt, **kw)
+    saved = torch.load(ckpt, weights_only=True)
+    assert caught.value.step == 3 == saved["step"] == saved["optimizer"]["steps"]  # the updates it holds
+    assert torch.equal(transfer.stylize_tensor(content, style, steps=6, resume=ckpt, **kw), whole)
 
 
 def test_memory_estimate_refuses_an_oversized_run_before_allocating(transfer, small_images, monkeypatch):
