@@ -1,6 +1,7 @@
 """The optimisation loop: StyleTransfer keeps the network, stylize() runs one job."""
 import contextlib
 import dataclasses
+import functools
 import os
 from typing import Optional
 
@@ -232,7 +233,7 @@ class StyleTransfer:
                     f"the content image is {w}x{h} pixels at size {size}; layers down to "
                     f"{net.layers[-1]} need at least {min_side} pixels per side"
                 )
-            resume_state = None
+            restore = None
             if saved is not None:
                 if tuple(saved["size"]) == (h, w) and saved["step"] >= opts.steps_at(scale_index):
                     # This scale holds the steps asked for, or more: go on from its image as from a finished scale.
@@ -245,7 +246,8 @@ class StyleTransfer:
                     saved = None
                     continue
                 if tuple(saved["size"]) == (h, w):
-                    resume_state, self.history, saved = saved, saved["rows_before"], None
+                    restore = functools.partial(checkpoint_io.restore, resume, saved)
+                    self.history, saved = saved["rows_before"], None
                 elif max(h, w) <= max(saved["size"]):
                     continue  # this scale was done before the checkpoint
                 else:  # continue upscaled from the checkpoint's image
@@ -277,7 +279,7 @@ class StyleTransfer:
                 with heap.keep_freed_memory(self.device.type == "cpu" and heap.worth_keeping(largest)):
                     state = self._optimise(loss_fn, x, opts, opts.steps_at(scale_index),
                                            sum(opts.steps_at(i) for i in range(scale_index)), total_steps,
-                                           resume=resume_state, checkpoint=checkpoint,
+                                           restore=restore, checkpoint=checkpoint,
                                            interrupt_checkpoint=interrupt_checkpoint, save_checkpoint=save_checkpoint,
                                            work=(sum(work[:scale_index]) / max(1, sum(work)),
                                                  size**2 / max(1, sum(work))))
@@ -417,9 +419,10 @@ class StyleTransfer:
             start = torch.nn.functional.interpolate(images.to_tensor(opts.init), size=(h, w), mode="bicubic")
         return start.to(self.device, torch.float32).contiguous()
 
-    def _optimise(self, loss_fn, x0, opts, steps, step_offset, total_steps, resume=None, checkpoint=None,
+    def _optimise(self, loss_fn, x0, opts, steps, step_offset, total_steps, restore=None, checkpoint=None,
                   interrupt_checkpoint=None, save_checkpoint=None, work=(0.0, 0.0)):
-        """Run `steps` steps from x0 (or from `resume`, a checkpoint) -> the LoopState at the end.
+        """Run `steps` steps from x0 (or from where restore(state, x, optimiser) puts
+        them, a checkpoint) -> the LoopState at the end.
 
         save_checkpoint(state, x, optimiser, path) writes `checkpoint` every
         opts.checkpoint_every steps and at the end, and on Ctrl-C (or to
@@ -434,8 +437,8 @@ class StyleTransfer:
             opt = make_optimizer("adam", x, lr=opts.lr or 0.02)
         names = loss_fn.part_names()
         state = LoopState.start(x, steps, len(names), opts.avg_decay)
-        if resume is not None:
-            state.load(resume, x, opt)
+        if restore is not None:
+            restore(state, x, opt)
         report_every = report_interval(opts.report_every, dev.type)
         weights, shown = loss_fn.history_weights(dev), loss_fn.shown_terms()
 
