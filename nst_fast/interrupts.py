@@ -1,12 +1,14 @@
-"""Ctrl-C held back while a run's state changes: an interrupt then stops the run at a
-step's boundary, never between an update and its count, so a checkpoint is never one
-step behind the image it holds.
+"""Ctrl-C held back while a run's state changes, or while a stopping run saves its work:
+an interrupt then stops a run at a step's boundary, never between an update and its
+count (so a checkpoint is never one step behind the image it holds), and a second one
+never cuts the saving of the first one's work short.
 
 Only SIGINT and SIGTERM whose handler is Python code are held (Python's own SIGINT
-handler raises KeyboardInterrupt, as the CLI's SIGTERM handler does); ignored signals
-and the system's defaults are left as they are. Handlers can be set in the main thread
-only, where Python runs them: in another thread nothing is held.
+handler raises KeyboardInterrupt, as the CLI's handler does); ignored signals and the
+system's defaults are left as they are. Handlers can be set in the main thread only,
+where Python runs them: in another thread nothing is held.
 """
+import contextlib
 import signal
 import threading
 
@@ -38,13 +40,13 @@ class Deferral:
         if self._noted is None:
             self._noted = (signum, frame)
 
-    def release(self):
-        """Put the handlers back, then hand them the signal noted."""
+    def release(self, handle=True):
+        """Put the handlers back, then hand them the signal noted (handle=False: drop it)."""
         handlers, noted = self._handlers, self._noted
         self._handlers, self._noted = {}, None
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
-        if noted is not None:
+        if noted is not None and handle:
             handlers[noted[0]](*noted)
 
     def __enter__(self):
@@ -53,3 +55,14 @@ class Deferral:
     def __exit__(self, *exc_info):
         self.release()
 
+
+@contextlib.contextmanager
+def ignored():
+    """SIGINT and SIGTERM dropped while the block runs: for the saves of a run that an
+    interrupt is already stopping, which a second Ctrl-C would only cut short."""
+    held = Deferral()
+    try:
+        held.hold()
+        yield
+    finally:
+        held.release(handle=False)

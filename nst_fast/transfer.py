@@ -507,8 +507,10 @@ class StyleTransfer:
                     write_checkpoint(checkpoint)
         except KeyboardInterrupt:
             # state.step: the steps finished, as the checkpoint holds (Ctrl-C mostly comes in mid-step).
-            message = checkpoint_on_stop(f"interrupted at step {step_offset + state.step}")
-            raise Interrupted(message, image=so_far(), step=step_offset + state.step) from None
+            with interrupts.ignored():
+                message = checkpoint_on_stop(f"interrupted at step {step_offset + state.step}")
+                image = so_far()
+            raise Interrupted(message, image=image, step=step_offset + state.step) from None
         except RuntimeError as exc:
             if not is_out_of_memory(exc):
                 raise

@@ -450,8 +450,8 @@ def test_cli_refuses_a_hand_edited_checkpoint_in_one_line(small_images, tmp_path
     code = cli.main([*map(str, small_images), "--weights", "random", "--device", "cpu", "--size", "32", "-q",
                      "--steps", "4", "--resume", str(path), "-o", str(tmp_path / "out.png")])
     err = capsys.readouterr().err
-    assert code == 1
-    assert err.strip().splitlines()[-1] == f"nst-fast: error: checkpoint {path} is damaged: the optimiser state is missing"
+    assert code == 1 and err.strip().splitlines()[-1] == (f"nst-fast: error: checkpoint {path} is damaged: "
+                                                          "the optimiser state is missing")
     assert "Traceback" not in err and not (tmp_path / "out.png").exists()
 
 
@@ -479,6 +479,37 @@ def test_interrupt_mid_step_reports_the_steps_the_checkpoint_holds(transfer, sma
     with pytest.raises(Interrupted, match=r"^interrupted at step 4$") as caught:
         transfer.stylize_tensor(content, style, size=32, steps=10, checkpoint=ckpt)
     assert caught.value.step == 4 == torch.load(ckpt, weights_only=True)["step"]
+
+
+def test_ctrl_c_again_while_the_checkpoint_is_written_cuts_nothing_short(transfer, small_images, tmp_path,
+                                                                         monkeypatch):
+    from nst_fast import Interrupted
+
+    content, style = small_images
+    ckpt = tmp_path / "run.ckpt"
+    kw = dict(size=32, init="noise", seed=5)
+    whole = transfer.stylize_tensor(content, style, steps=6, **kw)
+    write = checkpoint.write
+
+    def ctrl_c_first(f, data):
+        signal.raise_signal(signal.SIGINT)
+        write(f, data)
+
+    def stop(info):
+        if info.step == 2:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoint, "write", ctrl_c_first)
+        try:
+            transfer.stylize_tensor(content, style, steps=6, interrupt_checkpoint=ckpt, callback=stop, **kw)
+        except Interrupted as exc:
+            stopped = exc
+        except KeyboardInterrupt:  # not the run's Interrupted: the second one escaped
+            pytest.fail("the second Ctrl-C cut the checkpoint's writing short")
+    assert str(stopped) == "interrupted at step 2" and stopped.image is not None
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert torch.equal(transfer.stylize_tensor(content, style, steps=6, resume=ckpt, **kw), whole)
 
 
 @pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])

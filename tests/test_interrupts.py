@@ -77,3 +77,14 @@ def test_outside_the_main_thread_nothing_is_held():
     thread.start()
     thread.join()
     assert outcome == [signal.default_int_handler]
+
+
+def test_signals_while_ignored_are_dropped(handlers):
+    before = [signal.getsignal(s) for s in interrupts.SIGNALS]
+    with interrupts.ignored():
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGTERM)
+    assert handlers == []
+    assert [signal.getsignal(s) for s in interrupts.SIGNALS] == before
+    signal.raise_signal(signal.SIGINT)  # handled again after the block
+    assert handlers == [signal.SIGINT]
