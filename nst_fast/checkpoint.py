@@ -2,6 +2,7 @@
 loop's bookkeeping, tied by a fingerprint to the inputs and options that made them."""
 import hashlib
 import os
+from typing import Optional
 
 import torch
 
@@ -80,18 +81,88 @@ def save(path, data: dict) -> None:
     atomic_write(path, lambda f: write(f, data), suffix=".ckpt")
 
 
-def _well_formed(data) -> bool:
-    """Has data the fields, of the types and shapes, that resuming reads?"""
-    fields = {"fingerprint": str, "size": list, "scale_index": int, "step": int, "optimizer": dict,
-              "rows_before": list, "history_rows": list,
-              **dict.fromkeys(("x", "best", "best_loss", "bad_streak", "history"), torch.Tensor)}
-    if not all(isinstance(data.get(key), kind) for key, kind in fields.items()):
-        return False
-    optional = [data.get(key, data["x"]) for key in ("result", "average", "average_weight")]
-    return (all(torch.is_tensor(t) for t in optional)
-            and len(data["size"]) == 2 and all(isinstance(n, int) and n > 0 for n in data["size"])
-            and data["x"].shape == data["best"].shape == (1, 3, *data["size"])
-            and data["step"] >= 0 and data["history"].dim() == 2 and data["history"].size(0) == data["step"])
+# The fields resuming reads, and their types; the images and numbers that some runs add.
+_FIELDS = {"fingerprint": str, "size": list, "scale_index": int, "step": int, "optimizer": dict,
+           "rows_before": list, "history_rows": list,
+           **dict.fromkeys(("x", "best", "best_loss", "bad_streak", "history"), torch.Tensor)}
+_KINDS = {str: "text", list: "a list", int: "a whole number", dict: "a dict", torch.Tensor: "a tensor"}
+_IMAGES = ("x", "best", "result", "average")  # (1, 3, H, W) at the checkpoint's size
+_NUMBERS = ("best_loss", "bad_streak", "average_weight")  # 0-dim
+
+
+def _problem(data: dict) -> Optional[str]:
+    """What keeps data from being resumed: a field missing, or of another type or shape
+    than a run writes; None if nothing."""
+    return (_field_problem(data) or _size_problem(data["size"], data["step"]) or _tensor_problem(data)
+            or _optimiser_problem(data["optimizer"]))
+
+
+def _not_a(name, value, kind) -> Optional[str]:
+    if isinstance(value, kind) and not isinstance(value, bool):
+        return None
+    return f"{name} is a {type(value).__name__}, not {_KINDS[kind]}"
+
+
+def _field_problem(data: dict) -> Optional[str]:
+    for key, kind in _FIELDS.items():
+        if key not in data:
+            return f"{key} is missing"
+        problem = _not_a(key, data[key], kind)
+        if problem:
+            return problem
+    for key in _IMAGES + _NUMBERS:
+        problem = _not_a(key, data[key], torch.Tensor) if key in data else None
+        if problem:
+            return problem
+    for key in ("rows_before", "history_rows"):
+        if not all(isinstance(row, dict) for row in data[key]):
+            return f"{key} holds something other than rows of losses"
+    return None
+
+
+def _size_problem(size: list, step: int) -> Optional[str]:
+    if len(size) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in size):
+        return f"size is {size!r}, not [height, width]"
+    return f"step is {step}, not a number of steps" if step < 0 else None
+
+
+def _tensor_problem(data: dict) -> Optional[str]:
+    image = (1, 3, *data["size"])
+    for key in _IMAGES:
+        if key in data and data[key].shape != image:
+            return f"{key} has shape {tuple(data[key].shape)}, the size says {image}"
+    for key in _NUMBERS:
+        if key in data and data[key].dim() != 0:
+            return f"{key} has shape {tuple(data[key].shape)}, not one number"
+    if data["best_loss"].isnan():
+        return "best_loss is NaN"
+    history, step = data["history"], data["step"]
+    if history.dim() != 2 or history.size(0) != step:
+        return f"history has shape {tuple(history.shape)}, not a row for each of the {step} steps"
+    return None
+
+
+def _optimiser_problem(state: dict) -> Optional[str]:
+    """Its entries' names and shapes are the optimiser's to check (optim.*.load_state_dict)."""
+    if not state:
+        return "the optimiser state is missing"
+    for name, value in state.items():
+        if not torch.is_tensor(value):
+            return f"the optimiser's {name} is a {type(value).__name__}, not a tensor"
+    return None
+
+
+def _damaged(path, problem) -> NstError:
+    return NstError(f"checkpoint {path} is damaged: {problem}")
+
+
+def restore(path, saved: dict, state, x, optimizer) -> None:
+    """Continue the run of state (a steps.LoopState), x and optimizer from `saved`, read
+    from path by load(); a tensor that does not fit this run is an NstError naming the file."""
+    try:
+        state.load(saved, x, optimizer)
+    except ValueError as exc:
+        raise _damaged(path, exc) from None
 
 
 def load(path, expected_fingerprint: str, settings: dict = None) -> dict:
@@ -110,8 +181,9 @@ def load(path, expected_fingerprint: str, settings: dict = None) -> dict:
         raise NstError(f"{path} is not a readable nst-fast checkpoint")
     if data["version"] != VERSION:
         raise NstError(f"{path} is a checkpoint of another version of nst-fast ({data['version']})")
-    if not _well_formed(data):
-        raise NstError(f"{path} is not a readable nst-fast checkpoint")
+    problem = _problem(data)
+    if problem:
+        raise _damaged(path, problem)
     if data["fingerprint"] != expected_fingerprint:
         saved = data.get("settings")
         why = _differences(saved, settings) if isinstance(saved, dict) and settings else ""

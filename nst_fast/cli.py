@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 
-from . import __version__
+from . import __version__, interrupts
 from .files import IMAGE_EXTENSIONS, images_in, not_a_file
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "examples")
@@ -20,10 +20,13 @@ def _interrupted_code() -> int:
     return 128 + _stop_signal  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
 
 
-def _on_sigterm(signum, frame):
-    """SIGTERM stops a run as Ctrl-C does: the image so far and a checkpoint are saved."""
+def _on_stop(signum, frame):
+    """Ctrl-C or SIGTERM stops a run: the image so far and a checkpoint are saved. Those
+    that follow are ignored: they would only cut the saving short."""
     global _stop_signal
-    _stop_signal = signal.SIGTERM
+    _stop_signal = signum
+    for stop in interrupts.SIGNALS:
+        signal.signal(stop, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
@@ -528,8 +531,10 @@ def main(argv=None) -> int:
     global _stop_signal
     args = build_parser().parse_args(argv)
     _stop_signal = signal.SIGINT
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
+    previous = {}  # signal -> its handler before ours; one ignored from the start (a background job's SIGINT) stays so
+    if threading.current_thread() is threading.main_thread():
+        previous = {stop: signal.signal(stop, _on_stop) for stop in interrupts.SIGNALS
+                    if signal.getsignal(stop) is not signal.SIG_IGN}
     try:
         return run(args)
     except KeyboardInterrupt:
@@ -538,8 +543,8 @@ def main(argv=None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
         return EXIT_ERROR
     finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        for stop, handler in previous.items():
+            signal.signal(stop, signal.SIG_DFL if handler is None else handler)
 
 
 if __name__ == "__main__":

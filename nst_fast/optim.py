@@ -22,9 +22,15 @@ class _Stateful:
         return {name: getattr(self, name).clone() for name in self._STATE}
 
     def load_state_dict(self, state: dict) -> None:
+        """A state_dict() of an optimiser like this one; an entry missing, or of another
+        shape than this one's, raises ValueError before any is copied."""
         missing = [name for name in self._STATE if name not in state]
         if missing:
-            raise KeyError(f"state_dict is missing {missing}")
+            raise ValueError(f"the optimiser state is missing {', '.join(missing)}")
+        for name in self._STATE:
+            have, saved = getattr(self, name).shape, state[name].shape
+            if saved != have:
+                raise ValueError(f"the optimiser's {name} has shape {tuple(saved)}, this run's {tuple(have)}")
         # In place, so tensors already captured in a CUDA graph stay valid.
         for name in self._STATE:
             getattr(self, name).copy_(state[name])

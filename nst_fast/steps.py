@@ -87,20 +87,25 @@ class LoopState:
         return out
 
     def load(self, saved, x, opt):
-        """Continue from a checkpoint's tensors (in place: a captured graph stays valid)."""
+        """Continue from a checkpoint's tensors (in place: a captured graph stays valid).
+        One missing, or of another shape than this run's, raises ValueError before any is
+        copied."""
+        done = saved["history"].size(0)
+        targets = {"x": x, "best": self.best, "best_loss": self.best_loss, "bad_streak": self.bad_streak,
+                   "history": self.history[:done]}
+        if self.average is not None:
+            targets.update(average=self.average, average_weight=self.average_weight)
+        for name, target in targets.items():
+            if name not in saved:
+                raise ValueError(f"{name} is missing")
+            if saved[name].shape != target.shape:
+                raise ValueError(f"{name} has shape {tuple(saved[name].shape)}, this run's {tuple(target.shape)}")
+        opt.load_state_dict({k: v.to(x.device) for k, v in saved["optimizer"].items()})
         with torch.no_grad():
-            x.copy_(saved["x"])
-            self.best.copy_(saved["best"])
-            self.best_loss.copy_(saved["best_loss"])
-            self.bad_streak.copy_(saved["bad_streak"])
-            if self.average is not None:
-                self.average.copy_(saved["average"])
-                self.average_weight.copy_(saved["average_weight"])
-            done = saved["history"].size(0)
-            self.history[:done].copy_(saved["history"])
+            for name, target in targets.items():
+                target.copy_(saved[name])
             self.cursor.fill_(done)
         self.step = saved["step"]
-        opt.load_state_dict({k: v.to(x.device) for k, v in saved["optimizer"].items()})
 
 
 class StepRunner:

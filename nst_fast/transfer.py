@@ -1,13 +1,14 @@
 """The optimisation loop: StyleTransfer keeps the network, stylize() runs one job."""
 import contextlib
 import dataclasses
+import functools
 import os
 from typing import Optional
 
 import torch
 
 from . import checkpoint as checkpoint_io
-from . import backend, color, heap, images, memory, mrf, vgg, wasserstein
+from . import backend, color, heap, images, interrupts, memory, mrf, vgg, wasserstein
 from .errors import CheckpointNotWritten, Interrupted, NonFiniteLoss, NstError, OutOfMemory, RunStopped
 from .files import not_a_file
 from .losses import GatysLoss, GuidedStyle, WeightedSum, gram_target
@@ -244,7 +245,7 @@ class StyleTransfer:
                     f"the content image is {w}x{h} pixels at size {size}; layers down to "
                     f"{net.layers[-1]} need at least {min_side} pixels per side"
                 )
-            resume_state = None
+            restore = None
             if saved is not None:
                 if tuple(saved["size"]) == (h, w) and saved["step"] >= opts.steps_at(scale_index):
                     # This scale holds the steps asked for, or more: go on from its image as from a finished scale.
@@ -257,7 +258,8 @@ class StyleTransfer:
                     saved = None
                     continue
                 if tuple(saved["size"]) == (h, w):
-                    resume_state, self.history, saved = saved, saved["rows_before"], None
+                    restore = functools.partial(checkpoint_io.restore, resume, saved)
+                    self.history, saved = saved["rows_before"], None
                 elif max(h, w) <= max(saved["size"]):
                     continue  # this scale was done before the checkpoint
                 else:  # continue upscaled from the checkpoint's image
@@ -289,7 +291,7 @@ class StyleTransfer:
                 with heap.keep_freed_memory(self.device.type == "cpu" and heap.worth_keeping(largest)):
                     state = self._optimise(loss_fn, x, opts, opts.steps_at(scale_index),
                                            sum(opts.steps_at(i) for i in range(scale_index)), total_steps,
-                                           resume=resume_state, checkpoint=checkpoint,
+                                           restore=restore, checkpoint=checkpoint,
                                            interrupt_checkpoint=interrupt_checkpoint, save_checkpoint=save_checkpoint,
                                            work=(sum(work[:scale_index]) / max(1, sum(work)),
                                                  size**2 / max(1, sum(work))))
@@ -429,9 +431,10 @@ class StyleTransfer:
             start = torch.nn.functional.interpolate(images.to_tensor(opts.init), size=(h, w), mode="bicubic")
         return start.to(self.device, torch.float32).contiguous()
 
-    def _optimise(self, loss_fn, x0, opts, steps, step_offset, total_steps, resume=None, checkpoint=None,
+    def _optimise(self, loss_fn, x0, opts, steps, step_offset, total_steps, restore=None, checkpoint=None,
                   interrupt_checkpoint=None, save_checkpoint=None, work=(0.0, 0.0)):
-        """Run `steps` steps from x0 (or from `resume`, a checkpoint) -> the LoopState at the end.
+        """Run `steps` steps from x0 (or from where restore(state, x, optimiser) puts
+        them, a checkpoint) -> the LoopState at the end.
 
         save_checkpoint(state, x, optimiser, path) writes `checkpoint` every
         opts.checkpoint_every steps and at the end, and on Ctrl-C (or to
@@ -446,16 +449,21 @@ class StyleTransfer:
             opt = make_optimizer("adam", x, lr=opts.lr or 0.02)
         names = loss_fn.part_names()
         state = LoopState.start(x, steps, len(names), opts.avg_decay)
-        if resume is not None:
-            state.load(resume, x, opt)
+        if restore is not None:
+            restore(state, x, opt)
         report_every = report_interval(opts.report_every, dev.type)
         weights, shown = loss_fn.history_weights(dev), loss_fn.shown_terms()
+
+        # From a step's first change of the run's state to its count: Ctrl-C waits for the
+        # step's end, so that a checkpoint never holds an update without its step.
+        update = interrupts.Deferral()
 
         def one_step():
             with tf32_mode(opts.precision):
                 with autocast_mode(opts.precision, self.devices):
                     total, terms = loss_fn.terms(x)
                 (grad,) = torch.autograd.grad(total, x)
+            update.hold()
             with torch.no_grad():
                 state.record(x, total.detach(), terms.detach(), weights, shown)
                 opt.step(x, total.detach(), grad)
@@ -492,8 +500,11 @@ class StyleTransfer:
         out_of_memory = None
         try:
             for step in range(state.step + 1, steps + 1):
-                row = runner()
-                state.step = step
+                with update:
+                    if runner.graphed:  # a replay is the whole step at once: nothing in it to interrupt
+                        update.hold()
+                    row = runner()
+                    state.step = step
                 if opts.callback is not None:
                     parts = dict(zip(names, row.clone().unbind()))  # the callback's to keep
                     opts.callback(StepInfo(step_offset + step, total_steps, tuple(x.shape[-2:]), parts,
@@ -508,8 +519,10 @@ class StyleTransfer:
                     write_checkpoint(checkpoint)
         except KeyboardInterrupt:
             # state.step: the steps finished, as the checkpoint holds (Ctrl-C mostly comes in mid-step).
-            message = checkpoint_on_stop(f"interrupted at step {step_offset + state.step}")
-            raise Interrupted(message, image=so_far(), step=step_offset + state.step) from None
+            with interrupts.ignored():
+                message = checkpoint_on_stop(f"interrupted at step {step_offset + state.step}")
+                image = so_far()
+            raise Interrupted(message, image=image, step=step_offset + state.step) from None
         except RuntimeError as exc:
             if not is_out_of_memory(exc):
                 raise

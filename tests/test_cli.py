@@ -2,6 +2,7 @@
 import io
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -308,6 +309,61 @@ def test_ctrl_c_or_sigterm_saves_image_so_far(tmp_path, small_images, interrupt,
     assert "saved the image so far" in rest and "Traceback" not in rest
     assert Image.open(out).size == (48, 36)
     assert f"--resume {tmp_path / 'out.ckpt'}" in rest and (tmp_path / "out.ckpt").exists()
+
+
+def test_the_command_handles_ctrl_c_and_sigterm_but_leaves_an_ignored_one_ignored(monkeypatch):
+    stops = (signal.SIGINT, signal.SIGTERM)
+    during = []
+    monkeypatch.setattr(cli, "run", lambda args: during.append([signal.getsignal(s) for s in stops]) or 0)
+    before = [signal.getsignal(s) for s in stops]
+    assert cli.main(["--demo"]) == 0
+    assert during.pop() == [cli._on_stop, cli._on_stop] and [signal.getsignal(s) for s in stops] == before
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a shell starts a background job
+    try:
+        assert cli.main(["--demo"]) == 0
+        assert during.pop() == [signal.SIG_IGN, cli._on_stop] and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before[0])
+
+
+# Imported at the start of the command's Python: every checkpoint and image it writes
+# begins with a Ctrl-C of its own, as when the user presses it again while the first
+# one's work is saved.
+CTRL_C_DURING_SAVES = """
+import os
+import signal
+
+from nst_fast import checkpoint, images
+
+
+def _ctrl_c_first(save):
+    def saving(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return save(*args, **kwargs)
+    return saving
+
+
+checkpoint.write = _ctrl_c_first(checkpoint.write)
+images.save_atomic = _ctrl_c_first(images.save_atomic)
+"""
+
+
+def test_ctrl_c_again_while_the_work_is_saved_cuts_nothing_short(tmp_path, small_images, interrupt, monkeypatch,
+                                                                  capsys):
+    patches = tmp_path / "patches"
+    patches.mkdir()
+    (patches / "sitecustomize.py").write_text(CTRL_C_DURING_SAVES)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(patches), os.environ.get("PYTHONPATH")])))
+    content, style = small_images
+    out, ckpt = tmp_path / "out.png", tmp_path / "out.ckpt"
+    argv = [str(content), str(style), "-o", str(out), *SMALL]
+    code, rest = interrupt([*argv, "--steps", "100000"], "/100000")
+    assert code == 130, rest
+    assert "Traceback" not in rest
+    assert f"continue with --resume {ckpt}" in rest and Image.open(out).size == (32, 24)
+    step = int(re.search(r"saved the image so far \(step (\d+)\)", rest).group(1))
+    monkeypatch.delenv("PYTHONPATH")
+    assert cli.main([*argv, "-q", "--steps", str(step + 1), "--resume", str(ckpt)]) == 0, capsys.readouterr().err
 
 
 class _Stream(io.StringIO):

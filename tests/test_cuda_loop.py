@@ -25,6 +25,28 @@ def test_step_is_captured_in_a_cuda_graph(transfer, small_images):
     assert transfer.last_run["cuda_graph"], transfer.last_run["why_not"]
 
 
+def test_ctrl_c_right_after_a_replay_stops_once_its_step_is_counted(transfer, small_images, tmp_path, monkeypatch):
+    """A replay is a whole step: the checkpoint holds as many steps as the optimiser made."""
+    import signal
+
+    from nst_fast import Interrupted
+
+    replay, replays = torch.cuda.CUDAGraph.replay, []
+
+    def ctrl_c_after_the_second(self):
+        replay(self)
+        replays.append(1)
+        if len(replays) == 2:  # step 5: three eager steps (the third captured), then replays
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(torch.cuda.CUDAGraph, "replay", ctrl_c_after_the_second)
+    ckpt = tmp_path / "run.ckpt"
+    with pytest.raises(Interrupted, match=r"^interrupted at step 5$"):
+        _run(transfer, small_images, steps=10, interrupt_checkpoint=ckpt)
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["step"] == 5 == saved["optimizer"]["steps"]
+
+
 def _compare(a, a_loss, b, b_loss):
     """L-BFGS from noise is chaotic: an accept/reject decision flipped by rounding
     (split-K atomics, another cuDNN algorithm) sends the two runs down different but

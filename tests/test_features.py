@@ -4,6 +4,7 @@ import errno
 import json
 import os
 import re
+import signal
 import stat
 
 import pytest
@@ -400,28 +401,70 @@ def test_cli_resume_with_fewer_steps_writes_the_checkpoints_image(small_images, 
     assert Image.open(tmp_path / "a.png").tobytes() == Image.open(tmp_path / "b.png").tobytes()
 
 
-def test_an_unreadable_or_malformed_checkpoint_is_a_clean_error(transfer, small_images, tmp_path):
-    content, style = small_images
-    good = tmp_path / "good.ckpt"
-    transfer.stylize_tensor(content, style, size=32, steps=2, checkpoint=good)
-    saved = torch.load(good, weights_only=True)
-    bad = {
-        "text": None,
-        "pickled": {"version": 1, "x": torch.nn.Identity()},  # torch's refusal suggests weights_only=False
-        "bare": {"version": 1},
-        "no_history": {k: v for k, v in saved.items() if k != "history"},
-        "bad_step": dict(saved, step="2"),
-        "bad_size": dict(saved, size=[24]),
-    }
-    for name, data in bad.items():
-        path = tmp_path / f"{name}.ckpt"
+@pytest.fixture(scope="module")
+def good_checkpoint(transfer, small_images, tmp_path_factory):
+    """The checkpoint of 2 steps at size 32 (24x32), and what it holds."""
+    path = tmp_path_factory.mktemp("good") / "good.ckpt"
+    transfer.stylize_tensor(*small_images, size=32, steps=2, checkpoint=path)
+    return path, torch.load(path, weights_only=True)
+
+
+def test_an_unreadable_checkpoint_is_a_clean_error(transfer, small_images, tmp_path):
+    for name, data in {"text": None, "pickled": {"version": 1, "x": torch.nn.Identity()}}.items():
+        path = tmp_path / f"{name}.ckpt"  # pickled: torch's refusal suggests weights_only=False
         if data is None:
             path.write_text("nope")
         else:
             torch.save(data, path)
         with pytest.raises(NstError) as caught:
-            transfer.stylize_tensor(content, style, size=32, steps=4, resume=path)
+            transfer.stylize_tensor(*small_images, size=32, steps=4, resume=path)
         assert str(caught.value) == f"{path} is not a readable nst-fast checkpoint", name
+
+
+def _without(data, key):
+    return {k: v for k, v in data.items() if k != key}
+
+
+# A hand edit of a checkpoint that still unpickles -> what is wrong with it.
+EDITS = {
+    "bare": (lambda d: {"version": 1}, "fingerprint is missing"),
+    "no_history": (lambda d: _without(d, "history"), "history is missing"),
+    "step_as_text": (lambda d: dict(d, step="2"), "step is a str, not a whole number"),
+    "one_side": (lambda d: dict(d, size=[24]), "size is [24], not [height, width]"),
+    "no_optimiser_state": (lambda d: dict(d, optimizer={}), "the optimiser state is missing"),
+    "short_x": (lambda d: dict(d, x=d["x"][..., 1:]), "x has shape (1, 3, 24, 31), the size says (1, 3, 24, 32)"),
+    "nan_best_loss": (lambda d: dict(d, best_loss=torch.tensor(float("nan"))), "best_loss is NaN"),
+    "short_optimiser_entry": (lambda d: dict(d, optimizer=dict(d["optimizer"], x_a=d["optimizer"]["x_a"][1:])),
+                              "the optimiser's x_a has shape (2303,), this run's (2304,)"),
+    "optimiser_entry_missing": (lambda d: dict(d, optimizer=_without(d["optimizer"], "W")),
+                                "the optimiser state is missing W"),
+    "history_column_missing": (lambda d: dict(d, history=d["history"][:, 1:]),
+                               "history has shape (2, 9), this run's (2, 10)"),
+}
+
+
+@pytest.mark.parametrize("edit", EDITS)
+def test_a_hand_edited_checkpoint_is_refused_naming_what_is_wrong(transfer, small_images, tmp_path, good_checkpoint,
+                                                                  edit):
+    change, problem = EDITS[edit]
+    path = tmp_path / "edited.ckpt"
+    torch.save(change(good_checkpoint[1]), path)
+    steps = []
+    with pytest.raises(NstError) as caught:
+        transfer.stylize_tensor(*small_images, size=32, steps=4, resume=path, callback=steps.append)
+    assert str(caught.value) == f"checkpoint {path} is damaged: {problem}"
+    assert steps == []
+
+
+def test_cli_refuses_a_hand_edited_checkpoint_in_one_line(small_images, tmp_path, good_checkpoint, capsys):
+    path = tmp_path / "edited.ckpt"
+    torch.save(dict(good_checkpoint[1], optimizer={}), path)
+    code = cli.main([*map(str, small_images), "--weights", "random", "--device", "cpu", "--size", "32", "-q",
+                     "--steps", "4", "--resume", str(path), "-o", str(tmp_path / "out.png")])
+    err = capsys.readouterr().err
+    assert code == 1 and err.strip().splitlines()[-1] == (f"nst-fast: error: checkpoint {path} is damaged: "
+                                                          "the optimiser state is missing")
+    assert "Traceback" not in err and not (tmp_path / "out.png").exists()
 
 
 def test_interrupt_mid_step_reports_the_steps_the_checkpoint_holds(transfer, small_images, tmp_path, monkeypatch):
@@ -448,6 +491,66 @@ def test_interrupt_mid_step_reports_the_steps_the_checkpoint_holds(transfer, sma
     with pytest.raises(Interrupted, match=r"^interrupted at step 4$") as caught:
         transfer.stylize_tensor(content, style, size=32, steps=10, checkpoint=ckpt)
     assert caught.value.step == 4 == torch.load(ckpt, weights_only=True)["step"]
+
+
+def test_ctrl_c_again_while_the_checkpoint_is_written_cuts_nothing_short(transfer, small_images, tmp_path,
+                                                                         monkeypatch):
+    from nst_fast import Interrupted
+
+    content, style = small_images
+    ckpt = tmp_path / "run.ckpt"
+    kw = dict(size=32, init="noise", seed=5)
+    whole = transfer.stylize_tensor(content, style, steps=6, **kw)
+    write = checkpoint.write
+
+    def ctrl_c_first(f, data):
+        signal.raise_signal(signal.SIGINT)
+        write(f, data)
+
+    def stop(info):
+        if info.step == 2:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoint, "write", ctrl_c_first)
+        try:
+            transfer.stylize_tensor(content, style, steps=6, interrupt_checkpoint=ckpt, callback=stop, **kw)
+        except Interrupted as exc:
+            stopped = exc
+        except KeyboardInterrupt:  # not the run's Interrupted: the second one escaped
+            pytest.fail("the second Ctrl-C cut the checkpoint's writing short")
+    assert str(stopped) == "interrupted at step 2" and stopped.image is not None
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert torch.equal(transfer.stylize_tensor(content, style, steps=6, resume=ckpt, **kw), whole)
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+def test_ctrl_c_right_after_the_optimisers_update_resumes_exactly(transfer, small_images, tmp_path, monkeypatch,
+                                                                  optimizer):
+    """Ctrl-C between the optimiser's update and the step's count: the run stops at the
+    step's end, with a checkpoint of whole steps that resumes to the uninterrupted result."""
+    from nst_fast import Interrupted, optim
+
+    content, style = small_images
+    ckpt = tmp_path / "run.ckpt"
+    kw = dict(size=32, init="noise", seed=3, optimizer=optimizer)
+    whole = transfer.stylize_tensor(content, style, steps=6, **kw)
+    cls = optim.LBFGS if optimizer == "lbfgs" else optim.Adam
+    update, updates = cls.step, []
+
+    def ctrl_c_after_the_third(self, *args):
+        update(self, *args)
+        updates.append(1)
+        if len(updates) == 3:
+            signal.raise_signal(signal.SIGINT)  # as Ctrl-C lands: Python runs its handler now
+
+    with monkeypatch.context() as patch:
+        patch.setattr(cls, "step", ctrl_c_after_the_third)
+        with pytest.raises(Interrupted, match=r"^interrupted at step 3$") as caught:
+            transfer.stylize_tensor(content, style, steps=6, interrupt_checkpoint=ckpt, **kw)
+    saved = torch.load(ckpt, weights_only=True)
+    assert caught.value.step == 3 == saved["step"] == saved["optimizer"]["steps"]  # the updates it holds
+    assert torch.equal(transfer.stylize_tensor(content, style, steps=6, resume=ckpt, **kw), whole)
 
 
 def test_memory_estimate_refuses_an_oversized_run_before_allocating(transfer, small_images, monkeypatch):

@@ -379,8 +379,22 @@ def test_loads_state_saved_with_separate_s_and_y():
 
 def test_load_state_dict_rejects_missing_keys():
     opt = LBFGS(torch.zeros(3))
-    with pytest.raises(KeyError):
+    with pytest.raises(ValueError, match="^the optimiser state is missing f_a, g_a, d, t, W, WW, valid, idx, steps, "
+                                         "accepted$"):
         opt.load_state_dict({"x_a": torch.zeros(3)})
+
+
+@pytest.mark.parametrize("cls", [LBFGS, Adam])
+def test_load_state_dict_rejects_entries_of_another_shape_and_keeps_its_own(cls):
+    x = torch.tensor([-1.2, 1.0] * 4, dtype=torch.float64)
+    opt = cls(x.clone())
+    _run(opt, _rosenbrock, x, 3)
+    before = opt.state_dict()
+    other = cls(torch.zeros(7, dtype=torch.float64)).state_dict()  # one value short
+    name = "x_a" if cls is LBFGS else "m"
+    with pytest.raises(ValueError, match=rf"^the optimiser's {name} has shape \(7,\), this run's \(8,\)$"):
+        opt.load_state_dict(other)
+    assert all(torch.equal(v, before[k]) for k, v in opt.state_dict().items())
 
 
 # ---- no host synchronisation ----
