@@ -72,7 +72,7 @@ else
   PYTEST_LIMIT="${PYTEST_LIMIT:-150}"
 fi
 set -o pipefail
-timeout "$(within "$PYTEST_LIMIT")" python3 -m pytest -q -rfE -s -p no:cacheprovider tests/test_cuda_ops.py tests/test_cuda_pool.py tests/test_cuda_loop.py tests/test_optim.py \
+timeout "$(within "$PYTEST_LIMIT")" python3 -m pytest -q -rfE -s -p no:cacheprovider -m "slow or not slow" tests/test_cuda_ops.py tests/test_cuda_pool.py tests/test_cuda_loop.py tests/test_optim.py \
   tests/test_memory.py::test_cuda_estimate_matches_measured_peak "${PYTEST_ARGS[@]}" 2>&1 | tee "$OUT/pytest.log" | tail -40
 rc=$?
 STATUS[pytest]=$([ $rc = 0 ] && echo ok || echo "FAILED rc=$rc")

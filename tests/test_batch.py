@@ -138,6 +138,7 @@ def test_the_style_folder_is_no_output_folder(tmp_path, folder, capsys):
     assert _files(styles) == ["brush.png"]  # the outputs would be styles of the next run
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_batch_and_the_same_command_continues_it(tmp_path, folder, interrupt):
     contents, style = folder
     os.remove(contents / "tall.jpg")

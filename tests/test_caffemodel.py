@@ -95,6 +95,7 @@ def _convs(network, upto=None):
 
 @pytest.mark.parametrize("v1, v0", [(True, False), (False, False), (True, True)],
                          ids=["V1 layers", "layer", "V0 in V1 layers"])
+@pytest.mark.slow
 def test_vgg19_weights_by_layer_name(tmp_path, v1, v0):
     convs = _convs("vgg19")
     path = tmp_path / "VGG_ILSVRC_19_layers.caffemodel"

@@ -241,6 +241,7 @@ def test_init_from_an_image_file(tmp_path, small_images):
     assert to_style < 0.5 * to_content, (to_style, to_content)
 
 
+@pytest.mark.slow
 def test_outputs_carry_their_settings_but_no_input_paths(tmp_path, small_images):
     content, style = small_images
     for name, extra in (("out.png", []), ("out16.png", ["--bits", "16"]), ("out.jpg", []), ("out.tif", []),
@@ -299,6 +300,7 @@ def test_offline_imagenet_weights_say_what_to_do(tmp_path, small_images, capsys,
     assert (tmp_path / "demo.png").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, expected", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_ctrl_c_or_sigterm_saves_image_so_far(tmp_path, small_images, interrupt, signum, expected):
     content, style = small_images

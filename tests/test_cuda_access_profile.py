@@ -20,6 +20,8 @@ import emulated_profile
 import test_cuda_emulated as emulated
 import test_cuda_emulated_pool as pool
 
+pytestmark = pytest.mark.slow  # the CUDA kernels built with g++ and run on the CPU emulator
+
 KERNELS = emulated.ROOT / "csrc" / "cuda" / "style_loss_kernels.cuh"
 
 

@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # the CUDA kernels built with g++ and run on the CPU emulator
+
 ROOT = Path(__file__).resolve().parents[1]
 EMULATOR = Path(__file__).resolve().parent / "cuda_emulator"
 FP32_TOL = 1e-5

@@ -14,8 +14,9 @@ import test_cuda_emulated as emulated
 from nst_fast import backend
 from nst_fast.optim import LBFGS
 
-pytestmark = pytest.mark.skipif(not backend.has_op_kernel("lbfgs_step", "cpu"),
-                                reason="the extension has no fused L-BFGS kernel to compare with")
+pytestmark = [pytest.mark.slow,  # the CUDA kernels built with g++ and run on the CPU emulator
+              pytest.mark.skipif(not backend.has_op_kernel("lbfgs_step", "cpu"),
+                                 reason="the extension has no fused L-BFGS kernel to compare with")]
 
 STATE = ("x", "loss", "grad", "x_a", "f_a", "g_a", "d", "t", "W", "WW", "valid", "idx", "steps", "accepted")
 NUMPY = {torch.float32: np.float32, torch.float64: np.float64, torch.bool: np.bool_, torch.int64: np.int64}

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 
 import test_cuda_emulated as emulated
 
+pytestmark = pytest.mark.slow  # the CUDA kernels built with g++ and run on the CPU emulator
+
 CL = torch.channels_last
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 BITS = {2: torch.int16, 4: torch.int32}

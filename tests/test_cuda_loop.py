@@ -5,7 +5,7 @@ import torch
 
 from nst_fast import StyleTransfer, backend
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")]
 
 
 @pytest.fixture(scope="module")

@@ -27,9 +27,9 @@ def _cuda_kernel_present() -> bool:
         return False
 
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
     not _cuda_kernel_present(), reason="needs a CUDA GPU and the nst_fast CUDA kernels"
-)
+)]
 
 DEV = "cuda"
 FP32 = pytest.param(torch.float32, id="fp32")

@@ -10,9 +10,9 @@ from conftest import OpNames
 from nst_fast import backend, pooling, vgg
 from test_cuda_emulated_pool import exact, separately
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
     not (torch.cuda.is_available() and backend.has_op_kernel("relu_max_pool2_backward", "cuda")),
-    reason="needs a CUDA GPU and the nst_fast CUDA kernels")
+    reason="needs a CUDA GPU and the nst_fast CUDA kernels")]
 
 DEV = "cuda"
 CL = torch.channels_last

@@ -11,6 +11,7 @@ def single():
     return StyleTransfer(weights="random", device="cpu")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("style_loss", ["gram", "mrf"])
 def test_a_split_network_gives_the_same_run(single, small_images, style_loss):
     content, style = small_images

@@ -29,6 +29,7 @@ def _targets(transfer, content, styles, **kw):
     return transfer._loss(net, c, [images.to_tensor(s) for s in styles], opts, c.shape[-2:], 16), net, c
 
 
+@pytest.mark.slow
 def test_blend_target_is_the_weighted_sum(transfer, small_images, tmp_path):
     content, style = small_images
     other = tmp_path / "other.png"
@@ -89,6 +90,7 @@ def _coloured(rgb, seed, size=(48, 64)):
     return (base + 0.15 * torch.randn(1, 3, *size, generator=gen)).clamp(0, 1)
 
 
+@pytest.mark.slow
 def test_luminance_transfer_keeps_content_chroma(transfer):
     content, style = _coloured([0.7, 0.3, 0.2], 1), _coloured([0.1, 0.2, 0.8], 2, (40, 40))
     out = transfer.stylize_tensor(content, style, size=64, steps=15, preserve_colors="luminance")
@@ -98,6 +100,7 @@ def test_luminance_transfer_keeps_content_chroma(transfer):
     assert (color.rgb_to_yiq(plain)[:, 1:] - iq_content).abs().mean() > 0.05
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["match", "histogram"])
 def test_colour_matching_brings_the_content_palette(transfer, mode):
     content, style = _coloured([0.8, 0.2, 0.1], 3), _coloured([0.1, 0.2, 0.9], 4, (40, 40))
@@ -106,6 +109,7 @@ def test_colour_matching_brings_the_content_palette(transfer, mode):
     assert mean[0] > mean[2] + 0.3  # red like the content, not blue like the style
 
 
+@pytest.mark.slow
 def test_multiscale_reaches_the_final_size(transfer, small_images):
     content, style = small_images
     seen = []
@@ -130,6 +134,7 @@ def test_min_scale_makes_a_sqrt2_pyramid(transfer, small_images):
         Options(size=64, min_scale=32, scales=[32, 64]).validate()
 
 
+@pytest.mark.slow
 def test_cli_min_scale(tmp_path, small_images, capsys):
     content, style = small_images
     out = tmp_path / "out.png"
@@ -148,6 +153,7 @@ def test_step_info_counts_work_by_pixels(transfer, small_images):
     assert [round(i.done, 6) for i in seen] == [0.1, 0.2, 0.6, 1.0]  # a 64 px step costs four 32 px ones
 
 
+@pytest.mark.slow
 def test_initial_steps_set_the_first_scale_only(transfer, small_images, tmp_path, capsys):
     content, style = small_images
     seen = []
@@ -164,6 +170,7 @@ def test_initial_steps_set_the_first_scale_only(transfer, small_images, tmp_path
     assert out.exists()
 
 
+@pytest.mark.slow
 def test_snapshots_and_history(transfer, small_images):
     content, style = small_images
     shots = []
@@ -175,6 +182,7 @@ def test_snapshots_and_history(transfer, small_images):
     assert rows[-1]["total"] < rows[0]["total"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
 def test_resume_equals_an_uninterrupted_run(transfer, small_images, tmp_path, optimizer):
     content, style = small_images
@@ -208,6 +216,7 @@ CPU_OUT_OF_MEMORY = RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. 
 
 @pytest.mark.parametrize("error", [CPU_OUT_OF_MEMORY, torch.cuda.OutOfMemoryError("CUDA out of memory.")],
                          ids=["cpu", "cuda-class"])
+@pytest.mark.slow
 def test_running_out_of_memory_keeps_the_image_so_far_and_a_checkpoint(transfer, small_images, tmp_path,
                                                                        monkeypatch, error):
     content, style = small_images
@@ -271,6 +280,7 @@ def test_a_mismatched_checkpoint_names_what_differs(transfer, small_images, tmp_
         transfer.stylize_tensor(style, style, size=32, steps=4, resume=ckpt)
 
 
+@pytest.mark.slow
 def test_random_weights_of_another_seed_are_another_network_on_resume(small_images, tmp_path):
     content, style = small_images
     ckpt = tmp_path / "run.ckpt"
@@ -347,6 +357,7 @@ def test_a_checkpoint_without_settings_still_resumes(transfer, small_images, tmp
         transfer.stylize_tensor(content, style, size=32, steps=4, resume=ckpt, style_weight=123.0)
 
 
+@pytest.mark.slow
 def test_interrupt_saves_a_checkpoint_that_resumes(transfer, small_images, tmp_path):
     content, style = small_images
     ckpt = tmp_path / "run.ckpt"
@@ -390,6 +401,7 @@ def test_resume_counts_steps_per_scale(transfer, small_images, tmp_path, capsys)
     assert "note" not in transfer.last_run
 
 
+@pytest.mark.slow
 def test_cli_resume_with_fewer_steps_writes_the_checkpoints_image(small_images, tmp_path, capsys):
     content, style = small_images
     base = [str(content), str(style), "--weights", "random", "--device", "cpu", "--size", "32", "-q"]
@@ -611,6 +623,7 @@ def test_a_run_that_fits_only_without_the_transforms_runs_so_and_says_it(transfe
     assert transfer.last_run["note"].startswith("the run fits in memory only without the Winograd weight transforms")
 
 
+@pytest.mark.slow
 def test_cli_features(tmp_path, small_images, capsys):
     content, style = small_images
     out = tmp_path / "out.png"
@@ -757,6 +770,7 @@ def test_loop_state_averages_finite_iterates_with_bias_correction():
     assert torch.equal(plain.output(), xs[3])
 
 
+@pytest.mark.slow
 def test_avg_decay_averages_the_output_not_the_optimisation(transfer, small_images, tmp_path):
     content, style = small_images
     kw = dict(size=32, steps=10, init="noise", seed=4)
@@ -875,6 +889,7 @@ def test_padding_pads_the_first_convolution_only(padding):
     assert [type(m) for m in net.net] == [type(m) for m in plain.net]
 
 
+@pytest.mark.slow
 def test_padding_runs_end_to_end_and_is_part_of_a_checkpoint(small_images, tmp_path, capsys):
     content, style = small_images
     replicate = StyleTransfer(weights="random", device="cpu", padding="replicate")

@@ -71,6 +71,7 @@ def test_a_step_never_mixes_layouts_in_its_backward():
     assert not spy.mixed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("style_loss", ["gram", "w2", "mrf"])
 def test_no_style_loss_mixes_layouts(small_images, style_loss):
     """W2's moments and MRF's patches are PyTorch ops whose own backwards write

@@ -65,6 +65,7 @@ def test_freed_blocks_are_reused_inside_and_unmapped_outside():
     assert r["rss_inside"] - r["rss_after"] >= PAGES, r  # the kept blocks are given back at the end
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("env", [{"NST_FAST_KEEP_MEMORY": "0"}, {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}])
 def test_switched_off_by_the_environment(env, monkeypatch):
     for name, value in env.items():

@@ -123,6 +123,7 @@ def test_a_run_records_its_parts_and_the_callback_keeps_them(small_images):
     assert len({row["total"] for row in rows}) == 4
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not (torch.cuda.is_available() and backend.has_op_kernel("loop_record_", "cuda")),
                     reason="needs a CUDA GPU and the nst_fast CUDA kernels")
 def test_the_cuda_kernel_equals_the_cpu_one_and_captures():

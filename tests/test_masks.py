@@ -71,6 +71,7 @@ def test_guided_loss_matches_a_direct_computation(transfer, small_images):
     # for 40 steps from gray; relu2_1 does.
     ("mrf", 64, (3, 3), 64, 4, dict(style_layers="relu2_1,relu3_1")),
 ])
+@pytest.mark.slow
 def test_masked_styles_paint_their_own_regions(transfer, small_images, style_loss, noise_size, seeds, size,
                                                margin, extra):
     content, _ = small_images

@@ -71,6 +71,7 @@ def _measure_cpu(h, w, steps, optimizer, pooling="max", regions=0, style_loss="g
                           ("max", 2, "mrf", 0, "vgg19", "fp32"), ("max", 0, "mrf", 9, "vgg19", "fp32"),
                           ("max", 0, "gram", 0, "nin", "fp32"), ("max", 0, "mrf", 0, "nin", "fp32"),
                           ("max", 0, "gram", 0, "vgg19", "bf16")])
+@pytest.mark.slow
 def test_cpu_estimate_matches_measured_peak(pooling, regions, style_loss, variants, network, precision):
     """Also with L2 pooling, with two masked styles (spatial control), with the W2 and
     MRF style losses, unmasked and masked, MRF with the style's variants, NIN, and bf16."""
@@ -106,6 +107,7 @@ def test_cpu_estimate_matches_measured_peak(pooling, regions, style_loss, varian
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status") or not winograd.available(),
                     reason="needs Linux /proc and the CPU's Winograd convolutions")
+@pytest.mark.slow
 def test_low_memory_frees_the_transforms_and_stays_under_its_estimate(monkeypatch):
     """low_memory's peak is lower by the weight transforms, measured with the allocator's
     own variation left out (a fixed mmap threshold, no freed memory kept). With freed
@@ -131,6 +133,7 @@ def test_low_memory_frees_the_transforms_and_stays_under_its_estimate(monkeypatc
     assert measured <= estimate, f"low_memory peak {measured / MiB:.0f} MiB over its estimate {estimate / MiB:.0f}"
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("optimizer,precision", [("lbfgs", "fp32"), ("adam", "bf16")])
 def test_cuda_estimate_matches_measured_peak(optimizer, precision):
@@ -270,6 +273,7 @@ def test_available_bytes_fallback(monkeypatch):
     assert memory.available_bytes("cpu") > 0
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_available_bytes_cuda():
     free = memory.available_bytes("cuda")
@@ -288,6 +292,7 @@ def test_odd_arguments():
         assert memory.largest_size(1 << 30, aspect, CONTENT, STYLE) == 0
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux with glibc")
 def test_the_memory_trace_script_runs():
     """benchmarks/trace_memory.py, which the device check also runs on a GPU."""

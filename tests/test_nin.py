@@ -84,6 +84,7 @@ def test_default_layers_and_errors():
     assert weights["relu0"] / weights["relu12"] == pytest.approx(1000 / 96)  # channels: 96 and 1000
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("style_loss", ["gram", "mrf"])
 def test_stylizes_end_to_end(small_images, style_loss):
     transfer = StyleTransfer(weights="random", device="cpu", network="nin")

@@ -257,6 +257,7 @@ def _lockstep_quadratic(n, dtype, history, steps, seed=0, device="cpu"):
     (torch.float64, 1024 * 1024 + 37, 1e-12),  # more chunks than blocks: blocks loop
     (torch.float32, 5000, 1e-5),
 ])
+@pytest.mark.slow
 def test_fused_step_matches_step_reference(dtype, n, tol):
     gap, opt = _lockstep_quadratic(n, dtype, history=3, steps=12 if n > 10**6 else 25)
     assert gap <= tol
@@ -273,6 +274,7 @@ class _CountOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not (torch.cuda.is_available() and backend.has_op_kernel("lbfgs_step", "cuda")),
                     reason="needs CUDA and the fused L-BFGS CUDA kernel")
 @pytest.mark.parametrize("dtype, n, tol", [
@@ -420,6 +422,7 @@ def test_step_never_syncs_on_cpu(monkeypatch, path):
     assert (opts[0].steps - opts[0].accepted).item() > 0
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("name", ["lbfgs", "adam"])
 def test_step_never_syncs_on_cuda(name, path):
@@ -459,6 +462,7 @@ def _capture_step(opt, x, loss, grad):
     return graph
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_lbfgs_step_captures_in_cuda_graph(path):
     x0 = torch.tensor([-1.2, 1.0] * 3, dtype=torch.float64, device="cuda")
@@ -537,6 +541,7 @@ def test_fused_adam_takes_a_channels_last_gradient_in_three_ops():
     torch.testing.assert_close(x, x_ref, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_fused_adam_on_cuda_matches_torch_adam_and_captures():
     got, want = _adam_runs("cuda")

@@ -96,6 +96,7 @@ def test_kernels_that_do_not_load_are_named_once_and_the_reference_runs(broken_b
     assert "did not load" in warning[1] and "pip install --no-build-isolation" in warning[1]
 
 
+@pytest.mark.slow
 def test_cli_names_kernels_that_do_not_load_in_one_line(broken_build, tmp_path):
     env, where = broken_build
     out = tmp_path / "out.png"
@@ -128,4 +129,4 @@ def test_ci_installs_exactly_what_the_readme_quick_start_installs():
     ci = (ROOT / ".ci" / "run").read_text()
     assert _pip_packages(ci) - {"pip"} == _pip_packages(quick_start) != set()
     test_command = re.search(r"^python -m pytest .*$", quick_start, re.MULTILINE).group(0)
-    assert re.search(rf"^{re.escape(test_command)}$", ci, re.MULTILINE), "CI runs the README's test command"
+    assert re.search(rf"^{re.escape(test_command)}(\s+#.*)?$", ci, re.MULTILINE), "CI runs the README's test command"

@@ -11,6 +11,7 @@ pytestmark = pytest.mark.skipif(not SHARED_WEIGHTS.exists(), reason="shared pret
 STYLE_LAYERS = ["relu1_1", "relu2_1", "relu3_1"]
 
 
+@pytest.mark.slow
 def test_output_takes_style_statistics_and_keeps_content():
     transfer = StyleTransfer(weights=str(SHARED_WEIGHTS), device="cpu")
     assert transfer.convention == "caffe"

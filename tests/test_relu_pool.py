@@ -126,6 +126,7 @@ def test_no_fusion_without_a_gradient_or_for_other_pools():
     assert not pooling.fits(torch.nn.ReLU(), pool, x)  # not in place: its input is a requested output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bits", ["256", "0"], ids=["avx2", "no_vectors"])
 def test_narrower_cpus(bits):
     """The AVX2 loop, and the separate ops where neither vector loop runs, on this CPU:

@@ -157,6 +157,7 @@ def _gatys(image, fused: bool):
     return total.detach(), x.grad, seen.names
 
 
+@pytest.mark.slow
 def test_the_loss_runs_its_style_layers_fused(op_backend):
     image = torch.rand(1, 3, 16, 20, generator=torch.Generator().manual_seed(6))
     total, grad, names = _gatys(image, True)

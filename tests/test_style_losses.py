@@ -60,6 +60,7 @@ def test_w2_loss_matches_a_direct_computation():
     assert float(loss(f)) == pytest.approx(_w2_direct(f, s), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_w2_loss_is_zero_at_the_style_and_its_gradient_checks():
     s = _rand(1, 5, 6, 7, seed=4)
     loss = wasserstein.WassersteinStyle(wasserstein.moments(s))
@@ -75,6 +76,7 @@ def test_w2_of_a_shift_is_the_squared_mean_difference():
     assert float(loss(f)) == pytest.approx(float(shift.square().sum() / 4), rel=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layer", ["relu1_1", "relu5_1"])
 def test_w2_float32_features_match_float64(transfer, layer):
     """Near the style the loss is a small difference of large traces: float32 features
@@ -92,6 +94,7 @@ def test_w2_float32_features_match_float64(transfer, layer):
         assert (x32.grad.double() - x64.grad).norm() <= 1e-3 * x64.grad.norm()
 
 
+@pytest.mark.slow
 def test_guided_w2_weights_positions_by_the_squared_mask():
     f, s = _rand(1, 4, 6, 8, seed=18), _rand(1, 4, 5, 5, seed=19)
     left = torch.zeros(1, 1, 6, 8, dtype=torch.float64)
@@ -181,6 +184,7 @@ def test_patches_refuse_features_smaller_than_a_patch():
 # --- In the loop ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("style_loss", ["w2", "mrf"])
 def test_a_run_lowers_the_style_loss(transfer, small_images, style_loss):
     content, style = small_images
@@ -201,6 +205,7 @@ def test_defaults_depend_on_the_style_loss():
     assert Options().validate(convention="caffe").style_weight != Options().validate().style_weight
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("style_loss", ["w2", "mrf"])
 def test_a_white_mask_is_the_unmasked_loss(transfer, small_images, style_loss):
     content, style = small_images
@@ -212,6 +217,7 @@ def test_a_white_mask_is_the_unmasked_loss(transfer, small_images, style_loss):
     assert float(seen["masked"]["style"]) == pytest.approx(float(seen["plain"]["style"]), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_option_errors(transfer, small_images):
     content, style = small_images
     with pytest.raises(NstError, match="style_loss must be one of gram, w2, mrf"):
@@ -241,6 +247,7 @@ def test_memory_estimate_counts_the_style_losses():
         memory.estimate_parts(64, 64, ["relu4_2"], ["relu1_1"], style_loss="lap")
 
 
+@pytest.mark.slow
 def test_cli_runs_each_style_loss(small_images, tmp_path, capsys):
     content, style = small_images
     for style_loss in ("w2", "mrf"):
@@ -269,6 +276,7 @@ def test_style_variants_are_rotated_and_scaled_copies():
     assert torch.allclose(mrf.style_variants(bar)[3][..., 20, 30], bar[..., 20, 30], atol=0.05)
 
 
+@pytest.mark.slow
 def test_mrf_variants_pool_their_patches(transfer, small_images, tmp_path):
     f = _rand(1, 3, 9, 9, seed=24)
     a, b = _rand(1, 3, 7, 7, seed=25), 2 * _rand(1, 3, 9, 7, seed=26)

@@ -20,6 +20,7 @@ def _losses(transfer, content, style, **kw):
     return img, seen
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer,factor", [("lbfgs", 100), ("adam", 20)])
 def test_loss_falls_and_output_has_content_size(transfer, small_images, optimizer, factor):
     content, style = small_images
@@ -44,6 +45,7 @@ def test_the_loop_runs_the_fused_lbfgs_step(transfer, small_images, monkeypatch)
     assert len(seen) == 4
 
 
+@pytest.mark.slow
 def test_same_seed_same_image(transfer, small_images):
     content, style = small_images
     a = transfer.stylize(content, style, size=48, steps=5, init="noise", seed=7)
@@ -121,6 +123,7 @@ def test_image_too_small_for_the_network(transfer, tmp_path):
         transfer.stylize(torch.rand(3, 64, 64), torch.rand(3, 64, 64), size=64, steps=1, style_scale=0.001)
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_last_finite_image(transfer, small_images, monkeypatch):
     content, style = small_images
     from nst_fast import losses
@@ -156,6 +159,7 @@ def test_interrupt_returns_image_so_far(transfer, small_images):
     assert isinstance(info.value, KeyboardInterrupt) and not isinstance(info.value, NstError)
 
 
+@pytest.mark.slow
 def test_module_level_stylize_reuses_the_network(small_images):
     content, style = small_images
     img = nst_fast.stylize(content, style, weights="random", device="cpu", size=32, steps=1)
@@ -213,6 +217,7 @@ def test_a_device_this_machine_lacks_is_named(device, available):
         StyleTransfer(weights="random", device=device)
 
 
+@pytest.mark.slow
 def test_bf16_precision_keeps_bf16_weights_and_tracks_fp32(transfer, small_images):
     content, style = small_images
     _, fp32 = _losses(transfer, content, style, size=48, steps=20, init="noise")
@@ -287,6 +292,7 @@ def test_callback_images_are_the_callbacks_to_keep(transfer, small_images):
     assert all(torch.equal(a, b) for a, b in zip(frames, kept))
 
 
+@pytest.mark.slow
 def test_stylize_seeds_random_weights_as_the_command_line_does(small_images):
     content, style = small_images
     run = dict(weights="random", device="cpu", size=32, steps=3, progress=False)  # from the content: no noise

@@ -26,6 +26,7 @@ def preview():
     live.close()
 
 
+@pytest.mark.slow
 def test_serves_the_page_status_and_image_of_a_run(preview, small_images):
     content, style = small_images
     status, kind, page = _get(preview.url)
@@ -72,6 +73,7 @@ def test_a_live_view_needs_update_and_finish(small_images):
                                                                       live=object())
 
 
+@pytest.mark.slow
 def test_updates_follow_report_every(preview, small_images):
     content, style = small_images
     steps = []
@@ -132,6 +134,7 @@ def test_a_busy_port_is_a_clear_error():
             web.LivePreview("127.0.0.1", port)
 
 
+@pytest.mark.slow
 def test_cli_web_prints_the_address_and_stops_serving(tmp_path, small_images, capsys):
     content, style = small_images
     out = tmp_path / "out.png"
@@ -152,6 +155,7 @@ def test_cli_web_prints_the_address_and_stops_serving(tmp_path, small_images, ca
     assert not (tmp_path / "b.png").exists()
 
 
+@pytest.mark.slow
 def test_cli_browser_opens_the_live_view(tmp_path, small_images, capsys, monkeypatch):
     content, style = small_images
     opened = []

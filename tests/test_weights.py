@@ -192,6 +192,7 @@ _BLOCK_ENDS = {"vgg16": (("relu3_3", 16), ("relu4_3", 23), ("relu5_3", 30)),
                "alexnet": (("relu1", 2), ("pool1", 3), ("relu2", 5), ("relu4", 10), ("pool5", 13))}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("network", ["vgg16", "vgg13", "vgg11", "alexnet"])
 def test_other_torchvision_networks_match_torchvision(tmp_path, network):
     torch.manual_seed(1)
@@ -214,6 +215,7 @@ def test_other_torchvision_networks_match_torchvision(tmp_path, network):
         vgg.VGGFeatures(["relu4_1"], state)
 
 
+@pytest.mark.slow
 def test_vgg16_stylizes_end_to_end_and_costs_less_memory(small_images):
     from nst_fast import StyleTransfer, memory
 
@@ -229,6 +231,7 @@ def test_vgg16_stylizes_end_to_end_and_costs_less_memory(small_images):
     assert memory.estimate_bytes(512, 512, *layers, network="vgg16") < memory.estimate_bytes(512, 512, *layers)
 
 
+@pytest.mark.slow
 def test_vgg11_and_vgg13_stylize_and_cost_less_than_deeper_vggs(small_images, capsys, tmp_path):
     from nst_fast import cli, memory
 

@@ -161,6 +161,7 @@ def test_only_plain_3x3_convolutions_are_taken():
         winograd.WinogradConv2d(torch.nn.Conv2d(4, 4, 3, padding=1, stride=2))
 
 
+@pytest.mark.slow
 def test_stylize_with_winograd_tracks_direct_convolutions(small_images, monkeypatch):
     """Early on the images agree closely; later L-BFGS amplifies rounding differences
     (measured on 64-pixel runs: mean pixel difference 2e-8 after 3 steps, 1e-6 to
