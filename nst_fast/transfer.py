@@ -324,13 +324,21 @@ class StyleTransfer:
                 args, need = lean, lean_need
         if need > budget:
             fits = memory.largest_size(budget, w / h, **args)
+            shorter_history = memory.largest_history(budget, height, width, **args)
+            shortfall = (f"a {width}x{height} run needs about {need / 2**30:.1f} GiB but {budget / 2**30:.1f} GiB "
+                         f"is available on {self._where()}")
+            fewer_pairs = (f"keep fewer L-BFGS curvature pairs: lbfgs_history {shorter_history} fits at size "
+                           f"{long_side} (--lbfgs-history {shorter_history})" if shorter_history else None)
             if fits < 16:
+                if fewer_pairs:
+                    pairs = memory.estimate_parts(height, width, **args)["optimizer"]
+                    raise NstError(f"{shortfall}, {pairs / 2**30:.1f} GiB of it for the L-BFGS history "
+                                   f"(lbfgs_history {opts.lbfgs_history}), and no smaller size fits; {fewer_pairs}")
                 raise NstError(f"not enough memory on {self._where()} for even a 16-pixel run")
             if not opts.fit_memory:
                 raise NstError(
-                    f"a {width}x{height} run needs about {need / 2**30:.1f} GiB but {budget / 2**30:.1f} GiB is "
-                    f"available on {self._where()}; the largest size that fits is {fits}: ask for size {fits}, "
-                    "or let fit_memory (--fit-memory) pick it")
+                    f"{shortfall}; the largest size that fits is {fits}: ask for size {fits}, "
+                    "or let fit_memory (--fit-memory) pick it" + (f", or {fewer_pairs}" if fewer_pairs else ""))
             sizes = [s for s in sizes if s < fits] + [fits]
         # The style targets are taken before the steps run, at the style images' own size.
         style_side = opts.style_size or max(1, round(sizes[-1] * opts.style_scale))

@@ -466,6 +466,36 @@ def test_fit_memory_picks_the_largest_size_that_fits(transfer, small_images):
         transfer.stylize_tensor(content, style, size=512, steps=1, memory_limit=budget)
 
 
+def test_a_history_too_long_for_memory_is_refused_naming_lbfgs_history(transfer, small_images, monkeypatch):
+    """20000 curvature pairs of a 64x48 image are 1.4 GiB, and what grows with their
+    square (W W^T, 40000 x 40000 in float64, and a step's 20000 x 20000 matrices) another
+    27 GiB: no size fits in 4 GiB, a shorter history does."""
+    from nst_fast import memory
+    from nst_fast.options import DEFAULT_STYLE_LAYERS
+
+    content, style = small_images
+    monkeypatch.setattr(transfer, "_loss", lambda *a, **k: pytest.fail("allocated before refusing"))
+    layers = (["relu4_2"], list(DEFAULT_STYLE_LAYERS))
+    budget = 4 << 30
+    for fit_memory in (False, True):
+        with pytest.raises(NstError) as refused:
+            transfer.stylize_tensor(content, style, size=64, steps=1, lbfgs_history=20_000, memory_limit=budget,
+                                    fit_memory=fit_memory, low_memory=True)
+        fits = memory.largest_history(budget, 48, 64, *layers, history=20_000, winograd_transforms=False)
+        assert 1000 < fits < 20_000
+        assert re.fullmatch(rf"a 64x48 run needs about [\d.]+ GiB but 4.0 GiB is available on cpu, [\d.]+ GiB of it "
+                            rf"for the L-BFGS history \(lbfgs_history 20000\), and no smaller size fits; keep fewer "
+                            rf"L-BFGS curvature pairs: lbfgs_history {fits} fits at size 64 "
+                            rf"\(--lbfgs-history {fits}\)", str(refused.value))
+    # Where a smaller size fits too, both are named.
+    budget = memory.estimate_bytes(48, 64, *layers, history=1000, winograd_transforms=False) - 1
+    with pytest.raises(NstError, match=r"the largest size that fits is \d+: ask for size \d+, or let fit_memory "
+                                       r"\(--fit-memory\) pick it, or keep fewer L-BFGS curvature pairs: "
+                                       r"lbfgs_history 999 fits at size 64 \(--lbfgs-history 999\)$"):
+        transfer.stylize_tensor(content, style, size=64, steps=1, lbfgs_history=1000, memory_limit=budget,
+                                low_memory=True)
+
+
 def _transforms_held(transfer):
     from nst_fast.winograd import WinogradConv2d
 
