@@ -466,6 +466,31 @@ def test_fit_memory_picks_the_largest_size_that_fits(transfer, small_images):
         transfer.stylize_tensor(content, style, size=512, steps=1, memory_limit=budget)
 
 
+@pytest.mark.skipif(not winograd.available(), reason="the CPU's Winograd convolutions need the extension")
+def test_fit_memory_takes_low_memory_where_that_reaches_a_larger_size_and_says_so(transfer, small_images, tmp_path,
+                                                                                  capsys):
+    """At 4000 pixels the Winograd run needs less than the low_memory one (the transforms are
+    fixed, the activations grow), but in 600 MiB low_memory reaches the larger size."""
+    from nst_fast import memory
+    from nst_fast.options import DEFAULT_STYLE_LAYERS
+
+    content, style = small_images
+    budget, aspect, layers = 600 << 20, 64 / 48, (["relu4_2"], list(DEFAULT_STYLE_LAYERS))
+    lean = memory.largest_size(budget, aspect, *layers, winograd_transforms=False)
+    assert lean > memory.largest_size(budget, aspect, *layers) >= 16
+    out = transfer.stylize_tensor(content, style, size=4000, steps=0, memory_limit=budget, fit_memory=True)
+    assert max(out.shape[-2:]) == lean and not any(_transforms_held(transfer))
+    assert re.fullmatch(rf"a 4000x3000 run needs about [\d.]+ GiB but 0.6 GiB is available on cpu: fit_memory "
+                        rf"ran it at size {lean}, the largest that fits without the Winograd weight transforms, "
+                        r"as low_memory \(--low-memory\), with slower steps", transfer.last_run["note"])
+    out_file = tmp_path / "out.png"
+    assert cli.main([str(content), str(style), "-o", str(out_file), "--weights", "random", "--device", "cpu",
+                     "--size", "4000", "--steps", "0", "--memory-limit", "600M", "--fit-memory", "-q"]) == 0
+    assert max(Image.open(out_file).size) == lean
+    told = [line for line in capsys.readouterr().err.splitlines() if "fit_memory ran it" in line]
+    assert told == [f"nst-fast: {transfer.last_run['note']}"]
+
+
 def test_a_history_too_long_for_memory_is_refused_naming_lbfgs_history(transfer, small_images, monkeypatch):
     """20000 curvature pairs of a 64x48 image are 1.4 GiB, and what grows with their
     square (W W^T, 40000 x 40000 in float64, and a step's 20000 x 20000 matrices) another
