@@ -159,7 +159,8 @@ class StyleTransfer:
         if isinstance(content, (str, os.PathLike)):
             content = images.open_image(content)  # decoded once, for the run and its transparency
         result = self.stylize_tensor(content, style, **kwargs)
-        return images.to_pil(images.with_alpha(result, images.alpha(content)))
+        transparency = images.alpha(content, self.last_options.sizes()[-1])
+        return images.to_pil(images.with_alpha(result, transparency))
 
     def stylize_tensor(self, content, style, *, checkpoint=None, interrupt_checkpoint=None, resume=None,
                        save_every=0, snapshot=None, live=None, **kwargs) -> torch.Tensor:
@@ -184,15 +185,21 @@ class StyleTransfer:
         opts = Options.from_kwargs(kwargs).validate(n_styles=len(styles), convention=self.convention,
                                                      network=self.architecture, devices=self.devices)
         self.last_options = opts
-        content_img = images.to_tensor(content)
-        style_imgs = [images.to_tensor(s) for s in styles]
+        # Decoded once; a large image becomes a tensor only reduced to the largest scale's needs.
+        long_side = opts.sizes()[-1]
+        content, styles = images.decoded(content), [images.decoded(s) for s in styles]
+        mask_images = [images.decoded(m) for m in opts.style_masks or []]
+        content_img = images.to_tensor(content, long_side)
+        style_imgs = [images.to_tensor(s, opts.style_side(long_side)) for s in styles]
         masks = None
         if opts.style_masks is not None:
-            masks = [images.to_mask(m) for m in opts.style_masks]
+            masks = [images.to_mask(m, long_side) for m in mask_images]
             for i, mask in enumerate(masks):
                 if not mask.any():
                     raise NstError(f"style mask {i + 1} is black everywhere: its style would apply nowhere")
-        fp, settings = checkpoint_io.identify(content_img, style_imgs + (masks or []), opts, self)
+        fp, settings = checkpoint_io.identify(
+            images.identity(content, content_img),
+            [images.identity(s, t) for s, t in zip(styles + mask_images, style_imgs + (masks or []))], opts, self)
         saved = checkpoint_io.load(resume, fp, settings) if resume else None
         content_img, style_imgs, finish = _preserve_colors(opts.preserve_colors, content_img, style_imgs)
         net = self.network(list(opts.content_layers) + list(opts.style_layers), opts.precision)
@@ -351,7 +358,7 @@ class StyleTransfer:
                        if switched else "")
                     + (f"; {fewer_pairs}" if fewer_pairs else ""))
         # The style targets are taken before the steps run, at the style images' own size.
-        style_side = opts.style_size or max(1, round(sizes[-1] * opts.style_scale))
+        style_side = opts.style_side(sizes[-1])
         style_need = memory.style_pass_bytes(style_side, w / h, list(opts.style_layers), opts.precision,
                                              self.device.type, self.architecture, args["winograd_transforms"])
         if style_need > budget:
@@ -377,8 +384,7 @@ class StyleTransfer:
             content_targets = {n: content_feats[n].float().clone() for n in opts.content_layers}
             style_feats = []
             for img in style_imgs:
-                long_side = opts.style_size or max(1, round(max(size) * opts.style_scale))
-                s = images.resize_long_side(img, long_side)
+                s = images.resize_long_side(img, opts.style_side(max(size)))
                 if min(s.shape[-2:]) < min_side:
                     raise NstError(
                         f"a style image is {s.shape[-1]}x{s.shape[-2]} pixels after scaling; "
@@ -438,7 +444,7 @@ class StyleTransfer:
             noise = torch.randn((1, 3, h, w), generator=gen)
             start = (mean.view(1, 3, 1, 1) + std.view(1, 3, 1, 1) * noise).clamp(0, 1)
         else:
-            start = torch.nn.functional.interpolate(images.to_tensor(opts.init), size=(h, w), mode="bicubic")
+            start = torch.nn.functional.interpolate(images.to_tensor(opts.init, max(h, w)), size=(h, w), mode="bicubic")
         return start.to(self.device, torch.float32).contiguous()
 
     def _optimise(self, loss_fn, x0, opts, steps, step_offset, total_steps, resume=None, checkpoint=None,

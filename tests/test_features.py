@@ -258,6 +258,20 @@ def test_resume_upscaled_and_from_another_run(transfer, small_images, tmp_path):
         transfer.stylize_tensor(content, style, size=32, steps=4, resume=ckpt, style_weight=123.0)
 
 
+def test_a_large_image_reduced_by_the_size_resumes_at_another_size(transfer, small_images, tmp_path, monkeypatch):
+    """Large images (made small here) become tensors reduced by the run's size: a
+    checkpoint knows them by their decoded pixels, the same at either size."""
+    content, style = small_images
+    monkeypatch.setattr(images, "LARGE_PIXELS", 100)
+    monkeypatch.setattr(images, "REDUCE_MARGIN", 1)
+    ckpt = tmp_path / "run.ckpt"
+    transfer.stylize_tensor(content, style, size=32, steps=2, checkpoint=ckpt)
+    assert transfer.stylize_tensor(content, style, size=48, steps=2, resume=ckpt).shape[-2:] == (36, 48)
+    other = Image.open(content).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    with pytest.raises(NstError, match="from another run: its images differ$"):
+        transfer.stylize_tensor(other, style, size=48, steps=2, resume=ckpt)
+
+
 def test_a_mismatched_checkpoint_names_what_differs(transfer, small_images, tmp_path):
     content, style = small_images
     ckpt = tmp_path / "run.ckpt"

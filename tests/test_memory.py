@@ -4,6 +4,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -350,3 +351,45 @@ def test_the_memory_trace_script_runs():
     assert summary and int(summary.group(2)) > 100, proc.stdout
     assert "weights " in proc.stdout.splitlines()[-1] and len(proc.stdout.splitlines()) == 2 * 2 + 3
 
+
+# Stylizes a large image file into a small output in a fresh interpreter, after a run
+# of the same size from a small image, and reports how far above the resident set
+# before it the large one took the interpreter's memory (VmHWM).
+_DECODE = r"""
+import json, sys
+import nst_fast
+large, small = sys.argv[1:3]
+
+def status_kib(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+st = nst_fast.StyleTransfer(weights="random", device="cpu")
+st.stylize(small, small, size=64, steps=1)
+before = status_kib("VmRSS")
+out = st.stylize(large, small, size=64, steps=1)
+print(json.dumps({"above": (status_kib("VmHWM") - before) * 1024, "size": list(out.size)}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
+def test_a_large_image_for_a_small_output_is_decoded_in_bounded_memory(tmp_path):
+    """A 36-megapixel grey PNG (a 225-megapixel one peaked at 9.5 GB for a 64-pixel
+    output): its decoded grey and RGB copies, 4 bytes a pixel, and no float32 copies at
+    full size (12 bytes a pixel each)."""
+    from PIL import Image
+
+    side = 6000
+    ramp = np.add.outer(np.arange(side) // 40, np.arange(side) // 40).astype(np.uint8)
+    Image.fromarray(ramp, "L").save(tmp_path / "large.png", compress_level=1)
+    Image.fromarray(ramp[:400:10, :400:10], "L").save(tmp_path / "small.png")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", _DECODE, str(tmp_path / "large.png"), str(tmp_path / "small.png")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"{r['above'] / MiB:.0f} MiB above the run before")
+    assert r["size"] == [64, 64]
+    assert r["above"] <= 8 * side * side, f"{r['above'] / MiB:.0f} MiB above the run before, for {side}x{side} pixels"
