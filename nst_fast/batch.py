@@ -86,8 +86,8 @@ def _start_from_previous(job: Job, content):
         return None
     output = images.to_tensor(before.output)
     long_side = max(output.shape[-2:])
-    previous_content = images.resize_long_side(images.to_tensor(before.content), long_side)
-    content = images.resize_long_side(images.to_tensor(content), long_side)
+    previous_content = images.resize_long_side(images.to_tensor(before.content, long_side), long_side)
+    content = images.resize_long_side(images.to_tensor(content, long_side), long_side)
     if not previous_content.shape == content.shape == output.shape:
         return None
     return video.carry_over(previous_content, output, content)
@@ -120,7 +120,7 @@ def run(transfer, jobs, styles, options: dict, *, save: Callable, new_progress: 
             _say(f"continuing from {resume}")
         try:
             content = images.open_image(job.content)
-            transparency = images.alpha(content)
+            transparency = images.alpha(content, options["size"])
             start = _start_from_previous(job, content) if init_previous else None
             init = options["init"] if start is None else start
             while True:

@@ -19,9 +19,13 @@ FINGERPRINT_OPTIONS = ("content_weight", "style_weight", "tv_weight", "content_l
 def identify(content, styles, opts, transfer) -> tuple:
     """(fingerprint, settings) of a run: the hash a checkpoint must match to be resumed,
     and what went into it by name ("images" and each setting, as text), which a
-    checkpoint keeps so that a mismatch can say what differs."""
+    checkpoint keeps so that a mismatch can say what differs. content, styles: the
+    images as images.identity gives them (their tensors, or a large image's digest)."""
     h = hashlib.sha256()
     for t in [content, *styles]:
+        if isinstance(t, bytes):  # a large image's digest (images.identity)
+            h.update(t)
+            continue
         h.update(str(tuple(t.shape)).encode())
         h.update(t.contiguous().numpy().tobytes())
     options = [repr(getattr(opts, name)) for name in FINGERPRINT_OPTIONS]

@@ -434,7 +434,7 @@ def run(args) -> int:
         stem = os.path.splitext(args.output)[0]
         interrupt_checkpoint = args.checkpoint or stem + ".ckpt"
 
-        transparency = None if batch_mode else images.alpha(opened[content])
+        transparency = None if batch_mode else images.alpha(opened[content], args.size)
 
         def save(image, path, alpha=transparency):  # the content's transparency and the run's settings kept
             images.save_atomic(images.with_alpha(image, alpha), path, bits=args.bits,

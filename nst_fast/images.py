@@ -1,5 +1,6 @@
 """Image input and output: any common image mode in, RGB float tensors inside, atomic writes out."""
 import contextlib
+import hashlib
 import io
 import os
 import warnings
@@ -30,11 +31,16 @@ def _rgb_or_rgba(img: Image.Image) -> Image.Image:
         img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
     if img.mode == "La":  # premultiplied: PIL converts it to LA only
         img = img.convert("LA")
-    if img.mode in ("P", "LA", "PA", "RGBA", "RGBa") or "transparency" in img.info:
+    if _may_be_transparent(img):
         img = img.convert("RGBA")
         if img.getextrema()[3][0] < 255:
             return img
     return img.convert("RGB")
+
+
+def _may_be_transparent(img: Image.Image) -> bool:
+    """Whether _rgb_or_rgba may keep an alpha channel of img: its mode has one, or it names a transparent colour."""
+    return img.mode in ("P", "La", "LA", "PA", "RGBA", "RGBa") or "transparency" in img.info
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -96,8 +102,10 @@ def open_image(path) -> Image.Image:
     try:
         with _pixel_limit(MAX_PIXELS), Image.open(path) as img:
             img.load()
-            # Phones store portrait photos sideways with an EXIF orientation tag: upright them.
-            return _rgb_or_rgba(_to_srgb(ImageOps.exif_transpose(img)))
+            # Phones store portrait photos sideways with an EXIF orientation tag: upright them
+            # (in place: no copy of an image that is upright already).
+            ImageOps.exif_transpose(img, in_place=True)
+            return _rgb_or_rgba(_to_srgb(img))
     except Image.DecompressionBombError:
         raise NstError(f"{path} has more than {MAX_PIXELS} pixels; scale it down first") from None
     except UnidentifiedImageError:
@@ -160,40 +168,88 @@ def _array_to_pil(arr: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(arr), mode)
 
 
-def to_tensor(image) -> torch.Tensor:
+# A decoded image of more pixels than this (200 MB as float32 RGB) becomes float32 only
+# reduced to what the run needs: a 225-megapixel scan, as a float32 image and its
+# copies, took 9.5 GB for a 64-pixel output.
+LARGE_PIXELS = 1 << 24
+# A reduced image keeps this many times the long side it is resized to, for the
+# antialiased resize that follows the box filter that reduces it: the two differ from
+# one resize of the whole image by under 1 level of 255 on average and at most 4, in
+# fine waves near the output's resolution (at 2 times, up to 9).
+REDUCE_MARGIN = 4
+
+
+def _reduced(img: Image.Image, long_side: Optional[int]) -> Image.Image:
+    """A large decoded image reduced for a resize to long_side, in 8 bits (grey and RGB as
+    they are, other modes once in RGB over white); others, and any for long_side None, as they are."""
+    size = _reduced_size(img, long_side)
+    if size is None:
+        return img
+    return (img if img.mode in ("L", "RGB") else _to_rgb(img)).resize(size, Image.Resampling.BOX)
+
+
+def _reduced_size(img: Image.Image, long_side: Optional[int]):
+    """(width, height) with a long side of REDUCE_MARGIN * long_side, or None where img is
+    not over LARGE_PIXELS or not larger than that."""
+    keep = REDUCE_MARGIN * (long_side or 0)
+    if not keep or img.width * img.height <= LARGE_PIXELS or max(img.size) <= keep:
+        return None
+    scale = keep / max(img.size)
+    return max(1, round(img.width * scale)), max(1, round(img.height * scale))
+
+
+def decoded(image):
+    """A path opened (open_image) and a NumPy image as a PIL image; PIL images and tensors as they are."""
+    if isinstance(image, (str, os.PathLike)):
+        return open_image(image)
+    if isinstance(image, np.ndarray):
+        return _array_to_pil(image)
+    return image
+
+
+def identity(image, tensor: torch.Tensor):
+    """What a checkpoint's fingerprint holds of an image: the tensor a run made of it,
+    or where that is reduced by the run's size (a large decoded image) a digest of the
+    decoded pixels, the same at every size."""
+    if not isinstance(image, Image.Image) or image.width * image.height <= LARGE_PIXELS:
+        return tensor
+    digest = hashlib.sha256(f"{image.mode} {image.size}".encode())
+    rows = max(1, (1 << 20) // image.width)  # a band of about a million pixels at a time
+    for top in range(0, image.height, rows):
+        digest.update(image.crop((0, top, image.width, min(image.height, top + rows))).tobytes())
+    return digest.digest()
+
+
+def to_tensor(image, long_side: Optional[int] = None) -> torch.Tensor:
     """A path, PIL image, NumPy array (H, W[, 3 or 4], RGB order) or tensor ((3, H, W)
-    or (1, 3, H, W): float in [0, 1], uint8 or uint16) -> float32 (1, 3, H, W) RGB in [0, 1]."""
+    or (1, 3, H, W): float in [0, 1], uint8 or uint16) -> float32 (1, 3, H, W) RGB in [0, 1].
+    long_side: the largest long side the run resizes it to; an image of more than
+    LARGE_PIXELS pixels is then reduced first, to REDUCE_MARGIN times that or more."""
     if isinstance(image, torch.Tensor):
         t = image.unsqueeze(0) if image.dim() == 3 else image
         if t.dim() != 4 or t.size(0) != 1 or t.size(1) not in (1, 3) or 0 in t.shape:
             raise NstError(f"an image tensor must be (3, H, W), (1, H, W) or (1, 3, H, W), got {tuple(image.shape)}")
         return _tensor_pixels(t).expand(1, 3, -1, -1).clamp(0, 1).cpu().contiguous()
-    if isinstance(image, Image.Image):
-        img = _to_rgb(image)
-    elif isinstance(image, np.ndarray):
-        img = _to_rgb(_array_to_pil(image))
-    elif isinstance(image, (str, os.PathLike)):
-        img = _to_rgb(open_image(image))
-    else:
+    image = decoded(image)
+    if not isinstance(image, Image.Image):
         raise NstError(f"expected an image path, PIL image, NumPy array or tensor, got {type(image).__name__}")
-    arr = np.asarray(img, dtype=np.float32) / 255.0
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).unsqueeze(0)
+    arr = np.asarray(_to_rgb(_reduced(image, long_side)), dtype=np.float32)
+    arr /= 255.0  # in place: one float32 copy of the image, not three
+    return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0)
 
 
-def alpha(image) -> Optional[torch.Tensor]:
+def alpha(image, long_side: Optional[int] = None) -> Optional[torch.Tensor]:
     """The transparency of an image path, PIL image or (H, W, 4) array: (1, 1, H, W) in
     [0, 1], 1 where opaque; None where it is opaque everywhere (and for tensors, which
-    are RGB)."""
-    if isinstance(image, (str, os.PathLike)):
-        image = open_image(image)
-    elif isinstance(image, np.ndarray):
-        image = _array_to_pil(image)
-    if not isinstance(image, Image.Image):
+    are RGB). long_side: as to_tensor's, reduced as to_tensor reduces the image."""
+    image = decoded(image)
+    if not isinstance(image, Image.Image) or not _may_be_transparent(image):
         return None
     img = _rgb_or_rgba(image)
     if img.mode != "RGBA":
         return None
-    return torch.from_numpy(np.asarray(img.getchannel("A"), dtype=np.float32) / 255.0)[None, None]
+    transparency = _reduced(img.getchannel("A"), long_side)
+    return torch.from_numpy(np.asarray(transparency, dtype=np.float32) / 255.0)[None, None]
 
 
 def with_alpha(image: torch.Tensor, transparency: Optional[torch.Tensor]) -> torch.Tensor:
@@ -204,16 +260,16 @@ def with_alpha(image: torch.Tensor, transparency: Optional[torch.Tensor]) -> tor
     return torch.cat([image, resize_mask(transparency, image.shape[-2:]).to(image)], dim=1)
 
 
-def to_mask(image) -> torch.Tensor:
+def to_mask(image, long_side: Optional[int] = None) -> torch.Tensor:
     """A path, PIL image, NumPy array or tensor ((H, W) too) -> float32 (1, 1, H, W) in
     [0, 1]: its grey level, white where a region is; transparent parts are not in it
-    (a white shape on a transparent background covers the shape only)."""
+    (a white shape on a transparent background covers the shape only). long_side: as
+    to_tensor's."""
     if isinstance(image, torch.Tensor) and image.dim() == 2:
         image = image.unsqueeze(0)
-    elif isinstance(image, (str, os.PathLike)):
-        image = open_image(image)  # decoded once, for the grey level and the transparency
-    grey = to_tensor(image).mean(dim=1, keepdim=True)  # transparent parts over white
-    transparency = alpha(image)
+    image = decoded(image)  # decoded once, for the grey level and the transparency
+    grey = to_tensor(image, long_side).mean(dim=1, keepdim=True)  # transparent parts over white
+    transparency = alpha(image, long_side)
     if transparency is None:
         return grey
     return (grey - (1 - transparency)).clamp(0, 1)  # over black instead: grey * alpha

@@ -39,7 +39,9 @@ step of StyleTransfer._optimise (the backward of GatysLoss), not a simulation:
   image        x, its gradient, the best-image copy, the content image and
                IMAGE_COPIES - 4 transients of the same size (torch.where)
   optimiser    L-BFGS: the S and Y history (history x image, fp32 each), x_a,
-               g_a, d; Adam: m and v
+               g_a, d, and what grows with the square of the history: W W^T
+               (2 history x 2 history, float64) and a step's history x history
+               matrices (nst_fast.optim.lbfgs_bytes); Adam: m and v
   runtime      a constant for what the framework itself allocates on first use
                (CPU: oneDNN primitives and code pages; CUDA: cuBLAS/cuDNN
                workspaces), measured, not derived
@@ -65,7 +67,7 @@ import os
 
 import torch
 
-from . import backend, heap, mrf, vgg, winograd
+from . import backend, heap, mrf, optim, vgg, winograd
 from . import pooling as pooling_module
 
 BACKWARD_BUFFERS = 2
@@ -163,7 +165,7 @@ def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs
 
     n = batch * pixels
     if optimizer == "lbfgs":
-        opt_bytes = (2 * history + 3) * n * 4
+        opt_bytes = optim.lbfgs_bytes(n, history, device)
     else:
         opt_bytes = 2 * n * 4
     saved, backward, guided = batch * saved, batch * backward, batch * guided
@@ -361,6 +363,26 @@ def largest_size(budget_bytes, aspect, content_layers, style_layers, optimizer="
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
     h, w = _shape(lo, aspect) if lo else (0, 0)
     return lo if lo and min(h, w) >= smallest else 0
+
+
+def largest_history(budget_bytes, height, width, content_layers, style_layers, history=10, **options) -> int:
+    """The longest L-BFGS history shorter than `history` whose estimate at height x width
+    fits in budget_bytes; 0 if none does, or the optimiser is not L-BFGS. options: the
+    other arguments of estimate_bytes."""
+    if options.get("optimizer", "lbfgs") != "lbfgs":
+        return 0
+
+    def fits(length):
+        return estimate_bytes(height, width, content_layers, style_layers, history=length,
+                              **options) <= budget_bytes
+
+    if history <= 1 or not fits(1):
+        return 0
+    lo, hi = 1, history
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
 
 
 def _meminfo_available():

@@ -187,12 +187,41 @@ class LBFGS(_Stateful):
 
 def _fused_workspace(x: torch.Tensor, history: int):
     """The fused step's workspace, or None where it cannot run (no kernel, a long history)."""
-    if x.dtype not in (torch.float32, torch.float64) or not backend.uses_extension(x.device):
+    if x.dtype not in (torch.float32, torch.float64):
         return None
-    if not backend.has_op_kernel("lbfgs_step", x.device.type):
+    size = _workspace_size(x.numel(), history, x.device)
+    return None if size is None else torch.zeros(size, dtype=torch.float64, device=x.device)
+
+
+def _workspace_size(n: int, history: int, device):
+    """Elements (float64) of the fused step's workspace for n elements, or None where it
+    cannot run (no kernel, a long history)."""
+    device = torch.device(device)
+    if not backend.uses_extension(device) or not backend.has_op_kernel("lbfgs_step", device.type):
         return None
-    size = torch.ops.nst_fast.lbfgs_workspace_size(x.numel(), history)
-    return None if size < 0 else torch.zeros(size, dtype=torch.float64, device=x.device)
+    size = torch.ops.nst_fast.lbfgs_workspace_size(n, history)
+    return None if size < 0 else size
+
+
+# history x history float64 matrices alive at once in LBFGS._direction: SY and YY, and R
+# with the two it is summed from (measured: 5.0-5.4 of them beyond W W^T at histories
+# of 2500-4000).
+DIRECTION_MATRICES = 5
+
+
+def lbfgs_bytes(n: int, history: int, device="cpu") -> int:
+    """Peak bytes of an LBFGS over n float32 elements: what __init__ allocates (x_a, g_a,
+    d, W's 2 * history rows, W W^T in float64, the slot flags and indices) and what a
+    step adds to it (the fused step's workspace; a step in PyTorch ops, where no kernel
+    takes this history, its history x history matrices). W W^T and those grow with the
+    square of the history, whatever the image's size."""
+    state = (2 * history + 3) * n * 4 + (2 * history) ** 2 * 8 + history * (1 + 8)
+    try:
+        workspace = _workspace_size(n, history, device)
+    except RuntimeError:  # NST_FAST_BACKEND=extension where it cannot run: count the larger, PyTorch step
+        workspace = None
+    step = DIRECTION_MATRICES * history ** 2 * 8 if workspace is None else workspace * 8
+    return state + step
 
 
 class Adam(_Stateful):

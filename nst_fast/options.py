@@ -325,6 +325,10 @@ class Options:
             i += 1
         return sizes
 
+    def style_side(self, size: int) -> int:
+        """The style images' long side at a scale whose long side is `size`."""
+        return self.style_size or max(1, round(size * self.style_scale))
+
     def steps_at(self, scale_index: int) -> int:
         """Steps at the scale_index-th scale: initial_steps (if given) at the first, steps after."""
         return self.initial_steps if scale_index == 0 and self.initial_steps is not None else self.steps

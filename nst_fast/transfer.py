@@ -161,7 +161,8 @@ class StyleTransfer:
         if isinstance(content, (str, os.PathLike)):
             content = images.open_image(content)  # decoded once, for the run and its transparency
         result = self.stylize_tensor(content, style, **kwargs)
-        return images.to_pil(images.with_alpha(result, images.alpha(content)))
+        transparency = images.alpha(content, self.last_options.sizes()[-1])
+        return images.to_pil(images.with_alpha(result, transparency))
 
     def stylize_tensor(self, content, style, *, checkpoint=None, interrupt_checkpoint=None, resume=None,
                        save_every=0, snapshot=None, live=None, **kwargs) -> torch.Tensor:
@@ -197,20 +198,26 @@ class StyleTransfer:
         opts = Options.from_kwargs(kwargs).validate(n_styles=len(styles), convention=self.convention,
                                                      network=self.architecture, devices=self.devices)
         self.last_options = opts
-        content_img = images.to_tensor(content)
-        style_imgs = [images.to_tensor(s) for s in styles]
+        # Decoded once; a large image becomes a tensor only reduced to the largest scale's needs.
+        long_side = opts.sizes()[-1]
+        content, styles = images.decoded(content), [images.decoded(s) for s in styles]
+        mask_images = [images.decoded(m) for m in opts.style_masks or []]
+        content_img = images.to_tensor(content, long_side)
+        style_imgs = [images.to_tensor(s, opts.style_side(long_side)) for s in styles]
         masks = None
         if opts.style_masks is not None:
-            masks = [images.to_mask(m) for m in opts.style_masks]
+            masks = [images.to_mask(m, long_side) for m in mask_images]
             for i, mask in enumerate(masks):
                 if not mask.any():
                     raise NstError(f"style mask {i + 1} is black everywhere: its style would apply nowhere")
-        fp, settings = checkpoint_io.identify(content_img, style_imgs + (masks or []), opts, self)
+        fp, settings = checkpoint_io.identify(
+            images.identity(content, content_img),
+            [images.identity(s, t) for s, t in zip(styles + mask_images, style_imgs + (masks or []))], opts, self)
         saved = checkpoint_io.load(resume, fp, settings) if resume else None
         content_img, style_imgs, finish = _preserve_colors(opts.preserve_colors, content_img, style_imgs)
         net = self.network(list(opts.content_layers) + list(opts.style_layers), opts.precision)
         min_side = vgg.min_side(net.layers, self.architecture)
-        sizes, transforms = self._sizes_that_fit(opts, content_img.shape[-2:], len(style_imgs))
+        sizes, transforms, fit_note = self._sizes_that_fit(opts, content_img.shape[-2:], len(style_imgs))
         for cached in self._nets.values():  # the transforms of every cached network are freed, or made on use
             cached.use_winograd(transforms)
 
@@ -232,11 +239,10 @@ class StyleTransfer:
         self.history, x = [], None
         self.last_run = {"cuda_graph": False, "why_not": "no steps were run"}  # until a scale runs some
         if opts.precision == "tf32" and default_precision(self.devices) != "tf32":
-            self.last_run["note"] = ("precision tf32 acts on NVIDIA GPUs of the Ampere generation or later only; "
-                                     "this run was exact fp32")
-        if not transforms and not opts.low_memory:
-            self.last_run["note"] = ("the run fits in memory only without the Winograd weight transforms: it ran "
-                                     "as low_memory (--low-memory), with slower steps")
+            self._note("precision tf32 acts on NVIDIA GPUs of the Ampere generation or later only; "
+                       "this run was exact fp32")
+        if fit_note:
+            self._note(fit_note)
         for scale_index, size in enumerate(sizes):
             content_t = images.resize_long_side(content_img, size)
             h, w = content_t.shape[-2:]
@@ -251,8 +257,8 @@ class StyleTransfer:
                     # This scale holds the steps asked for, or more: go on from its image as from a finished scale.
                     x, self.history = saved.get("result", saved["best"]), saved["history_rows"]
                     if scale_index == len(sizes) - 1:
-                        self.last_run["note"] = (f"the checkpoint {resume} is already at step {saved['step']} "
-                                                 f"(>= steps {opts.steps_at(scale_index)}); its image is the result")
+                        self._note(f"the checkpoint {resume} is already at step {saved['step']} "
+                                   f"(>= steps {opts.steps_at(scale_index)}); its image is the result")
                         if checkpoint:
                             checkpoint_io.save(checkpoint, saved)
                     saved = None
@@ -311,9 +317,10 @@ class StyleTransfer:
         return rows + [dict(zip(names, v), size=list(state.best.shape[-2:])) for v in values]
 
     def _sizes_that_fit(self, opts, content_hw, n_styles):
-        """-> (opts.sizes(), whether the CPU convolutions keep Winograd weight transforms):
-        refused (or, with fit_memory, shrunk) when the largest cannot fit in memory. A run
-        that fits only without the transforms, or fits larger, runs without them."""
+        """-> (opts.sizes(), whether the CPU convolutions keep Winograd weight transforms,
+        a note telling what was changed to fit, or None): refused (or, with fit_memory,
+        shrunk) when the largest cannot fit in memory. A run that fits only without the
+        transforms, or fits larger, runs without them."""
         sizes = opts.sizes()
         h, w = content_hw
         long_side = sizes[-1]
@@ -331,30 +338,54 @@ class StyleTransfer:
         # Split over several devices, the check is against their free memory together.
         budget = opts.memory_limit if opts.memory_limit is not None else \
             sum(memory.available_bytes(d) for d in dict.fromkeys(self.devices))
+        note = None
         if need > budget and args["winograd_transforms"]:
+            # Without the transforms the weights take less and the activations more (a
+            # PyTorch convolution keeps its input): which reaches the larger size is a
+            # matter of the size each reaches, not of the two estimates at this one.
             lean = dict(args, winograd_transforms=False)
-            lean_need = memory.estimate_bytes(height, width, **lean)
-            if lean_need < need:  # the device would hold transforms: a full-size run is worth slower steps
-                args, need = lean, lean_need
+            if memory.largest_size(budget, w / h, **lean) > memory.largest_size(budget, w / h, **args):
+                args, need = lean, memory.estimate_bytes(height, width, **lean)
+                note = ("the run fits in memory only without the Winograd weight transforms: it ran as "
+                        "low_memory (--low-memory), with slower steps")
         if need > budget:
             fits = memory.largest_size(budget, w / h, **args)
+            shorter_history = memory.largest_history(budget, height, width, **args)
+            shortfall = (f"a {width}x{height} run needs about {need / 2**30:.1f} GiB but {budget / 2**30:.1f} GiB "
+                         f"is available on {self._where()}")
+            fewer_pairs = (f"keep fewer L-BFGS curvature pairs: lbfgs_history {shorter_history} fits at size "
+                           f"{long_side} (--lbfgs-history {shorter_history})" if shorter_history else None)
             if fits < 16:
+                if fewer_pairs:
+                    pairs = memory.estimate_parts(height, width, **args)["optimizer"]
+                    raise NstError(f"{shortfall}, {pairs / 2**30:.1f} GiB of it for the L-BFGS history "
+                                   f"(lbfgs_history {opts.lbfgs_history}), and no smaller size fits; {fewer_pairs}")
                 raise NstError(f"not enough memory on {self._where()} for even a 16-pixel run")
             if not opts.fit_memory:
                 raise NstError(
-                    f"a {width}x{height} run needs about {need / 2**30:.1f} GiB but {budget / 2**30:.1f} GiB is "
-                    f"available on {self._where()}; the largest size that fits is {fits}: ask for size {fits}, "
-                    "or let fit_memory (--fit-memory) pick it")
+                    f"{shortfall}; the largest size that fits is {fits}: ask for size {fits}, "
+                    "or let fit_memory (--fit-memory) pick it" + (f", or {fewer_pairs}" if fewer_pairs else ""))
             sizes = [s for s in sizes if s < fits] + [fits]
+            switched = not args["winograd_transforms"] and not opts.low_memory
+            note = (f"{shortfall}: fit_memory ran it at size {fits}, the largest that fits"
+                    + (" without the Winograd weight transforms, as low_memory (--low-memory), with slower steps"
+                       if switched else "")
+                    + (f"; {fewer_pairs}" if fewer_pairs else ""))
         # The style targets are taken before the steps run, at the style images' own size.
-        style_side = opts.style_size or max(1, round(sizes[-1] * opts.style_scale))
+        style_side = opts.style_side(sizes[-1])
         style_need = memory.style_pass_bytes(style_side, w / h, list(opts.style_layers), opts.precision,
                                              self.device.type, self.architecture, args["winograd_transforms"])
         if style_need > budget:
             raise NstError(f"the style images at {style_side} px (style_size / style_scale) need about "
                            f"{style_need / 2**30:.1f} GiB but {budget / 2**30:.1f} GiB is available on "
                            f"{self._where()}; give a smaller style size")
-        return sizes, args["winograd_transforms"]
+        return sizes, args["winograd_transforms"], note
+
+    def _note(self, text: str) -> None:
+        """Tell the user `text` (last_run["note"], which the command line prints), on one
+        line with the run's other notes."""
+        earlier = self.last_run.get("note")
+        self.last_run["note"] = f"{earlier}; {text}" if earlier else text
 
     def _where(self) -> str:
         return ", ".join(str(d) for d in dict.fromkeys(self.devices))
@@ -367,8 +398,7 @@ class StyleTransfer:
             content_targets = {n: content_feats[n].float().clone() for n in opts.content_layers}
             style_feats = []
             for img in style_imgs:
-                long_side = opts.style_size or max(1, round(max(size) * opts.style_scale))
-                s = images.resize_long_side(img, long_side)
+                s = images.resize_long_side(img, opts.style_side(max(size)))
                 if min(s.shape[-2:]) < min_side:
                     raise NstError(
                         f"a style image is {s.shape[-1]}x{s.shape[-2]} pixels after scaling; "
@@ -428,7 +458,7 @@ class StyleTransfer:
             noise = torch.randn((1, 3, h, w), generator=gen)
             start = (mean.view(1, 3, 1, 1) + std.view(1, 3, 1, 1) * noise).clamp(0, 1)
         else:
-            start = torch.nn.functional.interpolate(images.to_tensor(opts.init), size=(h, w), mode="bicubic")
+            start = torch.nn.functional.interpolate(images.to_tensor(opts.init, max(h, w)), size=(h, w), mode="bicubic")
         return start.to(self.device, torch.float32).contiguous()
 
     def _optimise(self, loss_fn, x0, opts, steps, step_offset, total_steps, restore=None, checkpoint=None,

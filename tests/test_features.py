@@ -269,6 +269,20 @@ def test_resume_upscaled_and_from_another_run(transfer, small_images, tmp_path):
         transfer.stylize_tensor(content, style, size=32, steps=4, resume=ckpt, style_weight=123.0)
 
 
+def test_a_large_image_reduced_by_the_size_resumes_at_another_size(transfer, small_images, tmp_path, monkeypatch):
+    """Large images (made small here) become tensors reduced by the run's size: a
+    checkpoint knows them by their decoded pixels, the same at either size."""
+    content, style = small_images
+    monkeypatch.setattr(images, "LARGE_PIXELS", 100)
+    monkeypatch.setattr(images, "REDUCE_MARGIN", 1)
+    ckpt = tmp_path / "run.ckpt"
+    transfer.stylize_tensor(content, style, size=32, steps=2, checkpoint=ckpt)
+    assert transfer.stylize_tensor(content, style, size=48, steps=2, resume=ckpt).shape[-2:] == (36, 48)
+    other = Image.open(content).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    with pytest.raises(NstError, match="from another run: its images differ$"):
+        transfer.stylize_tensor(other, style, size=48, steps=2, resume=ckpt)
+
+
 def test_a_mismatched_checkpoint_names_what_differs(transfer, small_images, tmp_path):
     content, style = small_images
     ckpt = tmp_path / "run.ckpt"
@@ -591,6 +605,61 @@ def test_fit_memory_picks_the_largest_size_that_fits(transfer, small_images):
     assert 64 <= max(out.shape[-2:]) <= 96
     with pytest.raises(NstError, match="largest size that fits"):
         transfer.stylize_tensor(content, style, size=512, steps=1, memory_limit=budget)
+
+
+@pytest.mark.skipif(not winograd.available(), reason="the CPU's Winograd convolutions need the extension")
+def test_fit_memory_takes_low_memory_where_that_reaches_a_larger_size_and_says_so(transfer, small_images, tmp_path,
+                                                                                  capsys):
+    """At 4000 pixels the Winograd run needs less than the low_memory one (the transforms are
+    fixed, the activations grow), but in 600 MiB low_memory reaches the larger size."""
+    from nst_fast import memory
+    from nst_fast.options import DEFAULT_STYLE_LAYERS
+
+    content, style = small_images
+    budget, aspect, layers = 600 << 20, 64 / 48, (["relu4_2"], list(DEFAULT_STYLE_LAYERS))
+    lean = memory.largest_size(budget, aspect, *layers, winograd_transforms=False)
+    assert lean > memory.largest_size(budget, aspect, *layers) >= 16
+    out = transfer.stylize_tensor(content, style, size=4000, steps=0, memory_limit=budget, fit_memory=True)
+    assert max(out.shape[-2:]) == lean and not any(_transforms_held(transfer))
+    assert re.fullmatch(rf"a 4000x3000 run needs about [\d.]+ GiB but 0.6 GiB is available on cpu: fit_memory "
+                        rf"ran it at size {lean}, the largest that fits without the Winograd weight transforms, "
+                        r"as low_memory \(--low-memory\), with slower steps", transfer.last_run["note"])
+    out_file = tmp_path / "out.png"
+    assert cli.main([str(content), str(style), "-o", str(out_file), "--weights", "random", "--device", "cpu",
+                     "--size", "4000", "--steps", "0", "--memory-limit", "600M", "--fit-memory", "-q"]) == 0
+    assert max(Image.open(out_file).size) == lean
+    told = [line for line in capsys.readouterr().err.splitlines() if "fit_memory ran it" in line]
+    assert told == [f"nst-fast: {transfer.last_run['note']}"]
+
+
+def test_a_history_too_long_for_memory_is_refused_naming_lbfgs_history(transfer, small_images, monkeypatch):
+    """20000 curvature pairs of a 64x48 image are 1.4 GiB, and what grows with their
+    square (W W^T, 40000 x 40000 in float64, and a step's 20000 x 20000 matrices) another
+    27 GiB: no size fits in 4 GiB, a shorter history does."""
+    from nst_fast import memory
+    from nst_fast.options import DEFAULT_STYLE_LAYERS
+
+    content, style = small_images
+    monkeypatch.setattr(transfer, "_loss", lambda *a, **k: pytest.fail("allocated before refusing"))
+    layers = (["relu4_2"], list(DEFAULT_STYLE_LAYERS))
+    budget = 4 << 30
+    for fit_memory in (False, True):
+        with pytest.raises(NstError) as refused:
+            transfer.stylize_tensor(content, style, size=64, steps=1, lbfgs_history=20_000, memory_limit=budget,
+                                    fit_memory=fit_memory, low_memory=True)
+        fits = memory.largest_history(budget, 48, 64, *layers, history=20_000, winograd_transforms=False)
+        assert 1000 < fits < 20_000
+        assert re.fullmatch(rf"a 64x48 run needs about [\d.]+ GiB but 4.0 GiB is available on cpu, [\d.]+ GiB of it "
+                            rf"for the L-BFGS history \(lbfgs_history 20000\), and no smaller size fits; keep fewer "
+                            rf"L-BFGS curvature pairs: lbfgs_history {fits} fits at size 64 "
+                            rf"\(--lbfgs-history {fits}\)", str(refused.value))
+    # Where a smaller size fits too, both are named.
+    budget = memory.estimate_bytes(48, 64, *layers, history=1000, winograd_transforms=False) - 1
+    with pytest.raises(NstError, match=r"the largest size that fits is \d+: ask for size \d+, or let fit_memory "
+                                       r"\(--fit-memory\) pick it, or keep fewer L-BFGS curvature pairs: "
+                                       r"lbfgs_history 999 fits at size 64 \(--lbfgs-history 999\)$"):
+        transfer.stylize_tensor(content, style, size=64, steps=1, lbfgs_history=1000, memory_limit=budget,
+                                low_memory=True)
 
 
 def _transforms_held(transfer):

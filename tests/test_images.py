@@ -122,6 +122,33 @@ def test_large_images_open_up_to_our_limit_not_pils(tmp_path, monkeypatch):
     assert Image.MAX_IMAGE_PIXELS == pil_limit
 
 
+def test_a_large_image_becomes_a_tensor_reduced_to_what_the_run_needs(monkeypatch):
+    """Over LARGE_PIXELS (made small here), an image becomes float32 only reduced in its own
+    8 bits to REDUCE_MARGIN times the run's long side or more: what the run resizes it to
+    differs from a full-size float32 image's by little. Smaller images stay as they are."""
+    yy, xx = np.mgrid[0:300, 0:400]
+    waves = 127.5 + 127 * np.sin(xx / 9) * np.cos(yy / 7)
+    photo = Image.fromarray(np.stack([xx * 255 // 399, yy * 255 // 299, waves], -1).astype(np.uint8))
+    full = images.to_tensor(photo)
+    monkeypatch.setattr(images, "LARGE_PIXELS", 400 * 300 - 1)
+    reduced = images.to_tensor(photo, long_side=32)
+    assert reduced.shape == (1, 3, 96, 128)  # 4 x 32 pixels across
+    assert torch.equal(images.to_tensor(photo), full)  # no long side: no reduction
+    assert torch.equal(images.to_tensor(photo, long_side=100), full)  # 4 x 100 is all it has
+    close = images.resize_long_side(reduced, 32) - images.resize_long_side(full, 32)
+    assert close.abs().max() < 5 / 255 and close.abs().mean() < 1 / 255, (close.abs().max(), close.abs().mean())
+    grey = photo.convert("L")
+    assert torch.equal(images.to_tensor(grey, 32), images.to_tensor(grey.convert("RGB"), 32))
+    see_through = photo.convert("RGBA")
+    see_through.putalpha(Image.fromarray((xx % 2 * 255).astype(np.uint8)))
+    assert images.alpha(see_through, 32).shape == images.to_mask(see_through, 32).shape == (1, 1, 96, 128)
+    assert images.alpha(see_through, 32).mean().item() == pytest.approx(0.5, abs=0.01)
+    # What a checkpoint identifies it by is its decoded pixels, the same at every size.
+    assert images.identity(photo, reduced) == images.identity(photo, full) != images.identity(grey, full)
+    monkeypatch.setattr(images, "LARGE_PIXELS", 400 * 300)
+    assert torch.equal(images.to_tensor(photo, long_side=32), full) and images.identity(photo, full) is full
+
+
 def test_directory_is_not_an_image(tmp_path):
     with pytest.raises(NstError, match="directory"):
         images.to_tensor(tmp_path)

@@ -4,10 +4,11 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
-from nst_fast import memory, vgg, winograd
+from nst_fast import memory, optim, vgg, winograd
 from nst_fast.options import DEFAULT_STYLE_LAYERS, default_layers
 
 MiB = 1 << 20
@@ -199,7 +200,7 @@ def test_saved_activations_are_what_the_cpu_keeps():
 def test_estimate_counts_what_it_says():
     p = memory.estimate_parts(256, 256, CONTENT, STYLE, "lbfgs", history=10)
     n = 3 * 256 * 256
-    assert p["optimizer"] == (2 * 10 + 3) * n * 4
+    assert p["optimizer"] == optim.lbfgs_bytes(n, 10) >= (2 * 10 + 3) * n * 4 + (2 * 10) ** 2 * 8
     assert memory.estimate_parts(256, 256, CONTENT, STYLE, "adam")["optimizer"] == 2 * n * 4
     # weights: VGG-19 convs up to conv5_1 (the deepest default style layer), and in
     # fp32 on the CPU two Winograd transforms (36 values per 3x3 filter) of each but conv1_1
@@ -224,12 +225,62 @@ def test_estimate_counts_what_it_says():
     shallow = memory.estimate_bytes(256, 256, ["relu2_2"], ["relu1_1", "relu2_1"])
     assert shallow < memory.estimate_bytes(256, 256, CONTENT, STYLE)
     more_history = memory.estimate_bytes(256, 256, CONTENT, STYLE, history=20)
-    assert more_history - memory.estimate_bytes(256, 256, CONTENT, STYLE) == 20 * n * 4
+    assert more_history - memory.estimate_bytes(256, 256, CONTENT, STYLE) == \
+        optim.lbfgs_bytes(n, 20) - optim.lbfgs_bytes(n, 10) > 20 * n * 4
     assert memory.estimate_bytes(256, 256, CONTENT, STYLE, batch_styles=2) > memory.estimate_bytes(
         256, 256, CONTENT, STYLE)
     # weights dicts are accepted as layer lists
     assert memory.estimate_bytes(256, 256, {"relu4_2": 1.0}, DEFAULT_STYLE_LAYERS) == memory.estimate_bytes(
         256, 256, CONTENT, STYLE)
+
+
+# An L-BFGS of a long history over a few pixels, stepped in a fresh interpreter: its
+# peak resident memory over the resident set before it (KiB).
+_LBFGS = r"""
+import sys
+import torch
+from nst_fast.optim import LBFGS
+
+def status_kib(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+n, history = int(sys.argv[1]), int(sys.argv[2])
+x, gen = torch.rand(n), torch.Generator().manual_seed(0)
+torch.linalg.solve_triangular(torch.eye(2, dtype=torch.float64), torch.ones(2, 1, dtype=torch.float64), upper=True)
+before = status_kib("VmRSS")
+opt = LBFGS(x, history=history)
+for _ in range(3):
+    opt.step(x, x.square().sum(), 2 * x + 0.01 * torch.rand(n, generator=gen))
+print(status_kib("VmHWM") - before)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
+def test_the_lbfgs_estimate_holds_what_its_steps_keep():
+    """The estimate's L-BFGS part grows with the square of the history (W W^T and a
+    step's history x history matrices), which a long history on a small image shows:
+    2 x 2500 image-sized vectors are 19 MiB of its ~450 MiB. (At 2500 those matrices
+    are over glibc's 32 MiB mmap threshold, which leaves the heap's slack out.)"""
+    h, w, history = 16, 21, 2500
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", _LBFGS, str(3 * h * w), str(history)], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    measured = int(proc.stdout.strip().splitlines()[-1]) * 1024
+    estimate = memory.estimate_parts(h, w, CONTENT, STYLE, history=history)["optimizer"]
+    report = f"history {history}, {w}x{h}: estimate {estimate / MiB:.0f} MiB, measured {measured / MiB:.0f} MiB"
+    print(report)
+    assert abs(estimate - measured) <= 0.2 * measured, report
+
+
+def test_largest_history_is_the_longest_that_fits():
+    budget = memory.estimate_bytes(48, 64, CONTENT, STYLE, history=300)
+    assert memory.largest_history(budget, 48, 64, CONTENT, STYLE, history=100_000) == 300
+    assert memory.largest_history(budget - 1, 48, 64, CONTENT, STYLE, history=100_000) == 299
+    assert memory.largest_history(budget, 48, 64, CONTENT, STYLE, history=100_000, optimizer="adam") == 0
+    assert memory.largest_history(10 * MiB, 48, 64, CONTENT, STYLE, history=100_000) == 0  # not even 1 fits
 
 
 def test_estimate_refuses_bad_arguments():
@@ -304,3 +355,46 @@ def test_the_memory_trace_script_runs():
     summary = re.search(r"64x48 cpu fp32: peak (\d+) MiB live after op \d+ of (\d+) \(", proc.stdout)
     assert summary and int(summary.group(2)) > 100, proc.stdout
     assert "weights " in proc.stdout.splitlines()[-1] and len(proc.stdout.splitlines()) == 2 * 2 + 3
+
+
+# Stylizes a large image file into a small output in a fresh interpreter, after a run
+# of the same size from a small image, and reports how far above the resident set
+# before it the large one took the interpreter's memory (VmHWM).
+_DECODE = r"""
+import json, sys
+import nst_fast
+large, small = sys.argv[1:3]
+
+def status_kib(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+st = nst_fast.StyleTransfer(weights="random", device="cpu")
+st.stylize(small, small, size=64, steps=1)
+before = status_kib("VmRSS")
+out = st.stylize(large, small, size=64, steps=1)
+print(json.dumps({"above": (status_kib("VmHWM") - before) * 1024, "size": list(out.size)}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
+def test_a_large_image_for_a_small_output_is_decoded_in_bounded_memory(tmp_path):
+    """A 36-megapixel grey PNG (a 225-megapixel one peaked at 9.5 GB for a 64-pixel
+    output): its decoded grey and RGB copies, 4 bytes a pixel, and no float32 copies at
+    full size (12 bytes a pixel each)."""
+    from PIL import Image
+
+    side = 6000
+    ramp = np.add.outer(np.arange(side) // 40, np.arange(side) // 40).astype(np.uint8)
+    Image.fromarray(ramp, "L").save(tmp_path / "large.png", compress_level=1)
+    Image.fromarray(ramp[:400:10, :400:10], "L").save(tmp_path / "small.png")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", _DECODE, str(tmp_path / "large.png"), str(tmp_path / "small.png")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"{r['above'] / MiB:.0f} MiB above the run before")
+    assert r["size"] == [64, 64]
+    assert r["above"] <= 8 * side * side, f"{r['above'] / MiB:.0f} MiB above the run before, for {side}x{side} pixels"
