@@ -2,8 +2,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
-#include "cpu/point_gemm.h"
-#include "lbfgs.h"
+#include "nst_fast/point_gemm.h"
+#include "nst_fast/lbfgs.h"
 
 extern "C" {
 // Importing nst_fast._C runs the static registrations below; the module itself

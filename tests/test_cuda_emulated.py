@@ -40,6 +40,7 @@ def _build(directory, flags, source="harness.cpp"):
         pytest.skip("needs g++ and the CUDA headers (set CUDA_HOME)")
     exe = directory / Path(source).stem
     cmd = ["g++", "-std=c++20", *flags, "-fno-strict-aliasing", f"-I{include}", f"-I{ROOT / 'csrc' / 'cuda'}",
+           f"-I{ROOT / 'csrc' / 'include'}",
            str(EMULATOR / source), "-o", str(exe)]
     built = subprocess.run(cmd, capture_output=True, text=True)
     if built.returncode != 0:

@@ -1,4 +1,4 @@
-// Host side of the nst_fast CUDA style-loss ops (see ../style_loss.h for the contract):
+// Host side of the nst_fast CUDA style-loss ops (see nst_fast/style_loss.h for the contract):
 // checks, workspaces and launches. The kernels are in style_loss_kernels.cuh.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAFunctions.h>
@@ -16,7 +16,7 @@
 #include <tuple>
 #include <utility>
 
-#include "../style_loss.h"
+#include "nst_fast/style_loss.h"
 #include "style_loss_kernels.cuh"
 
 namespace nst_fast {

@@ -1,4 +1,4 @@
-// Device code of the nst_fast style-loss ops (see ../style_loss.h for the contract) and
+// Device code of the nst_fast style-loss ops (see nst_fast/style_loss.h for the contract) and
 // the launch arithmetic the host side and the CPU emulator (tests/cuda_emulator) share.
 //
 // Both kernels are 64x64-output-tile GEMMs on the tensor cores (tile_mma.cuh: tiles,
