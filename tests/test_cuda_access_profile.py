@@ -20,7 +20,7 @@ import emulated_profile
 import test_cuda_emulated as emulated
 import test_cuda_emulated_pool as pool
 
-KERNELS = emulated.ROOT / "csrc" / "cuda" / "style_loss_kernels.cuh"
+KERNELS = emulated.ROOT / "csrc" / "cuda" / "style_loss_pipeline.cuh"  # async_tile, the kernels' cp.async
 
 
 def _cp_async_site():
