@@ -39,6 +39,9 @@ def extension_modules():
 
     sources = glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp")
     cuda_sources = glob.glob("csrc/cuda/*.cu")
+    # The contracts between the registration and the kernels: #include "nst_fast/....h".
+    # Absolute, as the compiler may run in the build folder.
+    include_dirs = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "include")]
     use_cuda = not _flag("NST_FAST_NO_CUDA") and (
         _flag("NST_FAST_FORCE_CUDA") or cpp_extension.CUDA_HOME is not None
     )
@@ -61,12 +64,13 @@ def extension_modules():
     if use_cuda and cuda_sources:
         extra["nvcc"] = ["-O3", "--use_fast_math", "-lineinfo"]
         ext = cpp_extension.CUDAExtension(
-            "nst_fast._C", sources + cuda_sources, extra_compile_args=extra, extra_link_args=link,
-            py_limited_api=False,
+            "nst_fast._C", sources + cuda_sources, include_dirs=include_dirs, extra_compile_args=extra,
+            extra_link_args=link, py_limited_api=False,
         )
     else:
         ext = cpp_extension.CppExtension(
-            "nst_fast._C", sources, extra_compile_args=extra, extra_link_args=link, py_limited_api=False
+            "nst_fast._C", sources, include_dirs=include_dirs, extra_compile_args=extra, extra_link_args=link,
+            py_limited_api=False,
         )
     build_ext = cpp_extension.BuildExtension.with_options(no_python_abi_suffix=False)
     return [ext], {"build_ext": build_ext}

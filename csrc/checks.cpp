@@ -1,9 +1,9 @@
 // Argument checks of the nst_fast ops (declared in style_loss.h and relu_pool.h).
-#include "style_loss.h"
+#include "nst_fast/style_loss.h"
 
-#include "relu_pool.h"
+#include "nst_fast/relu_pool.h"
 
-#include "lbfgs_op.h"
+#include "nst_fast/lbfgs_op.h"
 
 #include <c10/util/Exception.h>
 

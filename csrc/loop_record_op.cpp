@@ -1,5 +1,5 @@
 // The loop_record_ op's checks and arguments (loop_record_op.h).
-#include "loop_record_op.h"
+#include "nst_fast/loop_record_op.h"
 
 #include <c10/util/Exception.h>
 

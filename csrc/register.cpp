@@ -1,9 +1,10 @@
-// Op schemas for the nst_fast namespace. Kernels live in cpu/ and cuda/.
+// Every op schema of the nst_fast namespace, in one place. The kernels, in cpu/ and
+// cuda/, register their implementations with TORCH_LIBRARY_IMPL.
 #include <Python.h>
 #include <torch/library.h>
 
-#include "cpu/point_gemm.h"
-#include "lbfgs.h"
+#include "nst_fast/point_gemm.h"
+#include "nst_fast/lbfgs.h"
 
 extern "C" {
 // Importing nst_fast._C runs the static registrations below; the module itself
@@ -45,4 +46,7 @@ TORCH_LIBRARY(nst_fast, m) {
   });
   // Whether conv3x3_winograd takes bfloat16 on this CPU (AVX512-BF16).
   m.def("winograd_bf16_supported() -> bool", [] { return nst_fast::point_gemm_bf16_supported(32); });
+  // The architecture (e.g. 90) of this build's CUDA code that runs on CUDA device `device`,
+  // 0 if none (cuda/kernel_image.cu: no kernel where the CUDA kernels are not compiled).
+  m.def("cuda_kernel_image(int device) -> int");
 }

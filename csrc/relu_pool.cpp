@@ -1,6 +1,6 @@
 // The separate ATen ops that the relu + max pool kernels stand for (relu_pool.h): the
 // layouts the kernels do not take run these, on either device.
-#include "relu_pool.h"
+#include "nst_fast/relu_pool.h"
 
 #include <ATen/ATen.h>
 

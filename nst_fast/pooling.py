@@ -1,10 +1,10 @@
 """A ReLU and the 2x2, stride-2 max pool after it as one autograd node (VGG's pools).
 
-Two ops (csrc/relu_pool.h). torch.ops.nst_fast.relu_max_pool2_ runs the ReLU in place
-and the pool in one pass, where the two modules take two and the pool also writes
-int64 indices. relu_max_pool2_backward does in one pass what autograd runs a zero
-fill, the pool's scatter, an add and the ReLU's threshold_backward for. The values
-and gradients are those of the two modules run separately, bit for bit.
+Two ops (csrc/include/nst_fast/relu_pool.h). torch.ops.nst_fast.relu_max_pool2_ runs
+the ReLU in place and the pool in one pass, where the two modules take two and the
+pool also writes int64 indices. relu_max_pool2_backward does in one pass what autograd
+runs a zero fill, the pool's scatter, an add and the ReLU's threshold_backward for.
+The values and gradients are those of the two modules run separately, bit for bit.
 """
 import torch
 from torch import nn

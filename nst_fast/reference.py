@@ -1,6 +1,6 @@
 """Pure-PyTorch versions of every nst_fast op: the fallback and the test oracle.
 
-They follow the same contract as the compiled ops (see csrc/style_loss.h):
+They follow the same contract as the compiled ops (see csrc/include/nst_fast/style_loss.h):
 features (B, C, M); Gram, residual and loss in float32 (float64 for float64
 features), whatever the feature dtype.
 """

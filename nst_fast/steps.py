@@ -6,7 +6,8 @@ from . import backend
 
 
 def record_reference(total, terms, weights, shown, best_loss, bad_streak, row, history, cursor, improved):
-    """torch.ops.nst_fast.loop_record_ in PyTorch ops (csrc/loop_record.h says what it does)."""
+    """torch.ops.nst_fast.loop_record_ in PyTorch ops (csrc/include/nst_fast/loop_record.h says
+    what it does)."""
     finite = (total - total) == 0
     torch.lt(total, best_loss, out=improved)
     torch.where(improved, total, best_loss, out=best_loss)

@@ -28,6 +28,7 @@ def build(directory, include, source="harness.cpp"):
     # keeps the width the source gives it (a float4 stays 16 bytes), as nvcc's do.
     compile_ = ["g++", "-std=c++20", "-O1", "-fno-tree-vectorize", "-fno-tree-sra", "-g", "-fsanitize=thread",
                 "-DNST_EMU_PROFILE", "-fno-strict-aliasing", f"-I{include}", f"-I{ROOT / 'csrc' / 'cuda'}",
+                f"-I{ROOT / 'csrc' / 'include'}",
                 "-c", str(EMULATOR / source), "-o", str(obj)]
     link = ["g++", "-no-pie", str(obj), "-o", str(exe)]  # without -fsanitize: no TSan runtime
     for cmd in (compile_, link):

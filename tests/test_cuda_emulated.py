@@ -1,8 +1,8 @@
 """The CUDA style-loss kernels, run on the CPU by an emulator, against float64.
 
-tests/cuda_emulator compiles csrc/cuda/style_loss_kernels.cuh with g++ against an
-emulation of the CUDA features the kernels use (threads as fibers, mma.sync by its
-PTX fragment layout, cp.async landing only at its wait). It checks the kernels'
+tests/cuda_emulator compiles csrc/cuda/style_loss_{forward,backward,plan}.cuh with g++
+against an emulation of the CUDA features the kernels use (threads as fibers, mma.sync
+by its PTX fragment layout, cp.async landing only at its wait). It checks the kernels'
 indexing, pipelines, split-K bookkeeping and operand precision on every layout and
 dtype where no GPU is present; tests/test_cuda_ops.py checks the real thing on a GPU.
 Tolerances as in tests/test_cuda_ops.py.
@@ -42,6 +42,7 @@ def _build(directory, flags, source="harness.cpp"):
         pytest.skip("needs g++ and the CUDA headers (set CUDA_HOME)")
     exe = directory / Path(source).stem
     cmd = ["g++", "-std=c++20", *flags, "-fno-strict-aliasing", f"-I{include}", f"-I{ROOT / 'csrc' / 'cuda'}",
+           f"-I{ROOT / 'csrc' / 'include'}",
            str(EMULATOR / source), "-o", str(exe)]
     built = subprocess.run(cmd, capture_output=True, text=True)
     if built.returncode != 0:

@@ -1,5 +1,6 @@
-"""The loop's bookkeeping as one op (torch.ops.nst_fast.loop_record_, csrc/loop_record.h)
-against the same in PyTorch ops, and the loss's terms that feed it."""
+"""The loop's bookkeeping as one op (torch.ops.nst_fast.loop_record_,
+csrc/include/nst_fast/loop_record.h) against the same in PyTorch ops, and the loss's
+terms that feed it."""
 import pytest
 import torch
 

@@ -41,8 +41,8 @@ def test_sdist_holds_every_source_header_and_example(tmp_path):
     with tarfile.open(archive) as tar:
         members = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
     expected = set(_sources())
-    assert "csrc/style_loss.h" in expected and "csrc/cuda/style_loss_cuda.cu" in expected
-    assert "csrc/cuda/style_loss_kernels.cuh" in expected and "tests/cuda_emulator/emulator.h" in expected
+    assert "csrc/include/nst_fast/style_loss.h" in expected and "csrc/cuda/style_loss_cuda.cu" in expected
+    assert "csrc/cuda/style_loss_forward.cuh" in expected and "tests/cuda_emulator/emulator.h" in expected
     assert expected - members == set()
 
 

@@ -1,4 +1,4 @@
-// CPU kernel of the fused L-BFGS step (../lbfgs.h): the same passes as the CUDA
+// CPU kernel of the fused L-BFGS step (nst_fast/lbfgs.h): the same passes as the CUDA
 // kernels over the same blocks, run by at::parallel_for. Within a chunk of kChunk
 // elements the sums are in the state's dtype (vectorised); across chunks in double.
 #include <ATen/ATen.h>
@@ -9,7 +9,7 @@
 #include <cmath>
 #include <vector>
 
-#include "../lbfgs_op.h"
+#include "nst_fast/lbfgs_op.h"
 #include "clones.h"
 
 namespace nst_fast {

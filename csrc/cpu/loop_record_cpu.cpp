@@ -1,7 +1,7 @@
-// CPU kernel of the loop's bookkeeping (../loop_record.h).
+// CPU kernel of the loop's bookkeeping (nst_fast/loop_record.h).
 #include <torch/library.h>
 
-#include "../loop_record_op.h"
+#include "nst_fast/loop_record_op.h"
 
 namespace nst_fast {
 namespace {

@@ -1,7 +1,7 @@
 // AVX-512 kernel of point_gemm.h: each call to `tile` keeps an MR x 32 block of the
 // output in 2 * MR zmm registers while it walks the depth, broadcasting one value
 // of V per row and loading one 32-wide row of U per step.
-#include "point_gemm.h"
+#include "nst_fast/point_gemm.h"
 
 #include <algorithm>
 #include <cstdlib>

@@ -4,7 +4,7 @@
 // gradient reaching the ReLU's output from elsewhere, masked where the ReLU's output
 // is not positive; autograd runs a zero fill, the pool's scatter, an add and the
 // ReLU's threshold_backward for it. Both equal the separate ops bit for bit
-// (../relu_pool.h). Float32 channels-last, 16 or 8 channels at a time (AVX-512,
+// (nst_fast/relu_pool.h). Float32 channels-last, 16 or 8 channels at a time (AVX-512,
 // AVX2); anything else runs those ops.
 #include <torch/library.h>
 #include <ATen/ATen.h>
@@ -14,7 +14,7 @@
 
 #include <cstdlib>
 
-#include "../relu_pool.h"
+#include "nst_fast/relu_pool.h"
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #include <immintrin.h>

@@ -5,7 +5,7 @@
 #include <ATen/ATen.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 
-#include "../style_loss.h"
+#include "nst_fast/style_loss.h"
 
 namespace nst_fast {
 namespace {

@@ -27,9 +27,9 @@
 #include <type_traits>
 #include <vector>
 
-#include "../style_loss.h"
+#include "nst_fast/style_loss.h"
 #include "clones.h"
-#include "point_gemm.h"
+#include "nst_fast/point_gemm.h"
 
 namespace nst_fast {
 namespace {

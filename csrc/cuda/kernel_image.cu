@@ -23,6 +23,8 @@ int64_t cuda_kernel_image(int64_t device) {
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(nst_fast, m) { m.def("cuda_kernel_image(int device) -> int", &cuda_kernel_image); }
+// The schema is in ../register.cpp. No tensor argument to dispatch on: the kernel is the
+// op's CompositeImplicitAutograd one, where m.def(schema, function) puts a kernel.
+TORCH_LIBRARY_IMPL(nst_fast, CompositeImplicitAutograd, m) { m.impl("cuda_kernel_image", &cuda_kernel_image); }
 
 }  // namespace nst_fast

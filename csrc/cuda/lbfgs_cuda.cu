@@ -1,4 +1,4 @@
-// Host side of the fused L-BFGS step on CUDA (../lbfgs.h): four launches on the
+// Host side of the fused L-BFGS step on CUDA (nst_fast/lbfgs.h): four launches on the
 // current stream, no host synchronisation and no allocation, so it can be captured.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
@@ -6,7 +6,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "../lbfgs_op.h"
+#include "nst_fast/lbfgs_op.h"
 #include "lbfgs_kernels.cuh"
 
 namespace nst_fast {

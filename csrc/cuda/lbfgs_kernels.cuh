@@ -1,8 +1,8 @@
 #pragma once
-// CUDA kernels of the fused L-BFGS step (../lbfgs.h has the passes and the plan).
+// CUDA kernels of the fused L-BFGS step (nst_fast/lbfgs.h has the passes and the plan).
 // Every pass but the plan runs lbfgs::blocks(n) blocks of kThreads threads; block b
 // handles chunks b, b + gridDim.x, ... of kChunk elements, kPerThread per thread.
-#include "../lbfgs.h"
+#include "nst_fast/lbfgs.h"
 #ifndef NST_FAST_PTX_PROVIDED  // the emulator's own
 #include "ptx.cuh"
 #endif

@@ -1,11 +1,11 @@
-// CUDA kernel of the loop's bookkeeping (../loop_record.h): one thread, one launch on
+// CUDA kernel of the loop's bookkeeping (nst_fast/loop_record.h): one thread, one launch on
 // the current stream, no host synchronisation, so the step can be captured.
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "../loop_record_op.h"
+#include "nst_fast/loop_record_op.h"
 
 namespace nst_fast {
 namespace {

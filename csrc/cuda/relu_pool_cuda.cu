@@ -1,4 +1,4 @@
-// Host side of the relu + 2x2 max pool ops on CUDA (../relu_pool.h): one launch each
+// Host side of the relu + 2x2 max pool ops on CUDA (nst_fast/relu_pool.h): one launch each
 // on the current stream, no host synchronisation, so the step can be captured.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
@@ -6,7 +6,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "../relu_pool.h"
+#include "nst_fast/relu_pool.h"
 #include "relu_pool_kernels.cuh"
 
 namespace nst_fast {

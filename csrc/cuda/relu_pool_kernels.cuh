@@ -1,5 +1,5 @@
 #pragma once
-// CUDA kernels of a ReLU and the 2x2, stride-2 max pool after it (../relu_pool.h).
+// CUDA kernels of a ReLU and the 2x2, stride-2 max pool after it (nst_fast/relu_pool.h).
 //
 // One thread per window and pack of V channels. A channels-last tensor whose channel
 // count and buffers allow it takes 16 bytes of channels per thread (V = 16 / sizeof(T):

@@ -1,5 +1,6 @@
-// Host side of the nst_fast CUDA style-loss ops (see ../style_loss.h for the contract):
-// checks, workspaces and launches. The kernels are in style_loss_kernels.cuh.
+// Host side of the nst_fast CUDA style-loss ops (see nst_fast/style_loss.h for the contract):
+// checks, workspaces and launches. The kernels are in style_loss_forward.cuh and
+// style_loss_backward.cuh, their grids and instantiations in style_loss_plan.cuh.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAStream.h>
@@ -16,8 +17,10 @@
 #include <tuple>
 #include <utility>
 
-#include "../style_loss.h"
-#include "style_loss_kernels.cuh"
+#include "nst_fast/style_loss.h"
+#include "style_loss_backward.cuh"
+#include "style_loss_forward.cuh"
+#include "style_loss_plan.cuh"
 
 namespace nst_fast {
 namespace {

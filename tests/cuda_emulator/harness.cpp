@@ -1,5 +1,6 @@
 // Runs one nst_fast style-loss CUDA kernel on the CPU emulator, with the host side's
-// own launch arithmetic (csrc/cuda/style_loss_kernels.cuh), for tests/test_cuda_emulated.py.
+// own launch arithmetic (csrc/cuda/style_loss_forward.cuh, style_loss_backward.cuh and
+// style_loss_plan.cuh), for tests/test_cuda_emulated.py.
 //
 //   harness key=value ...
 //     op=gram|forward|backward  dtype=f32|bf16|f16  tf32=0|1  async=0|1 (NST_FAST_CUDA_ASYNC)
@@ -30,7 +31,9 @@
 
 using std::min;  // the kernels call min() as in CUDA
 
-#include "style_loss_kernels.cuh"
+#include "style_loss_backward.cuh"
+#include "style_loss_forward.cuh"
+#include "style_loss_plan.cuh"
 
 using namespace nst_fast::kernels;
 
