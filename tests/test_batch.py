@@ -45,6 +45,7 @@ def test_a_folder_gives_one_png_per_content(tmp_path, folder, capsys):
     assert "left)" not in headers[0] and re.search(r"\(about \d+s left\)$", headers[1]), headers
 
 
+@pytest.mark.slow
 def test_outputs_that_exist_are_kept_unless_overwrite(tmp_path, folder, capsys):
     contents, style = folder
     out = tmp_path / "out"
@@ -158,6 +159,7 @@ def test_ctrl_c_stops_the_batch_and_the_same_command_continues_it(tmp_path, fold
     assert _files(out) == ["wide.png"]
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_other_options_is_not_resumed(tmp_path, folder, capsys):
     contents, style = folder
     os.remove(contents / "tall.jpg")
@@ -231,6 +233,7 @@ def test_init_previous_needs_a_folder(tmp_path, small_images, capsys):
     assert code == 1 and len(err) == 1 and "--init previous needs a folder of contents" in err[0]
 
 
+@pytest.mark.slow
 def test_each_style_gives_one_output_per_content_and_style(tmp_path, folder, capsys):
     contents, style = folder
     styles = tmp_path / "styles"

@@ -144,6 +144,7 @@ def _checkpoints_to_a_full_disk(monkeypatch):
     monkeypatch.setattr(checkpoint, "write", to_full_disk)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_on_a_full_disk_keeps_the_finished_image(tmp_path, small_images, capsys, monkeypatch):
     content, style = small_images
     argv = [str(content), str(style), *SMALL, "--steps", "3", "--seed", "1"]
@@ -178,6 +179,7 @@ def test_ctrl_c_with_a_full_disk_still_exits_130_with_the_image(tmp_path, small_
     assert "--resume" not in err and os.listdir(tmp_path) == ["out.png"]
 
 
+@pytest.mark.slow
 def test_running_out_of_memory_saves_the_image_so_far(tmp_path, small_images, capsys, monkeypatch):
     from test_features import CPU_OUT_OF_MEMORY, _out_of_memory_at_call
 
@@ -211,6 +213,7 @@ def test_running_out_of_memory_before_the_first_step_is_one_line(tmp_path, small
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_cut_out_photo_stays_cut_out(tmp_path, small_images, capsys):
     content, style = small_images
     photo = Image.open(content).convert("RGBA")
@@ -350,6 +353,7 @@ images.save_atomic = _ctrl_c_first(images.save_atomic)
 """
 
 
+@pytest.mark.slow
 def test_ctrl_c_again_while_the_work_is_saved_cuts_nothing_short(tmp_path, small_images, interrupt, monkeypatch,
                                                                   capsys):
     patches = tmp_path / "patches"
@@ -429,6 +433,7 @@ def test_network_vgg16(tmp_path, small_images, capsys):
     assert not (tmp_path / "bad.png").exists()
 
 
+@pytest.mark.slow
 def test_sixteen_bit_output_and_snapshots(tmp_path, small_images, capsys):
     content, style = small_images
     out = tmp_path / "out.png"
@@ -445,6 +450,7 @@ def test_sixteen_bit_output_and_snapshots(tmp_path, small_images, capsys):
     assert open(tif, "rb").read()[:4] == b"II*\0"
 
 
+@pytest.mark.slow
 def test_snapshots_of_an_earlier_run_are_kept_and_named(tmp_path, small_images, capsys):
     content, style = small_images
     out = tmp_path / "out.png"
@@ -487,6 +493,7 @@ def test_the_files_a_run_writes_differ_from_its_inputs_and_each_other(tmp_path, 
     assert {p: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before  # nothing written
 
 
+@pytest.mark.slow
 def test_a_run_may_resume_into_the_checkpoint_it_writes(tmp_path, small_images, capsys):
     content, style = small_images
     ckpt, out = tmp_path / "k.ckpt", tmp_path / "out.png"
