@@ -8,12 +8,11 @@ import torch
 
 from .errors import CheckpointMismatch, NstError
 from .files import atomic_write
+from .options import FINGERPRINT_FIELDS
 
 VERSION = 1
 # Options that change what is optimised; steps and sizes may differ on resume.
-FINGERPRINT_OPTIONS = ("content_weight", "style_weight", "tv_weight", "content_layers", "style_layers",
-                       "optimizer", "lr", "lbfgs_history", "normalize_gradients", "precision", "style_blend",
-                       "style_scale", "style_size", "preserve_colors", "avg_decay", "style_loss", "mrf_variants")
+FINGERPRINT_OPTIONS = FINGERPRINT_FIELDS
 
 
 def identify(content, styles, opts, transfer) -> tuple:

@@ -5,10 +5,11 @@ import math
 import os
 from typing import Callable, Optional, Sequence
 
-import torch
-
 from .errors import NstError
-from .vgg import check_layer_names, check_network, check_seed, layer_channels
+from .flag_types import _bytes, _csv_floats, _csv_ints, _csv_paths
+
+# torch and .vgg (which imports it) are imported where used: the command line builds
+# its parser from Options' fields and must start without waiting for torch.
 
 DEFAULT_CONTENT_LAYERS = {"relu4_2": 1.0}
 DEFAULT_STYLE_LAYERS = {name: 0.2 for name in ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")}
@@ -34,11 +35,6 @@ INITS = ("noise", "gray", "content", "style", "style_stats")
 OPTIMIZERS = ("lbfgs", "adam")
 PRECISIONS = ("fp32", "tf32", "bf16")
 PRESERVE_COLORS = (None, "luminance", "match", "histogram")
-NUMBER_FIELDS = ("size", "steps", "initial_steps", "content_weight", "style_weight", "tv_weight", "lr",
-                 "lbfgs_history", "avg_decay", "seed", "style_scale", "style_size", "min_scale", "report_every",
-                 "checkpoint_every", "memory_limit")
-BOOL_FIELDS = ("mrf_variants", "normalize_gradients", "normalize_weights", "cuda_graph", "fit_memory",
-               "low_memory")
 # Arguments of nst_fast.stylize and StyleTransfer() that are not run options: named
 # in the suggestion for a misspelt option.
 SETUP_ARGUMENTS = ("weights", "device", "pooling", "convention", "network", "split_at", "padding", "progress")
@@ -49,6 +45,8 @@ def default_precision(devices) -> str:
     PyTorch's own default runs cuDNN convolutions in TF32 there, so every tutorial-style
     loop does; nst_fast's tf32 reached the fp32 final loss within 0.1% in less than half
     the time per step on an H100 (benchmarks/RESULTS.md). fp32 stays exact where asked for."""
+    import torch
+
     for device in devices:
         device = torch.device(device)
         if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8:
@@ -58,6 +56,8 @@ def default_precision(devices) -> str:
 
 def default_layers(network: str, style_loss: str = "gram") -> tuple:
     """(content layers, style layers) with their weights, by default, for this network and style loss."""
+    from .vgg import check_network
+
     if check_network(network) == "nin":
         return dict(NIN_LAYERS), dict(NIN_MRF_STYLE_LAYERS if style_loss == "mrf" else NIN_LAYERS)
     if network == "alexnet":
@@ -71,6 +71,8 @@ def parse_layers(spec, what: str, network: str = "vgg19") -> dict:
 
     Names without a weight share the weight equally with each other.
     """
+    from .vgg import check_layer_names
+
     if isinstance(spec, dict):
         items = [(str(k), v) for k, v in spec.items()]
     elif not isinstance(spec, (str, list, tuple)):
@@ -119,6 +121,8 @@ def report_interval(report_every: Optional[int], device_type: str) -> int:
 def _per_channel(weights: dict, network: str) -> dict:
     """Each layer's weight divided by its channel count, rescaled to the same sum: the
     balance moves toward layers with fewer channels, the losses' overall weight stays."""
+    from .vgg import layer_channels
+
     divided = {name: w / layer_channels(name, network) for name, w in weights.items()}
     scale = sum(weights.values()) / sum(divided.values())
     return {name: w * scale for name, w in divided.items()}
@@ -154,41 +158,118 @@ def _check_weight(name, value, positive=False):
         raise NstError(f"{name} must be {'positive' if positive else 'non-negative'}, got {value!r}")
 
 
+NUMBER, BOOL, OTHER = "number", "bool", "other"
+
+
+def option(default, kind: str, flag: Optional[str], *, recorded: bool = False, fingerprint: Optional[int] = None,
+           **cli):
+    """A field of Options with what else knows of it, in its metadata:
+    kind: NUMBER, BOOL or OTHER, what validate() checks it as first;
+    flag: the command line's flag for it, or None for an option of the Python API only;
+    cli: the flag's argparse settings (type, choices, action, help...), not its default:
+    a flag not given leaves the field's;
+    recorded: written into the image it makes (recipe.SETTINGS);
+    fingerprint: its place in a checkpoint's fingerprint (checkpoint.FINGERPRINT_OPTIONS),
+    None where resuming may change it."""
+    metadata = {"kind": kind, "flag": flag, "cli": cli, "recorded": recorded, "fingerprint": fingerprint}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
 @dataclasses.dataclass
 class Options:
-    size: Optional[int] = None  # None: the last of `scales`, else 512
-    steps: int = 500
-    initial_steps: Optional[int] = None  # steps at the first of several scales (crowsonkb's initial iterations)
-    content_weight: float = 1.0
-    style_weight: Optional[float] = None  # DEFAULT_STYLE_WEIGHT for the weights' convention
-    tv_weight: float = 0.0
-    content_layers: object = None  # None: the network's default (VGG: relu4_2)
-    style_layers: object = None  # None: VGG: Gatys' five (gram, w2) or Li and Wand's two (mrf)
-    style_loss: str = "gram"  # gram (Gatys) | w2 (Wasserstein-2, crowsonkb) | mrf (Li and Wand, pystiche)
-    mrf_variants: bool = False  # mrf: also the style's patches rotated +-7.5 degrees and scaled +-5%
-    init: object = "content"
-    optimizer: str = "lbfgs"
-    lr: Optional[float] = None
-    lbfgs_history: int = 10  # curvature pairs L-BFGS keeps (jcjohnson's -lbfgs_num_correction)
-    normalize_gradients: bool = False  # each loss's gradient over its L1 norm (jcjohnson's option)
-    normalize_weights: bool = False  # each layer's weight over its channel count (neural-style-pt's option)
-    avg_decay: float = 0.0  # > 0: the result is a moving average of the iterates with this decay
-    seed: int = 0
-    precision: Optional[str] = None  # None: default_precision() of the run's devices
-    style_blend: Optional[Sequence[float]] = None
-    style_masks: Optional[Sequence] = None  # one per style: where on the output it applies
-    style_scale: float = 1.0
-    style_size: Optional[int] = None  # the style images' long side in pixels at every scale (not style_scale)
-    preserve_colors: Optional[str] = None
-    scales: Optional[Sequence[int]] = None
-    min_scale: Optional[int] = None  # coarse-to-fine from here to size in steps of sqrt(2) (crowsonkb's)
-    report_every: Optional[int] = None
-    cuda_graph: Optional[bool] = None  # None: capture the step in a CUDA graph where possible
-    checkpoint_every: int = 0
-    memory_limit: Optional[int] = None  # bytes; None: what the device has free
-    fit_memory: bool = False  # shrink the size to what fits instead of refusing
-    low_memory: bool = False  # CPU: no Winograd weight transforms (~415 MiB less for VGG-19), slower steps
-    callback: Optional[Callable] = None
+    size: Optional[int] = option(  # None: the last of `scales`, else 512
+        None, NUMBER, "--size", recorded=True, type=int, help="long side of the output in pixels (512; demo 256)")
+    steps: int = option(500, NUMBER, "--steps", recorded=True, type=int,
+                        help="forward+backward passes per scale (500; demo 100)")
+    initial_steps: Optional[int] = option(  # steps at the first of several scales (crowsonkb's initial iterations)
+        None, NUMBER, "--initial-steps", recorded=True, type=int,
+        help="steps at the first of the --scales (default: --steps)")
+    content_weight: float = option(1.0, NUMBER, "--content-weight", recorded=True, fingerprint=0, type=float,
+                                   help="alpha (1)")
+    style_weight: Optional[float] = option(  # None: DEFAULT_STYLE_WEIGHT for the weights' convention
+        None, NUMBER, "--style-weight", recorded=True, fingerprint=1, type=float,
+        help="beta (gram: 1e4 for Caffe-convention weights, 5e7 for torchvision's; w2, mrf: 1e6)")
+    tv_weight: float = option(0.0, NUMBER, "--tv-weight", recorded=True, fingerprint=2, type=float,
+                              help="total-variation weight (0)")
+    content_layers: object = option(  # None: the network's default (VGG: relu4_2)
+        None, OTHER, "--content-layers", recorded=True, fingerprint=3,
+        help="name[:weight],... (relu4_2; alexnet: relu4; nin: relu0,relu3,relu7,relu12)")
+    style_layers: object = option(  # None: VGG: Gatys' five (gram, w2) or Li and Wand's two (mrf)
+        None, OTHER, "--style-layers", recorded=True, fingerprint=4,
+        help="name[:weight],...; weights are normalised to sum to 1 (equal) "
+             "(relu1_1,relu2_1,relu3_1,relu4_1,relu5_1; mrf: relu3_1,relu4_1; "
+             "alexnet: relu1..relu5; alexnet mrf: relu2,relu3; "
+             "nin: relu0,relu3,relu7,relu12; nin mrf: relu3,relu7)")
+    style_loss: str = option(  # gram (Gatys) | w2 (Wasserstein-2, crowsonkb) | mrf (Li and Wand, pystiche)
+        "gram", OTHER, "--style-loss", recorded=True, fingerprint=15, choices=list(STYLE_LOSSES),
+        help="gram: Gatys' Gram matrices | w2: Wasserstein-2 distance of the features' mean and "
+             "covariance | mrf: nearest style patches, Li and Wand (gram)")
+    mrf_variants: bool = option(  # mrf: also the style's patches rotated +-7.5 degrees and scaled +-5%
+        False, BOOL, "--mrf-variants", recorded=True, fingerprint=16, action="store_true",
+        help="mrf: also match the style's patches rotated by +-7.5 degrees and scaled by +-5%% "
+             "(Li and Wand; 9x the style patches)")
+    init: object = option(
+        "content", OTHER, "--init",
+        help="noise | gray | content | style | style_stats (noise with the style's colour mean and "
+             "spread) | an image path | previous (a batch of video frames: each starts from the "
+             "result before it, moved with the camera) (content)")
+    optimizer: str = option("lbfgs", OTHER, "--optimizer", recorded=True, fingerprint=5, choices=list(OPTIMIZERS),
+                            help="(lbfgs)")
+    lr: Optional[float] = option(None, NUMBER, "--lr", recorded=True, fingerprint=6, type=float,
+                                 help="step size (lbfgs 1, adam 0.02)")
+    lbfgs_history: int = option(  # curvature pairs L-BFGS keeps (jcjohnson's -lbfgs_num_correction)
+        10, NUMBER, "--lbfgs-history", recorded=True, fingerprint=7, type=int, help="curvature pairs L-BFGS keeps (10)")
+    normalize_gradients: bool = option(  # each loss's gradient over its L1 norm (jcjohnson's option)
+        False, BOOL, "--normalize-gradients", recorded=True, fingerprint=8, action="store_true",
+        help="scale each loss layer's gradient to unit L1 norm times its weight")
+    normalize_weights: bool = option(  # each layer's weight over its channel count (neural-style-pt's option)
+        False, BOOL, "--normalize-weights", recorded=True, action="store_true",
+        help="divide each layer's weight by its channel count (kept to the same sum)")
+    avg_decay: float = option(  # > 0: the result is a moving average of the iterates with this decay
+        0.0, NUMBER, "--avg-decay", recorded=True, fingerprint=14, type=float,
+        help="output a moving average of the iterates with this decay, e.g. 0.99 (0: off)")
+    seed: int = option(0, NUMBER, "--seed", recorded=True, type=int, help="random seed (0)")
+    precision: Optional[str] = option(  # None: default_precision() of the run's devices
+        None, OTHER, "--precision", recorded=True, fingerprint=9, choices=list(PRECISIONS),
+        help="fp32: exact | tf32: TF32 convolutions and matmuls (GPU) | bf16: bf16 activations "
+             "(GPU, or a CPU with bf16 support) (tf32 on a GPU that has it, NVIDIA Ampere or "
+             "later, as PyTorch's convolutions; else fp32)")
+    style_blend: Optional[Sequence[float]] = option(None, OTHER, "--style-blend", recorded=True, fingerprint=10,
+                                                    type=_csv_floats, help="one weight per style image")
+    style_masks: Optional[Sequence] = option(  # one per style: where on the output it applies
+        None, OTHER, "--style-masks", type=_csv_paths,
+        help="one mask image per style, comma-separated: each style paints where its mask is white")
+    style_scale: float = option(1.0, NUMBER, "--style-scale", recorded=True, fingerprint=11, type=float,
+                                help="style image size relative to the output (1)")
+    style_size: Optional[int] = option(  # the style images' long side in pixels at every scale (not style_scale)
+        None, NUMBER, "--style-size", recorded=True, fingerprint=12, type=int,
+        help="style images' long side in pixels at every scale (instead of --style-scale)")
+    preserve_colors: Optional[str] = option(
+        None, OTHER, "--preserve-colors", recorded=True, fingerprint=13, choices=list(PRESERVE_COLORS[1:]),
+        help="keep the content's colours: stylize luminance only, or recolour the style "
+             "to the content's colour statistics (match: mean+covariance; histogram)")
+    scales: Optional[Sequence[int]] = option(None, OTHER, "--scales", type=_csv_ints,
+                                             help="coarse-to-fine sizes, e.g. 256,512")
+    min_scale: Optional[int] = option(  # coarse-to-fine from here to size in steps of sqrt(2) (crowsonkb's)
+        None, NUMBER, "--min-scale", type=int,
+        help="coarse-to-fine from this size up to --size in steps of sqrt(2) (instead of --scales)")
+    report_every: Optional[int] = option(None, NUMBER, "--report-every", type=int,
+                                         help="read the losses back every N steps (1 on the CPU, 20 on a GPU)")
+    cuda_graph: Optional[bool] = option(  # None: capture the step in a CUDA graph where possible
+        None, BOOL, "--no-cuda-graph", action="store_const", const=False, help="run each step eagerly on a GPU")
+    checkpoint_every: int = option(0, NUMBER, "--checkpoint-every", type=int,
+                                   help="steps between checkpoints (0: end only)")
+    memory_limit: Optional[int] = option(  # bytes; None: what the device has free
+        None, NUMBER, "--memory-limit", type=_bytes,
+        help="the memory the run may use, e.g. 8G (default: what the device has free)")
+    fit_memory: bool = option(  # shrink the size to what fits instead of refusing
+        False, BOOL, "--fit-memory", action="store_true",
+        help="if the run cannot fit in memory, shrink --size to the largest that fits")
+    low_memory: bool = option(  # CPU: no Winograd weight transforms (~415 MiB less for VGG-19), slower steps
+        False, BOOL, "--low-memory", action="store_true",
+        help="CPU: run the convolutions without Winograd's weight transforms, about 415 MiB less for "
+             "VGG-19, with slower steps (chosen by itself where only that fits)")
+    callback: Optional[Callable] = option(None, OTHER, None)
 
     @classmethod
     def from_kwargs(cls, kwargs: dict) -> "Options":
@@ -205,6 +286,8 @@ class Options:
 
     def validate(self, n_styles: int = 1, convention: str = "torchvision", network: str = "vgg19",
                  devices=()) -> "Options":
+        from .vgg import check_seed
+
         for name in NUMBER_FIELDS + BOOL_FIELDS:  # np.int64(512) and torch.tensor(0.5) are numbers too
             setattr(self, name, _plain(getattr(self, name)))
         for name in BOOL_FIELDS:
@@ -332,3 +415,18 @@ class Options:
     def steps_at(self, scale_index: int) -> int:
         """Steps at the scale_index-th scale: initial_steps (if given) at the first, steps after."""
         return self.initial_steps if scale_index == 0 and self.initial_steps is not None else self.steps
+
+
+def fields_where(test, cls=Options) -> tuple:
+    """The names of cls's fields whose metadata passes test, in their order."""
+    return tuple(field.name for field in dataclasses.fields(cls) if test(field.metadata))
+
+
+NUMBER_FIELDS = fields_where(lambda meta: meta["kind"] == NUMBER)
+BOOL_FIELDS = fields_where(lambda meta: meta["kind"] == BOOL)
+RECORDED_FIELDS = fields_where(lambda meta: meta["recorded"])
+FLAG_FIELDS = fields_where(lambda meta: meta["flag"] is not None)
+# In fingerprint order, not the fields': the order is part of the hash that existing
+# checkpoints must still match.
+FINGERPRINT_FIELDS = tuple(sorted(fields_where(lambda meta: meta["fingerprint"] is not None),
+                                  key=lambda name: Options.__dataclass_fields__[name].metadata["fingerprint"]))

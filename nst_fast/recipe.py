@@ -3,12 +3,9 @@ enough to make it again, without the paths of the inputs (they may be private)."
 import json
 import os
 
-from .options import INITS, Options
+from .options import INITS, RECORDED_FIELDS, Options
 
-SETTINGS = ("size", "steps", "initial_steps", "content_weight", "style_weight", "tv_weight", "content_layers",
-            "style_layers", "style_loss", "mrf_variants", "optimizer", "lr", "lbfgs_history",
-            "normalize_gradients", "normalize_weights", "avg_decay", "seed", "precision", "style_blend",
-            "style_scale", "style_size", "preserve_colors")
+SETTINGS = RECORDED_FIELDS  # the options written as they are; the rest by settings() below
 
 
 def _name(value) -> str:

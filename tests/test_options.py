@@ -98,3 +98,33 @@ def test_a_given_precision_is_kept_on_any_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (9, 0))
     assert Options(precision="fp32").validate(devices=[torch.device("cuda")]).precision == "fp32"
     assert Options(precision="bf16").validate(devices=[torch.device("cpu")]).precision == "bf16"
+
+
+def test_the_lists_of_options_are_read_from_the_fields():
+    from nst_fast import checkpoint, options, recipe
+
+    assert options.NUMBER_FIELDS == (
+        "size", "steps", "initial_steps", "content_weight", "style_weight", "tv_weight", "lr", "lbfgs_history",
+        "avg_decay", "seed", "style_scale", "style_size", "min_scale", "report_every", "checkpoint_every",
+        "memory_limit")
+    assert options.BOOL_FIELDS == ("mrf_variants", "normalize_gradients", "normalize_weights", "cuda_graph",
+                                   "fit_memory", "low_memory")
+    assert recipe.SETTINGS == (
+        "size", "steps", "initial_steps", "content_weight", "style_weight", "tv_weight", "content_layers",
+        "style_layers", "style_loss", "mrf_variants", "optimizer", "lr", "lbfgs_history", "normalize_gradients",
+        "normalize_weights", "avg_decay", "seed", "precision", "style_blend", "style_scale", "style_size",
+        "preserve_colors")
+    # The order is part of the hash: checkpoints made before must still match.
+    assert checkpoint.FINGERPRINT_OPTIONS == (
+        "content_weight", "style_weight", "tv_weight", "content_layers", "style_layers", "optimizer", "lr",
+        "lbfgs_history", "normalize_gradients", "precision", "style_blend", "style_scale", "style_size",
+        "preserve_colors", "avg_decay", "style_loss", "mrf_variants")
+
+
+def test_every_option_has_a_flag_or_is_marked_api_only():
+    import dataclasses
+
+    for field in dataclasses.fields(Options):
+        assert set(field.metadata) == {"kind", "flag", "cli", "recorded", "fingerprint"}, field.name
+        assert field.metadata["flag"] is not None or field.name == "callback", field.name
+        assert "default" not in field.metadata["cli"], field.name  # a flag not given leaves the field's default
