@@ -1,5 +1,6 @@
 """nst-fast: the command line. Errors are one line on stderr and a non-zero exit."""
 import argparse
+import dataclasses
 import glob
 import importlib.util
 import os
@@ -10,7 +11,7 @@ import threading
 
 from . import __version__, interrupts
 from .files import IMAGE_EXTENSIONS, images_in, not_a_file
-from .flag_types import _bytes, _csv_floats, _csv_ints, _csv_paths  # noqa: F401 (their home before)
+from .options import Options
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "examples")
 EXIT_ERROR = 1
@@ -29,6 +30,29 @@ def _on_stop(signum, frame):
     for stop in interrupts.SIGNALS:
         signal.signal(stop, signal.SIG_IGN)
     raise KeyboardInterrupt
+
+
+def add_option_flags(parser, options_class=Options):
+    """A flag for each field of options_class that has one, as the field's metadata says.
+    Its default is None, "not given": the field's default stands (fill_option_defaults)."""
+    for field in _flag_fields(options_class):
+        parser.add_argument(field.metadata["flag"], dest=field.name, default=None, **field.metadata["cli"])
+
+
+def _flag_fields(options_class):
+    return [field for field in dataclasses.fields(options_class) if field.metadata.get("flag") is not None]
+
+
+def fill_option_defaults(args, options_class=Options) -> None:
+    """Each option flag not given (None) in args set to its field's default."""
+    for field in _flag_fields(options_class):
+        if getattr(args, field.name) is None:
+            setattr(args, field.name, field.default)
+
+
+def option_values(args, options_class=Options) -> dict:
+    """{field name: value in args} for the fields of options_class that have a flag."""
+    return {field.name: getattr(args, field.name) for field in _flag_fields(options_class)}
 
 
 def build_parser():
@@ -51,38 +75,7 @@ def build_parser():
     p.add_argument("--demo", action="store_true", help="use the bundled example images")
     p.add_argument("--list-layers", action="store_true",
                    help="print the --network's layers with their channels and size at --size (square), and exit")
-    p.add_argument("--size", type=int, default=None, help="long side of the output in pixels (512; demo 256)")
-    p.add_argument("--steps", type=int, default=None, help="forward+backward passes per scale (500; demo 100)")
-    p.add_argument("--content-weight", type=float, default=1.0, help="alpha (1)")
-    p.add_argument("--style-weight", type=float, default=None,
-                   help="beta (gram: 1e4 for Caffe-convention weights, 5e7 for torchvision's; w2, mrf: 1e6)")
-    p.add_argument("--tv-weight", type=float, default=0.0, help="total-variation weight (0)")
-    p.add_argument("--content-layers", default=None,
-                   help="name[:weight],... (relu4_2; alexnet: relu4; nin: relu0,relu3,relu7,relu12)")
-    p.add_argument("--style-layers", default=None,
-                   help="name[:weight],...; weights are normalised to sum to 1 (equal) "
-                        "(relu1_1,relu2_1,relu3_1,relu4_1,relu5_1; mrf: relu3_1,relu4_1; "
-                        "alexnet: relu1..relu5; alexnet mrf: relu2,relu3; "
-                        "nin: relu0,relu3,relu7,relu12; nin mrf: relu3,relu7)")
-    p.add_argument("--style-loss", default="gram", choices=["gram", "w2", "mrf"],
-                   help="gram: Gatys' Gram matrices | w2: Wasserstein-2 distance of the features' mean and "
-                        "covariance | mrf: nearest style patches, Li and Wand (gram)")
-    p.add_argument("--mrf-variants", action="store_true",
-                   help="mrf: also match the style's patches rotated by +-7.5 degrees and scaled by +-5%% "
-                        "(Li and Wand; 9x the style patches)")
-    p.add_argument("--init", default="content",
-                   help="noise | gray | content | style | style_stats (noise with the style's colour mean and "
-                        "spread) | an image path | previous (a batch of video frames: each starts from the "
-                        "result before it, moved with the camera) (content)")
-    p.add_argument("--optimizer", default="lbfgs", choices=["lbfgs", "adam"], help="(lbfgs)")
-    p.add_argument("--lr", type=float, default=None, help="step size (lbfgs 1, adam 0.02)")
-    p.add_argument("--lbfgs-history", type=int, default=10, help="curvature pairs L-BFGS keeps (10)")
-    p.add_argument("--normalize-gradients", action="store_true",
-                   help="scale each loss layer's gradient to unit L1 norm times its weight")
-    p.add_argument("--normalize-weights", action="store_true",
-                   help="divide each layer's weight by its channel count (kept to the same sum)")
-    p.add_argument("--avg-decay", type=float, default=0.0,
-                   help="output a moving average of the iterates with this decay, e.g. 0.99 (0: off)")
+    add_option_flags(p)
     p.add_argument("--pooling", default="max", choices=["max", "avg", "l2"],
                    help="max | avg | l2 (root mean square) (max)")
     p.add_argument("--padding", default="zeros", choices=["zeros", "replicate", "reflect"],
@@ -91,10 +84,6 @@ def build_parser():
     p.add_argument("--network", default="vgg19", choices=["vgg19", "vgg16", "vgg13", "vgg11", "alexnet", "nin"],
                    help="the CNN whose features are matched (vgg19, the paper's; nin needs --weights PATH "
                         "to nin_imagenet.pth or nin_imagenet_conv.caffemodel)")
-    p.add_argument("--precision", default=None, choices=["fp32", "tf32", "bf16"],
-                   help="fp32: exact | tf32: TF32 convolutions and matmuls (GPU) | bf16: bf16 activations "
-                        "(GPU, or a CPU with bf16 support) (tf32 on a GPU that has it, NVIDIA Ampere or "
-                        "later, as PyTorch's convolutions; else fp32)")
     p.add_argument("--weights", default=None,
                    help="imagenet | random | PATH to a state dict of the network or a Caffe .caffemodel "
                         "(default $NST_FAST_WEIGHTS or imagenet)")
@@ -105,21 +94,6 @@ def build_parser():
                         "(default: cuda if available)")
     p.add_argument("--split-at", default=None,
                    help="with several devices: the layer where each next device starts (two devices: pool1)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
-    p.add_argument("--style-blend", type=_csv_floats, default=None, help="one weight per style image")
-    p.add_argument("--style-masks", type=_csv_paths, default=None,
-                   help="one mask image per style, comma-separated: each style paints where its mask is white")
-    p.add_argument("--style-scale", type=float, default=1.0, help="style image size relative to the output (1)")
-    p.add_argument("--style-size", type=int, default=None,
-                   help="style images' long side in pixels at every scale (instead of --style-scale)")
-    p.add_argument("--scales", type=_csv_ints, default=None, help="coarse-to-fine sizes, e.g. 256,512")
-    p.add_argument("--min-scale", type=int, default=None,
-                   help="coarse-to-fine from this size up to --size in steps of sqrt(2) (instead of --scales)")
-    p.add_argument("--initial-steps", type=int, default=None,
-                   help="steps at the first of the --scales (default: --steps)")
-    p.add_argument("--preserve-colors", default=None, choices=["luminance", "match", "histogram"],
-                   help="keep the content's colours: stylize luminance only, or recolour the style "
-                        "to the content's colour statistics (match: mean+covariance; histogram)")
     p.add_argument("--save-every", type=int, default=0, help="save a snapshot OUT.stepNNNN.png every N steps")
     p.add_argument("--history", default=None, help="write the loss history (per step, per layer) as JSON")
     p.add_argument("--plot", default=None,
@@ -127,24 +101,13 @@ def build_parser():
     p.add_argument("--checkpoint", default=None,
                    help="save a resumable checkpoint here (every --checkpoint-every steps and at the end); "
                         "Ctrl-C always saves one, to OUT.ckpt if this is not given")
-    p.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (0: end only)")
     p.add_argument("--resume", default=None, help="continue from a checkpoint (more steps, or a larger --size)")
-    p.add_argument("--memory-limit", type=_bytes, default=None,
-                   help="the memory the run may use, e.g. 8G (default: what the device has free)")
-    p.add_argument("--fit-memory", action="store_true",
-                   help="if the run cannot fit in memory, shrink --size to the largest that fits")
-    p.add_argument("--low-memory", action="store_true",
-                   help="CPU: run the convolutions without Winograd's weight transforms, about 415 MiB less for "
-                        "VGG-19, with slower steps (chosen by itself where only that fits)")
-    p.add_argument("--no-cuda-graph", action="store_true", help="run each step eagerly on a GPU")
     p.add_argument("--web", action="store_true",
                    help="watch the run in a browser: serve a live view at http://WEB_HOST:WEB_PORT/")
     p.add_argument("--web-host", default=None, help="address the live view listens on (127.0.0.1)")
     p.add_argument("--web-port", type=int, default=None, help="port of the live view (8080; 0: any free port)")
     p.add_argument("--browser", action="store_true", help="open the live view in the default web browser "
                    "(implies --web)")
-    p.add_argument("--report-every", type=int, default=None,
-                   help="read the losses back every N steps (1 on the CPU, 20 on a GPU)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("--version", action="version", version=f"nst-fast {__version__}")
     return p
@@ -276,8 +239,9 @@ def run(args) -> int:
         return _error(f"--size {args.size} and --scales ending at {args.scales[-1]} disagree; give one of them")
     if args.size is None:
         args.size = args.scales[-1] if args.scales else 256 if args.demo else 512
-    if args.steps is None:
-        args.steps = 100 if args.demo else 500
+    if args.steps is None and args.demo:
+        args.steps = 100
+    fill_option_defaults(args)
     if args.demo:
         content = os.path.join(EXAMPLES, "content.png")
         styles = [os.path.join(EXAMPLES, "style.png")]
@@ -356,20 +320,7 @@ def run(args) -> int:
         sys.stderr.write(f"nst-fast: note: {len(earlier)} snapshot(s) of an earlier run are there "
                          f"({os.path.basename(snapshots)}.stepNNNN.png); this run replaces those of the same steps\n")
 
-    options = dict(
-        size=args.size, steps=args.steps, content_weight=args.content_weight, style_weight=args.style_weight,
-        tv_weight=args.tv_weight, content_layers=args.content_layers, style_layers=args.style_layers,
-        style_loss=args.style_loss, mrf_variants=args.mrf_variants, init=args.init, optimizer=args.optimizer,
-        lr=args.lr, seed=args.seed,
-        lbfgs_history=args.lbfgs_history, normalize_gradients=args.normalize_gradients, avg_decay=args.avg_decay,
-        normalize_weights=args.normalize_weights,
-        precision=args.precision, style_blend=args.style_blend, style_masks=args.style_masks,
-        style_scale=args.style_scale, style_size=args.style_size, scales=args.scales, min_scale=args.min_scale,
-        initial_steps=args.initial_steps, preserve_colors=args.preserve_colors, report_every=args.report_every,
-        checkpoint_every=args.checkpoint_every, fit_memory=args.fit_memory, memory_limit=args.memory_limit,
-        low_memory=args.low_memory,
-        cuda_graph=False if args.no_cuda_graph else None,
-    )
+    options = option_values(args)
     live = None
     try:
         # Mistakes in the options and missing images show before the weights load.

@@ -629,3 +629,52 @@ def test_number_lists_that_are_not_say_so(small_images, capsys, flag, value, exp
         cli.main([*map(str, small_images), flag, value])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert exc.value.code == 2 and err.endswith(f"argument {flag}: {expected}") and "_csv" not in err
+
+
+def test_every_option_with_a_flag_is_in_the_parser_with_its_help():
+    import dataclasses
+
+    from nst_fast.options import Options
+
+    parser = cli.build_parser()
+    text = parser.format_help()
+    for field in dataclasses.fields(Options):
+        flag = field.metadata["flag"]
+        if flag is None:  # an option of the Python API only
+            continue
+        action = parser._option_string_actions[flag]
+        assert action.dest == field.name and action.help == field.metadata["cli"]["help"], flag
+        assert f"  {flag}" in text, flag
+
+
+def test_a_flag_not_given_leaves_the_options_default():
+    from nst_fast.options import FLAG_FIELDS, Options
+
+    args = cli.build_parser().parse_args(["c.png", "s.png"])
+    assert all(getattr(args, name) is None for name in FLAG_FIELDS)
+    cli.fill_option_defaults(args)
+    assert cli.option_values(args) == {name: getattr(Options(), name) for name in FLAG_FIELDS}
+    args = cli.build_parser().parse_args(["c.png", "s.png", "--no-cuda-graph", "--fit-memory", "--memory-limit", "1K"])
+    cli.fill_option_defaults(args)
+    assert (args.cuda_graph, args.fit_memory, args.memory_limit, args.low_memory) == (False, True, 1024, False)
+
+
+def test_a_new_option_field_gets_its_flag():
+    import argparse
+    import dataclasses
+
+    from nst_fast.options import NUMBER, Options, option
+
+    @dataclasses.dataclass
+    class More(Options):
+        sharpness: float = option(0.5, NUMBER, "--sharpness", type=float, help="how sharp the edges are (0.5)")
+
+    parser = argparse.ArgumentParser()
+    cli.add_option_flags(parser, More)
+    assert "--sharpness SHARPNESS" in parser.format_help() and "how sharp the edges are" in parser.format_help()
+    for argv, sharpness in ((["--sharpness", "2", "--steps", "3"], 2.0), ([], 0.5)):
+        args = parser.parse_args(argv)
+        cli.fill_option_defaults(args, More)
+        values = cli.option_values(args, More)
+        assert values["sharpness"] == sharpness and values["steps"] == (3 if argv else 500)
+        assert More(**values).validate().sharpness == sharpness
