@@ -10,15 +10,15 @@ def _csv_numbers(text, kind, example):
         raise argparse.ArgumentTypeError(f"not a list like {example}: {text!r}") from None
 
 
-def _csv_floats(text):
+def csv_floats(text):
     return _csv_numbers(text, float, "0.7,0.3")
 
 
-def _csv_ints(text):
+def csv_ints(text):
     return _csv_numbers(text, int, "256,512")
 
 
-def _bytes(text):
+def memory_amount(text):
     """"8G", "512M", "1.5GiB" or a number of bytes -> bytes (binary units)."""
     number = text.strip().upper().removesuffix("IB").removesuffix("B")
     unit = 1 << {"K": 10, "M": 20, "G": 30, "T": 40}.get(number[-1:], 0)
@@ -31,5 +31,5 @@ def _bytes(text):
     return int(value)
 
 
-def _csv_paths(text):
+def csv_paths(text):
     return [t.strip() for t in text.split(",") if t.strip()]

@@ -6,7 +6,7 @@ import os
 from typing import Callable, Optional, Sequence
 
 from .errors import NstError
-from .flag_types import _bytes, _csv_floats, _csv_ints, _csv_paths
+from .flag_types import csv_floats, csv_ints, csv_paths, memory_amount
 
 # torch and .vgg (which imports it) are imported where used: the command line builds
 # its parser from Options' fields and must start without waiting for torch.
@@ -235,9 +235,9 @@ class Options:
              "(GPU, or a CPU with bf16 support) (tf32 on a GPU that has it, NVIDIA Ampere or "
              "later, as PyTorch's convolutions; else fp32)")
     style_blend: Optional[Sequence[float]] = option(None, OTHER, "--style-blend", recorded=True, fingerprint=10,
-                                                    type=_csv_floats, help="one weight per style image")
+                                                    type=csv_floats, help="one weight per style image")
     style_masks: Optional[Sequence] = option(  # one per style: where on the output it applies
-        None, OTHER, "--style-masks", type=_csv_paths,
+        None, OTHER, "--style-masks", type=csv_paths,
         help="one mask image per style, comma-separated: each style paints where its mask is white")
     style_scale: float = option(1.0, NUMBER, "--style-scale", recorded=True, fingerprint=11, type=float,
                                 help="style image size relative to the output (1)")
@@ -248,7 +248,7 @@ class Options:
         None, OTHER, "--preserve-colors", recorded=True, fingerprint=13, choices=list(PRESERVE_COLORS[1:]),
         help="keep the content's colours: stylize luminance only, or recolour the style "
              "to the content's colour statistics (match: mean+covariance; histogram)")
-    scales: Optional[Sequence[int]] = option(None, OTHER, "--scales", type=_csv_ints,
+    scales: Optional[Sequence[int]] = option(None, OTHER, "--scales", type=csv_ints,
                                              help="coarse-to-fine sizes, e.g. 256,512")
     min_scale: Optional[int] = option(  # coarse-to-fine from here to size in steps of sqrt(2) (crowsonkb's)
         None, NUMBER, "--min-scale", type=int,
@@ -260,7 +260,7 @@ class Options:
     checkpoint_every: int = option(0, NUMBER, "--checkpoint-every", type=int,
                                    help="steps between checkpoints (0: end only)")
     memory_limit: Optional[int] = option(  # bytes; None: what the device has free
-        None, NUMBER, "--memory-limit", type=_bytes,
+        None, NUMBER, "--memory-limit", type=memory_amount,
         help="the memory the run may use, e.g. 8G (default: what the device has free)")
     fit_memory: bool = option(  # shrink the size to what fits instead of refusing
         False, BOOL, "--fit-memory", action="store_true",
