@@ -89,7 +89,7 @@ setup(
     python_requires=">=3.9",
     install_requires=["torch>=2.4", "torchvision", "pillow", "numpy"],
     extras_require={"test": ["pytest", "pytest-benchmark", "protobuf"], "plot": ["matplotlib"]},
-    entry_points={"console_scripts": ["nst-fast=nst_fast.cli:main"]},
+    entry_points={"console_scripts": ["nst-fast=nst_fast.app.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

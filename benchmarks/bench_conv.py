@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from common import median_ms
 
-from nst_fast import winograd
+from nst_fast.ops import winograd
 
 # (layer, in channels, out channels, downsampling): every 3x3 conv up to conv5_1 but
 # conv1_1, which stays direct; conv3_2..3_4 and conv4_2..4_4 repeat one shape each.

@@ -1,4 +1,4 @@
-"""CPU step time and page faults with and without keeping freed memory (nst_fast/heap.py).
+"""CPU step time and page faults with and without keeping freed memory (nst_fast/runtime/heap.py).
 
     python benchmarks/bench_heap.py [--sizes 512,768] [--pairs 3]
 

@@ -15,7 +15,7 @@ import common
 import torch
 from common import OpCounter
 
-from nst_fast.optim import LBFGS
+from nst_fast.optimize.optim import LBFGS
 
 
 class ReferenceLBFGS(LBFGS):

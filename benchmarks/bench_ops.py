@@ -7,7 +7,7 @@
                                                  the CUDA cases skip without the CUDA kernels)
 
 naive = torch.bmm Gram + F.mse_loss(reduction="sum") + autograd (two GEMMs and an add
-in the backward); fused = nst_fast.ops.style_loss (one GEMM each way). Both are timed
+in the backward); fused = nst_fast.ops.style_loss.style_loss (one GEMM each way). Both are timed
 in the same run and the table gives their ratio.
 
 CPU: channels-last float32 features as the stylize loop feeds them; median wall-clock
@@ -37,7 +37,7 @@ import common
 import torch
 import torch.nn.functional as F
 
-from nst_fast import backend, ops
+from nst_fast.ops import backend, style_loss as ops
 
 LAYERS = common.STYLE_LAYERS
 L2_ROTATE_BYTES = 160 << 20

@@ -28,7 +28,7 @@ import torch
 from common import STYLE_WEIGHT, inputs, peak_resident_mib, per_step_ms, resident_mib
 
 from nst_fast import StyleTransfer
-from nst_fast.options import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, default_precision
+from nst_fast.optimize.options import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, default_precision
 
 TOOLS = ("nst_fast", "nst_fast-low-memory", "tutorial", "pystiche")
 

@@ -11,7 +11,7 @@ max_pool2d_with_indices_backward and threshold_backward against relu_max_pool2_ 
 relu_max_pool2_backward. Then the whole optimisation
 step with both fusions on (GatysLoss.fuse_relu, pooling.FUSE) and off. Both in one
 run, alternating; on a GPU the per-layer times are CUDA-graph replays (GPU time),
-on the CPU medians of interleaved calls with freed memory kept (nst_fast/heap.py),
+on the CPU medians of interleaved calls with freed memory kept (nst_fast/runtime/heap.py),
 so that page faults do not decide, and the caches flushed before each call.
 """
 import argparse
@@ -23,8 +23,10 @@ import common
 import torch
 from common import STYLE_WEIGHT, cuda_graph_ms, inputs, per_step_ms, sync
 
-from nst_fast import StyleTransfer, heap, ops, pooling  # noqa: F401  (ops registers the fakes)
-from nst_fast.losses import GatysLoss
+from nst_fast import StyleTransfer
+from nst_fast.ops import relu_pool as pooling, style_loss as ops  # noqa: F401  (ops registers the fakes)
+from nst_fast.runtime import heap
+from nst_fast.losses.gatys import GatysLoss
 
 FLUSH_BYTES = 128 << 20  # more than the CPU's last-level cache
 LAYERS = common.STYLE_LAYERS

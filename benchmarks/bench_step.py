@@ -27,8 +27,11 @@ import naive
 import torch
 from common import STYLE_WEIGHT, inputs, per_step_ms, sync
 
-from nst_fast import StyleTransfer, memory, vgg, winograd
-from nst_fast.options import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
+from nst_fast import StyleTransfer
+from nst_fast.nets import vgg
+from nst_fast.ops import winograd
+from nst_fast.optimize import memory
+from nst_fast.optimize.options import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
 
 
 def conv_flops(height, width, layers):
@@ -135,7 +138,7 @@ def main(argv=None):
                        "-" if peak is None else f"{peak:.0f}")
     if cuda:
         budget = 80 * 10**9
-        report.add("", "Largest square size whose estimated peak (nst_fast.memory) fits 80 GB:", "")
+        report.add("", "Largest square size whose estimated peak (nst_fast.optimize.memory) fits 80 GB:", "")
         report.table("mode", "largest size")
         for mode in [m for m in modes if m != "naive"]:
             largest = memory.largest_size(budget, 1.0, list(DEFAULT_CONTENT_LAYERS), list(DEFAULT_STYLE_LAYERS),

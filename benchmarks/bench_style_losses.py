@@ -13,7 +13,8 @@ import argparse
 import common
 import torch
 
-from nst_fast import StyleTransfer, images
+from nst_fast import StyleTransfer
+from nst_fast.imaging import images
 
 LOSSES = ("gram", "w2", "mrf")
 

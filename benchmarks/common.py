@@ -45,7 +45,7 @@ def example_paths():
 
 def inputs(size):
     """The example content at `size` px on its long side and the style resized to it."""
-    from nst_fast import images
+    from nst_fast.imaging import images
     content_path, style_path = example_paths()
     content = images.resize_long_side(images.to_tensor(content_path), size)
     style = torch.nn.functional.interpolate(images.to_tensor(style_path), size=content.shape[-2:],

@@ -13,7 +13,9 @@ import argparse
 import common
 from common import OpCounter
 
-from nst_fast import StyleTransfer, losses, optim, steps
+from nst_fast import StyleTransfer
+from nst_fast.losses import gatys as losses
+from nst_fast.optimize import optim, steps
 
 
 def main(argv=None):

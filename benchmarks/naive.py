@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nst_fast import vgg
+from nst_fast.nets import vgg
 
 
 class Normalization(nn.Module):

@@ -1,4 +1,4 @@
-"""Live memory after every op of a real run, against nst_fast.memory's estimate: where a
+"""Live memory after every op of a real run, against nst_fast.optimize.memory's estimate: where a
 step's peak is and what is alive there.
 
     python benchmarks/trace_memory.py [--size 768] [--device cpu|cuda] [--precision fp32]
@@ -20,8 +20,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import nst_fast
-from nst_fast import memory
-from nst_fast.options import default_layers
+from nst_fast.optimize import memory
+from nst_fast.optimize.options import default_layers
 
 MiB = 1 << 20
 

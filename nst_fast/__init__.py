@@ -9,9 +9,9 @@ from .errors import (CheckpointNotWritten, Interrupted, NonFiniteLoss, NstError,
                      WeightsUnavailable)
 
 _LAZY = {
-    "stylize": ("transfer", "stylize"), "StyleTransfer": ("transfer", "StyleTransfer"),
-    "StepInfo": ("transfer", "StepInfo"), "Options": ("options", "Options"),
-    "backend_info": ("backend", "describe"), "set_backend": ("backend", "set_backend"),
+    "stylize": ("optimize.transfer", "stylize"), "StyleTransfer": ("optimize.transfer", "StyleTransfer"),
+    "StepInfo": ("optimize.transfer", "StepInfo"), "Options": ("optimize.options", "Options"),
+    "backend_info": ("ops.backend", "describe"), "set_backend": ("ops.backend", "set_backend"),
 }
 
 __all__ = [

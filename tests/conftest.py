@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from nst_fast import backend
+from nst_fast.ops import backend
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "nst_fast" / "examples"
@@ -39,11 +39,11 @@ def op_backend(request):
 
 
 def interrupt_cli(argv, marker, signum=signal.SIGINT):
-    """Run `python -m nst_fast.cli argv`, send it `signum` (Ctrl-C's SIGINT) once
+    """Run `python -m nst_fast.app.cli argv`, send it `signum` (Ctrl-C's SIGINT) once
     `marker` (a progress line) shows on stderr -> (exit status, the rest of stderr)."""
     # A shell starts background jobs with SIGINT ignored, and children inherit that:
     # give the command a terminal's default, as if a user pressed Ctrl-C.
-    proc = subprocess.Popen([sys.executable, "-m", "nst_fast.cli", *argv], stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen([sys.executable, "-m", "nst_fast.app.cli", *argv], stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         seen = ""

@@ -13,8 +13,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from nst_fast import reference  # noqa: E402
-from nst_fast.optim import LBFGS  # noqa: E402
+from nst_fast.ops import reference  # noqa: E402
+from nst_fast.optimize.optim import LBFGS  # noqa: E402
 
 
 def rel(out, ref):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nst_fast import batch, cli
+from nst_fast.app import batch, cli
 from nst_fast.errors import NstError
 
 SMALL = ["--weights", "random", "--device", "cpu", "--size", "32", "-q"]
@@ -151,7 +151,7 @@ def test_ctrl_c_stops_the_batch_and_the_same_command_continues_it(tmp_path, fold
     assert _files(out) == ["wide.ckpt"]  # the checkpoint, and no half-done output a rerun would keep
     stopped = int(re.search(r"interrupted at step (\d+)", rest).group(1))
 
-    done = subprocess.run([sys.executable, "-m", "nst_fast.cli", *argv, "--steps", str(stopped + 2)],
+    done = subprocess.run([sys.executable, "-m", "nst_fast.app.cli", *argv, "--steps", str(stopped + 2)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert f"continuing from {out / 'wide.ckpt'}" in done.stderr
@@ -207,7 +207,8 @@ def test_a_cut_out_content_keeps_its_transparency(tmp_path, folder, capsys):
 
 
 def test_video_frames_start_from_the_result_before(tmp_path, folder, capsys):
-    from nst_fast import images, video
+    from nst_fast.app import video
+    from nst_fast.imaging import images
 
     contents, style = folder
     os.remove(contents / "tall.jpg")

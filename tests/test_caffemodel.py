@@ -3,8 +3,8 @@ field numbers, in the old (V1 `layers`) and the current (`layer`) layout."""
 import pytest
 import torch
 
-from nst_fast import caffemodel, vgg
 from nst_fast.errors import WeightsUnavailable
+from nst_fast.nets import caffemodel, vgg
 
 protobuf = pytest.importorskip("google.protobuf")
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory  # noqa: E402

@@ -13,14 +13,14 @@ import pytest
 import torch
 from PIL import Image
 
-from nst_fast import cli
-from nst_fast.progress import Progress
+from nst_fast.app import cli
+from nst_fast.runtime.progress import Progress
 
 SMALL = ["--weights", "random", "--device", "cpu", "--size", "32"]
 
 
 def run_cli(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "nst_fast.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "nst_fast.app.cli", *args], capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -118,7 +118,7 @@ def test_an_unknown_backend_is_one_line_before_the_weights_load(tmp_path, small_
 def test_a_full_disk_is_a_one_line_error(tmp_path, small_images, capsys, monkeypatch):
     import errno
 
-    from nst_fast import images
+    from nst_fast.imaging import images
 
     def full(image, path, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
@@ -133,7 +133,7 @@ def test_a_full_disk_is_a_one_line_error(tmp_path, small_images, capsys, monkeyp
 
 def _checkpoints_to_a_full_disk(monkeypatch):
     """Checkpoints written to /dev/full, which fails every write with ENOSPC as a full disk does."""
-    from nst_fast import checkpoint
+    from nst_fast.optimize import checkpoint
 
     write = checkpoint.write
 
@@ -200,7 +200,7 @@ def test_running_out_of_memory_saves_the_image_so_far(tmp_path, small_images, ca
 def test_running_out_of_memory_before_the_first_step_is_one_line(tmp_path, small_images, capsys, monkeypatch):
     from test_features import CPU_OUT_OF_MEMORY
 
-    from nst_fast import transfer
+    from nst_fast.optimize import transfer
 
     def no_memory(*args, **kwargs):
         raise CPU_OUT_OF_MEMORY
@@ -264,9 +264,9 @@ def test_outputs_carry_their_settings_but_no_input_paths(tmp_path, small_images)
 
 def test_the_command_starts_without_importing_torch():
     # --help and an early Ctrl-C must not wait for torch; the API names still resolve.
-    code = ("import sys, nst_fast.cli, nst_fast; assert 'torch' not in sys.modules; "
-            "import nst_fast.transfer; assert callable(nst_fast.stylize) and nst_fast.stylize.__name__ == 'stylize'; "
-            "assert nst_fast.StyleTransfer is nst_fast.transfer.StyleTransfer")
+    code = ("import sys, nst_fast.app.cli, nst_fast; assert 'torch' not in sys.modules; "
+            "import nst_fast.optimize.transfer; assert callable(nst_fast.stylize) and nst_fast.stylize.__name__ == 'stylize'; "
+            "assert nst_fast.StyleTransfer is nst_fast.optimize.transfer.StyleTransfer")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
 
@@ -284,8 +284,8 @@ def test_missing_arguments(capsys):
 
 
 def test_offline_imagenet_weights_say_what_to_do(tmp_path, small_images, capsys, monkeypatch):
-    from nst_fast import vgg
     from nst_fast.errors import WeightsUnavailable
+    from nst_fast.nets import vgg
 
     def offline(network):
         raise WeightsUnavailable("cannot download torchvision's VGG-19 weights (URLError). Pass --weights PATH "
@@ -338,7 +338,8 @@ CTRL_C_DURING_SAVES = """
 import os
 import signal
 
-from nst_fast import checkpoint, images
+from nst_fast.optimize import checkpoint
+from nst_fast.imaging import images
 
 
 def _ctrl_c_first(save):
@@ -382,7 +383,7 @@ class _Stream(io.StringIO):
 
 
 def _steps(n):
-    from nst_fast.transfer import StepInfo
+    from nst_fast.optimize.transfer import StepInfo
 
     losses = {"total": torch.tensor(2.0), "content": torch.tensor(1.0), "style": torch.tensor(1.0)}
     return [StepInfo(step=i, steps=n, size=(24, 32), losses=losses, image=None) for i in range(1, n + 1)]
@@ -553,7 +554,7 @@ def test_a_device_is_no_file_a_run_may_replace(tmp_path, small_images, capsys, o
 
 
 def test_a_failing_atomic_write_names_the_file_asked_for(tmp_path):
-    from nst_fast.files import atomic_write
+    from nst_fast.runtime.files import atomic_write
 
     for target, error in ((tmp_path / "nodir" / "x.ckpt", FileNotFoundError), (tmp_path, IsADirectoryError)):
         with pytest.raises(error) as raised:
@@ -569,7 +570,7 @@ def test_a_failing_atomic_write_names_the_file_asked_for(tmp_path):
 
 
 def test_atomic_write_leaves_a_fifo_alone(tmp_path):
-    from nst_fast.files import atomic_write
+    from nst_fast.runtime.files import atomic_write
 
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
@@ -605,7 +606,7 @@ def test_a_closed_stdout_is_not_a_traceback():
     """`nst-fast --list-layers | head -1`: the reader is gone before the listing is written."""
     read_end, write_end = os.pipe()
     os.close(read_end)
-    proc = subprocess.run([sys.executable, "-m", "nst_fast.cli", "--list-layers"], stdout=write_end,
+    proc = subprocess.run([sys.executable, "-m", "nst_fast.app.cli", "--list-layers"], stdout=write_end,
                           stderr=subprocess.PIPE, text=True, timeout=120)
     os.close(write_end)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
@@ -634,7 +635,7 @@ def test_number_lists_that_are_not_say_so(small_images, capsys, flag, value, exp
 def test_every_option_with_a_flag_is_in_the_parser_with_its_help():
     import dataclasses
 
-    from nst_fast.options import Options
+    from nst_fast.optimize.options import Options
 
     parser = cli.build_parser()
     text = parser.format_help()
@@ -648,7 +649,7 @@ def test_every_option_with_a_flag_is_in_the_parser_with_its_help():
 
 
 def test_a_flag_not_given_leaves_the_options_default():
-    from nst_fast.options import FLAG_FIELDS, Options
+    from nst_fast.optimize.options import FLAG_FIELDS, Options
 
     args = cli.build_parser().parse_args(["c.png", "s.png"])
     assert all(getattr(args, name) is None for name in FLAG_FIELDS)
@@ -663,7 +664,7 @@ def test_a_new_option_field_gets_its_flag():
     import argparse
     import dataclasses
 
-    from nst_fast.options import NUMBER, Options, option
+    from nst_fast.optimize.options import NUMBER, Options, option
 
     @dataclasses.dataclass
     class More(Options):

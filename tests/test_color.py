@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from nst_fast import color
+from nst_fast.imaging import color
 
 
 def colored_image(mean, cov, h=48, w=64, seed=0):

@@ -13,12 +13,11 @@ import os
 import re
 import shutil
 
-import pytest
-import torch
-
 import emulated_profile
+import pytest
 import test_cuda_emulated as emulated
 import test_cuda_emulated_pool as pool
+import torch
 
 pytestmark = pytest.mark.slow  # the CUDA kernels built with g++ and run on the CPU emulator
 

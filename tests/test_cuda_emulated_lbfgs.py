@@ -8,11 +8,11 @@ ring of pairs wrapping, several blocks run in shuffled orders.
 """
 import numpy as np
 import pytest
+import test_cuda_emulated as emulated
 import torch
 
-import test_cuda_emulated as emulated
-from nst_fast import backend
-from nst_fast.optim import LBFGS
+from nst_fast.ops import backend
+from nst_fast.optimize.optim import LBFGS
 
 pytestmark = [pytest.mark.slow,  # the CUDA kernels built with g++ and run on the CPU emulator
               pytest.mark.skipif(not backend.has_op_kernel("lbfgs_step", "cpu"),

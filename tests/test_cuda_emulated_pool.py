@@ -8,10 +8,9 @@ misaligned buffers), a grid smaller than the work, odd sizes with partial window
 """
 import numpy as np
 import pytest
+import test_cuda_emulated as emulated
 import torch
 import torch.nn.functional as F
-
-import test_cuda_emulated as emulated
 
 pytestmark = pytest.mark.slow  # the CUDA kernels built with g++ and run on the CPU emulator
 

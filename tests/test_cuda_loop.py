@@ -3,7 +3,8 @@ CUDA-graph replay against eager steps, and the precision modes. Skips without CU
 import pytest
 import torch
 
-from nst_fast import StyleTransfer, backend
+from nst_fast import StyleTransfer
+from nst_fast.ops import backend
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")]
 

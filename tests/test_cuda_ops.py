@@ -17,7 +17,7 @@ on the same input values):
 import pytest
 import torch
 
-from nst_fast import backend, ops, reference
+from nst_fast.ops import backend, reference, style_loss as ops
 
 
 def _cuda_kernel_present() -> bool:

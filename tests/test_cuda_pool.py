@@ -5,10 +5,11 @@ Skips (module level) where there is no GPU or the extension has no CUDA kernel.
 """
 import pytest
 import torch
-
 from conftest import OpNames
-from nst_fast import backend, pooling, vgg
 from test_cuda_emulated_pool import exact, separately
+
+from nst_fast.nets import vgg
+from nst_fast.ops import backend, relu_pool as pooling
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
     not (torch.cuda.is_available() and backend.has_op_kernel("relu_max_pool2_backward", "cuda")),

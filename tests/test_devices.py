@@ -3,7 +3,9 @@ the CPU, which checks the plumbing; tests/test_cuda_loop.py splits a GPU run."""
 import pytest
 import torch
 
-from nst_fast import NstError, StyleTransfer, cli, vgg
+from nst_fast import NstError, StyleTransfer
+from nst_fast.app import cli
+from nst_fast.nets import vgg
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from nst_fast import (CheckpointNotWritten, NstError, OutOfMemory, StyleTransfer, checkpoint, cli, color, images,
-                      winograd)
-from nst_fast.losses import gram_target
-from nst_fast.options import Options
+from nst_fast import CheckpointNotWritten, NstError, OutOfMemory, StyleTransfer
+from nst_fast.app import cli
+from nst_fast.imaging import color, images
+from nst_fast.losses.gatys import gram_target
+from nst_fast.ops import winograd
+from nst_fast.optimize import checkpoint
+from nst_fast.optimize.options import Options
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +201,7 @@ def test_resume_equals_an_uninterrupted_run(transfer, small_images, tmp_path, op
 
 def _out_of_memory_at_call(monkeypatch, n, error):
     """The n-th step of a run fails as an allocation would."""
-    from nst_fast.steps import StepRunner
+    from nst_fast.optimize.steps import StepRunner
 
     step = StepRunner.__call__
 
@@ -555,7 +558,8 @@ def test_ctrl_c_right_after_the_optimisers_update_resumes_exactly(transfer, smal
                                                                   optimizer):
     """Ctrl-C between the optimiser's update and the step's count: the run stops at the
     step's end, with a checkpoint of whole steps that resumes to the uninterrupted result."""
-    from nst_fast import Interrupted, optim
+    from nst_fast import Interrupted
+    from nst_fast.optimize import optim
 
     content, style = small_images
     ckpt = tmp_path / "run.ckpt"
@@ -595,8 +599,8 @@ def test_a_style_image_too_large_for_memory_is_refused_before_allocating(transfe
 
 
 def test_fit_memory_picks_the_largest_size_that_fits(transfer, small_images):
-    from nst_fast import memory
-    from nst_fast.options import DEFAULT_STYLE_LAYERS
+    from nst_fast.optimize import memory
+    from nst_fast.optimize.options import DEFAULT_STYLE_LAYERS
 
     content, style = small_images
     # Sizes are shrunk only after the Winograd transforms are left out (which fits larger).
@@ -612,8 +616,8 @@ def test_fit_memory_takes_low_memory_where_that_reaches_a_larger_size_and_says_s
                                                                                   capsys):
     """At 4000 pixels the Winograd run needs less than the low_memory one (the transforms are
     fixed, the activations grow), but in 600 MiB low_memory reaches the larger size."""
-    from nst_fast import memory
-    from nst_fast.options import DEFAULT_STYLE_LAYERS
+    from nst_fast.optimize import memory
+    from nst_fast.optimize.options import DEFAULT_STYLE_LAYERS
 
     content, style = small_images
     budget, aspect, layers = 600 << 20, 64 / 48, (["relu4_2"], list(DEFAULT_STYLE_LAYERS))
@@ -636,8 +640,8 @@ def test_a_history_too_long_for_memory_is_refused_naming_lbfgs_history(transfer,
     """20000 curvature pairs of a 64x48 image are 1.4 GiB, and what grows with their
     square (W W^T, 40000 x 40000 in float64, and a step's 20000 x 20000 matrices) another
     27 GiB: no size fits in 4 GiB, a shorter history does."""
-    from nst_fast import memory
-    from nst_fast.options import DEFAULT_STYLE_LAYERS
+    from nst_fast.optimize import memory
+    from nst_fast.optimize.options import DEFAULT_STYLE_LAYERS
 
     content, style = small_images
     monkeypatch.setattr(transfer, "_loss", lambda *a, **k: pytest.fail("allocated before refusing"))
@@ -663,7 +667,7 @@ def test_a_history_too_long_for_memory_is_refused_naming_lbfgs_history(transfer,
 
 
 def _transforms_held(transfer):
-    from nst_fast.winograd import WinogradConv2d
+    from nst_fast.ops.winograd import WinogradConv2d
 
     return [m._transforms is not None for net in transfer._nets.values() for m in net.net
             if isinstance(m, WinogradConv2d)]
@@ -681,8 +685,8 @@ def test_low_memory_runs_without_the_weight_transforms(transfer, small_images):
 
 @pytest.mark.skipif(not winograd.available(), reason="the CPU's Winograd convolutions need the extension")
 def test_a_run_that_fits_only_without_the_transforms_runs_so_and_says_it(transfer, small_images):
-    from nst_fast import memory
-    from nst_fast.options import DEFAULT_STYLE_LAYERS
+    from nst_fast.optimize import memory
+    from nst_fast.optimize.options import DEFAULT_STYLE_LAYERS
 
     layers = ["relu4_2"], list(DEFAULT_STYLE_LAYERS)
     budget = memory.estimate_bytes(48, 64, *layers) - 1
@@ -716,7 +720,7 @@ def test_loss_plot(transfer, small_images, tmp_path):
     pytest.importorskip("matplotlib")
     from PIL import Image
 
-    from nst_fast import history
+    from nst_fast.runtime import history
 
     content, style = small_images
     transfer.stylize_tensor(content, style, size=32, steps=5)
@@ -740,7 +744,7 @@ def test_cli_refuses_a_plot_format_before_it_runs(monkeypatch, tmp_path, capsys)
 def test_loss_plot_without_matplotlib_is_a_clear_error(monkeypatch, tmp_path):
     import builtins
 
-    from nst_fast import history
+    from nst_fast.runtime import history
 
     real_import = builtins.__import__
 
@@ -768,7 +772,7 @@ def test_cli_refuses_plot_without_matplotlib_before_it_runs(monkeypatch, tmp_pat
 
 
 def test_normalized_gradient_has_unit_l1_norm_times_the_weight():
-    from nst_fast.losses import normalized_gradient
+    from nst_fast.losses.gatys import normalized_gradient
 
     x = torch.randn(2, 5, 4, 4, dtype=torch.float64, requires_grad=True)
     weight = 7.5
@@ -821,7 +825,7 @@ def test_cli_lbfgs_history_and_normalize_gradients(tmp_path, small_images, capsy
 
 
 def test_loop_state_averages_finite_iterates_with_bias_correction():
-    from nst_fast.steps import LoopState
+    from nst_fast.optimize.steps import LoopState
 
     xs = [torch.full((1, 3, 2, 2), v) for v in (1.0, 2.0, 9.0, 4.0)]
     totals = [torch.tensor(t) for t in (3.0, 2.0, float("nan"), 1.0)]
@@ -883,7 +887,7 @@ def test_style_stats_init_has_the_styles_colour_statistics(transfer, small_image
 
 
 def test_l2_pooling_is_the_root_mean_square_with_finite_gradients():
-    from nst_fast import vgg
+    from nst_fast.nets import vgg
 
     pool = vgg.L2Pool2d()
     x = torch.tensor([[[[3.0, 4.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]]], requires_grad=True)
@@ -942,7 +946,7 @@ def test_cli_style_folder_and_normalize_weights(tmp_path, small_images, capsys):
 def test_padding_pads_the_first_convolution_only(padding):
     import torch.nn.functional as F
 
-    from nst_fast import vgg
+    from nst_fast.nets import vgg
 
     state = vgg.random_state(0)
     image = torch.rand(1, 3, 20, 24, generator=torch.Generator().manual_seed(1))
@@ -984,7 +988,7 @@ def test_padding_mistakes():
 
 
 def test_the_input_normalisation_keeps_its_values_and_writes_the_layouts_its_users_take():
-    from nst_fast import vgg
+    from nst_fast.nets import vgg
 
     net = vgg.VGGFeatures(["relu1_1"], vgg.random_state(0))
     image = torch.rand(2, 3, 9, 7, generator=torch.Generator().manual_seed(3)).requires_grad_(True)

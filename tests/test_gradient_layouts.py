@@ -7,7 +7,9 @@ import torch
 from torch.nn import functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from nst_fast import StyleTransfer, losses, vgg
+from nst_fast import StyleTransfer
+from nst_fast.losses import gatys as losses
+from nst_fast.nets import vgg
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from nst_fast import heap
+from nst_fast.runtime import heap
 
 pytestmark = pytest.mark.skipif(not heap.keeps_freed_memory(), reason="needs glibc, and malloc tunables unset")
 
@@ -23,7 +23,7 @@ PAGES = (64 << 20) // resource.getpagesize()  # of one block, over glibc's large
 _ROUNDS = r"""
 import json, resource, sys
 import torch
-from nst_fast import heap
+from nst_fast.runtime import heap
 
 def rounds(n):
     faults = []

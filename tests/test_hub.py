@@ -9,8 +9,8 @@ import pytest
 import torch
 from torchvision import models
 
-from nst_fast import hub, vgg
 from nst_fast.errors import WeightsUnavailable
+from nst_fast.nets import hub, vgg
 
 VGG19_URL = models.VGG19_Weights.IMAGENET1K_V1.url
 
@@ -115,7 +115,7 @@ def test_the_cli_refuses_a_hostile_cached_file_in_one_line(tmp_path, small_image
     env = {k: v for k, v in os.environ.items() if k != "NST_FAST_WEIGHTS"}
     content, style = small_images
     out = tmp_path / "out.png"
-    result = subprocess.run([sys.executable, "-m", "nst_fast.cli", str(content), str(style), "-o", str(out),
+    result = subprocess.run([sys.executable, "-m", "nst_fast.app.cli", str(content), str(style), "-o", str(out),
                              "--size", "32", "--steps", "2", "--device", "cpu"],
                             capture_output=True, text=True, timeout=120, env={**env, "TORCH_HOME": str(tmp_path / "torch")})
     assert result.returncode == 1

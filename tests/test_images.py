@@ -6,10 +6,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import EXAMPLES
 from PIL import Image
 
-from nst_fast import images
 from nst_fast.errors import NstError
+from nst_fast.imaging import images
 
 
 def _rgb(seed=0, size=(20, 14)):
@@ -237,7 +238,7 @@ def test_save_atomic_gives_ordinary_permissions(tmp_path):
 
 def test_jpeg_output_keeps_colour_detail(tmp_path):
     """Quality 95 with full-resolution chroma: PIL's default (75, 4:2:0) is ~4x further off."""
-    painting = Image.open(os.path.join(os.path.dirname(images.__file__), "examples", "style.png")).convert("RGB")
+    painting = Image.open(EXAMPLES / "style.png").convert("RGB")
     images.save_atomic(painting, tmp_path / "out.jpg")
     error = np.abs(np.asarray(Image.open(tmp_path / "out.jpg"), dtype=np.float32)
                    - np.asarray(painting, dtype=np.float32)).mean()

@@ -1,10 +1,10 @@
-"""Signals held back while a run's state changes (nst_fast.interrupts)."""
+"""Signals held back while a run's state changes (nst_fast.runtime.interrupts)."""
 import signal
 import threading
 
 import pytest
 
-from nst_fast import interrupts
+from nst_fast.runtime import interrupts
 
 
 @pytest.fixture

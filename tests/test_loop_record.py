@@ -3,10 +3,13 @@ csrc/include/nst_fast/loop_record.h) against the same in PyTorch ops, and the lo
 terms that feed it."""
 import pytest
 import torch
-
 from conftest import OpNames
-from nst_fast import StyleTransfer, backend, losses, vgg
-from nst_fast.steps import LoopState, record_reference
+
+from nst_fast import StyleTransfer
+from nst_fast.losses import gatys as losses
+from nst_fast.nets import vgg
+from nst_fast.ops import backend
+from nst_fast.optimize.steps import LoopState, record_reference
 
 pytestmark = pytest.mark.skipif(not backend.has_op_kernel("loop_record_", "cpu"), reason="extension not built")
 

@@ -3,9 +3,12 @@ import pytest
 import torch
 from PIL import Image
 
-from nst_fast import NstError, StyleTransfer, cli, images, memory
-from nst_fast.losses import style_scale
-from nst_fast.options import DEFAULT_STYLE_LAYERS, Options
+from nst_fast import NstError, StyleTransfer
+from nst_fast.app import cli
+from nst_fast.imaging import images
+from nst_fast.losses.gatys import style_scale
+from nst_fast.optimize import memory
+from nst_fast.optimize.options import DEFAULT_STYLE_LAYERS, Options
 
 
 @pytest.fixture(scope="module")

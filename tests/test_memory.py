@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from nst_fast import memory, optim, vgg, winograd
-from nst_fast.options import DEFAULT_STYLE_LAYERS, default_layers
+from nst_fast.nets import vgg
+from nst_fast.ops import winograd
+from nst_fast.optimize import memory, optim
+from nst_fast.optimize.options import DEFAULT_STYLE_LAYERS, default_layers
 
 MiB = 1 << 20
 CONTENT = ["relu4_2"]
@@ -239,7 +241,7 @@ def test_estimate_counts_what_it_says():
 _LBFGS = r"""
 import sys
 import torch
-from nst_fast.optim import LBFGS
+from nst_fast.optimize.optim import LBFGS
 
 def status_kib(field):
     with open("/proc/self/status") as f:

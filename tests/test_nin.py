@@ -4,9 +4,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from nst_fast import StyleTransfer, cli, vgg
+from nst_fast import StyleTransfer
+from nst_fast.app import cli
 from nst_fast.errors import NstError, WeightsUnavailable
-from nst_fast.options import NIN_LAYERS, NIN_MRF_STYLE_LAYERS, Options
+from nst_fast.nets import vgg
+from nst_fast.optimize.options import NIN_LAYERS, NIN_MRF_STYLE_LAYERS, Options
 
 RELUS = ["relu0", "relu1", "relu2", "relu3", "relu5", "relu6", "relu7", "relu8", "relu9", "relu10", "relu11", "relu12"]
 

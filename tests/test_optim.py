@@ -2,11 +2,10 @@ import math
 
 import pytest
 import torch
-
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from nst_fast import backend
-from nst_fast.optim import LBFGS, Adam, make_optimizer
+from nst_fast.ops import backend
+from nst_fast.optimize.optim import LBFGS, Adam, make_optimizer
 
 FUSED_CPU = backend.has_op_kernel("lbfgs_step", "cpu")
 

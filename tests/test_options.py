@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from nst_fast import NstError
-from nst_fast.options import Options
+from nst_fast.optimize.options import Options
 
 
 def validated(**kwargs):
@@ -101,7 +101,7 @@ def test_a_given_precision_is_kept_on_any_device(monkeypatch):
 
 
 def test_the_lists_of_options_are_read_from_the_fields():
-    from nst_fast import checkpoint, options, recipe
+    from nst_fast.optimize import checkpoint, options, recipe
 
     assert options.NUMBER_FIELDS == (
         "size", "steps", "initial_steps", "content_weight", "style_weight", "tv_weight", "lr", "lbfgs_history",

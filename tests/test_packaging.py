@@ -10,7 +10,6 @@ import sys
 import tarfile
 
 import pytest
-
 from conftest import ROOT
 
 
@@ -100,7 +99,7 @@ def test_kernels_that_do_not_load_are_named_once_and_the_reference_runs(broken_b
 def test_cli_names_kernels_that_do_not_load_in_one_line(broken_build, tmp_path):
     env, where = broken_build
     out = tmp_path / "out.png"
-    proc = subprocess.run([sys.executable, "-c", "import sys; from nst_fast.cli import main; sys.exit(main())",
+    proc = subprocess.run([sys.executable, "-c", "import sys; from nst_fast.app.cli import main; sys.exit(main())",
                            "--demo", "--weights", "random", "--size", "32", "--steps", "1", "-q", "-o", str(out)],
                           cwd=where, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -1,11 +1,11 @@
 """With the real (partial, Caffe-convention) VGG-19 weights: the stylization does what Gatys promises."""
 import pytest
 import torch
-
-from nst_fast import StyleTransfer, images
-from nst_fast.losses import gram_target, style_scale
-
 from conftest import EXAMPLES, SHARED_WEIGHTS
+
+from nst_fast import StyleTransfer
+from nst_fast.imaging import images
+from nst_fast.losses.gatys import gram_target, style_scale
 
 pytestmark = pytest.mark.skipif(not SHARED_WEIGHTS.exists(), reason="shared pretrained weights absent")
 STYLE_LAYERS = ["relu1_1", "relu2_1", "relu3_1"]

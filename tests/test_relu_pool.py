@@ -1,4 +1,4 @@
-"""The ReLU and the 2x2 max pool after it as one node (nst_fast/pooling.py) against the
+"""The ReLU and the 2x2 max pool after it as one node (nst_fast/ops/relu_pool.py) against the
 two modules run separately."""
 import os
 import subprocess
@@ -7,9 +7,10 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import OpNames
-from nst_fast import backend, pooling, vgg
+
+from nst_fast.nets import vgg
+from nst_fast.ops import backend, relu_pool as pooling
 
 pytestmark = pytest.mark.skipif(not backend.has_op_kernel("relu_max_pool2_backward", "cpu"),
                                 reason="extension not built")

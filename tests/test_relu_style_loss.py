@@ -2,10 +2,11 @@
 style_loss_relu_backward) against the ReLU and the style loss run separately."""
 import pytest
 import torch
-
 from conftest import OpNames
-from nst_fast import backend, ops, reference, vgg
-from nst_fast.losses import GatysLoss, gram_target
+
+from nst_fast.losses.gatys import GatysLoss, gram_target
+from nst_fast.nets import vgg
+from nst_fast.ops import backend, reference, style_loss as ops
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float64]
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-2}

@@ -2,8 +2,11 @@
 import pytest
 import torch
 
-from nst_fast import NstError, StyleTransfer, cli, memory, mrf, wasserstein
-from nst_fast.options import DEFAULT_STYLE_LAYERS, MRF_STYLE_LAYERS, Options
+from nst_fast import NstError, StyleTransfer
+from nst_fast.app import cli
+from nst_fast.losses import mrf, wasserstein
+from nst_fast.optimize import memory
+from nst_fast.optimize.options import DEFAULT_STYLE_LAYERS, MRF_STYLE_LAYERS, Options
 
 
 def _rand(*shape, seed=0, dtype=torch.float64):

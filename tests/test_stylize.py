@@ -6,7 +6,9 @@ import pytest
 import torch
 
 import nst_fast
-from nst_fast import Interrupted, NonFiniteLoss, NstError, StyleTransfer, backend, optim
+from nst_fast import Interrupted, NonFiniteLoss, NstError, StyleTransfer
+from nst_fast.ops import backend
+from nst_fast.optimize import optim
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +61,7 @@ def test_inputs_as_pil_and_tensor(transfer, small_images):
     from PIL import Image
 
     content, style = small_images
-    img = transfer.stylize(Image.open(content), nst_fast.images.to_tensor(style)[0], size=32, steps=2)
+    img = transfer.stylize(Image.open(content), nst_fast.imaging.images.to_tensor(style)[0], size=32, steps=2)
     assert img.size == (32, 24)
     assert transfer.stylize(np.asarray(Image.open(content)), np.asarray(Image.open(style)), size=32,
                             steps=2).size == (32, 24)
@@ -80,7 +82,7 @@ def test_parts_and_weights(transfer, small_images):
 def test_inits(transfer, small_images, init):
     content, style = small_images
     out = transfer.stylize_tensor(content, style, size=32, steps=0, init=style if init == "image" else init)
-    c = nst_fast.images.resize_long_side(nst_fast.images.to_tensor(content), 32)
+    c = nst_fast.imaging.images.resize_long_side(nst_fast.imaging.images.to_tensor(content), 32)
     if init == "content":
         assert torch.allclose(out, c)
     else:
@@ -101,7 +103,7 @@ def test_inits(transfer, small_images, init):
         ({"style_layers": "relu1_1:abc"}, "not a number"),
         ({"precision": "fp8"}, "precision must be"),
         ({"stpes": 3}, "unknown option 'stpes' \\(did you mean 'steps'\\?\\)"),
-        ({"gpu": 0}, "unknown option 'gpu'; the options are the fields of nst_fast.options.Options"),
+        ({"gpu": 0}, "unknown option 'gpu'; the options are the fields of nst_fast.Options"),
     ],
 )
 def test_bad_options(transfer, small_images, kwargs, message):
@@ -126,7 +128,7 @@ def test_image_too_small_for_the_network(transfer, tmp_path):
 @pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_last_finite_image(transfer, small_images, monkeypatch):
     content, style = small_images
-    from nst_fast import losses
+    from nst_fast.losses import gatys as losses
 
     real = losses.GatysLoss.terms
     calls = []
@@ -251,8 +253,8 @@ def test_the_backward_runs_in_the_precision_asked_for(transfer, small_images, mo
             seen.append(("backward", _tf32_flags()))
             return g
 
-    terms = nst_fast.losses.GatysLoss.terms
-    monkeypatch.setattr(nst_fast.losses.GatysLoss, "terms",
+    terms = nst_fast.losses.gatys.GatysLoss.terms
+    monkeypatch.setattr(nst_fast.losses.gatys.GatysLoss, "terms",
                         lambda self, image: (lambda total, t: (Probe.apply(total), t))(*terms(self, image)))
     before = _tf32_flags()
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = users_flags

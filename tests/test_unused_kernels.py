@@ -4,7 +4,7 @@ code for other GPUs, simulated here; tests/test_cuda_ops.py asks a real GPU."""
 import pytest
 import torch
 
-from nst_fast import backend
+from nst_fast.ops import backend
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Video frames: the global shift between frames and the start carried over."""
 import torch
 
-from nst_fast import video
+from nst_fast.app import video
 
 
 def _window(base, top, left, height=40, width=60):

@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from nst_fast import NstError, StepInfo, StyleTransfer, cli, web
+from nst_fast import NstError, StepInfo, StyleTransfer
+from nst_fast.app import cli, web
 
 
 def _get(url):
@@ -53,7 +54,7 @@ def test_serves_the_page_status_and_image_of_a_run(preview, small_images):
 
 
 def _png_of(image):
-    from nst_fast import images
+    from nst_fast.imaging import images
 
     buf = io.BytesIO()
     images.to_pil(image).save(buf, format="PNG")
@@ -68,7 +69,7 @@ def test_the_next_run_on_the_view_is_not_done_until_it_ends(preview):
 
 def test_a_live_view_needs_update_and_finish(small_images):
     content, style = small_images
-    with pytest.raises(NstError, match="^live must be a nst_fast.web.LivePreview, or have its update"):
+    with pytest.raises(NstError, match="^live must be a nst_fast.app.web.LivePreview, or have its update"):
         StyleTransfer(weights="random", device="cpu").stylize_tensor(content, style, size=32, steps=1,
                                                                       live=object())
 

@@ -2,11 +2,10 @@
 import pytest
 import torch
 import torchvision
-
-from nst_fast import vgg
-from nst_fast.errors import NstError, WeightsUnavailable
-
 from conftest import SHARED_WEIGHTS
+
+from nst_fast.errors import NstError, WeightsUnavailable
+from nst_fast.nets import vgg
 
 
 def _reference_relu3_1(model, image):
@@ -217,7 +216,8 @@ def test_other_torchvision_networks_match_torchvision(tmp_path, network):
 
 @pytest.mark.slow
 def test_vgg16_stylizes_end_to_end_and_costs_less_memory(small_images):
-    from nst_fast import StyleTransfer, memory
+    from nst_fast import StyleTransfer
+    from nst_fast.optimize import memory
 
     transfer = StyleTransfer(weights="random", device="cpu", network="vgg16")
     content, style = small_images
@@ -233,7 +233,8 @@ def test_vgg16_stylizes_end_to_end_and_costs_less_memory(small_images):
 
 @pytest.mark.slow
 def test_vgg11_and_vgg13_stylize_and_cost_less_than_deeper_vggs(small_images, capsys, tmp_path):
-    from nst_fast import cli, memory
+    from nst_fast.app import cli
+    from nst_fast.optimize import memory
 
     content, style = small_images
     for network in ("vgg13", "vgg11"):
@@ -248,7 +249,8 @@ def test_vgg11_and_vgg13_stylize_and_cost_less_than_deeper_vggs(small_images, ca
 
 
 def test_alexnet_layers_defaults_and_end_to_end(small_images, capsys, tmp_path):
-    from nst_fast import cli, options
+    from nst_fast.app import cli
+    from nst_fast.optimize import options
 
     names = vgg.layer_names("alexnet")
     assert names == ["conv1", "relu1", "pool1", "conv2", "relu2", "pool2", "conv3", "relu3", "conv4", "relu4",

@@ -3,7 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nst_fast import backend, vgg, winograd
+from nst_fast.nets import vgg
+from nst_fast.ops import backend, winograd
 
 pytestmark = pytest.mark.skipif(
     not backend.has_op_kernel("conv3x3_winograd", "cpu"), reason="extension not built"

@@ -20,9 +20,15 @@ from torch.nn import functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/
 import common  # noqa: E402
-from nst_fast import StyleTransfer, images, losses, mrf, vgg, wasserstein  # noqa: E402
-from nst_fast.options import Options  # noqa: E402
-from nst_fast.reference import accum_dtype  # noqa: E402
+
+from nst_fast import StyleTransfer  # noqa: E402
+from nst_fast.imaging import images  # noqa: E402
+from nst_fast.losses import gatys as losses  # noqa: E402
+from nst_fast.losses import mrf  # noqa: E402
+from nst_fast.nets import vgg  # noqa: E402
+from nst_fast.losses import wasserstein  # noqa: E402
+from nst_fast.ops.reference import accum_dtype  # noqa: E402
+from nst_fast.optimize.options import Options  # noqa: E402
 
 
 @contextlib.contextmanager

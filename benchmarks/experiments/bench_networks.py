@@ -6,7 +6,7 @@ smaller VGGs and NIN, and the memory each is estimated to need.
 
 ms per step as in bench_style_losses.py (the difference of two run lengths after a
 warm-up run), Gram loss, random weights, the run's default precision; memory:
-nst_fast.memory's estimate of the run's peak.
+nst_fast.optimize.memory's estimate of the run's peak.
 """
 import argparse
 import os
@@ -16,7 +16,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/
 import common  # noqa: E402
-from nst_fast import StyleTransfer, images, memory, options  # noqa: E402
+
+from nst_fast import StyleTransfer  # noqa: E402
+from nst_fast.imaging import images  # noqa: E402
+from nst_fast.optimize import memory  # noqa: E402
+from nst_fast.optimize import options  # noqa: E402
 
 
 def main(argv=None):

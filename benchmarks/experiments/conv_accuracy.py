@@ -1,5 +1,5 @@
 """How far the CPU's fp32 convolutions are from float64: oneDNN's direct ones and the
-Winograd ones (nst_fast/winograd.py), at VGG-19 layer shapes, for [0, 1) and signed inputs.
+Winograd ones (nst_fast/ops/winograd.py), at VGG-19 layer shapes, for [0, 1) and signed inputs.
 
     python benchmarks/experiments/conv_accuracy.py
 
@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/
 import common  # noqa: E402
-from nst_fast import winograd  # noqa: E402
+
+from nst_fast.ops import winograd  # noqa: E402
 
 SHAPES = [(64, 64, 256), (128, 256, 128), (256, 256, 64), (512, 512, 32)]  # C, K, H = W
 

@@ -19,7 +19,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/
 import common  # noqa: E402
-from nst_fast import StyleTransfer, images  # noqa: E402
+
+from nst_fast import StyleTransfer  # noqa: E402
+from nst_fast.imaging import images  # noqa: E402
 
 SHARED = common.SHARED_WEIGHTS
 BAND = 8

@@ -1,6 +1,6 @@
 """Flicker between consecutive video frames, per start of each frame: its own content
 (independent runs), the previous result as it is, or the previous result carried
-over (`--init previous`: nst_fast/video.py).
+over (`--init previous`: nst_fast/app/video.py).
 
     python benchmarks/experiments/video_consistency.py [--weights PATH] [--size 256] [--steps 60] [--frames 4]
 
@@ -22,7 +22,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/
 import common  # noqa: E402
-from nst_fast import StyleTransfer, images, video  # noqa: E402
+
+from nst_fast import StyleTransfer  # noqa: E402
+from nst_fast.imaging import images  # noqa: E402
+from nst_fast.app import video  # noqa: E402
 
 SHARED = common.SHARED_WEIGHTS
 PAN = 4

@@ -2,7 +2,7 @@
 runner that replays a step from a CUDA graph."""
 import torch
 
-from . import backend
+from ..ops import backend
 
 
 def record_reference(total, terms, weights, shown, best_loss, bad_streak, row, history, cursor, improved):

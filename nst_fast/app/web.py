@@ -21,7 +21,7 @@ import sys
 import threading
 import webbrowser
 
-from .errors import NstError
+from ..errors import NstError
 
 PAGE = b"""<!doctype html>
 <html><head><meta charset="utf-8"><title>nst-fast</title>
@@ -110,7 +110,7 @@ class LivePreview:
             return json.loads(json.dumps(self._status))
 
     def png(self) -> bytes:
-        from . import images
+        from ..imaging import images
 
         with self._lock:
             image = self._image

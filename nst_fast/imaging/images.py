@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
+from ..errors import NstError
+from ..runtime.files import atomic_write
 from . import png16, tiff16
-from .errors import NstError
-from .files import atomic_write
 
 
 def _rgb_or_rgba(img: Image.Image) -> Image.Image:

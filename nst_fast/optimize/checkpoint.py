@@ -6,8 +6,8 @@ from typing import Optional
 
 import torch
 
-from .errors import CheckpointMismatch, NstError
-from .files import atomic_write
+from ..errors import CheckpointMismatch, NstError
+from ..runtime.files import atomic_write
 from .options import FINGERPRINT_FIELDS
 
 VERSION = 1

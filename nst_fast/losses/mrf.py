@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from .reference import accum_dtype
+from ..ops.reference import accum_dtype
 
 PATCH = 3
 STRIDE = 2

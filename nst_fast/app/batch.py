@@ -7,16 +7,17 @@ where it stopped. Ctrl-C leaves a checkpoint of the image in progress beside its
 output (as does --checkpoint-every, against crashes); that next run resumes it.
 
 For the frames of a video, each image can start from the result of the one before
-it in name order (init_previous, nst_fast/video.py), against flicker.
+it in name order (init_previous, nst_fast/app/video.py), against flicker.
 """
 import os
 import sys
 import time
 from typing import Callable, NamedTuple, Optional
 
-from . import images, video
-from .errors import CheckpointMismatch, Interrupted, NonFiniteLoss, NstError
-from .files import IMAGE_EXTENSIONS, images_in
+from ..errors import CheckpointMismatch, Interrupted, NonFiniteLoss, NstError
+from ..imaging import images
+from ..runtime.files import IMAGE_EXTENSIONS, images_in
+from . import video
 
 
 class Job(NamedTuple):

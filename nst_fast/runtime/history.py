@@ -2,7 +2,7 @@
 import json
 import os
 
-from .errors import NstError
+from ..errors import NstError
 from .files import atomic_write
 
 

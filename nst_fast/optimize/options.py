@@ -5,7 +5,7 @@ import math
 import os
 from typing import Callable, Optional, Sequence
 
-from .errors import NstError
+from ..errors import NstError
 from .flag_types import csv_floats, csv_ints, csv_paths, memory_amount
 
 # torch and .vgg (which imports it) are imported where used: the command line builds
@@ -56,7 +56,7 @@ def default_precision(devices) -> str:
 
 def default_layers(network: str, style_loss: str = "gram") -> tuple:
     """(content layers, style layers) with their weights, by default, for this network and style loss."""
-    from .vgg import check_network
+    from ..nets.vgg import check_network
 
     if check_network(network) == "nin":
         return dict(NIN_LAYERS), dict(NIN_MRF_STYLE_LAYERS if style_loss == "mrf" else NIN_LAYERS)
@@ -71,7 +71,7 @@ def parse_layers(spec, what: str, network: str = "vgg19") -> dict:
 
     Names without a weight share the weight equally with each other.
     """
-    from .vgg import check_layer_names
+    from ..nets.vgg import check_layer_names
 
     if isinstance(spec, dict):
         items = [(str(k), v) for k, v in spec.items()]
@@ -121,7 +121,7 @@ def report_interval(report_every: Optional[int], device_type: str) -> int:
 def _per_channel(weights: dict, network: str) -> dict:
     """Each layer's weight divided by its channel count, rescaled to the same sum: the
     balance moves toward layers with fewer channels, the losses' overall weight stays."""
-    from .vgg import layer_channels
+    from ..nets.vgg import layer_channels
 
     divided = {name: w / layer_channels(name, network) for name, w in weights.items()}
     scale = sum(weights.values()) / sum(divided.values())
@@ -281,12 +281,12 @@ class Options:
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 if close and close[0] in SETUP_ARGUMENTS:
                     hint = f" (did you mean {close[0]!r}? an argument of nst_fast.stylize and StyleTransfer)"
-                raise NstError(f"unknown option {key!r}{hint}; the options are the fields of nst_fast.options.Options")
+                raise NstError(f"unknown option {key!r}{hint}; the options are the fields of nst_fast.Options")
         return cls(**kwargs)
 
     def validate(self, n_styles: int = 1, convention: str = "torchvision", network: str = "vgg19",
                  devices=()) -> "Options":
-        from .vgg import check_seed
+        from ..nets.vgg import check_seed
 
         for name in NUMBER_FIELDS + BOOL_FIELDS:  # np.int64(512) and torch.tensor(0.5) are numbers too
             setattr(self, name, _plain(getattr(self, name)))

@@ -9,11 +9,12 @@ import signal
 import sys
 import threading
 
-from . import __version__, interrupts
-from .files import IMAGE_EXTENSIONS, images_in, not_a_file
-from .options import Options
+from .. import __version__
+from ..optimize.options import Options
+from ..runtime import interrupts
+from ..runtime.files import IMAGE_EXTENSIONS, images_in, not_a_file
 
-EXAMPLES = os.path.join(os.path.dirname(__file__), "examples")
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples")
 EXIT_ERROR = 1
 _stop_signal = signal.SIGINT  # what interrupted the run: Ctrl-C, or SIGTERM (kill, a job scheduler)
 
@@ -192,7 +193,7 @@ def _check_distinct(writes, reads, snapshots=None):
 
 
 def _list_layers(network: str, size: int) -> int:
-    from . import vgg
+    from ..nets import vgg
 
     print(f"{vgg.NETWORK_TITLES[network]} at {size}x{size} px:")
     for layer, _, channels, _, _, h, w in vgg.walk(size, size, network=network):
@@ -204,11 +205,16 @@ def _list_layers(network: str, size: int) -> int:
 def run(args) -> int:
     import torch
 
-    from . import backend, batch, history, images, recipe, vgg, web
-    from .errors import CheckpointNotWritten, Interrupted, NstError, OutOfMemory, RunStopped, WeightsUnavailable
-    from .options import INITS, Options, report_interval
-    from .progress import Progress
-    from .transfer import StyleTransfer, is_out_of_memory, parse_devices
+    from ..errors import CheckpointNotWritten, Interrupted, NstError, OutOfMemory, RunStopped, WeightsUnavailable
+    from ..imaging import images
+    from ..nets import vgg
+    from ..ops import backend
+    from ..optimize import recipe
+    from ..optimize.options import INITS, Options, report_interval
+    from ..optimize.transfer import StyleTransfer, is_out_of_memory, parse_devices
+    from ..runtime import history
+    from ..runtime.progress import Progress
+    from . import batch, web
 
     if args.list_layers:
         try:
@@ -425,9 +431,9 @@ def run(args) -> int:
 def _run_batch(args, transfer, jobs, kept, styles, options, save, live, init_previous) -> int:
     """Every job of a batch; errors of single images are reported and counted, Ctrl-C
     stops the batch. Exceptions other than those go to run()'s handlers."""
+    from ..errors import Interrupted
+    from ..runtime.progress import Progress
     from . import batch
-    from .errors import Interrupted
-    from .progress import Progress
 
     if kept:
         sys.stderr.write(f"nst-fast: keeping {len(kept)} output(s) that exist in {args.output} "

@@ -13,7 +13,7 @@ import urllib.parse
 
 import torch
 
-from .errors import WeightsUnavailable
+from ..errors import WeightsUnavailable
 
 # torchvision's file names end in the first hex digits of the file's SHA-256: vgg19-dcbb9e9d.pth.
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,})\.")

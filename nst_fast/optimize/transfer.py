@@ -7,17 +7,21 @@ from typing import Optional
 
 import torch
 
-from . import checkpoint as checkpoint_io
-from . import backend, color, heap, images, interrupts, memory, mrf, vgg, wasserstein
-from .errors import CheckpointNotWritten, Interrupted, NonFiniteLoss, NstError, OutOfMemory, RunStopped
-from .files import not_a_file
-from .losses import GatysLoss, GuidedStyle, WeightedSum, gram_target
-from .mrf import MRFStyle
+from ..errors import CheckpointNotWritten, Interrupted, NonFiniteLoss, NstError, OutOfMemory, RunStopped
+from ..imaging import color, images
+from ..losses import mrf, wasserstein
+from ..losses.gatys import GatysLoss, GuidedStyle, WeightedSum, gram_target
+from ..losses.mrf import MRFStyle
+from ..losses.wasserstein import WassersteinStyle
+from ..nets import vgg
+from ..ops import backend
+from ..runtime import heap, interrupts
+from ..runtime.files import not_a_file
+from ..runtime.progress import Progress
+from . import checkpoint as checkpoint_io, memory
 from .optim import make_optimizer
 from .options import Options, default_precision, report_interval
-from .progress import Progress
 from .steps import LoopState, StepRunner
-from .wasserstein import WassersteinStyle
 
 DEFAULT_SPLIT = "pool1"  # two devices: conv1_x's full-size activations on the first, the rest on the second
 LBFGS_MAX_STEP = 0.1  # largest change of any pixel value (in [0, 1]) per L-BFGS step
@@ -156,7 +160,7 @@ class StyleTransfer:
         """Repaint `content` in the style of `style` (one image or a list); returns a PIL
         image, RGBA with the content's transparency where it has some.
 
-        Keyword options are the fields of nst_fast.options.Options.
+        Keyword options are the fields of nst_fast.optimize.options.Options.
         """
         if isinstance(content, (str, os.PathLike)):
             content = images.open_image(content)  # decoded once, for the run and its transparency
@@ -174,7 +178,7 @@ class StyleTransfer:
         the same images and options to continue from (same size: exactly where it
         stopped; a larger size: from its image, upscaled). save_every/snapshot:
         call snapshot(step, image) with the best image so far every N steps.
-        live: a nst_fast.web.LivePreview (or anything with its update(info, image)
+        live: a nst_fast.app.web.LivePreview (or anything with its update(info, image)
         and finish()) to show the image so far whenever the losses are read back
         (report_every); finished when the run ends, however it ends.
         """
@@ -291,7 +295,7 @@ class StyleTransfer:
                     **{k: (v.cpu() if torch.is_tensor(v) else v) for k, v in state.tensors().items()},
                 })
 
-            # Large CPU activations reuse the memory of the step before (nst_fast/heap.py).
+            # Large CPU activations reuse the memory of the step before (nst_fast/runtime/heap.py).
             largest = memory.largest_activation_bytes(h, w, opts.precision, self.architecture)
             try:
                 with heap.keep_freed_memory(self.device.type == "cpu" and heap.worth_keeping(largest)):
@@ -592,7 +596,7 @@ def _check_snapshots(save_every, snapshot) -> None:
 
 def _check_live(live) -> None:
     if live is not None and not all(callable(getattr(live, name, None)) for name in ("update", "finish")):
-        raise NstError(f"live must be a nst_fast.web.LivePreview, or have its update(info, image) and finish(), "
+        raise NstError(f"live must be a nst_fast.app.web.LivePreview, or have its update(info, image) and finish(), "
                        f"got {live!r}")
 
 

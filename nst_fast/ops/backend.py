@@ -10,12 +10,12 @@ import warnings
 
 import torch
 
-from .errors import UnknownBackend
+from ..errors import UnknownBackend
 
 BACKENDS = ("auto", "extension", "reference")
 
 try:
-    from . import _C  # noqa: F401  (registers torch.ops.nst_fast.*)
+    from .. import _C  # noqa: F401  (registers torch.ops.nst_fast.*)
 
     EXTENSION_ERROR = None
 except ImportError as exc:  # pure-Python install, or a build for another torch
@@ -24,7 +24,7 @@ except ImportError as exc:  # pure-Python install, or a build for another torch
 # Why a built extension did not load (one line); None where it loaded, or where
 # none was built (a pure-Python install asked for the reference ops).
 LOAD_FAILURE = None
-if EXTENSION_ERROR is not None and importlib.util.find_spec(f"{__package__}._C") is not None:
+if EXTENSION_ERROR is not None and importlib.util.find_spec("nst_fast._C") is not None:
     LOAD_FAILURE = (str(EXTENSION_ERROR).strip().splitlines() or [type(EXTENSION_ERROR).__name__])[0]
 
 _forced = None

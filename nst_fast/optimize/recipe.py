@@ -29,7 +29,7 @@ def settings(opts: Options, transfer) -> dict:
 
 def text(opts: Options, transfer) -> dict:
     """PNG text entries: Software, and Comment holding the settings as JSON."""
-    from . import __version__
+    from .. import __version__
 
     return {"Software": f"nst-fast {__version__}",
             "Comment": "nst-fast settings: " + json.dumps(settings(opts, transfer), sort_keys=True)}

@@ -41,7 +41,7 @@ step of StyleTransfer._optimise (the backward of GatysLoss), not a simulation:
   optimiser    L-BFGS: the S and Y history (history x image, fp32 each), x_a,
                g_a, d, and what grows with the square of the history: W W^T
                (2 history x 2 history, float64) and a step's history x history
-               matrices (nst_fast.optim.lbfgs_bytes); Adam: m and v
+               matrices (nst_fast.optimize.optim.lbfgs_bytes); Adam: m and v
   runtime      a constant for what the framework itself allocates on first use
                (CPU: oneDNN primitives and code pages; CUDA: cuBLAS/cuDNN
                workspaces), measured, not derived
@@ -53,7 +53,7 @@ step of StyleTransfer._optimise (the backward of GatysLoss), not a simulation:
                (With MALLOC_MMAP_THRESHOLD_ fixed, the other terms alone come
                within -4% to +10% of the measured peak at 768x576: fp32, bf16,
                L2 pooling, low_memory.) While a CPU run keeps freed memory
-               (nst_fast/heap.py: where blocks exceed 32 MiB), larger blocks
+               (nst_fast/runtime/heap.py: where blocks exceed 32 MiB), larger blocks
                come from the heap too and fragment it: at 768x576, 0.65-1.33
                of saved + backward over the Gram, W2 and MRF losses, masked
                or not, and 1.2-1.25 in bf16 (three runs each), so
@@ -67,8 +67,11 @@ import os
 
 import torch
 
-from . import backend, heap, mrf, optim, vgg, winograd
-from . import pooling as pooling_module
+from ..losses import mrf
+from ..nets import vgg
+from ..ops import backend, relu_pool as pooling_module, winograd
+from ..runtime import heap
+from . import optim
 
 BACKWARD_BUFFERS = 2
 IMAGE_COPIES = 5  # x, grad, best, content image, one transient
@@ -100,7 +103,7 @@ def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs
     """The terms of `estimate_bytes`, in bytes, by name (see the module docstring).
 
     fused_style: whether the style loss runs the extension's kernel (None: as
-    nst_fast.backend would choose for the device now). style_regions: masked
+    nst_fast.ops.backend would choose for the device now). style_regions: masked
     styles (spatial control), each keeping masked features per style layer.
     style_loss: gram, w2 or mrf; styles: the number of style images and
     style_scale their long side relative to the output's (mrf keeps each one's

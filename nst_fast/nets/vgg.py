@@ -13,9 +13,10 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from . import caffemodel, hub, pooling
-from .errors import NstError, WeightsUnavailable
-from .winograd import WinogradConv2d
+from ..errors import NstError, WeightsUnavailable
+from ..ops import relu_pool as pooling
+from ..ops.winograd import WinogradConv2d
+from . import caffemodel, hub
 
 # torchvision's vgg19/16/13/11().features: output channels per conv, "M" per pool.
 CONFIGS = {

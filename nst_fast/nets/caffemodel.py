@@ -16,7 +16,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .errors import WeightsUnavailable
+from ..errors import WeightsUnavailable
 
 _V1_LAYERS, _LAYERS = 2, 100
 _NAME = {_V1_LAYERS: 4, _LAYERS: 1}

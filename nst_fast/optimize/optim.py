@@ -8,7 +8,7 @@ the forward and backward) can be captured in a CUDA graph.
 """
 import torch
 
-from . import backend
+from ..ops import backend
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:

@@ -23,8 +23,8 @@ from typing import NamedTuple, Optional, Sequence
 
 import torch
 
-from . import ops
-from .reference import accum_dtype
+from ..ops import style_loss as ops
+from ..ops.reference import accum_dtype
 
 EPS = 1e-3
 

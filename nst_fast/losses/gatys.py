@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from . import ops
+from ..ops import style_loss as ops
 
 
 def style_scale(channels: int, positions: int) -> float:
