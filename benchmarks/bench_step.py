@@ -116,7 +116,7 @@ def main(argv=None):
         content, style = inputs(size)
         h, w = content.shape[-2:]
         floor_flops = 2 * conv_flops(h, w, layers)  # forward + input-gradient backward
-        base = None
+        base, last = None, []  # the last run's RunResult
         for mode in modes:
             if mode == "naive":
                 def run(n):
@@ -124,15 +124,15 @@ def main(argv=None):
                               1.0, STYLE_WEIGHT, n, device)
             else:
                 def run(n, mode=mode):
-                    transfer.stylize_tensor(content, style, size=size, steps=n, precision=mode,
-                                            style_weight=STYLE_WEIGHT, report_every=10**9)
+                    last[:] = [transfer.run(content, style, size=size, steps=n, precision=mode,
+                                            style_weight=STYLE_WEIGHT, report_every=10**9)]
             ms = per_step_ms(run, device, n1, n2, args.repeats)
             base = ms if mode == "naive" else base
             floor = floor_flops / (rates[mode] * 1e12) * 1e3
             peak = common.cuda_peak_mib(run, device)
             graph = ""
             if mode != "naive" and cuda:
-                graph = " (graph)" if transfer.last_run.get("cuda_graph") else " (eager)"
+                graph = " (graph)" if last[0].cuda_graph else " (eager)"
             speedup = f"{base / ms:.2f}x" if base and mode != "naive" else "1.00x" if mode == "naive" else "-"
             report.row(f"{w}x{h}", f"{mode}{graph}", f"{ms:.2f}", speedup, f"{floor:.2f}", f"{ms / floor:.1f}",
                        "-" if peak is None else f"{peak:.0f}")

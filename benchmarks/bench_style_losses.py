@@ -20,16 +20,18 @@ LOSSES = ("gram", "w2", "mrf")
 
 
 def step_ms(transfer, size, n1, n2, device, **options):
-    """ms per step of transfer.stylize_tensor on the example images (full size, resized by
+    """ms per step of transfer.run on the example images (full size, resized by
     the run), after a warm-up run of n1 steps (network, weight transforms, allocator);
-    -> (ms, whether the steps ran as CUDA-graph replays)."""
+    -> (ms, the last run's RunResult: whether the steps ran as CUDA-graph replays, in
+    what precision)."""
     content, style = (images.to_tensor(p) for p in common.example_paths())
+    last = []
 
     def run(n):
-        transfer.stylize_tensor(content, style, size=size, steps=n, **options)
+        last[:] = [transfer.run(content, style, size=size, steps=n, **options)]
 
     ms = common.per_step_ms(run, device, n1, n2, repeats=1, warmup_steps=n1)
-    return ms, transfer.last_run.get("cuda_graph")
+    return ms, last[0]
 
 
 def main(argv=None):
@@ -47,10 +49,10 @@ def main(argv=None):
     for size in (int(s) for s in args.sizes.split(",")):
         ms = {}
         for style_loss in LOSSES:
-            ms[style_loss], graphed = step_ms(transfer, size, n1, n2, device, style_loss=style_loss,
-                                              precision=args.precision)
+            ms[style_loss], last = step_ms(transfer, size, n1, n2, device, style_loss=style_loss,
+                                           precision=args.precision)
             print(f"{size} px {style_loss}: {ms[style_loss]:.1f} ms/step"
-                  + ("" if device.type == "cpu" else f" (cuda graph: {graphed})"), flush=True)
+                  + ("" if device.type == "cpu" else f" (cuda graph: {last.cuda_graph})"), flush=True)
         rows.append((size, ms))
     report = common.Report(echo=False)
     report.table("size", "gram ms", "w2 ms", "mrf ms", "w2 / gram", "mrf / gram")
@@ -59,10 +61,10 @@ def main(argv=None):
                    f"{ms['w2'] / ms['gram']:.2f}x", f"{ms['mrf'] / ms['gram']:.2f}x")
     table = report.finish(reprint=False)
     print(f"\ndevice {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), "
-          f"torch {torch.__version__}, precision {transfer.last_options.precision}\n{table}")
+          f"torch {torch.__version__}, precision {last.options.precision}\n{table}")
     if args.md:
         with open(args.md, "w") as f:
-            f.write(f"Per style loss, ms per step, precision {transfer.last_options.precision}:\n\n{table}\n")
+            f.write(f"Per style loss, ms per step, precision {last.options.precision}:\n\n{table}\n")
 
 
 if __name__ == "__main__":

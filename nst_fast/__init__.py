@@ -10,12 +10,13 @@ from .errors import (CheckpointNotWritten, Interrupted, NonFiniteLoss, NstError,
 
 _LAZY = {
     "stylize": ("optimize.transfer", "stylize"), "StyleTransfer": ("optimize.transfer", "StyleTransfer"),
-    "StepInfo": ("optimize.transfer", "StepInfo"), "Options": ("optimize.options", "Options"),
+    "StepInfo": ("optimize.result", "StepInfo"), "Hooks": ("optimize.result", "Hooks"),
+    "RunResult": ("optimize.result", "RunResult"), "Options": ("optimize.options", "Options"),
     "backend_info": ("ops.backend", "describe"), "set_backend": ("ops.backend", "set_backend"),
 }
 
 __all__ = [
-    "stylize", "StyleTransfer", "Options", "StepInfo", "backend_info", "set_backend",
+    "stylize", "StyleTransfer", "Options", "Hooks", "RunResult", "StepInfo", "backend_info", "set_backend",
     "NstError", "WeightsUnavailable", "RunStopped", "NonFiniteLoss", "Interrupted", "CheckpointNotWritten",
     "OutOfMemory",
 ]

@@ -205,7 +205,7 @@ def test_running_out_of_memory_before_the_first_step_is_one_line(tmp_path, small
     def no_memory(*args, **kwargs):
         raise CPU_OUT_OF_MEMORY
 
-    monkeypatch.setattr(transfer.StyleTransfer, "stylize_tensor", no_memory)
+    monkeypatch.setattr(transfer.StyleTransfer, "run", no_memory)
     content, style = small_images
     out = tmp_path / "out.png"
     _one_line_error(capsys, [str(content), str(style), *SMALL, "-o", str(out)],
@@ -383,7 +383,7 @@ class _Stream(io.StringIO):
 
 
 def _steps(n):
-    from nst_fast.optimize.transfer import StepInfo
+    from nst_fast import StepInfo
 
     losses = {"total": torch.tensor(2.0), "content": torch.tensor(1.0), "style": torch.tensor(1.0)}
     return [StepInfo(step=i, steps=n, size=(24, 32), losses=losses, image=None) for i in range(1, n + 1)]
@@ -640,8 +640,8 @@ def test_every_option_with_a_flag_is_in_the_parser_with_its_help():
     parser = cli.build_parser()
     text = parser.format_help()
     for field in dataclasses.fields(Options):
-        flag = field.metadata["flag"]
-        if flag is None:  # an option of the Python API only
+        flag = field.metadata.get("flag")
+        if flag is None:  # Options.resolved, no option
             continue
         action = parser._option_string_actions[flag]
         assert action.dest == field.name and action.help == field.metadata["cli"]["help"], flag
@@ -666,7 +666,7 @@ def test_a_new_option_field_gets_its_flag():
 
     from nst_fast.optimize.options import NUMBER, Options, option
 
-    @dataclasses.dataclass
+    @dataclasses.dataclass(frozen=True)
     class More(Options):
         sharpness: float = option(0.5, NUMBER, "--sharpness", type=float, help="how sharp the edges are (0.5)")
 
@@ -678,4 +678,4 @@ def test_a_new_option_field_gets_its_flag():
         cli.fill_option_defaults(args, More)
         values = cli.option_values(args, More)
         assert values["sharpness"] == sharpness and values["steps"] == (3 if argv else 500)
-        assert More(**values).validate().sharpness == sharpness
+        assert More(**values).resolve().sharpness == sharpness

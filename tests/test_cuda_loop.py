@@ -18,12 +18,12 @@ def _run(transfer, small_images, **kw):
     content, style = small_images
     args = dict(size=128, steps=50, init="noise", seed=1, style_weight=5e7, precision="fp32")
     args.update(kw)
-    return transfer.stylize_tensor(content, style, **args)
+    return transfer.run(content, style, **args)
 
 
 def test_step_is_captured_in_a_cuda_graph(transfer, small_images):
-    _run(transfer, small_images, steps=10)
-    assert transfer.last_run["cuda_graph"], transfer.last_run["why_not"]
+    result = _run(transfer, small_images, steps=10)
+    assert result.cuda_graph, result.why_not
 
 
 def test_ctrl_c_right_after_a_replay_stops_once_its_step_is_counted(transfer, small_images, tmp_path, monkeypatch):
@@ -48,11 +48,12 @@ def test_ctrl_c_right_after_a_replay_stops_once_its_step_is_counted(transfer, sm
     assert saved["step"] == 5 == saved["optimizer"]["steps"]
 
 
-def _compare(a, a_loss, b, b_loss):
+def _compare(a, b):
     """L-BFGS from noise is chaotic: an accept/reject decision flipped by rounding
     (split-K atomics, another cuDNN algorithm) sends the two runs down different but
     equally good paths. So: final losses within 2%, pixels close on average."""
-    diff = (a - b).abs()
+    a_loss, b_loss = a.history[-1]["total"], b.history[-1]["total"]
+    diff = (a.image - b.image).abs()
     print(f"after 50 steps: pixel diff max {diff.max():.2e} mean {diff.mean():.2e}, "
           f"loss {a_loss:.6g} vs {b_loss:.6g}")
     assert abs(a_loss / b_loss - 1) < 0.02
@@ -61,10 +62,9 @@ def _compare(a, a_loss, b, b_loss):
 
 def test_graph_replay_matches_eager_steps(transfer, small_images):
     graphed = _run(transfer, small_images)
-    graphed_loss = transfer.history[-1]["total"]
     eager = _run(transfer, small_images, cuda_graph=False)
-    assert not transfer.last_run["cuda_graph"]
-    _compare(graphed, graphed_loss, eager, transfer.history[-1]["total"])
+    assert graphed.cuda_graph and not eager.cuda_graph
+    _compare(graphed, eager)
 
 
 @pytest.mark.skipif(not backend.cuda_compiled(), reason="extension built without CUDA kernels")
@@ -73,21 +73,18 @@ def test_fused_loop_matches_reference_loop_after_50_steps(transfer, small_images
     backend.set_backend("extension")
     try:
         fused = _run(transfer, small_images)
-        fused_loss = transfer.history[-1]["total"]
         backend.set_backend("reference")
         ref = _run(transfer, small_images)
-        ref_loss = transfer.history[-1]["total"]
     finally:
         backend.set_backend(None)
-    _compare(fused, fused_loss, ref, ref_loss)
+    assert (fused.backend, ref.backend) == ("extension", "reference")
+    _compare(fused, ref)
 
 
 @pytest.mark.parametrize("precision", ["tf32", "bf16"])
 def test_precision_modes_reach_a_similar_loss(transfer, small_images, precision):
-    _run(transfer, small_images, steps=60)
-    fp32 = transfer.history[-1]["total"]
-    _run(transfer, small_images, steps=60, precision=precision)
-    other = transfer.history[-1]["total"]
+    fp32 = _run(transfer, small_images, steps=60).history[-1]["total"]
+    other = _run(transfer, small_images, steps=60, precision=precision).history[-1]["total"]
     print(f"{precision}: final loss {other:.6g} vs fp32 {fp32:.6g}")
     assert abs(other / fp32 - 1) < 0.1
 
@@ -95,10 +92,11 @@ def test_precision_modes_reach_a_similar_loss(transfer, small_images, precision)
 def test_default_precision_is_tf32_where_the_gpu_has_it(transfer, small_images):
     flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     seen = []
-    _run(transfer, small_images, steps=2, precision=None,
-         callback=lambda info: seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)))
+    result = _run(transfer, small_images, steps=2, precision=None,
+                  callback=lambda info: seen.append((torch.backends.cuda.matmul.allow_tf32,
+                                                     torch.backends.cudnn.allow_tf32)))
     tf32 = torch.cuda.get_device_capability()[0] >= 8
-    assert transfer.last_options.precision == ("tf32" if tf32 else "fp32")
+    assert result.options.precision == ("tf32" if tf32 else "fp32")
     assert seen and all(s == (tf32, tf32) for s in seen)
     assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == flags
 
@@ -124,34 +122,31 @@ def test_masks_averaging_pooling_and_padding_are_captured_and_match_eager(small_
     left[..., :32] = 1.0
     extra = dict(style_masks=[left, 1 - left], avg_decay=0.9)
     graphed = _run(transfer, (content, [style, style]), **extra)
-    assert transfer.last_run["cuda_graph"], transfer.last_run["why_not"]
-    graphed_loss = transfer.history[-1]["total"]
+    assert graphed.cuda_graph, graphed.why_not
     eager = _run(transfer, (content, [style, style]), cuda_graph=False, **extra)
-    _compare(graphed, graphed_loss, eager, transfer.history[-1]["total"])
+    _compare(graphed, eager)
 
 
 @pytest.mark.parametrize("style_loss", ["w2", "mrf"])
 def test_other_style_losses_lower_the_loss(transfer, small_images, style_loss):
     """The MRF step is tensor ops only and must be captured; the W2 step's
-    eigendecomposition keeps it eager, which last_run says."""
-    out = _run(transfer, small_images, steps=20, style_loss=style_loss, style_weight=1e6)
-    print(f"{style_loss}: cuda graph {transfer.last_run}")
-    styles = [row["style"] for row in transfer.history]
-    assert torch.isfinite(out).all() and styles[-1] < 0.9 * styles[0], (styles[0], styles[-1])
+    eigendecomposition keeps it eager, which the RunResult says."""
+    result = _run(transfer, small_images, steps=20, style_loss=style_loss, style_weight=1e6)
+    print(f"{style_loss}: cuda graph {result.cuda_graph} ({result.why_not})")
+    styles = [row["style"] for row in result.history]
+    assert torch.isfinite(result.image).all() and styles[-1] < 0.9 * styles[0], (styles[0], styles[-1])
     if style_loss == "mrf":
-        assert transfer.last_run["cuda_graph"], transfer.last_run["why_not"]
+        assert result.cuda_graph, result.why_not
     else:
-        assert not transfer.last_run["cuda_graph"] and "eigendecomposition" in transfer.last_run["why_not"]
+        assert not result.cuda_graph and "eigendecomposition" in result.why_not
 
 
 def test_a_network_split_between_the_gpu_and_the_cpu_reaches_the_same_loss(transfer, small_images):
     """neural-style-pt's -gpu c,0 the other way round: conv1_x on the GPU, the rest on the CPU."""
-    _run(transfer, small_images, steps=20)
-    whole = transfer.history[-1]["total"]
-    split = StyleTransfer(weights="random", device="cuda,cpu")
-    out = _run(split, small_images, steps=20)
-    print(f"split cuda,cpu: loss {split.history[-1]['total']:.6g} vs {whole:.6g}; {split.last_run}")
-    assert out.shape[-2:] == (96, 128) and not split.last_run["cuda_graph"]
+    whole = _run(transfer, small_images, steps=20).history[-1]["total"]
+    split = _run(StyleTransfer(weights="random", device="cuda,cpu"), small_images, steps=20)
+    print(f"split cuda,cpu: loss {split.history[-1]['total']:.6g} vs {whole:.6g}; {split.why_not}")
+    assert split.image.shape[-2:] == (96, 128) and not split.cuda_graph
     assert abs(split.history[-1]["total"] / whole - 1) < 0.02
 
 
@@ -162,9 +157,9 @@ def test_nin_is_captured_and_matches_the_cpu(small_images):
     losses = {}
     for device in ("cuda", "cpu"):
         nin = StyleTransfer(weights="random", device=device, network="nin")
-        _run(nin, small_images, steps=20, style_weight=1e4)
-        losses[device] = nin.history[-1]["total"]
+        result = _run(nin, small_images, steps=20, style_weight=1e4)
+        losses[device] = result.history[-1]["total"]
         if device == "cuda":
-            assert nin.last_run["cuda_graph"], nin.last_run["why_not"]
+            assert result.cuda_graph, result.why_not
     print(f"nin after 20 steps: cuda {losses['cuda']:.6g}, cpu {losses['cpu']:.6g}")
     assert abs(losses["cuda"] / losses["cpu"] - 1) < 0.05

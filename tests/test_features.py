@@ -17,6 +17,7 @@ from nst_fast.imaging import color, images
 from nst_fast.losses.gatys import gram_target
 from nst_fast.ops import winograd
 from nst_fast.optimize import checkpoint
+from nst_fast.optimize.targets import scale_loss
 from nst_fast.optimize.options import Options
 
 
@@ -26,10 +27,11 @@ def transfer():
 
 
 def _targets(transfer, content, styles, **kw):
-    opts = Options(**kw).validate(n_styles=len(styles))
+    opts = Options(**kw).resolve(n_styles=len(styles))
     net = transfer.network(list(opts.content_layers) + list(opts.style_layers))
     c = images.resize_long_side(images.to_tensor(content), opts.size)
-    return transfer._loss(net, c, [images.to_tensor(s) for s in styles], opts, c.shape[-2:], 16), net, c
+    loss = scale_loss(net, c, [images.to_tensor(s) for s in styles], opts, c.shape[-2:], 16, None, transfer.devices)
+    return loss, net, c
 
 
 @pytest.mark.slow
@@ -125,16 +127,16 @@ def test_multiscale_reaches_the_final_size(transfer, small_images):
 
 
 def test_min_scale_makes_a_sqrt2_pyramid(transfer, small_images):
-    assert Options(size=512, min_scale=128).validate().sizes() == [128, 181, 256, 362, 512]
-    assert Options(size=512, min_scale=512).validate().sizes() == [512]
+    assert Options(size=512, min_scale=128).resolve().sizes() == [128, 181, 256, 362, 512]
+    assert Options(size=512, min_scale=512).resolve().sizes() == [512]
     content, style = small_images
     seen = []
     transfer.stylize_tensor(content, style, size=64, min_scale=32, steps=1, callback=seen.append)
     assert [i.size for i in seen] == [(24, 32), (34, 45), (48, 64)]
     with pytest.raises(NstError, match="min_scale must be a whole number of pixels from 16 to size"):
-        Options(size=64, min_scale=128).validate()
+        Options(size=64, min_scale=128).resolve()
     with pytest.raises(NstError, match="scales or min_scale, not both"):
-        Options(size=64, min_scale=32, scales=[32, 64]).validate()
+        Options(size=64, min_scale=32, scales=[32, 64]).resolve()
 
 
 @pytest.mark.slow
@@ -160,10 +162,10 @@ def test_step_info_counts_work_by_pixels(transfer, small_images):
 def test_initial_steps_set_the_first_scale_only(transfer, small_images, tmp_path, capsys):
     content, style = small_images
     seen = []
-    transfer.stylize_tensor(content, style, scales=[32, 48, 64], steps=2, initial_steps=5, callback=seen.append)
+    result = transfer.run(content, style, scales=[32, 48, 64], steps=2, initial_steps=5, callback=seen.append)
     assert [i.size for i in seen] == [(24, 32)] * 5 + [(36, 48)] * 2 + [(48, 64)] * 2
     assert [i.step for i in seen] == list(range(1, 10)) and seen[-1].steps == 9
-    assert len(transfer.history) == 9
+    assert len(result.history) == 9 and result.steps == 9
     with pytest.raises(NstError, match="initial_steps must be"):
         transfer.stylize(content, style, scales=[32, 48], steps=2, initial_steps=-1)
     out = tmp_path / "out.png"
@@ -177,10 +179,9 @@ def test_initial_steps_set_the_first_scale_only(transfer, small_images, tmp_path
 def test_snapshots_and_history(transfer, small_images):
     content, style = small_images
     shots = []
-    transfer.stylize_tensor(content, style, size=32, steps=6, save_every=2,
-                            snapshot=lambda step, img: shots.append((step, img.shape)))
+    rows = transfer.run(content, style, size=32, steps=6, save_every=2,
+                        snapshot=lambda step, img: shots.append((step, img.shape))).history
     assert [s for s, _ in shots] == [2, 4, 6] and all(shape == (1, 3, 24, 32) for _, shape in shots)
-    rows = transfer.history
     assert len(rows) == 6 and {"total", "content", "style", "tv", "style:relu1_1", "content:relu4_2"} <= set(rows[0])
     assert rows[-1]["total"] < rows[0]["total"]
 
@@ -190,13 +191,12 @@ def test_snapshots_and_history(transfer, small_images):
 def test_resume_equals_an_uninterrupted_run(transfer, small_images, tmp_path, optimizer):
     content, style = small_images
     kw = dict(size=32, init="noise", seed=3, optimizer=optimizer)
-    whole = transfer.stylize_tensor(content, style, steps=16, **kw)
-    whole_history = [r["total"] for r in transfer.history]
+    whole = transfer.run(content, style, steps=16, **kw)
     ckpt = tmp_path / "run.ckpt"
     transfer.stylize_tensor(content, style, steps=8, checkpoint=ckpt, **kw)
-    resumed = transfer.stylize_tensor(content, style, steps=16, resume=ckpt, **kw)
-    assert torch.equal(resumed, whole)
-    assert [r["total"] for r in transfer.history] == whole_history
+    resumed = transfer.run(content, style, steps=16, resume=ckpt, **kw)
+    assert torch.equal(resumed.image, whole.image)
+    assert [r["total"] for r in resumed.history] == [r["total"] for r in whole.history]
 
 
 def _out_of_memory_at_call(monkeypatch, n, error):
@@ -241,15 +241,15 @@ def test_running_out_of_memory_before_a_larger_scale_keeps_the_smaller_result(tr
     content, style = small_images
     kw = dict(init="noise", seed=3, steps=3)
     smaller = transfer.stylize_tensor(content, style, scales=[32], **kw)
-    targets, calls = StyleTransfer._loss, []
+    calls = []
 
-    def second_fails(self, *args, **kwargs):
+    def second_fails(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
             raise CPU_OUT_OF_MEMORY
-        return targets(self, *args, **kwargs)
+        return scale_loss(*args, **kwargs)
 
-    monkeypatch.setattr(StyleTransfer, "_loss", second_fails)
+    monkeypatch.setattr("nst_fast.optimize.transfer.scale_loss", second_fails)
     with pytest.raises(OutOfMemory, match=r"^ran out of CPU memory preparing size 48; ask for a smaller") as caught:
         transfer.stylize_tensor(content, style, scales=[32, 48], **kw)
     assert caught.value.step == 3 and torch.equal(caught.value.image, smaller)
@@ -368,8 +368,7 @@ def test_a_checkpoint_without_settings_still_resumes(transfer, small_images, tmp
     data = torch.load(ckpt, weights_only=True)
     del data["settings"]
     torch.save(data, ckpt)
-    transfer.stylize_tensor(content, style, size=32, steps=4, resume=ckpt)
-    assert len(transfer.history) == 4
+    assert len(transfer.run(content, style, size=32, steps=4, resume=ckpt).history) == 4
     with pytest.raises(NstError, match="from another run: its images or options differ from these$"):
         transfer.stylize_tensor(content, style, size=32, steps=4, resume=ckpt, style_weight=123.0)
 
@@ -400,9 +399,10 @@ def test_resume_with_no_more_steps_than_the_checkpoint_returns_its_image(transfe
     kw = dict(size=32, init="noise", seed=3, avg_decay=0.5)
     done = transfer.stylize_tensor(content, style, steps=3, checkpoint=ckpt, **kw)
     capsys.readouterr()
-    assert torch.equal(transfer.stylize_tensor(content, style, steps=steps, resume=ckpt, **kw), done)
-    assert len(transfer.history) == 3
-    assert transfer.last_run["note"] == f"the checkpoint {ckpt} is already at step 3 (>= steps {steps}); its image " \
+    result = transfer.run(content, style, steps=steps, resume=ckpt, **kw)
+    assert torch.equal(result.image, done)
+    assert len(result.history) == 3
+    assert result.note == f"the checkpoint {ckpt} is already at step 3 (>= steps {steps}); its image " \
                                         "is the result"
     assert capsys.readouterr().err == ""  # StyleTransfer prints nothing; the CLI says it
 
@@ -412,10 +412,10 @@ def test_resume_counts_steps_per_scale(transfer, small_images, tmp_path, capsys)
     ckpt = tmp_path / "run.ckpt"
     transfer.stylize_tensor(content, style, scales=[32], steps=4, checkpoint=ckpt)
     # Its scale already has more than 2 steps: on to the next one from its image.
-    out = transfer.stylize_tensor(content, style, scales=[32, 48], steps=2, resume=ckpt)
-    assert out.shape[-2:] == (36, 48)
-    assert [r["size"] for r in transfer.history] == [[24, 32]] * 4 + [[36, 48]] * 2
-    assert "note" not in transfer.last_run
+    result = transfer.run(content, style, scales=[32, 48], steps=2, resume=ckpt)
+    assert result.image.shape[-2:] == (36, 48)
+    assert [r["size"] for r in result.history] == [[24, 32]] * 4 + [[36, 48]] * 2
+    assert result.notes == []
 
 
 @pytest.mark.slow
@@ -501,7 +501,7 @@ def test_interrupt_mid_step_reports_the_steps_the_checkpoint_holds(transfer, sma
 
     content, style = small_images
     ckpt = tmp_path / "run.ckpt"
-    make_loss, calls = transfer._loss, []
+    make_loss, calls = scale_loss, []
 
     def loss_stopping_in_step_5(*args, **kwargs):
         loss = make_loss(*args, **kwargs)
@@ -516,7 +516,7 @@ def test_interrupt_mid_step_reports_the_steps_the_checkpoint_holds(transfer, sma
         loss.terms = stopping
         return loss
 
-    monkeypatch.setattr(transfer, "_loss", loss_stopping_in_step_5)
+    monkeypatch.setattr("nst_fast.optimize.transfer.scale_loss", loss_stopping_in_step_5)
     with pytest.raises(Interrupted, match=r"^interrupted at step 4$") as caught:
         transfer.stylize_tensor(content, style, size=32, steps=10, checkpoint=ckpt)
     assert caught.value.step == 4 == torch.load(ckpt, weights_only=True)["step"]
@@ -585,14 +585,14 @@ def test_ctrl_c_right_after_the_optimisers_update_resumes_exactly(transfer, smal
 
 def test_memory_estimate_refuses_an_oversized_run_before_allocating(transfer, small_images, monkeypatch):
     content, style = small_images
-    monkeypatch.setattr(transfer, "_loss", lambda *a, **k: pytest.fail("allocated before refusing"))
+    monkeypatch.setattr("nst_fast.optimize.transfer.scale_loss", lambda *a, **k: pytest.fail("allocated before refusing"))
     with pytest.raises(NstError, match=r"GiB is available on cpu; the largest size that fits is \d+"):
         transfer.stylize(content, style, size=200_000, steps=1)
 
 
 def test_a_style_image_too_large_for_memory_is_refused_before_allocating(transfer, small_images, monkeypatch):
     content, style = small_images
-    monkeypatch.setattr(transfer, "_loss", lambda *a, **k: pytest.fail("allocated before refusing"))
+    monkeypatch.setattr("nst_fast.optimize.transfer.scale_loss", lambda *a, **k: pytest.fail("allocated before refusing"))
     for option in ({"style_size": 100_000}, {"style_scale": 3000.0}):
         with pytest.raises(NstError, match=r"the style images at \d+ px .* GiB is available on cpu; give a smaller"):
             transfer.stylize(content, style, size=32, steps=1, **option)
@@ -623,17 +623,17 @@ def test_fit_memory_takes_low_memory_where_that_reaches_a_larger_size_and_says_s
     budget, aspect, layers = 600 << 20, 64 / 48, (["relu4_2"], list(DEFAULT_STYLE_LAYERS))
     lean = memory.largest_size(budget, aspect, *layers, winograd_transforms=False)
     assert lean > memory.largest_size(budget, aspect, *layers) >= 16
-    out = transfer.stylize_tensor(content, style, size=4000, steps=0, memory_limit=budget, fit_memory=True)
-    assert max(out.shape[-2:]) == lean and not any(_transforms_held(transfer))
+    result = transfer.run(content, style, size=4000, steps=0, memory_limit=budget, fit_memory=True)
+    assert max(result.image.shape[-2:]) == lean and not any(_transforms_held(transfer))
     assert re.fullmatch(rf"a 4000x3000 run needs about [\d.]+ GiB but 0.6 GiB is available on cpu: fit_memory "
                         rf"ran it at size {lean}, the largest that fits without the Winograd weight transforms, "
-                        r"as low_memory \(--low-memory\), with slower steps", transfer.last_run["note"])
+                        r"as low_memory \(--low-memory\), with slower steps", result.note)
     out_file = tmp_path / "out.png"
     assert cli.main([str(content), str(style), "-o", str(out_file), "--weights", "random", "--device", "cpu",
                      "--size", "4000", "--steps", "0", "--memory-limit", "600M", "--fit-memory", "-q"]) == 0
     assert max(Image.open(out_file).size) == lean
     told = [line for line in capsys.readouterr().err.splitlines() if "fit_memory ran it" in line]
-    assert told == [f"nst-fast: {transfer.last_run['note']}"]
+    assert told == [f"nst-fast: {result.note}"]
 
 
 def test_a_history_too_long_for_memory_is_refused_naming_lbfgs_history(transfer, small_images, monkeypatch):
@@ -644,7 +644,7 @@ def test_a_history_too_long_for_memory_is_refused_naming_lbfgs_history(transfer,
     from nst_fast.optimize.options import DEFAULT_STYLE_LAYERS
 
     content, style = small_images
-    monkeypatch.setattr(transfer, "_loss", lambda *a, **k: pytest.fail("allocated before refusing"))
+    monkeypatch.setattr("nst_fast.optimize.transfer.scale_loss", lambda *a, **k: pytest.fail("allocated before refusing"))
     layers = (["relu4_2"], list(DEFAULT_STYLE_LAYERS))
     budget = 4 << 30
     for fit_memory in (False, True):
@@ -677,10 +677,10 @@ def _transforms_held(transfer):
 def test_low_memory_runs_without_the_weight_transforms(transfer, small_images):
     fast = transfer.stylize_tensor(*small_images, size=32, steps=3)
     assert any(_transforms_held(transfer))
-    lean = transfer.stylize_tensor(*small_images, size=32, steps=3, low_memory=True)
+    lean = transfer.run(*small_images, size=32, steps=3, low_memory=True)
     assert not any(_transforms_held(transfer))  # freed, not only unused
-    torch.testing.assert_close(lean, fast, atol=2e-3, rtol=0)  # the same convolution, otherwise computed
-    assert "note" not in transfer.last_run
+    torch.testing.assert_close(lean.image, fast, atol=2e-3, rtol=0)  # the same convolution, otherwise computed
+    assert lean.notes == []
 
 
 @pytest.mark.skipif(not winograd.available(), reason="the CPU's Winograd convolutions need the extension")
@@ -691,9 +691,9 @@ def test_a_run_that_fits_only_without_the_transforms_runs_so_and_says_it(transfe
     layers = ["relu4_2"], list(DEFAULT_STYLE_LAYERS)
     budget = memory.estimate_bytes(48, 64, *layers) - 1
     assert memory.estimate_bytes(48, 64, *layers, winograd_transforms=False) < budget
-    out = transfer.stylize_tensor(*small_images, size=64, steps=1, memory_limit=budget)
-    assert out.shape[-2:] == (48, 64) and not any(_transforms_held(transfer))
-    assert transfer.last_run["note"].startswith("the run fits in memory only without the Winograd weight transforms")
+    result = transfer.run(*small_images, size=64, steps=1, memory_limit=budget)
+    assert result.image.shape[-2:] == (48, 64) and not any(_transforms_held(transfer))
+    assert result.note.startswith("the run fits in memory only without the Winograd weight transforms")
 
 
 @pytest.mark.slow
@@ -723,15 +723,15 @@ def test_loss_plot(transfer, small_images, tmp_path):
     from nst_fast.runtime import history
 
     content, style = small_images
-    transfer.stylize_tensor(content, style, size=32, steps=5)
-    history.plot(transfer.history, tmp_path / "loss.png")
+    rows = transfer.run(content, style, size=32, steps=5).history
+    history.plot(rows, tmp_path / "loss.png")
     assert Image.open(tmp_path / "loss.png").size[0] > 100
-    history.plot(transfer.history, tmp_path / "loss.jpg")  # the format its name says
+    history.plot(rows, tmp_path / "loss.jpg")  # the format its name says
     assert Image.open(tmp_path / "loss.jpg").format == "JPEG"
-    history.plot(transfer.history, tmp_path / "loss.svg")
+    history.plot(rows, tmp_path / "loss.svg")
     assert (tmp_path / "loss.svg").read_text().lstrip().startswith("<?xml")
     with pytest.raises(NstError, match="cannot tell how from '.*loss.xyz'"):
-        history.plot(transfer.history, tmp_path / "loss.xyz")
+        history.plot(rows, tmp_path / "loss.xyz")
 
 
 def test_cli_refuses_a_plot_format_before_it_runs(monkeypatch, tmp_path, capsys):
@@ -847,12 +847,11 @@ def test_loop_state_averages_finite_iterates_with_bias_correction():
 def test_avg_decay_averages_the_output_not_the_optimisation(transfer, small_images, tmp_path):
     content, style = small_images
     kw = dict(size=32, steps=10, init="noise", seed=4)
-    plain = transfer.stylize_tensor(content, style, **kw)
-    plain_history = [r["total"] for r in transfer.history]
-    averaged = transfer.stylize_tensor(content, style, avg_decay=0.8, **kw)
-    assert [r["total"] for r in transfer.history] == plain_history  # the same iterates
-    assert not torch.equal(averaged, plain)
-    assert 0 <= averaged.min() and averaged.max() <= 1
+    plain = transfer.run(content, style, **kw)
+    averaged = transfer.run(content, style, avg_decay=0.8, **kw)
+    assert [r["total"] for r in averaged.history] == [r["total"] for r in plain.history]  # the same iterates
+    assert not torch.equal(averaged.image, plain.image)
+    assert 0 <= averaged.image.min() and averaged.image.max() <= 1
     # Resuming restores the average too.
     ckpt = tmp_path / "avg.ckpt"
     transfer.stylize_tensor(content, style, checkpoint=ckpt, avg_decay=0.8, **dict(kw, steps=5))
@@ -915,12 +914,12 @@ def test_cli_l2_pooling_gray_init_and_averaging(tmp_path, small_images, capsys):
 
 def test_normalize_weights_divides_by_channels_keeping_the_sum():
     opts = Options(style_layers="relu1_1,relu5_1", content_layers="relu2_2:2,relu4_2:1",
-                   normalize_weights=True).validate()
+                   normalize_weights=True).resolve()
     assert opts.style_layers == pytest.approx({"relu1_1": 512 / 576, "relu5_1": 64 / 576})
     assert opts.content_layers == pytest.approx({"relu2_2": 3 * 8 / 9, "relu4_2": 3 * 1 / 9})
-    assert Options(style_layers="relu1_1,relu5_1").validate().style_layers == {"relu1_1": 0.5, "relu5_1": 0.5}
+    assert Options(style_layers="relu1_1,relu5_1").resolve().style_layers == {"relu1_1": 0.5, "relu5_1": 0.5}
     with pytest.raises(NstError, match="normalize_weights must be True or False"):
-        Options(normalize_weights="yes").validate()
+        Options(normalize_weights="yes").resolve()
 
 
 def test_cli_style_folder_and_normalize_weights(tmp_path, small_images, capsys):

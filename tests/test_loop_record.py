@@ -117,9 +117,8 @@ def test_a_run_records_its_parts_and_the_callback_keeps_them(small_images):
     content, style = small_images
     seen = []
     transfer = StyleTransfer(weights="random", device="cpu")
-    transfer.stylize_tensor(content, style, size=32, steps=4, content_weight=1.0, style_weight=1e3, tv_weight=1e-3,
-                            callback=lambda i: seen.append(i.losses))
-    rows = transfer.history
+    rows = transfer.run(content, style, size=32, steps=4, content_weight=1.0, style_weight=1e3, tv_weight=1e-3,
+                        callback=lambda i: seen.append(i.losses)).history
     assert len(rows) == len(seen) == 4
     for row, losses_ in zip(rows, seen):  # each step's values, not the last step's four times
         assert float(losses_["total"]) == row["total"] and float(losses_["style"]) == row["style"]

@@ -9,6 +9,7 @@ from nst_fast.imaging import images
 from nst_fast.losses.gatys import style_scale
 from nst_fast.optimize import memory
 from nst_fast.optimize.options import DEFAULT_STYLE_LAYERS, Options
+from nst_fast.optimize.targets import scale_loss
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +45,12 @@ def test_a_white_mask_is_the_unmasked_loss(transfer, small_images):
 def test_guided_loss_matches_a_direct_computation(transfer, small_images):
     content, _ = small_images
     styles = [_coloured_noise([1.0, 0.1, 0.1], 0), _coloured_noise([0.1, 0.1, 1.0], 1)]
-    opts = Options(size=32, style_blend=[0.7, 0.3]).validate(n_styles=2)
+    opts = Options(size=32, style_blend=[0.7, 0.3]).resolve(n_styles=2)
     net = transfer.network(list(opts.content_layers) + list(opts.style_layers))
     c = images.resize_long_side(images.to_tensor(content), 32)
     h, w = c.shape[-2:]
     masks = _half_masks(h, w)
-    loss = transfer._loss(net, c, styles, opts, (h, w), 16, masks)
+    loss = scale_loss(net, c, styles, opts, (h, w), 16, masks, transfer.devices)
     x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(2))
     _, parts = loss(x)
 

@@ -76,13 +76,13 @@ def test_no_torchvision_weights():
 
 
 def test_default_layers_and_errors():
-    opts = Options().validate(network="nin")
+    opts = Options().resolve(network="nin")
     assert opts.content_layers == NIN_LAYERS and opts.style_layers == NIN_LAYERS
-    assert Options(style_loss="mrf").validate(network="nin").style_layers == NIN_MRF_STYLE_LAYERS
-    assert Options().validate().content_layers == {"relu4_2": 1.0}
+    assert Options(style_loss="mrf").resolve(network="nin").style_layers == NIN_MRF_STYLE_LAYERS
+    assert Options().resolve().content_layers == {"relu4_2": 1.0}
     with pytest.raises(NstError, match=r"NIN layers are conv1, relu0, \.\.\. relu12, pool1\.\.pool3"):
-        Options(content_layers="relu4_2").validate(network="nin")
-    weights = Options(normalize_weights=True).validate(network="nin").style_layers
+        Options(content_layers="relu4_2").resolve(network="nin")
+    weights = Options(normalize_weights=True).resolve(network="nin").style_layers
     assert weights["relu0"] / weights["relu12"] == pytest.approx(1000 / 96)  # channels: 96 and 1000
 
 

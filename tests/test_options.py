@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from nst_fast import NstError
-from nst_fast.optimize.options import Options
+from nst_fast.optimize.options import OPTION_FIELDS, Options
 
 
 def validated(**kwargs):
-    return Options.from_kwargs(kwargs).validate(n_styles=2)
+    return Options.from_kwargs(kwargs).resolve(n_styles=2)
 
 
 @pytest.mark.parametrize(
@@ -36,7 +36,6 @@ def validated(**kwargs):
         ({"steps": True}, "steps must be an integer, got True"),
         ({"style_weight": True}, "style_weight must be a finite number, got True"),
         ({"style_blend": [True, 1]}, "style_blend must be a list of numbers"),
-        ({"callback": "print"}, "callback must be a function of a StepInfo"),
         ({"style_layers": "relu1_1:0.2,relu2_1,relu1_1:0.8"}, "^style layer relu1_1 is given more than once"),
         ({"style_layers": ["relu2_1", "relu2_1"]}, "^style layer relu2_1 is given more than once"),
         ({"content_layers": "relu4_2, relu4_2:1"}, "^content layer relu4_2 is given more than once"),
@@ -89,15 +88,15 @@ def test_default_precision_is_tf32_only_on_gpus_that_have_it(monkeypatch, device
         return capability
 
     monkeypatch.setattr(torch.cuda, "get_device_capability", capability_of)
-    opts = Options().validate(devices=[torch.device(d) for d in devices])
+    opts = Options().resolve(devices=[torch.device(d) for d in devices])
     assert opts.precision == expected
     assert asked == [torch.device(d) for d in devices if d.startswith("cuda")][:1]
 
 
 def test_a_given_precision_is_kept_on_any_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (9, 0))
-    assert Options(precision="fp32").validate(devices=[torch.device("cuda")]).precision == "fp32"
-    assert Options(precision="bf16").validate(devices=[torch.device("cpu")]).precision == "bf16"
+    assert Options(precision="fp32").resolve(devices=[torch.device("cuda")]).precision == "fp32"
+    assert Options(precision="bf16").resolve(devices=[torch.device("cpu")]).precision == "bf16"
 
 
 def test_the_lists_of_options_are_read_from_the_fields():
@@ -121,10 +120,13 @@ def test_the_lists_of_options_are_read_from_the_fields():
         "preserve_colors", "avg_decay", "style_loss", "mrf_variants")
 
 
-def test_every_option_has_a_flag_or_is_marked_api_only():
+def test_every_option_has_a_flag():
     import dataclasses
 
-    for field in dataclasses.fields(Options):
-        assert set(field.metadata) == {"kind", "flag", "cli", "recorded", "fingerprint"}, field.name
-        assert field.metadata["flag"] is not None or field.name == "callback", field.name
-        assert "default" not in field.metadata["cli"], field.name  # a flag not given leaves the field's default
+    fields = dataclasses.fields(Options)
+    assert [field.name for field in fields if field.name not in OPTION_FIELDS] == ["resolved"]  # set by resolve()
+    for field in fields:
+        if field.name in OPTION_FIELDS:
+            assert set(field.metadata) == {"kind", "flag", "cli", "recorded", "fingerprint"}, field.name
+            assert field.metadata["flag"] is not None, field.name
+            assert "default" not in field.metadata["cli"], field.name  # a flag not given leaves the field's default

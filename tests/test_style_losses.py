@@ -201,11 +201,11 @@ def test_a_run_lowers_the_style_loss(transfer, small_images, style_loss):
 
 
 def test_defaults_depend_on_the_style_loss():
-    assert Options(style_loss="mrf").validate().style_layers == MRF_STYLE_LAYERS
-    assert Options(style_loss="w2").validate().style_layers == {n: 0.2 for n in DEFAULT_STYLE_LAYERS}
+    assert Options(style_loss="mrf").resolve().style_layers == MRF_STYLE_LAYERS
+    assert Options(style_loss="w2").resolve().style_layers == {n: 0.2 for n in DEFAULT_STYLE_LAYERS}
     w2 = Options(style_loss="w2")
-    assert w2.validate(convention="caffe").style_weight == Options(style_loss="w2").validate().style_weight
-    assert Options().validate(convention="caffe").style_weight != Options().validate().style_weight
+    assert w2.resolve(convention="caffe").style_weight == Options(style_loss="w2").resolve().style_weight
+    assert Options().resolve(convention="caffe").style_weight != Options().resolve().style_weight
 
 
 @pytest.mark.slow
@@ -224,7 +224,7 @@ def test_a_white_mask_is_the_unmasked_loss(transfer, small_images, style_loss):
 def test_option_errors(transfer, small_images):
     content, style = small_images
     with pytest.raises(NstError, match="style_loss must be one of gram, w2, mrf"):
-        Options(style_loss="lap").validate()
+        Options(style_loss="lap").resolve()
     with pytest.raises(NstError, match="MRF style loss needs 3x3 patches"):
         transfer.stylize_tensor(content, style, size=32, steps=1, style_loss="mrf", style_layers="relu5_1")
 
@@ -294,7 +294,7 @@ def test_mrf_variants_pool_their_patches(transfer, small_images, tmp_path):
                                 callback=lambda i, v=variants: seen.setdefault(v, float(i.losses["style"])))
     assert seen[True] != pytest.approx(seen[False], rel=1e-4)
     with pytest.raises(NstError, match="mrf_variants needs style_loss mrf"):
-        Options(mrf_variants=True).validate()
+        Options(mrf_variants=True).resolve()
     out = tmp_path / "out.png"
     code = cli.main([str(content), str(style), "-o", str(out), "--size", "48", "--steps", "1", "--weights",
                      "random", "--device", "cpu", "--style-loss", "mrf", "--mrf-variants", "-q"])

@@ -270,10 +270,10 @@ def test_the_backward_runs_in_the_precision_asked_for(transfer, small_images, mo
 
 
 def test_tf32_on_a_cpu_says_the_run_was_fp32(transfer, small_images):
-    transfer.stylize_tensor(*small_images, size=32, steps=1, precision="tf32")
-    assert "this run was exact fp32" in transfer.last_run["note"]
-    transfer.stylize_tensor(*small_images, size=32, steps=1)
-    assert transfer.last_options.precision == "fp32" and "note" not in transfer.last_run
+    asked = transfer.run(*small_images, size=32, steps=1, precision="tf32")
+    assert "this run was exact fp32" in asked.note and asked.options.precision == "tf32"
+    default = transfer.run(*small_images, size=32, steps=1)
+    assert default.options.precision == "fp32" and default.notes == []
 
 
 def test_callback_images_are_the_callbacks_to_keep(transfer, small_images):

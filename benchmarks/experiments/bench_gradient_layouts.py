@@ -29,6 +29,7 @@ from nst_fast.nets import vgg  # noqa: E402
 from nst_fast.losses import wasserstein  # noqa: E402
 from nst_fast.ops.reference import accum_dtype  # noqa: E402
 from nst_fast.optimize.options import Options  # noqa: E402
+from nst_fast.optimize.targets import scale_loss  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -67,14 +68,15 @@ def main(argv=None):
     print("| style loss | contiguous ms | activations' layout ms | speed-up | ranges |")
     print("|---|---|---|---|---|")
     for style_loss in args.losses.split(","):
-        opts = Options(size=args.size, style_loss=style_loss).validate()
+        opts = Options(size=args.size, style_loss=style_loss).resolve()
         net = transfer.network(list(opts.content_layers) + list(opts.style_layers))
         min_side = vgg.min_side(net.layers)
         image = content.clone().requires_grad_()
         times = {name: [] for name in arms}
         for name, arm in arms.items():  # each arm's own targets (MRF's patches, W2's moments)
             with arm():
-                loss = transfer._loss(net, content, [style], opts, tuple(content.shape[-2:]), min_side)
+                loss = scale_loss(net, content, [style], opts, tuple(content.shape[-2:]), min_side, None,
+                                  transfer.devices)
             for _ in range(2):  # warm-up: weight transforms, the allocator
                 backward_ms(loss, image, arm)
             times[name] = (loss, [])

@@ -85,9 +85,9 @@ def main(argv=None):
                     init = outputs[-1]
                 elif outputs and start == "carried over":
                     init = video.carry_over(frames[k - 1], outputs[-1], frame)
-                outputs.append(transfer.stylize_tensor(frame, style, size=args.size, steps=args.steps, init=init,
-                                                       **layers))
-            row += [f"{flicker(outputs, shift):.2f}", f"{transfer.history[-1]['total']:.4g}"]
+                result = transfer.run(frame, style, size=args.size, steps=args.steps, init=init, **layers)
+                outputs.append(result.image)
+            row += [f"{flicker(outputs, shift):.2f}", f"{result.history[-1]['total']:.4g}"]
         print("| " + " | ".join(row) + " |")
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from typing import Callable, NamedTuple, Optional
 
 from ..errors import CheckpointMismatch, Interrupted, NonFiniteLoss, NstError
 from ..imaging import images
+from ..optimize.result import Hooks
 from ..runtime.files import IMAGE_EXTENSIONS, images_in
 from . import video
 
@@ -94,15 +95,16 @@ def _start_from_previous(job: Job, content):
     return video.carry_over(previous_content, output, content)
 
 
-def run(transfer, jobs, styles, options: dict, *, save: Callable, new_progress: Callable, checkpoint_every=0,
-        save_every=0, live=None, init_previous=False) -> int:
+def run(transfer, jobs, styles, opts, *, save: Callable, new_progress: Callable, save_every=0, live=None,
+        init_previous=False) -> int:
     """Stylize each job's content with the same styles and options -> the number that
     failed. styles: {path: image}, in order; a job with a style takes only that one.
-    save(image, path, alpha) writes an image with the content's transparency
-    (images.alpha); new_progress() makes a step callback. init_previous: start each
-    image from the result before it where that exists (else from options["init"]).
-    A content that cannot be read or optimised is reported and skipped; Ctrl-C stops
-    the batch (Interrupted)."""
+    opts: the Options, resolved (StyleTransfer.resolve). save(image, path, alpha, opts)
+    writes an image with the content's transparency (images.alpha) and the options that
+    made it; new_progress() makes a step callback. init_previous: start each image from
+    the result before it where that exists (else as opts.init says). A content that
+    cannot be read or optimised is reported and skipped; Ctrl-C stops the batch
+    (Interrupted)."""
     failed, spent = 0, []  # the seconds each written image took
     for number, job in enumerate(jobs, 1):
         left = ""
@@ -110,31 +112,11 @@ def run(transfer, jobs, styles, options: dict, *, save: Callable, new_progress: 
             left = f" (about {_duration(sum(spent) / len(spent) * (len(jobs) - number + 1))} left)"
         _say(f"[{number}/{len(jobs)}] {job.content} -> {job.output}{left}")
         started = time.perf_counter()
-        stem = os.path.splitext(job.output)[0]
-        transparency = None  # the content's, once it is read
-
-        def snapshot(step, image, stem=stem):
-            save(image, f"{stem}.step{step:04d}.png", transparency)
-
-        resume = job.checkpoint if os.path.isfile(job.checkpoint) else None
-        if resume:
-            _say(f"continuing from {resume}")
         try:
             content = images.open_image(job.content)
-            transparency = images.alpha(content, options["size"])
             start = _start_from_previous(job, content) if init_previous else None
-            init = options["init"] if start is None else start
-            while True:
-                try:
-                    result = transfer.stylize_tensor(
-                        content, [styles[job.style]] if job.style else list(styles.values()),
-                        checkpoint=job.checkpoint if checkpoint_every else None, interrupt_checkpoint=job.checkpoint,
-                        resume=resume, save_every=save_every, snapshot=snapshot if save_every else None,
-                        live=live, **dict(options, init=init, callback=new_progress()))
-                    break
-                except CheckpointMismatch as exc:
-                    _say(f"{exc}; starting this image over")
-                    resume = None
+            result = _stylize_job(transfer, job, content, styles, opts if start is None else opts.starting_from(start),
+                                  save, new_progress, save_every, live)
         except Interrupted as exc:
             hint = f"; run the same command to continue ({job.checkpoint})" if os.path.isfile(job.checkpoint) else ""
             raise Interrupted(f"{job.content}: {exc}{hint}", image=exc.image, step=exc.step) from None
@@ -144,10 +126,31 @@ def run(transfer, jobs, styles, options: dict, *, save: Callable, new_progress: 
             _say(f"{kind}: {message}")
             failed += 1
             continue
-        if transfer.last_run.get("note"):
-            _say(f"{job.content}: {transfer.last_run['note']}")
-        save(result, job.output, transparency)
+        if result.note:
+            _say(f"{job.content}: {result.note}")
+        save(result.image, job.output, result.alpha, result.options)
         spent.append(time.perf_counter() - started)
         if os.path.isfile(job.checkpoint):
             os.remove(job.checkpoint)
     return failed
+
+
+def _stylize_job(transfer, job, content, styles, opts, save, new_progress, save_every, live):
+    """One job's run of its decoded content with its resolved options -> its RunResult;
+    from its checkpoint where there is one that fits."""
+    alpha = images.alpha(content, opts.size)
+    stem = os.path.splitext(job.output)[0]
+    hooks = Hooks(callback=new_progress(), save_every=save_every, live=live,
+                  snapshot=(lambda step, image: save(image, f"{stem}.step{step:04d}.png", alpha, opts))
+                  if save_every else None,
+                  checkpoint=job.checkpoint if opts.checkpoint_every else None, interrupt_checkpoint=job.checkpoint)
+    resume = job.checkpoint if os.path.isfile(job.checkpoint) else None
+    if resume:
+        _say(f"continuing from {resume}")
+    run_styles = [styles[job.style]] if job.style else list(styles.values())
+    while True:
+        try:
+            return transfer.run(content, run_styles, opts, hooks=hooks, resume=resume)
+        except CheckpointMismatch as exc:
+            _say(f"{exc}; starting this image over")
+            resume = None

@@ -1,10 +1,8 @@
 """nst-fast: the command line. Errors are one line on stderr and a non-zero exit."""
 import argparse
 import dataclasses
-import glob
-import importlib.util
+import functools
 import os
-import re
 import signal
 import sys
 import threading
@@ -12,9 +10,7 @@ import threading
 from .. import __version__
 from ..optimize.options import Options
 from ..runtime import interrupts
-from ..runtime.files import IMAGE_EXTENSIONS, images_in, not_a_file
 
-EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples")
 EXIT_ERROR = 1
 _stop_signal = signal.SIGINT  # what interrupted the run: Ctrl-C, or SIGTERM (kill, a job scheduler)
 
@@ -119,77 +115,12 @@ def _error(message, code=EXIT_ERROR):
     return code
 
 
-DEFAULT_CHECKPOINT = "the default --checkpoint (where Ctrl-C saves)"  # OUT.ckpt, without --checkpoint
-BATCH_CHECKPOINT = "the checkpoint of a batch image"  # OUT/NAME.ckpt, where Ctrl-C saves
-# --resume may name the checkpoint the run writes: it goes on in the same file.
-RESUMABLE = ("--checkpoint", DEFAULT_CHECKPOINT)
-
-
 def _os_error(exc: OSError) -> str:
     return f"{exc.strerror or exc}: {exc.filename}" if exc.filename else f"{exc.strerror or exc}"
 
 
-def _check_folders(writes):
-    """writes: (option, path) of files the run writes -> why one of their folders cannot
-    be written into, or None."""
-    for option, path in writes:
-        what = "output" if option == "-o" else option
-        folder = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(folder):
-            return f"{what} directory does not exist: {folder}"
-        if not os.access(folder, os.W_OK | os.X_OK):
-            return f"cannot write into the {what} directory {folder}"
-    return None
-
-
-def _check_files(writes):
-    """writes: (option, path) of files the run writes -> why one is no file the run may
-    replace (a folder, a device, a FIFO), or None."""
-    return next(filter(None, (not_a_file(option, path) for option, path in writes)), None)
-
-
-def _earlier_snapshots(output) -> list:
-    """The --save-every snapshots OUT.stepNNNN.png there are beside the output OUT.png."""
-    return glob.glob(glob.escape(os.path.splitext(output)[0]) + ".step[0-9][0-9][0-9][0-9]*.png")
-
-
-def _file_key(path):
-    """What identifies a file: device and inode where it exists (links alike), else its real path."""
-    try:
-        st = os.stat(path)
-        return st.st_dev, st.st_ino
-    except OSError:
-        return os.path.normcase(os.path.realpath(path))
-
-
-def _check_distinct(writes, reads, snapshots=None):
-    """writes, reads: (option, path) of the files the run writes and reads -> why a write
-    would replace an input or another write, or None. snapshots: OUT, the stem of the
-    --save-every snapshots OUT.stepNNNN.png, which must not replace any of them either."""
-    named = {}
-    for option, path in reads:
-        if os.path.isfile(path):  # a missing input is reported as such, later
-            named.setdefault(_file_key(path), (option, path, "read"))
-    for option, path in writes:
-        key = _file_key(path)
-        if key not in named:
-            named[key] = (option, path, "write")
-            continue
-        other, _, how = named[key]
-        if other == "--resume":
-            if option in RESUMABLE:
-                continue
-            return f"{option} {path} is the checkpoint --resume reads; name another file"
-        if how == "read":
-            return f"{option} {path} is one of the input images ({other}); name another file"
-        return f"{other} and {option} both name {path}; name different files"
-    if snapshots:
-        folder = os.path.realpath(os.path.dirname(os.path.abspath(snapshots)))
-        pattern = re.escape(os.path.normcase(os.path.join(folder, os.path.basename(snapshots)))) + r"\.step\d{4,}\.png"
-        for option, path, _ in named.values():
-            if re.fullmatch(pattern, os.path.normcase(os.path.realpath(path))):
-                return f"the --save-every snapshots {snapshots}.stepNNNN.png would replace {option} {path}"
-    return None
+def _say(message) -> None:
+    sys.stderr.write(f"nst-fast: {message}\n")
 
 
 def _list_layers(network: str, size: int) -> int:
@@ -203,205 +134,49 @@ def _list_layers(network: str, size: int) -> int:
 
 
 def run(args) -> int:
-    import torch
-
-    from ..errors import CheckpointNotWritten, Interrupted, NstError, OutOfMemory, RunStopped, WeightsUnavailable
-    from ..imaging import images
-    from ..nets import vgg
-    from ..ops import backend
-    from ..optimize import recipe
-    from ..optimize.options import INITS, Options, report_interval
-    from ..optimize.transfer import StyleTransfer, is_out_of_memory, parse_devices
-    from ..runtime import history
-    from ..runtime.progress import Progress
-    from . import batch, web
+    from .request import Refused, request
 
     if args.list_layers:
-        try:
-            Options(size=512 if args.size is None else args.size).validate(network=args.network)
-        except NstError as exc:
-            return _error(str(exc))
-        return _list_layers(args.network, 512 if args.size is None else args.size)
-    if args.demo and (args.content or args.style):
-        return _error("--demo uses the bundled example images; give it no CONTENT or STYLE")
-    if not (args.web or args.browser):
-        for option, given in (("--web-host", args.web_host), ("--web-port", args.web_port)):
-            if given is not None:
-                return _error(f"{option} sets where the live view listens: give --web (or --browser) too")
-    for option, path in (("-o", args.output), ("--checkpoint", args.checkpoint), ("--history", args.history),
-                         ("--plot", args.plot), ("--resume", args.resume)):
-        if path == "":
-            return _error(f"{option} names no file (an empty path)")
-    if args.plot:  # known now, not after the run
-        if importlib.util.find_spec("matplotlib") is None:
-            return _error("--plot needs matplotlib: pip install matplotlib")
-        try:
-            history.plot_format(args.plot)
-        except NstError as exc:
-            return _error(f"--plot: {exc}")
-    if args.save_every < 0:
-        return _error(f"--save-every must be 0 (off) or a number of steps, got {args.save_every}")
-    if args.size is not None and args.scales and args.size != args.scales[-1]:
-        return _error(f"--size {args.size} and --scales ending at {args.scales[-1]} disagree; give one of them")
-    if args.size is None:
-        args.size = args.scales[-1] if args.scales else 256 if args.demo else 512
-    if args.steps is None and args.demo:
-        args.steps = 100
-    fill_option_defaults(args)
-    if args.demo:
-        content = os.path.join(EXAMPLES, "content.png")
-        styles = [os.path.join(EXAMPLES, "style.png")]
-    else:
-        if not args.content or not args.style:
-            return _error("give a CONTENT and at least one STYLE image (or --demo)", 2)
-        content, styles = args.content, []
-        for style in args.style:  # a folder stands for the images in it (neural-style-pt's)
-            if not os.path.isdir(style):
-                styles.append(style)
-                continue
-            found = images_in(style)
-            if not found:
-                return _error(f"style folder {style} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-            styles += found
-    batch_mode = (not args.demo and os.path.isdir(content)) or args.each_style
-    if args.each_style and (args.style_blend or args.style_masks):
-        return _error("--each-style runs each style on its own: it takes no --style-blend or --style-masks")
-    init_previous = args.init == "previous"
-    if init_previous:
-        if not batch_mode:
-            return _error("--init previous needs a folder of contents (the frames of a video) as CONTENT")
-        args.init = "content"  # the first frame's start
-    if batch_mode:
-        args.output = args.output or "out"
-        for flag, given in (("--resume", args.resume), ("--checkpoint", args.checkpoint),
-                            ("--history", args.history), ("--plot", args.plot)):
-            if given:
-                return _error(f"{flag} names one file; a batch (a folder as CONTENT, or --each-style) "
-                              "cannot take it")
-        if os.path.splitext(args.output)[1].lower() in IMAGE_EXTENSIONS or (
-                os.path.exists(args.output) and not os.path.isdir(args.output)):
-            return _error(f"for a batch, -o names a folder for the outputs, got {args.output!r}")
-        for style in args.style or []:  # its outputs would be styles of the next run
-            if os.path.isdir(style) and os.path.isdir(args.output) and os.path.samefile(style, args.output):
-                return _error(f"the output folder is the style folder {style}; name another one with -o")
-        out_dir = os.path.dirname(os.path.abspath(args.output))
-        try:
-            jobs, kept = batch.plan(content, args.output, args.overwrite, styles if args.each_style else None,
-                                    inputs=[*styles, *(args.style_masks or [])])
-        except NstError as exc:
-            return _error(str(exc))
-        if not os.path.isdir(out_dir):
-            return _error(f"output directory does not exist: {out_dir}")
-        writes = [*(("-o", job.output) for job in jobs), *((BATCH_CHECKPOINT, job.checkpoint) for job in jobs)]
-    else:
-        args.output = args.output or "out.png"
-        out_ext = os.path.splitext(args.output)[1].lower()
-        if out_ext not in IMAGE_EXTENSIONS:
-            return _error(f"output must end in one of {', '.join(IMAGE_EXTENSIONS)}; got {args.output!r}")
-        if args.bits == 16 and out_ext not in (".png", ".tif", ".tiff"):
-            return _error(f"16-bit output is PNG or TIFF only, got {args.output!r}")
-        checkpoint = ("--checkpoint", args.checkpoint) if args.checkpoint else \
-            (DEFAULT_CHECKPOINT, os.path.splitext(args.output)[0] + ".ckpt")
-        writes = [("-o", args.output), checkpoint]
-        writes += [(option, path) for option, path in (("--history", args.history), ("--plot", args.plot)) if path]
-        problem = _check_folders(writes)
-        if problem:
-            return _error(problem)
-    outputs = [path for option, path in writes if option == "-o"]
-    snapshot_files = [path for output in outputs for path in _earlier_snapshots(output)] if args.save_every else []
-    problem = _check_files(writes + [("the --save-every snapshot", path) for path in snapshot_files])
-    if problem:
-        return _error(problem)
-    reads = [*([] if os.path.isdir(content) else [("CONTENT", content)]), *(("STYLE", s) for s in styles),
-             *(("--style-masks", m) for m in args.style_masks or [])]
-    if args.init not in INITS and os.path.isfile(args.init):
-        reads.append(("--init", args.init))
-    inputs = [path for _, path in reads]
-    snapshots = os.path.splitext(args.output)[0] if args.save_every and not batch_mode else None
-    problem = _check_distinct(writes, reads + ([("--resume", args.resume)] if args.resume else []), snapshots)
-    if problem:
-        return _error(problem)
-    earlier = snapshot_files if snapshots else []
-    if earlier:  # kept: they may be all that is left of a run; this run's replace those of its steps
-        sys.stderr.write(f"nst-fast: note: {len(earlier)} snapshot(s) of an earlier run are there "
-                         f"({os.path.basename(snapshots)}.stepNNNN.png); this run replaces those of the same steps\n")
+        return _list_layers_checked(args)
+    try:
+        req = request(args)
+    except Refused as exc:
+        return _error(str(exc), exc.code)
+    if req.earlier_snapshots:  # kept: they may be all that is left of a run; this run's replace those of its steps
+        _say(f"note: {len(req.earlier_snapshots)} snapshot(s) of an earlier run are there "
+             f"({os.path.basename(os.path.splitext(args.output)[0])}.stepNNNN.png); this run replaces those of "
+             "the same steps")
+    return _stylize(args, req)
 
-    options = option_values(args)
+
+def _list_layers_checked(args) -> int:
+    from ..errors import NstError
+
+    size = 512 if args.size is None else args.size
+    try:
+        Options(size=size).resolve(network=args.network)
+    except NstError as exc:
+        return _error(str(exc))
+    return _list_layers(args.network, size)
+
+
+def _stylize(args, req) -> int:
+    """The run (or batch) of a checked request -> the exit code; its errors as one line."""
+    import torch
+
+    from ..errors import NstError
+    from ..optimize.devices import is_out_of_memory
+
     live = None
     try:
-        # Mistakes in the options and missing images show before the weights load.
-        Options(**options).validate(n_styles=1 if args.each_style else len(styles), network=args.network)
-        vgg.check_padding(args.padding, args.network)
-        opened = {path: images.open_image(path) for path in inputs}  # decoded once, used for the run
-        backend.tell_unused_kernels(parse_devices(args.device),
-                                    lambda message: sys.stderr.write(f"nst-fast: WARNING: {message}\n"))
-        if args.style_masks:
-            options["style_masks"] = [opened[m] for m in args.style_masks]
-        try:
-            transfer = StyleTransfer(args.weights, args.device, args.pooling, args.weights_convention, args.seed,
-                                     network=args.network, split_at=args.split_at, padding=args.padding)
-        except WeightsUnavailable as exc:
-            if not args.demo:
-                raise
-            sys.stderr.write(
-                f"nst-fast: WARNING: {exc}.\nnst-fast: WARNING: the demo falls back to RANDOM weights: "
-                "the output shows the pipeline working, not a real stylization.\n")
-            fell_back = True
-            transfer = StyleTransfer("random", args.device, args.pooling, "auto", args.seed, network=args.network,
-                                     split_at=args.split_at, padding=args.padding)
-        else:
-            fell_back = False
-        if transfer.weights == "random" and not fell_back:
-            title = vgg.NETWORK_TITLES[transfer.architecture]
-            sys.stderr.write(f"nst-fast: WARNING: using RANDOM {title} weights; the result is not a real stylization\n")
-        report_every = report_interval(args.report_every, transfer.device.type)
-        progress = Progress(not args.quiet, report_every)
-        options.update(report_every=report_every, callback=progress)
-        stem = os.path.splitext(args.output)[0]
-        interrupt_checkpoint = args.checkpoint or stem + ".ckpt"
-
-        transparency = None if batch_mode else images.alpha(opened[content], args.size)
-
-        def save(image, path, alpha=transparency):  # the content's transparency and the run's settings kept
-            images.save_atomic(images.with_alpha(image, alpha), path, bits=args.bits,
-                               text=recipe.text(transfer.last_options, transfer))
-
-        def snapshot(step, image):
-            save(image, f"{stem}.step{step:04d}.png")
-
-        if args.web or args.browser:
-            given = {"host": args.web_host, "port": args.web_port}  # the rest: LivePreview's defaults
-            live = web.LivePreview(**{name: value for name, value in given.items() if value is not None})
-            sys.stderr.write(f"nst-fast: live view at {live.url}\n")
-            if args.browser:
-                web.open_in_browser(live)
-        if batch_mode:
-            return _run_batch(args, transfer, jobs, kept, {s: opened[s] for s in styles}, options, save, live,
-                              init_previous)
-        try:
-            result = transfer.stylize_tensor(opened[content], [opened[s] for s in styles], checkpoint=args.checkpoint,
-                                             interrupt_checkpoint=interrupt_checkpoint, resume=args.resume,
-                                             save_every=args.save_every,
-                                             snapshot=snapshot if args.save_every else None, live=live,
-                                             **options)
-        except (RunStopped, Interrupted) as exc:
-            code = _interrupted_code() if isinstance(exc, Interrupted) else EXIT_ERROR
-            if exc.image is not None:
-                try:  # on a full disk the image may not fit either; the run's exit code stays
-                    save(exc.image, args.output)
-                except OSError as failed:
-                    sys.stderr.write(f"\nnst-fast: could not save the image so far: {_os_error(failed)}\n")
-                else:
-                    sys.stderr.write(f"\nnst-fast: saved the image so far (step {exc.step}) to {args.output}\n")
-            resumable = isinstance(exc, (Interrupted, CheckpointNotWritten, OutOfMemory))
-            if resumable and os.path.exists(interrupt_checkpoint):
-                sys.stderr.write(f"nst-fast: continue with --resume {interrupt_checkpoint}\n")
-            return _error(str(exc), code)
-        save(result, args.output)
-        if args.history:
-            history.write_json(transfer.history, args.history)
-        if args.plot:
-            history.plot(transfer.history, args.plot)
+        opened = _open_inputs(args, req)
+        opts = _options(args, req, opened)
+        transfer = _transfer(args)
+        opts = transfer.resolve(opts, len(req.styles))
+        live = _live_view(args)
+        if req.batch:
+            return _run_batch(args, req, transfer, opts, opened, live)
+        return _run_one(args, req, transfer, opts, opened, live)
     except NstError as exc:
         return _error(str(exc))
     except RuntimeError as exc:  # before the first step (the steps' own end in OutOfMemory)
@@ -417,39 +192,153 @@ def run(args) -> int:
     finally:
         if live is not None:
             live.close()
-    if transfer.last_run.get("note"):
-        sys.stderr.write(f"nst-fast: {transfer.last_run['note']}\n")
+
+
+def _open_inputs(args, req) -> dict:
+    """{path: image} of every input image, each decoded once; the network's padding
+    checked as well, before the weights load."""
+    from ..imaging import images
+    from ..nets import vgg
+    from ..ops import backend
+    from ..optimize.devices import parse_devices
+
+    vgg.check_padding(args.padding, args.network)
+    opened = {path: images.open_image(path) for _, path in req.reads}
+    backend.tell_unused_kernels(parse_devices(args.device), lambda message: _say(f"WARNING: {message}"))
+    return opened
+
+
+def _transfer(args):
+    """The StyleTransfer of the arguments; the demo without weights falls back to random ones."""
+    from ..errors import WeightsUnavailable
+    from ..nets import vgg
+    from ..optimize.transfer import StyleTransfer
+
+    setup = dict(network=args.network, split_at=args.split_at, padding=args.padding)
+    try:
+        transfer = StyleTransfer(args.weights, args.device, args.pooling, args.weights_convention, args.seed,
+                                 **setup)
+    except WeightsUnavailable as exc:
+        if not args.demo:
+            raise
+        _say(f"WARNING: {exc}.\nnst-fast: WARNING: the demo falls back to RANDOM weights: "
+             "the output shows the pipeline working, not a real stylization.")
+        return StyleTransfer("random", args.device, args.pooling, "auto", args.seed, **setup)
+    if transfer.weights == "random":
+        _say(f"WARNING: using RANDOM {vgg.NETWORK_TITLES[transfer.architecture]} weights; "
+             "the result is not a real stylization")
+    return transfer
+
+
+def _live_view(args):
+    from . import web
+
+    if not (args.web or args.browser):
+        return None
+    given = {"host": args.web_host, "port": args.web_port}  # the rest: LivePreview's defaults
+    live = web.LivePreview(**{name: value for name, value in given.items() if value is not None})
+    _say(f"live view at {live.url}")
+    if args.browser:
+        web.open_in_browser(live)
+    return live
+
+
+def _options(args, req, opened):
+    """The Options of the arguments, with the mask images opened, resolved as far as they
+    can be before the weights load."""
+    from ..optimize.devices import parse_devices
+
+    values = option_values(args)
+    if args.style_masks:
+        values["style_masks"] = [opened[m] for m in args.style_masks]
+    n_styles = 1 if args.each_style else len(req.styles)
+    return Options(**values).resolve(n_styles, convention=None, network=args.network,
+                                     devices=parse_devices(args.device))
+
+
+def _saver(args, transfer):
+    """save(image, path, alpha, opts): an image with the content's transparency and the
+    settings that made it, written atomically."""
+    from ..imaging import images
+    from ..optimize import recipe
+
+    def save(image, path, alpha, opts):
+        images.save_atomic(images.with_alpha(image, alpha), path, bits=args.bits, text=recipe.text(opts, transfer))
+
+    return save
+
+
+def _run_one(args, req, transfer, opts, opened, live) -> int:
+    from ..errors import Interrupted, RunStopped
+    from ..imaging import images
+    from ..optimize.result import Hooks
+    from ..runtime import history
+    from ..runtime.progress import Progress
+
+    save = functools.partial(_saver(args, transfer), alpha=images.alpha(opened[req.content], args.size), opts=opts)
+    stem = os.path.splitext(args.output)[0]
+    hooks = Hooks(callback=Progress(not args.quiet, opts.report_every), save_every=args.save_every,
+                  snapshot=(lambda step, image: save(image, f"{stem}.step{step:04d}.png")) if args.save_every else None,
+                  live=live, checkpoint=args.checkpoint, interrupt_checkpoint=args.checkpoint or stem + ".ckpt")
+    try:
+        result = transfer.run(opened[req.content], [opened[s] for s in req.styles], opts, hooks=hooks,
+                              resume=args.resume)
+    except (RunStopped, Interrupted) as exc:
+        return _stopped(args, exc, save, hooks.interrupt_checkpoint)
+    save(result.image, args.output)
+    if args.history:
+        history.write_json(result.history, args.history)
+    if args.plot:
+        history.plot(result.history, args.plot)
+    if result.note:
+        _say(result.note)
     if not args.quiet:
         if transfer.device.type == "cuda":
-            run = transfer.last_run
-            how = "CUDA-graph replays" if run.get("cuda_graph") else f"eager steps ({run.get('why_not')})"
-            sys.stderr.write(f"nst-fast: the steps ran as {how}, in {transfer.last_options.precision}\n")
-        sys.stderr.write(f"nst-fast: wrote {args.output}\n")
+            how = "CUDA-graph replays" if result.cuda_graph else f"eager steps ({result.why_not})"
+            _say(f"the steps ran as {how}, in {opts.precision}")
+        _say(f"wrote {args.output}")
     return 0
 
 
-def _run_batch(args, transfer, jobs, kept, styles, options, save, live, init_previous) -> int:
+def _stopped(args, exc, save, interrupt_checkpoint) -> int:
+    """A run that stopped early: its image so far saved as the output, and how to go on."""
+    from ..errors import CheckpointNotWritten, Interrupted, OutOfMemory
+
+    code = _interrupted_code() if isinstance(exc, Interrupted) else EXIT_ERROR
+    if exc.image is not None:
+        try:  # on a full disk the image may not fit either; the run's exit code stays
+            save(exc.image, args.output)
+        except OSError as failed:
+            sys.stderr.write(f"\nnst-fast: could not save the image so far: {_os_error(failed)}\n")
+        else:
+            sys.stderr.write(f"\nnst-fast: saved the image so far (step {exc.step}) to {args.output}\n")
+    resumable = isinstance(exc, (Interrupted, CheckpointNotWritten, OutOfMemory))
+    if resumable and os.path.exists(interrupt_checkpoint):
+        _say(f"continue with --resume {interrupt_checkpoint}")
+    return _error(str(exc), code)
+
+
+def _run_batch(args, req, transfer, opts, opened, live) -> int:
     """Every job of a batch; errors of single images are reported and counted, Ctrl-C
-    stops the batch. Exceptions other than those go to run()'s handlers."""
+    stops the batch. Exceptions other than those go to _stylize's handlers."""
     from ..errors import Interrupted
     from ..runtime.progress import Progress
     from . import batch
 
-    if kept:
-        sys.stderr.write(f"nst-fast: keeping {len(kept)} output(s) that exist in {args.output} "
-                         "(--overwrite: stylize them again)\n")
+    if req.kept:
+        _say(f"keeping {len(req.kept)} output(s) that exist in {args.output} (--overwrite: stylize them again)")
     if not os.path.isdir(args.output):
         os.mkdir(args.output)
     try:
-        failed = batch.run(transfer, jobs, styles, options, save=save, checkpoint_every=args.checkpoint_every,
-                           save_every=args.save_every, live=live, init_previous=init_previous,
-                           new_progress=lambda: Progress(not args.quiet, options["report_every"]))
+        failed = batch.run(transfer, req.jobs, {s: opened[s] for s in req.styles}, opts, save=_saver(args, transfer),
+                           save_every=args.save_every, live=live, init_previous=req.init_previous,
+                           new_progress=lambda: Progress(not args.quiet, opts.report_every))
     except Interrupted as exc:
         return _error(str(exc), _interrupted_code())
-    done = len(jobs) - failed
-    sys.stderr.write(f"nst-fast: wrote {done} image(s) to {args.output}\n")
+    done = len(req.jobs) - failed
+    _say(f"wrote {done} image(s) to {args.output}")
     if failed:
-        return _error(f"{failed} of {len(jobs)} image(s) failed; see above")
+        return _error(f"{failed} of {len(req.jobs)} image(s) failed; see above")
     return 0
 
 

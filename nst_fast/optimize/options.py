@@ -3,7 +3,7 @@ import dataclasses
 import difflib
 import math
 import os
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 from ..errors import NstError
 from .flag_types import csv_floats, csv_ints, csv_paths, memory_amount
@@ -112,6 +112,12 @@ def _layer_and_weight(entry: str, what: str) -> tuple:
     return name, weight if colon else None
 
 
+def _device_type(device) -> str:
+    import torch
+
+    return torch.device(device).type
+
+
 def report_interval(report_every: Optional[int], device_type: str) -> int:
     """Steps between reading the losses back: as asked, else every step on the CPU
     (reading costs nothing there) and every 20 on a GPU (it waits for the device)."""
@@ -175,7 +181,7 @@ def option(default, kind: str, flag: Optional[str], *, recorded: bool = False, f
     return dataclasses.field(default=default, metadata=metadata)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Options:
     size: Optional[int] = option(  # None: the last of `scales`, else 512
         None, NUMBER, "--size", recorded=True, type=int, help="long side of the output in pixels (512; demo 256)")
@@ -269,12 +275,12 @@ class Options:
         False, BOOL, "--low-memory", action="store_true",
         help="CPU: run the convolutions without Winograd's weight transforms, about 415 MiB less for "
              "VGG-19, with slower steps (chosen by itself where only that fits)")
-    callback: Optional[Callable] = option(None, OTHER, None)
+    resolved: bool = dataclasses.field(default=False, init=False, repr=False, compare=False)  # by resolve()
 
     @classmethod
     def from_kwargs(cls, kwargs: dict) -> "Options":
         """Options(**kwargs), with an NstError naming the closest option for a misspelt one."""
-        names = [field.name for field in dataclasses.fields(cls)]
+        names = list(fields_where(lambda meta: True, cls))
         for key in kwargs:
             if key not in names:
                 close = difflib.get_close_matches(key, names + list(SETUP_ARGUMENTS), n=1)
@@ -284,116 +290,31 @@ class Options:
                 raise NstError(f"unknown option {key!r}{hint}; the options are the fields of nst_fast.Options")
         return cls(**kwargs)
 
-    def validate(self, n_styles: int = 1, convention: str = "torchvision", network: str = "vgg19",
-                 devices=()) -> "Options":
-        from ..nets.vgg import check_seed
-
+    def resolve(self, n_styles: int = 1, convention: Optional[str] = "torchvision", network: str = "vgg19",
+                devices=()) -> "Options":
+        """A new Options with every default filled in for the run's number of styles, the
+        weights' input convention, the network and the devices, and every value checked
+        (an NstError for the first that is wrong). Its `resolved` is True. convention
+        None: not known yet (the weights are not loaded); the style weight's default
+        then waits for for_convention()."""
+        values = {name: getattr(self, name) for name in OPTION_FIELDS}
         for name in NUMBER_FIELDS + BOOL_FIELDS:  # np.int64(512) and torch.tensor(0.5) are numbers too
-            setattr(self, name, _plain(getattr(self, name)))
-        for name in BOOL_FIELDS:
-            value = getattr(self, name)
-            if not isinstance(value, bool) and not (name == "cuda_graph" and value is None):
-                raise NstError(f"{name} must be True or False, got {value!r}")
-        if self.callback is not None and not callable(self.callback):
-            raise NstError(f"callback must be a function of a StepInfo, got {self.callback!r}")
-        if self.style_loss not in STYLE_LOSSES:
-            raise NstError(f"style_loss must be one of {', '.join(STYLE_LOSSES)}, got {self.style_loss!r}")
-        if self.mrf_variants and self.style_loss != "mrf":
-            raise NstError("mrf_variants needs style_loss mrf")
-        if self.style_weight is None:
-            self.style_weight = (DEFAULT_STYLE_WEIGHT[convention] if self.style_loss == "gram"
-                                 else DEFAULT_STYLE_WEIGHT_SQUARED[self.style_loss])
-        content_default, style_default = default_layers(network, self.style_loss)
-        if self.content_layers is None:
-            self.content_layers = content_default
-        if self.style_layers is None:
-            self.style_layers = style_default
-        if self.scales is not None:
-            scales = _numbers(self.scales, "scales", int)
-            if not scales or any(s < 16 for s in scales) or scales != sorted(set(scales)):
-                raise NstError(f"scales must be increasing sizes of at least 16 pixels, got {self.scales!r}")
-            if self.size is not None and self.size != scales[-1]:
-                raise NstError(f"size {self.size!r} and scales ending at {scales[-1]} disagree; give one of them")
-            self.scales, self.size = scales, scales[-1]  # the output's size is the last scale's
-        if self.size is None:
-            self.size = 512
-        for name in ("size", "steps", "seed", "lbfgs_history"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise NstError(f"{name} must be an integer, got {value!r}")
-        check_seed(self.seed)
-        if self.size < 16:
-            raise NstError(f"size must be at least 16 pixels, got {self.size}")
-        if self.steps < 0:
-            raise NstError(f"steps must be 0 or more, got {self.steps}")
-        if self.initial_steps is not None and (isinstance(self.initial_steps, bool)
-                                               or not isinstance(self.initial_steps, int) or self.initial_steps < 0):
-            raise NstError(f"initial_steps must be a whole number, 0 or more, got {self.initial_steps!r}")
-        if self.lbfgs_history < 1:
-            raise NstError(f"lbfgs_history must be at least 1, got {self.lbfgs_history}")
-        for name in ("content_weight", "style_weight", "tv_weight"):
-            _check_weight(name, getattr(self, name))
-        _check_weight("style_scale", self.style_scale, positive=True)
-        if self.style_size is not None and (isinstance(self.style_size, bool) or not isinstance(self.style_size, int)
-                                            or self.style_size < 16):
-            raise NstError(f"style_size must be a whole number of pixels, at least 16, got {self.style_size!r}")
-        _check_weight("avg_decay", self.avg_decay)
-        if self.avg_decay >= 1:
-            raise NstError(f"avg_decay must be below 1 (0: off), got {self.avg_decay!r}")
-        if self.lr is not None:
-            _check_weight("lr", self.lr, positive=True)
-        self.content_layers = parse_layers(self.content_layers, "content", network)
-        self.style_layers = parse_layers(self.style_layers, "style", network)
-        if self.normalize_weights:
-            self.content_layers = _per_channel(self.content_layers, network)
-            self.style_layers = _per_channel(self.style_layers, network)
-        total = sum(self.style_layers.values())
-        self.style_layers = {k: v / total for k, v in self.style_layers.items()}
-        if isinstance(self.init, (str, os.PathLike)) and str(self.init) not in INITS and not os.path.isfile(self.init):
-            raise NstError(f"init must be one of {', '.join(INITS)} or an image file, got {str(self.init)!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise NstError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.precision is None:
-            self.precision = default_precision(devices)
-        if self.precision not in PRECISIONS:
-            raise NstError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.preserve_colors not in PRESERVE_COLORS:
-            raise NstError(f"preserve_colors must be luminance, match or histogram, got {self.preserve_colors!r}")
-        if self.style_blend is None:
-            self.style_blend = [1.0 / n_styles] * n_styles
-        blend = _numbers(self.style_blend, "style_blend")
-        if len(blend) != n_styles:
-            raise NstError(f"{len(blend)} style blend weights given for {n_styles} style images")
-        for b in blend:
-            _check_weight("style blend weight", b)
-        if sum(blend) <= 0:
-            raise NstError("style blend weights must not all be zero")
-        top = max(blend)  # first: the sum of huge weights would overflow
-        self.style_blend = [b / top / sum(c / top for c in blend) for b in blend]
-        if self.style_masks is not None:
-            if isinstance(self.style_masks, (str, bytes)) or not isinstance(self.style_masks, Sequence):
-                raise NstError("style_masks must be a list with one mask per style image")
-            if len(self.style_masks) != n_styles:
-                raise NstError(f"{len(self.style_masks)} style masks given for {n_styles} style images")
-        if self.min_scale is not None:
-            if isinstance(self.min_scale, bool) or not isinstance(self.min_scale, int) \
-                    or not 16 <= self.min_scale <= self.size:
-                raise NstError(f"min_scale must be a whole number of pixels from 16 to size ({self.size}), "
-                               f"got {self.min_scale!r}")
-            if self.scales is not None:
-                raise NstError("give scales or min_scale, not both")
-        if self.initial_steps is not None and self.scales is None and self.min_scale is None:
-            raise NstError("initial_steps sets the steps at the first of several scales: give scales or min_scale "
-                           "too (or just steps)")
-        if isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) \
-                or self.checkpoint_every < 0:
-            raise NstError(f"checkpoint_every must be 0 (off) or a number of steps, got {self.checkpoint_every!r}")
-        if self.report_every is not None and (isinstance(self.report_every, bool)
-                                              or not isinstance(self.report_every, int) or self.report_every < 1):
-            raise NstError(f"report_every must be a whole number, at least 1, got {self.report_every!r}")
-        if self.memory_limit is not None:
-            _check_weight("memory_limit (bytes)", self.memory_limit, positive=True)
-        return self
+            values[name] = _plain(values[name])
+        context = dict(n_styles=n_styles, convention=convention, network=network, devices=devices)
+        for step in _RESOLVE_STEPS:
+            step(values, **context)
+        return _resolved_copy(self, **values)
+
+    def for_convention(self, convention: str) -> "Options":
+        """Resolved options with the style weight's default for weights of this input
+        convention where none was given."""
+        if self.style_weight is not None:
+            return self
+        return _resolved_copy(self, style_weight=default_style_weight(self.style_loss, convention))
+
+    def starting_from(self, image) -> "Options":
+        """Resolved options that start from `image`, a (1, 3, H, W) tensor in [0, 1]."""
+        return _resolved_copy(self, init=image)
 
     def sizes(self):
         """The long side at each scale: `scales`, or from min_scale up to size in steps
@@ -417,11 +338,23 @@ class Options:
         return self.initial_steps if scale_index == 0 and self.initial_steps is not None else self.steps
 
 
+def default_style_weight(style_loss: str, convention: str) -> float:
+    return DEFAULT_STYLE_WEIGHT[convention] if style_loss == "gram" else DEFAULT_STYLE_WEIGHT_SQUARED[style_loss]
+
+
+def _resolved_copy(opts: Options, **changes) -> Options:
+    out = dataclasses.replace(opts, **changes)
+    object.__setattr__(out, "resolved", True)  # frozen: set as its own __init__ would
+    return out
+
+
 def fields_where(test, cls=Options) -> tuple:
-    """The names of cls's fields whose metadata passes test, in their order."""
-    return tuple(field.name for field in dataclasses.fields(cls) if test(field.metadata))
+    """The names of cls's option fields (those option() made) whose metadata passes
+    test, in their order."""
+    return tuple(field.name for field in dataclasses.fields(cls) if "kind" in field.metadata and test(field.metadata))
 
 
+OPTION_FIELDS = fields_where(lambda meta: True)
 NUMBER_FIELDS = fields_where(lambda meta: meta["kind"] == NUMBER)
 BOOL_FIELDS = fields_where(lambda meta: meta["kind"] == BOOL)
 RECORDED_FIELDS = fields_where(lambda meta: meta["recorded"])
@@ -430,3 +363,144 @@ FLAG_FIELDS = fields_where(lambda meta: meta["flag"] is not None)
 # checkpoints must still match.
 FINGERPRINT_FIELDS = tuple(sorted(fields_where(lambda meta: meta["fingerprint"] is not None),
                                   key=lambda name: Options.__dataclass_fields__[name].metadata["fingerprint"]))
+
+
+# resolve()'s steps, in the order their errors are found. Each fills in or checks some
+# of the values (a dict of the options' fields), given the run's context.
+
+
+def _check_bools(v, **context):
+    for name in BOOL_FIELDS:
+        if not isinstance(v[name], bool) and not (name == "cuda_graph" and v[name] is None):
+            raise NstError(f"{name} must be True or False, got {v[name]!r}")
+
+
+def _resolve_style_loss(v, convention, network, **context):
+    if v["style_loss"] not in STYLE_LOSSES:
+        raise NstError(f"style_loss must be one of {', '.join(STYLE_LOSSES)}, got {v['style_loss']!r}")
+    if v["mrf_variants"] and v["style_loss"] != "mrf":
+        raise NstError("mrf_variants needs style_loss mrf")
+    if v["style_weight"] is None and convention is not None:
+        v["style_weight"] = default_style_weight(v["style_loss"], convention)
+    content_default, style_default = default_layers(network, v["style_loss"])
+    if v["content_layers"] is None:
+        v["content_layers"] = content_default
+    if v["style_layers"] is None:
+        v["style_layers"] = style_default
+
+
+def _resolve_size(v, **context):
+    if v["scales"] is not None:
+        scales = _numbers(v["scales"], "scales", int)
+        if not scales or any(s < 16 for s in scales) or scales != sorted(set(scales)):
+            raise NstError(f"scales must be increasing sizes of at least 16 pixels, got {v['scales']!r}")
+        if v["size"] is not None and v["size"] != scales[-1]:
+            raise NstError(f"size {v['size']!r} and scales ending at {scales[-1]} disagree; give one of them")
+        v["scales"], v["size"] = scales, scales[-1]  # the output's size is the last scale's
+    if v["size"] is None:
+        v["size"] = 512
+
+
+def _check_counts(v, **context):
+    from ..nets.vgg import check_seed
+
+    for name in ("size", "steps", "seed", "lbfgs_history"):
+        if isinstance(v[name], bool) or not isinstance(v[name], int):
+            raise NstError(f"{name} must be an integer, got {v[name]!r}")
+    check_seed(v["seed"])
+    if v["size"] < 16:
+        raise NstError(f"size must be at least 16 pixels, got {v['size']}")
+    if v["steps"] < 0:
+        raise NstError(f"steps must be 0 or more, got {v['steps']}")
+    initial = v["initial_steps"]
+    if initial is not None and (isinstance(initial, bool) or not isinstance(initial, int) or initial < 0):
+        raise NstError(f"initial_steps must be a whole number, 0 or more, got {initial!r}")
+    if v["lbfgs_history"] < 1:
+        raise NstError(f"lbfgs_history must be at least 1, got {v['lbfgs_history']}")
+
+
+def _check_weights(v, **context):
+    for name in ("content_weight", "style_weight", "tv_weight"):
+        if v[name] is not None:  # a style weight of the weights' convention, once that is known
+            _check_weight(name, v[name])
+    _check_weight("style_scale", v["style_scale"], positive=True)
+    style_size = v["style_size"]
+    if style_size is not None and (isinstance(style_size, bool) or not isinstance(style_size, int) or style_size < 16):
+        raise NstError(f"style_size must be a whole number of pixels, at least 16, got {style_size!r}")
+    _check_weight("avg_decay", v["avg_decay"])
+    if v["avg_decay"] >= 1:
+        raise NstError(f"avg_decay must be below 1 (0: off), got {v['avg_decay']!r}")
+    if v["lr"] is not None:
+        _check_weight("lr", v["lr"], positive=True)
+
+
+def _resolve_layers(v, network, **context):
+    v["content_layers"] = parse_layers(v["content_layers"], "content", network)
+    v["style_layers"] = parse_layers(v["style_layers"], "style", network)
+    if v["normalize_weights"]:
+        v["content_layers"] = _per_channel(v["content_layers"], network)
+        v["style_layers"] = _per_channel(v["style_layers"], network)
+    total = sum(v["style_layers"].values())
+    v["style_layers"] = {k: w / total for k, w in v["style_layers"].items()}
+
+
+def _resolve_choices(v, devices, **context):
+    init = v["init"]
+    if isinstance(init, (str, os.PathLike)) and str(init) not in INITS and not os.path.isfile(init):
+        raise NstError(f"init must be one of {', '.join(INITS)} or an image file, got {str(init)!r}")
+    if v["optimizer"] not in OPTIMIZERS:
+        raise NstError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {v['optimizer']!r}")
+    if v["precision"] is None:
+        v["precision"] = default_precision(devices)
+    if v["precision"] not in PRECISIONS:
+        raise NstError(f"precision must be one of {', '.join(PRECISIONS)}, got {v['precision']!r}")
+    if v["preserve_colors"] not in PRESERVE_COLORS:
+        raise NstError(f"preserve_colors must be luminance, match or histogram, got {v['preserve_colors']!r}")
+
+
+def _resolve_styles(v, n_styles, **context):
+    """One blend weight per style, summing to 1; one mask per style, if any."""
+    blend = _numbers([1.0 / n_styles] * n_styles if v["style_blend"] is None else v["style_blend"], "style_blend")
+    if len(blend) != n_styles:
+        raise NstError(f"{len(blend)} style blend weights given for {n_styles} style images")
+    for b in blend:
+        _check_weight("style blend weight", b)
+    if sum(blend) <= 0:
+        raise NstError("style blend weights must not all be zero")
+    top = max(blend)  # first: the sum of huge weights would overflow
+    v["style_blend"] = [b / top / sum(c / top for c in blend) for b in blend]
+    masks = v["style_masks"]
+    if masks is not None:
+        if isinstance(masks, (str, bytes)) or not isinstance(masks, Sequence):
+            raise NstError("style_masks must be a list with one mask per style image")
+        if len(masks) != n_styles:
+            raise NstError(f"{len(masks)} style masks given for {n_styles} style images")
+
+
+def _check_scales(v, **context):
+    min_scale = v["min_scale"]
+    if min_scale is not None:
+        if isinstance(min_scale, bool) or not isinstance(min_scale, int) or not 16 <= min_scale <= v["size"]:
+            raise NstError(f"min_scale must be a whole number of pixels from 16 to size ({v['size']}), "
+                           f"got {min_scale!r}")
+        if v["scales"] is not None:
+            raise NstError("give scales or min_scale, not both")
+    if v["initial_steps"] is not None and v["scales"] is None and min_scale is None:
+        raise NstError("initial_steps sets the steps at the first of several scales: give scales or min_scale "
+                       "too (or just steps)")
+
+
+def _resolve_intervals(v, devices, **context):
+    every = v["checkpoint_every"]
+    if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+        raise NstError(f"checkpoint_every must be 0 (off) or a number of steps, got {every!r}")
+    every = v["report_every"]
+    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+        raise NstError(f"report_every must be a whole number, at least 1, got {every!r}")
+    v["report_every"] = report_interval(every, _device_type(devices[0]) if devices else "cpu")
+    if v["memory_limit"] is not None:
+        _check_weight("memory_limit (bytes)", v["memory_limit"], positive=True)
+
+
+_RESOLVE_STEPS = (_check_bools, _resolve_style_loss, _resolve_size, _check_counts, _check_weights, _resolve_layers,
+                  _resolve_choices, _resolve_styles, _check_scales, _resolve_intervals)
