@@ -96,6 +96,27 @@ def _layers(layers, network="vgg19") -> list:
     return names
 
 
+def _check_choices(height, width, optimizer, precision, style_loss):
+    """Raise ValueError for a size, optimizer, precision or style loss a run cannot have."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+    if style_loss not in STYLE_LOSSES:
+        raise ValueError(f"unknown style loss {style_loss!r}; choose one of {', '.join(STYLE_LOSSES)}")
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in (height, width)):
+        raise ValueError(f"height and width must be positive whole numbers of pixels, got {height!r}, {width!r}")
+
+
+def _value_bytes(precision) -> int:
+    """Bytes of one activation in the compute dtype."""
+    return 2 if precision == "bf16" else 4
+
+
+def _compute_dtype(precision) -> torch.dtype:
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
 def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs", precision="fp32",
                    history=10, batch_styles=1, device="cpu", pooling="max", fused_style=None,
                    network="vgg19", style_regions=0, style_loss="gram", styles=1, style_scale=1.0,
@@ -111,66 +132,28 @@ def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs
     winograd_transforms: False for a low_memory run, whose convolutions keep no
     Winograd weight transforms (True: they do where the device runs them).
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-    if style_loss not in STYLE_LOSSES:
-        raise ValueError(f"unknown style loss {style_loss!r}; choose one of {', '.join(STYLE_LOSSES)}")
-    if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in (height, width)):
-        raise ValueError(f"height and width must be positive whole numbers of pixels, got {height!r}, {width!r}")
+    _check_choices(height, width, optimizer, precision, style_loss)
     content_layers, style_layers = _layers(content_layers, network), _layers(style_layers, network)
     requested = set(content_layers) | set(style_layers)
     depth = max(vgg.layer_index(n, network) for n in requested) + 1
-    act = 2 if precision == "bf16" else 4
+    act = _value_bytes(precision)
     batch = int(batch_styles)
-
     dev_type = torch.device(device).type
-    compute = torch.bfloat16 if precision == "bf16" else torch.float32
-    transformed = winograd_transforms and winograd.uses_winograd(device, compute)
+    by_winograd = _winograd_convs(device, _compute_dtype(precision), winograd_transforms)
 
-    def by_winograd(layer, c_in, c_out):
-        return transformed and vgg.winograd_fits(layer, c_in) and (
-            compute == torch.float32 or winograd.bf16_fits(c_in, c_out))
-
-    weights = transforms = 0
-    for layer, c_in, c_out, *_ in vgg.walk(height, width, depth, network):
-        if layer.kind == "conv":
-            weights += c_in * c_out * layer.kernel ** 2 + c_out
-            if by_winograd(layer, c_in, c_out):
-                transforms += winograd.transform_bytes(c_in, c_out, act)
-    if dev_type == "cuda":
-        saved, backward = _cuda_activations(height, width, depth, requested, act, pooling, network)
-    else:
-        fused_pool = pooling == "max" and compute == torch.float32 and _fused_pool_cpu()
-        saved, backward = _cpu_activations(height, width, depth, requested, act, pooling, fused_pool, by_winograd,
-                                           network)
+    weight_bytes, transforms = _weight_bytes(height, width, depth, precision, by_winograd, network)
+    saved, backward = _activations(height, width, depth, requested, precision, pooling, by_winograd, dev_type,
+                                   network)
     pixels = 3 * height * width
-    saved += pixels * 4  # the normalised input (conv1_1's input)
-    weight_bytes = weights * 4 + transforms
-    if precision == "bf16":
-        saved += pixels * 2  # conv1_1's bf16 input
-        weight_bytes += weights * 2  # autocast's bf16 copies of the weights
-    content_sizes = [c * h * w for c, h, w in (vgg.layer_shape(n, height, width, network) for n in content_layers)]
-    saved += sum(content_sizes) * 4  # (F - P) kept by square()
-    style_sizes = [c * h * w for c, h, w in (vgg.layer_shape(n, height, width, network) for n in style_layers)]
-    if fused_style is None:
-        try:
-            fused_style = backend.uses_extension(device)
-        except RuntimeError:
-            fused_style = False
-    if precision == "bf16" and not fused_style:
-        saved += sum(style_sizes) * 4
+    content_sizes = _layer_sizes(content_layers, height, width, network)
+    style_sizes = _layer_sizes(style_layers, height, width, network)
+    saved += _saved_beside_activations(pixels, precision, content_sizes, style_sizes,
+                                       _runs_fused_style(fused_style, device))
     # F * T_r per masked style and layer, kept by the style loss; left out of the
     # allocator slack below, which measured no larger with them (768x576, 2 masks).
     guided = style_regions * sum(style_sizes) * act if style_loss == "gram" else 0
-    grams = sum(vgg.layer_channels(n, network) ** 2 for n in style_layers) * 4 * max(1, style_regions)
 
     n = batch * pixels
-    if optimizer == "lbfgs":
-        opt_bytes = optim.lbfgs_bytes(n, history, device)
-    else:
-        opt_bytes = 2 * n * 4
     saved, backward, guided = batch * saved, batch * backward, batch * guided
     style_kept, style_in_flight = _style_loss_bytes(style_loss, style_layers, height, width, styles,
                                                     style_regions, style_scale, mrf_variants, network)
@@ -178,19 +161,95 @@ def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs
         "weights": weight_bytes,
         "saved": saved,
         "backward": backward,
-        "targets": sum(content_sizes) * 4 + 2 * batch * grams,  # content targets, Gram targets, residuals
+        "targets": _target_bytes(content_sizes, style_layers, style_regions, batch, network),
         "image": IMAGE_COPIES * n * 4,
-        "optimizer": opt_bytes,
+        "optimizer": _optimizer_bytes(optimizer, n, history, device),
         "scratch": WINOGRAD_SCRATCH_BYTES if transforms else 0,
         "runtime": RUNTIME_BYTES.get(dev_type, RUNTIME_BYTES["cuda"]),
-        # The same test of block size as StyleTransfer makes before it keeps memory.
-        "allocator": int(_allocator_slack(dev_type, largest_activation_bytes(height, width, precision, network))
-                         * (saved + backward)),
+        "allocator": _allocator_bytes(saved + backward, dev_type, height, width, precision, network),
         "guided": guided,
         # The MRF's patches are in flight in the forward, the gradient buffers in the
         # backward: the peak holds the larger of the two.
         "style_loss": batch * style_kept + max(0, batch * style_in_flight - backward),
     }
+
+
+def _winograd_convs(device, compute, winograd_transforms):
+    """-> by_winograd(layer, c_in, c_out): whether that conv runs by Winograd on
+    `device` in the compute dtype, keeping its weight transforms."""
+    transformed = winograd_transforms and winograd.uses_winograd(device, compute)
+
+    def by_winograd(layer, c_in, c_out):
+        return transformed and vgg.winograd_fits(layer, c_in) and (
+            compute == torch.float32 or winograd.bf16_fits(c_in, c_out))
+
+    return by_winograd
+
+
+def _weight_bytes(height, width, depth, precision, by_winograd, network):
+    """-> (bytes of the convs' weights and biases with their copies and Winograd
+    transforms, bytes of the transforms alone)."""
+    weights = transforms = 0
+    for layer, c_in, c_out, *_ in vgg.walk(height, width, depth, network):
+        if layer.kind == "conv":
+            weights += c_in * c_out * layer.kernel ** 2 + c_out
+            if by_winograd(layer, c_in, c_out):
+                transforms += winograd.transform_bytes(c_in, c_out, _value_bytes(precision))
+    weight_bytes = weights * 4 + transforms
+    if precision == "bf16":
+        weight_bytes += weights * 2  # autocast's bf16 copies of the weights
+    return weight_bytes, transforms
+
+
+def _activations(height, width, depth, requested, precision, pooling, by_winograd, dev_type, network):
+    """-> (saved, backward) bytes of the network's activations on a device of this type."""
+    act = _value_bytes(precision)
+    if dev_type == "cuda":
+        return _cuda_activations(height, width, depth, requested, act, pooling, network)
+    fused_pool = pooling == "max" and _compute_dtype(precision) == torch.float32 and _fused_pool_cpu()
+    return _cpu_activations(height, width, depth, requested, act, pooling, fused_pool, by_winograd, network)
+
+
+def _layer_sizes(names, height, width, network) -> list:
+    """The number of values in each named layer's output at height x width."""
+    return [c * h * w for c, h, w in (vgg.layer_shape(n, height, width, network) for n in names)]
+
+
+def _runs_fused_style(fused_style, device) -> bool:
+    """fused_style, or where None, whether the device's style loss runs the extension's kernel."""
+    if fused_style is not None:
+        return fused_style
+    try:
+        return backend.uses_extension(device)
+    except RuntimeError:
+        return False
+
+
+def _saved_beside_activations(pixels, precision, content_sizes, style_sizes, fused_style) -> int:
+    """Bytes autograd keeps besides the network's activations: the normalised input
+    (conv1_1's input), the content loss's (F - P) residual, and under bf16 conv1_1's
+    bf16 input and, for the reference style loss, an fp32 copy of the style features."""
+    saved = pixels * 4
+    if precision == "bf16":
+        saved += pixels * 2
+    saved += sum(content_sizes) * 4  # (F - P) kept by square()
+    if precision == "bf16" and not fused_style:
+        saved += sum(style_sizes) * 4
+    return saved
+
+
+def _target_bytes(content_sizes, style_layers, style_regions, batch, network) -> int:
+    """The content targets (fp32, layer size), and per batch item the Gram targets and
+    the style losses' residuals (C x C fp32 each, per style layer and mask)."""
+    grams = sum(vgg.layer_channels(n, network) ** 2 for n in style_layers) * 4 * max(1, style_regions)
+    return sum(content_sizes) * 4 + 2 * batch * grams
+
+
+def _optimizer_bytes(optimizer, values, history, device) -> int:
+    """The optimiser's state for `values` image values: L-BFGS's history or Adam's m and v."""
+    if optimizer == "lbfgs":
+        return optim.lbfgs_bytes(values, history, device)
+    return 2 * values * 4
 
 
 def _cpu_activations(height, width, depth, requested, act, pooling, fused_pool, by_winograd, network):
@@ -281,6 +340,13 @@ def _style_loss_bytes(style_loss, style_layers, height, width, styles, style_reg
     return kept, in_flight
 
 
+def _allocator_bytes(live_bytes, dev_type, height, width, precision, network) -> int:
+    """The allocator's slack over `live_bytes` (saved + backward) of tensors."""
+    # The same test of block size as StyleTransfer makes before it keeps memory.
+    largest = largest_activation_bytes(height, width, precision, network)
+    return int(_allocator_slack(dev_type, largest) * live_bytes)
+
+
 def _allocator_slack(dev_type: str, largest_bytes: int) -> float:
     if dev_type == "cpu" and heap.worth_keeping(largest_bytes):
         return KEPT_ALLOCATOR_SLACK
@@ -290,7 +356,7 @@ def _allocator_slack(dev_type: str, largest_bytes: int) -> float:
 def largest_activation_bytes(height: int, width: int, precision: str = "fp32", network: str = "vgg19") -> int:
     """The largest activation of a step (VGG: conv1_x's 64 channels at full size)."""
     largest = max(c * h * w for _, _, c, _, _, h, w in vgg.walk(height, width, network=network))
-    return largest * (2 if precision == "bf16" else 4)
+    return largest * _value_bytes(precision)
 
 
 def estimate_bytes(height, width, content_layers, style_layers, optimizer="lbfgs", precision="fp32",
@@ -318,7 +384,7 @@ def style_pass_bytes(long_side, aspect, layers, precision="fp32", device="cpu", 
     image's size, not the output's."""
     height, width = _shape(long_side, aspect)
     names = _layers(layers, network)
-    act = 2 if precision == "bf16" else 4
+    act = _value_bytes(precision)
     depth = max(vgg.layer_index(n, network) for n in names) + 1
     largest = max(c_out * oh * ow for _, _, c_out, _, _, oh, ow in vgg.walk(height, width, depth, network))
     kept = sum(c * h * w for c, h, w in (vgg.layer_shape(n, height, width, network) for n in names))
