@@ -61,13 +61,13 @@ def fits(relu: nn.Module, pool: nn.Module, x: torch.Tensor) -> bool:
     """Whether relu_max_pool2 can stand for this in-place ReLU and pool on x, and gains:
     on CUDA, a dense float32, bfloat16 or float16 x; on the CPU, a float32
     channels-last x that needs a gradient, outside autocast (its loops take no other)."""
-    if not (FUSE and _is_vgg_pair(relu, pool) and _dense(x) and backend.uses_extension(x.device)):
+    if not (FUSE and _is_vgg_pair(relu, pool) and _dense(x)
+            and backend.runs_extension("relu_max_pool2_backward", x.device)):
         return False
     if x.device.type == "cuda":
-        return x.dtype in _CUDA_DTYPES and backend.has_op_kernel("relu_max_pool2_backward", "cuda")
+        return x.dtype in _CUDA_DTYPES
     return (x.device.type == "cpu" and x.dtype == torch.float32 and x.requires_grad
             and x.is_contiguous(memory_format=torch.channels_last)
-            and backend.has_op_kernel("relu_max_pool2_backward", "cpu")
             and not torch.is_autocast_enabled("cpu"))
 
 

@@ -1,7 +1,7 @@
 """The fused style-loss ops as differentiable Python functions.
 
-`style_loss` and `gram` call torch.ops.nst_fast.* where the extension has a
-kernel for the device, and the pure-PyTorch reference elsewhere (backend.py).
+`style_loss` and `gram` call torch.ops.nst_fast.* where backend.runs_extension
+says so, and the pure-PyTorch reference elsewhere.
 """
 import torch
 
@@ -66,7 +66,7 @@ if backend.extension_loaded():
 
 
 def _style_loss_forward(f, target, scale):
-    if backend.uses_extension(f.device):
+    if backend.runs_extension("style_loss_forward", f.device):
         return torch.ops.nst_fast.style_loss_forward(f, target, scale)
     return reference.style_loss_forward(f, target, scale)
 
@@ -96,7 +96,7 @@ class _ReluStyleLoss(torch.autograd.Function):
             return grad, None, None
         f = _flatten(act)
         g = None if grad_act is None else _flatten(grad_act)
-        if backend.uses_extension(f.device):
+        if backend.runs_extension("style_loss_relu_backward", f.device):
             grad = torch.ops.nst_fast.style_loss_relu_backward(grad_loss, residual, f, ctx.scale, g)
         else:
             grad = reference.style_loss_relu_backward(grad_loss, residual, f, ctx.scale, g)
@@ -114,7 +114,7 @@ def relu_style_loss(x: torch.Tensor, target: torch.Tensor, scale: float):
 def gram(features: torch.Tensor) -> torch.Tensor:
     """G = F F^T per batch item, (B, C, C) in float32 (float64 for float64 input)."""
     f = _flatten(features)
-    if backend.uses_extension(f.device):
+    if backend.runs_extension("gram", f.device):
         return torch.ops.nst_fast.gram(f)
     return reference.gram(f)
 

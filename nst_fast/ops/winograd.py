@@ -28,19 +28,15 @@ _G = torch.tensor(
 
 
 def available() -> bool:
-    """True where the compiled kernel exists and NST_FAST_WINOGRAD is not 0."""
+    """True where the compiled kernel runs (backend.runs_extension) and NST_FAST_WINOGRAD is not 0."""
     if os.environ.get("NST_FAST_WINOGRAD", "1").strip() == "0":
         return False
-    return backend.has_op_kernel("conv3x3_winograd", "cpu") and backend.get_backend() != "reference"
-
-
-# Asked once at import, as backend asks for its kernels: torch.compile cannot trace the query.
-_BF16_CPU = backend.extension_loaded() and bool(torch.ops.nst_fast.winograd_bf16_supported())
+    return backend.runs_extension("conv3x3_winograd", "cpu")
 
 
 def bf16_kernel_available() -> bool:
     """True where the kernel also takes bfloat16: a CPU with AVX512-BF16."""
-    return available() and _BF16_CPU
+    return available() and backend.winograd_bf16_supported()
 
 
 def bf16_available() -> bool:

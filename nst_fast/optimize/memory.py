@@ -156,7 +156,7 @@ def estimate_parts(height, width, content_layers, style_layers, optimizer="lbfgs
     style_sizes = [c * h * w for c, h, w in (vgg.layer_shape(n, height, width, network) for n in style_layers)]
     if fused_style is None:
         try:
-            fused_style = backend.uses_extension(device)
+            fused_style = backend.runs_extension("style_loss_forward", device)
         except RuntimeError:
             fused_style = False
     if precision == "bf16" and not fused_style:
@@ -251,8 +251,7 @@ def _cuda_activations(height, width, depth, requested, act, pooling, network):
 def _fused_pool_cpu() -> bool:
     """Whether a CPU run's ReLU and max pool run as one op, keeping no indices (pooling.fits)."""
     try:
-        return backend.uses_extension("cpu") and backend.has_op_kernel("relu_max_pool2_backward", "cpu") \
-            and pooling_module.FUSE
+        return backend.runs_extension("relu_max_pool2_backward", "cpu") and pooling_module.FUSE
     except RuntimeError:
         return False
 

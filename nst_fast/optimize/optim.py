@@ -197,7 +197,7 @@ def _workspace_size(n: int, history: int, device):
     """Elements (float64) of the fused step's workspace for n elements, or None where it
     cannot run (no kernel, a long history)."""
     device = torch.device(device)
-    if not backend.uses_extension(device) or not backend.has_op_kernel("lbfgs_step", device.type):
+    if not backend.runs_extension("lbfgs_step", device):
         return None
     size = torch.ops.nst_fast.lbfgs_workspace_size(n, history)
     return None if size < 0 else size

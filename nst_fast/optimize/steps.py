@@ -30,8 +30,7 @@ class LoopState:
         self.avg_decay, self.average, self.average_weight = avg_decay, average, average_weight
         self.row = torch.full((history.size(1),), float("nan"), device=best.device)
         self.improved = torch.zeros((), dtype=torch.bool, device=best.device)
-        self._fused = (backend.uses_extension(best.device)
-                       and backend.has_op_kernel("loop_record_", best.device.type))
+        self._fused = backend.runs_extension("loop_record_", best.device)
 
     @classmethod
     def start(cls, x, steps, n_parts, avg_decay=0.0):
