@@ -4,7 +4,12 @@ Two ops (csrc/include/nst_fast/relu_pool.h). torch.ops.nst_fast.relu_max_pool2_ 
 the ReLU in place and the pool in one pass, where the two modules take two and the
 pool also writes int64 indices. relu_max_pool2_backward does in one pass what autograd
 runs a zero fill, the pool's scatter, an add and the ReLU's threshold_backward for.
-The values and gradients are those of the two modules run separately, bit for bit.
+The values and gradients are those of the two modules run separately, bit for bit
+(reference.relu_max_pool2_ and relu_max_pool2_backward); where `fits` says no, the
+network runs the two modules.
+
+The autograd is an autograd.Function, not torch.library.register_autograd: that takes
+functional ops only, and relu_max_pool2_ writes the ReLU into its input.
 """
 import torch
 from torch import nn

@@ -1,7 +1,13 @@
-"""The fused style-loss ops as differentiable Python functions.
+"""The fused style-loss ops (csrc/include/nst_fast/style_loss.h) as differentiable
+Python functions: gram, style_loss_forward, style_loss_backward and
+style_loss_relu_backward, their fakes and their autograd.
 
-`style_loss` and `gram` call torch.ops.nst_fast.* where backend.runs_extension
-says so, and the pure-PyTorch reference elsewhere.
+`style_loss`, `relu_style_loss` and `gram` call torch.ops.nst_fast.* where
+backend.runs_extension says so, and reference.py's functions elsewhere.
+style_loss_forward's autograd is registered on the op with torch.library; the
+ReLU's fusion stays an autograd.Function (_ReluStyleLoss), as it is no single op:
+a ReLU in place (its output the input itself, marked dirty), then style_loss_forward,
+with a backward that runs the reference where the op does not run.
 """
 import torch
 
