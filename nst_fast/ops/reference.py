@@ -66,3 +66,82 @@ def conv3x3(x, weight, bias=None):
     """nst_fast::conv3x3_winograd's convolution by PyTorch's own: 3x3, stride 1, zero
     padding 1. (The op takes the weight's Winograd transform instead of the weight.)"""
     return F.conv2d(x, weight, bias, padding=1)
+
+
+@torch.no_grad()
+def lbfgs_step(x, loss, grad, x_a, f_a, g_a, d, t, W, WW, valid, idx, steps, accepted, lr: float, c1: float,
+               backtrack: float, eps: float, max_step: float) -> None:
+    """nst_fast::lbfgs_step (without its workspace): one L-BFGS step in place on the
+    state of nst_fast.optimize.optim.LBFGS, which says what each tensor holds. loss and
+    grad were evaluated at x, which is moved to the next point to evaluate."""
+    history = valid.numel()
+    slots = torch.arange(history, device=valid.device)
+    dtype = x_a.dtype
+    xf = x.detach().reshape(-1).to(dtype)
+    g = grad.detach().reshape(-1).to(dtype)
+    f = loss.detach().reshape(()).to(dtype)
+
+    first = accepted == 0
+    finite = torch.isfinite(f) & torch.isfinite(g).all()
+    armijo = f <= f_a + c1 * t * torch.dot(g_a, d)
+    ok = finite & (first | armijo)
+
+    # torch.where rather than multiplying by a mask: a rejected point may carry NaNs.
+    s, y = xf - x_a, g - g_a
+    push = ok & ~first & (torch.dot(y, s) > eps)
+    rows = torch.cat([idx.view(1), idx.view(1) + history])
+    pair = torch.where(push, torch.stack([s, y]), W.index_select(0, rows))
+    W.index_copy_(0, rows, pair)
+    inner = (W @ pair.T).double()
+    WW.index_copy_(1, rows, inner)
+    WW.index_copy_(0, rows, inner.T)
+    valid.logical_or_(push & (slots == idx))
+    idx.copy_(torch.where(push, (idx + 1) % history, idx))
+
+    x_a.copy_(torch.where(ok, xf, x_a))
+    f_a.copy_(torch.where(ok, f, f_a))
+    g_a.copy_(torch.where(ok, g, g_a))
+
+    # New direction from the accepted gradient (g_a is finite even when this point was rejected).
+    g = g_a
+    direction = lbfgs_direction(g, W, WW, valid, idx)
+    t0 = torch.clamp(1.0 / g.abs().sum(), max=1.0) * lr
+    reset = ~(torch.dot(g, direction) < 0)  # not a descent direction (or NaN): fall back to steepest descent
+    new_d = torch.where(reset, -g, direction)
+    new_t = torch.where(first | reset, t0, lr)
+    new_t = torch.minimum(new_t, max_step / new_d.abs().max())
+    d.copy_(torch.where(ok, new_d, d))
+    t.copy_(torch.where(ok, new_t, t * backtrack))
+    steps.add_(1)
+    accepted.add_(ok.long())
+
+    x.copy_((x_a + t * d).reshape(x.shape))
+
+
+def lbfgs_direction(g, W, WW, valid, idx) -> torch.Tensor:
+    """lbfgs_step's direction, -H g, in the compact form of Byrd, Nocedal and Schnabel
+    (1994, eq. 3.1):
+
+        H g = gamma g + S p + gamma Y q,  q = -R^-1 S'g,  p = R^-T ((D + gamma Y'Y) R^-1 S'g - gamma Y'g)
+
+    with the pairs oldest first, R the upper triangle of S'Y and D its diagonal: the
+    same direction as the two-loop recursion, from two passes over W (W g and W' c)
+    instead of 4 * history vector operations. The history x history algebra runs in
+    float64. Unwritten slots have zero rows in W; a unit diagonal in R keeps it invertible.
+    """
+    h = valid.numel()
+    slots = torch.arange(h, device=valid.device)
+    order = (idx + slots) % h           # slots, oldest first
+    from_order = (slots - idx) % h      # inverse permutation
+    Wg = (W @ g).double()
+    Sg, Yg = Wg[:h][order], Wg[h:][order]
+    SY = WW[:h, h:][order][:, order]
+    YY = WW[h:, h:][order][:, order]
+    valid = valid[order]
+    R = SY.triu() + torch.diag((~valid).double())
+    gamma = torch.where(valid[-1], SY[-1, -1] / YY[-1, -1], 1.0)
+    v = torch.linalg.solve_triangular(R, Sg[:, None], upper=True)
+    rhs = SY.diagonal()[:, None] * v + gamma * (YY @ v - Yg[:, None])
+    p = torch.linalg.solve_triangular(R.T, rhs, upper=False)
+    coef = torch.cat([p[from_order], -gamma * v[from_order]]).reshape(-1).to(g.dtype)
+    return -(gamma.to(g.dtype) * g + W.T @ coef)
