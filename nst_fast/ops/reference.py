@@ -145,3 +145,16 @@ def lbfgs_direction(g, W, WW, valid, idx) -> torch.Tensor:
     p = torch.linalg.solve_triangular(R.T, rhs, upper=False)
     coef = torch.cat([p[from_order], -gamma * v[from_order]]).reshape(-1).to(g.dtype)
     return -(gamma.to(g.dtype) * g + W.T @ coef)
+
+
+def loop_record_(total, terms, weights, shown: int, best_loss, bad_streak, row, history, cursor, improved) -> None:
+    """nst_fast::loop_record_: one step's bookkeeping of the optimisation loop in place
+    (csrc/include/nst_fast/loop_record.h says what it does)."""
+    finite = (total - total) == 0
+    torch.lt(total, best_loss, out=improved)
+    torch.where(improved, total, best_loss, out=best_loss)
+    bad_streak.add_(1).masked_fill_(finite, 0)
+    sums = (weights.double() * terms.double()).sum(1).float()
+    row.copy_(torch.cat([terms[:shown], sums, total.reshape(1)]))
+    history.index_copy_(0, cursor.clamp(max=history.size(0) - 1), row.unsqueeze(0))
+    cursor.add_(1)
