@@ -178,6 +178,16 @@ def winograd_bf16_supported() -> bool:
     return _WINOGRAD_BF16
 
 
+def runs_fused_adam(x: torch.Tensor) -> bool:
+    """True where Adam's step on x, and on moments of x's dtype and layout, runs
+    PyTorch's own fused kernel (torch._fused_adam_, as torch.optim.Adam(fused=True)):
+    a contiguous float32 x on the CPU or CUDA. Its step counts are float32, so float64
+    runs take the reference. PyTorch's kernel, not the extension's: NST_FAST_BACKEND
+    leaves it alone."""
+    return (x.dtype == torch.float32 and x.is_contiguous() and x.device.type in ("cpu", "cuda")
+            and hasattr(torch, "_fused_adam_"))
+
+
 def describe() -> dict:
     """The path each device uses, e.g. {"cpu": "extension", "cuda": "reference"}."""
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

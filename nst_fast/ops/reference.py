@@ -158,3 +158,16 @@ def loop_record_(total, terms, weights, shown: int, best_loss, bad_streak, row, 
     row.copy_(torch.cat([terms[:shown], sums, total.reshape(1)]))
     history.index_copy_(0, cursor.clamp(max=history.size(0) - 1), row.unsqueeze(0))
     cursor.add_(1)
+
+
+@torch.no_grad()
+def adam_step(x, grad, m, v, steps, lr: float, beta1: float, beta2: float, eps: float) -> None:
+    """Adam's step in place, as PyTorch's fused kernel takes it (torch._fused_adam_, no
+    weight decay): grad was evaluated at x; m and v are the moments, steps the count."""
+    g = grad.detach().reshape(x.shape).to(x.dtype)
+    steps.add_(1)
+    m.lerp_(g, 1 - beta1)
+    v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    step_size = lr / (1 - beta1 ** steps)
+    denom = v.sqrt() / (1 - beta2 ** steps).sqrt() + eps
+    x.sub_((step_size * m / denom).to(x.dtype))

@@ -8,7 +8,7 @@ the forward and backward) can be captured in a CUDA graph.
 """
 import torch
 
-from ..ops import lbfgs
+from ..ops import adam, backend, lbfgs
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -130,10 +130,9 @@ def lbfgs_bytes(n: int, history: int, device="cpu") -> int:
 class Adam(_Stateful):
     """Adam (as torch.optim.Adam, no weight decay) with its step count kept on the device.
 
-    For a contiguous float32 x (`fused` True) a step is PyTorch's own fused Adam kernel,
-    the one behind torch.optim.Adam(fused=True): three ops (with a copy of the
-    channels-last gradient) instead of the 17 of `step_reference`, each a kernel
-    launch on a GPU.
+    For a contiguous float32 x (`fused` True) a step is PyTorch's own fused Adam kernel
+    (nst_fast/ops/adam.py); elsewhere the same step in PyTorch ops,
+    nst_fast.ops.reference.adam_step.
     """
 
     _STATE = ("m", "v", "steps")
@@ -144,33 +143,16 @@ class Adam(_Stateful):
         self.m = torch.zeros_like(x, memory_format=torch.preserve_format)
         self.v = torch.zeros_like(x, memory_format=torch.preserve_format)
         self.steps = torch.zeros((), dtype=_compute_dtype(x), device=x.device)
-        # Its step counts are float32; the float64 runs of the tests take the PyTorch ops.
-        self.fused = (x.dtype == torch.float32 and x.is_contiguous() and x.device.type in ("cpu", "cuda")
-                      and hasattr(torch, "_fused_adam_"))
+
+    @property
+    def fused(self) -> bool:
+        """True if steps run the fused kernel (for x contiguous, in the moments' dtype)."""
+        return backend.runs_fused_adam(self.m)
 
     @torch.no_grad()
     def step(self, x: torch.Tensor, loss: torch.Tensor, grad: torch.Tensor) -> None:
         """loss is unused; grad was evaluated at the current x, which is updated in place."""
-        if self.fused and x.is_contiguous() and grad.dtype == x.dtype:
-            self.steps.add_(1)
-            # The fused kernel walks the tensors' memory: the gradient in x's layout.
-            g = grad.detach().reshape(x.shape).contiguous()
-            torch._fused_adam_([x], [g], [self.m], [self.v], [], [self.steps.view(1)], lr=self.lr,
-                               beta1=self.beta1, beta2=self.beta2, weight_decay=0.0, eps=self.eps,
-                               amsgrad=False, maximize=False)
-            return
-        self.step_reference(x, loss, grad)
-
-    @torch.no_grad()
-    def step_reference(self, x: torch.Tensor, loss: torch.Tensor, grad: torch.Tensor) -> None:
-        """step() in PyTorch ops."""
-        g = grad.detach().reshape(x.shape).to(x.dtype)
-        self.steps.add_(1)
-        self.m.lerp_(g, 1 - self.beta1)
-        self.v.mul_(self.beta2).addcmul_(g, g, value=1 - self.beta2)
-        step_size = self.lr / (1 - self.beta1 ** self.steps)
-        denom = self.v.sqrt() / (1 - self.beta2 ** self.steps).sqrt() + self.eps
-        x.sub_((step_size * self.m / denom).to(x.dtype))
+        adam.adam_step(x, grad, self.m, self.v, self.steps, self.lr, self.beta1, self.beta2, self.eps)
 
 
 _OPTIMIZERS = {"lbfgs": LBFGS, "adam": Adam}
