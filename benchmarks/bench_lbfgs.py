@@ -3,18 +3,21 @@
     python benchmarks/bench_lbfgs.py [--device cpu|cuda] [--sizes 512,1024] [--history 10]
 
 Three versions of the same sync-free step over the same state: the two-loop
-recursion nst_fast first used, the compact form in PyTorch ops (LBFGS.step_reference,
-the fallback), and the fused op torch.ops.nst_fast.lbfgs_step (LBFGS.step where the
-extension has the kernel). On CUDA each step is captured in a CUDA graph and
-replayed, as in the optimisation loop. Prints median ms per update, the ratios, and
-the ops each version dispatches per step (on a GPU, about one kernel each).
+recursion nst_fast first used, the compact form in PyTorch ops
+(nst_fast.ops.reference.lbfgs_step, the fallback), and the fused op
+torch.ops.nst_fast.lbfgs_step (LBFGS.step where the extension has the kernel). On
+CUDA each step is captured in a CUDA graph and replayed, as in the optimisation
+loop. Prints median ms per update, the ratios, and the ops each version dispatches
+per step (on a GPU, about one kernel each).
 """
 import argparse
+from unittest import mock
 
 import common
 import torch
 from common import OpCounter
 
+from nst_fast.ops import reference
 from nst_fast.optimize.optim import LBFGS
 
 
@@ -26,24 +29,30 @@ class ReferenceLBFGS(LBFGS):
         self._workspace = None
 
 
+def two_loop_direction(g, W, WW, valid, idx):
+    """reference.lbfgs_direction's -H g by the two-loop recursion."""
+    h = valid.numel()
+    order = (idx - 1 - torch.arange(h, device=valid.device)) % h  # newest first
+    S, Y = W[:h].index_select(0, order), W[h:].index_select(0, order)
+    valid = valid.index_select(0, order)
+    rho = 1.0 / torch.where(valid, WW[:h, h:].diagonal()[order], 1.0).to(g.dtype)
+    q, alphas = g, []
+    for i in range(h):
+        a = torch.where(valid[i], rho[i] * torch.dot(S[i], q), 0.0)
+        q = q - a * Y[i]
+        alphas.append(a)
+    gamma = torch.where(valid[0], torch.dot(S[0], Y[0]) / torch.dot(Y[0], Y[0]), 1.0)
+    r = gamma * q
+    for i in reversed(range(h)):
+        b = rho[i] * torch.dot(Y[i], r)
+        r = r + torch.where(valid[i], alphas[i] - b, 0.0) * S[i]
+    return -r
+
+
 class TwoLoopLBFGS(ReferenceLBFGS):
-    def _direction(self, g):
-        h = self.history
-        order = (self.idx - 1 - self._slots) % h  # newest first
-        S, Y = self.S.index_select(0, order), self.Y.index_select(0, order)
-        valid = self.valid.index_select(0, order)
-        rho = 1.0 / torch.where(valid, self.WW[:h, h:].diagonal()[order], 1.0).to(g.dtype)
-        q, alphas = g, []
-        for i in range(h):
-            a = torch.where(valid[i], rho[i] * torch.dot(S[i], q), 0.0)
-            q = q - a * Y[i]
-            alphas.append(a)
-        gamma = torch.where(valid[0], torch.dot(S[0], Y[0]) / torch.dot(Y[0], Y[0]), 1.0)
-        r = gamma * q
-        for i in reversed(range(h)):
-            b = rho[i] * torch.dot(Y[i], r)
-            r = r + torch.where(valid[i], alphas[i] - b, 0.0) * S[i]
-        return -r
+    def step(self, x, loss, grad):
+        with mock.patch.object(reference, "lbfgs_direction", two_loop_direction):
+            super().step(x, loss, grad)
 
 
 def update_ms(cls, n, history, device, repeats):

@@ -29,7 +29,7 @@ TORCH_LIBRARY(nst_fast, m) {
   // (relu_pool.h): act is the ReLU's output, grad_act the gradient reaching it from elsewhere.
   m.def("relu_max_pool2_(Tensor(a!) x) -> Tensor");
   m.def("relu_max_pool2_backward(Tensor grad_pooled, Tensor act, Tensor? grad_act) -> Tensor");
-  // One L-BFGS step in place (lbfgs.h; the state of nst_fast.optim.LBFGS).
+  // One L-BFGS step in place (lbfgs.h; the state of nst_fast.optimize.optim.LBFGS).
   m.def(
       "lbfgs_step(Tensor(a!) x, Tensor loss, Tensor grad, Tensor(b!) x_a, Tensor(c!) f_a, Tensor(d!) g_a, "
       "Tensor(e!) d, Tensor(f!) t, Tensor(g!) W, Tensor(h!) WW, Tensor(i!) valid, Tensor(j!) idx, "

@@ -8,8 +8,8 @@ from conftest import OpNames
 from nst_fast import StyleTransfer
 from nst_fast.losses import gatys as losses
 from nst_fast.nets import vgg
-from nst_fast.ops import backend
-from nst_fast.optimize.steps import LoopState, record_reference
+from nst_fast.ops import backend, reference
+from nst_fast.optimize.steps import LoopState
 
 pytestmark = pytest.mark.skipif(not backend.has_op_kernel("loop_record_", "cpu"), reason="extension not built")
 
@@ -36,7 +36,7 @@ def test_the_op_equals_the_pytorch_ops(rows):
     for total in TOTALS:
         terms = torch.rand(6, generator=g) * 100
         _step(torch.ops.nst_fast.loop_record_, total, terms, weights, 4, op)
-        _step(record_reference, total, terms, weights, 4, ref)
+        _step(reference.loop_record_, total, terms, weights, 4, ref)
         for name in ("best_loss", "bad_streak", "cursor", "improved"):
             assert torch.equal(op[name], ref[name]) or (op[name].isnan() & ref[name].isnan()).all(), name
         torch.testing.assert_close(op["row"], ref["row"], rtol=1e-7, atol=0, equal_nan=True)
@@ -71,8 +71,8 @@ def test_loop_state_records_with_the_op_or_without(monkeypatch):
     steps = [(x, torch.tensor(total), torch.tensor([i, 10.0 * i])) for i, (x, total) in enumerate(zip(xs, TOTALS))]
     states = []
     for fused in (True, False):
+        monkeypatch.setenv("NST_FAST_BACKEND", "extension" if fused else "reference")
         state = LoopState.start(xs[0], steps=len(TOTALS), n_parts=2 + 2 + 1)
-        state._fused = fused
         with OpNames() as seen:
             for x, total, terms in steps:
                 state.record(x, total, terms, weights, 2)

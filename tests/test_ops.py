@@ -172,6 +172,14 @@ def test_reference_is_used_where_the_extension_is_forced_off(monkeypatch):
     assert calls == [1]
 
 
+def test_each_op_runs_its_kernel_unless_the_reference_is_asked_for(monkeypatch):
+    monkeypatch.setenv("NST_FAST_BACKEND", "auto")
+    assert [backend.runs_extension(op, "cpu") for op in backend.OPS] == \
+        [backend.has_op_kernel(op, "cpu") for op in backend.OPS]
+    monkeypatch.setenv("NST_FAST_BACKEND", "reference")
+    assert not any(backend.runs_extension(op, "cpu") for op in backend.OPS)
+
+
 def test_autocast_keeps_residual_and_loss_in_float32(op_backend):
     """G close to A: rounding G to bf16 before G - A (a plain mm under autocast) destroys
     the residual; the fused op keeps it."""

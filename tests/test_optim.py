@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from nst_fast.ops import backend
+from nst_fast.ops import backend, reference
 from nst_fast.optimize.optim import LBFGS, Adam, make_optimizer
 
 FUSED_CPU = backend.has_op_kernel("lbfgs_step", "cpu")
@@ -19,6 +19,12 @@ def path(request, monkeypatch):
     if request.param == "reference":
         monkeypatch.setenv("NST_FAST_BACKEND", "reference")
     return request.param
+
+
+def _reference_step(opt, x, loss, grad):
+    """opt's step by nst_fast.ops.reference.lbfgs_step, the op's PyTorch-ops twin."""
+    reference.lbfgs_step(x, loss, grad, opt.x_a, opt.f_a, opt.g_a, opt.d, opt.t, opt.W, opt.WW, opt.valid, opt.idx,
+                         opt.steps, opt.accepted, opt.lr, opt.c1, opt.backtrack, opt.eps, opt.max_step)
 
 
 def _lbfgs(path, x, **kwargs):
@@ -205,7 +211,8 @@ def test_direction_matches_two_loop_recursion_after_the_ring_wraps():
         r = torch.dot(pairs[-1][0], pairs[-1][1]) / torch.dot(pairs[-1][1], pairs[-1][1]) * q
         for (s_, y_), a in zip(pairs, reversed(alphas)):
             r += (a - torch.dot(y_, r) / torch.dot(y_, s_)) * s_
-        torch.testing.assert_close(opt._direction(g), -r, rtol=1e-12, atol=1e-12)
+        direction = reference.lbfgs_direction(g, opt.W, opt.WW, opt.valid, opt.idx)
+        torch.testing.assert_close(direction, -r, rtol=1e-12, atol=1e-12)
 
 
 def test_non_finite_first_point_leaves_x_in_place(path):
@@ -244,7 +251,7 @@ def _lockstep_quadratic(n, dtype, history, steps, seed=0, device="cpu"):
         loss = (0.5 * curvature * x * x - b * x).sum()
         proposal = x.clone()
         ref.load_state_dict(fused.state_dict())
-        ref.step_reference(proposal, loss, grad)
+        _reference_step(ref, proposal, loss, grad)
         fused.step(x, loss, grad)
         gap = max(gap, ((x - proposal).abs().max() / proposal.abs().max()).item())
     return gap, fused
@@ -257,7 +264,7 @@ def _lockstep_quadratic(n, dtype, history, steps, seed=0, device="cpu"):
     (torch.float32, 5000, 1e-5),
 ])
 @pytest.mark.slow
-def test_fused_step_matches_step_reference(dtype, n, tol):
+def test_fused_step_matches_the_reference_step(dtype, n, tol):
     gap, opt = _lockstep_quadratic(n, dtype, history=3, steps=12 if n > 10**6 else 25)
     assert gap <= tol
     assert opt.valid.all() and opt.accepted.item() > 3  # the ring wrapped
@@ -281,7 +288,7 @@ class _CountOps(TorchDispatchMode):
     (torch.float64, 1024 * 1024 + 37, 1e-12),
     (torch.float32, 5000, 1e-5),
 ])
-def test_fused_cuda_step_matches_step_reference(dtype, n, tol):
+def test_fused_cuda_step_matches_the_reference_step(dtype, n, tol):
     gap, opt = _lockstep_quadratic(n, dtype, history=3, steps=12 if n > 10**6 else 25, device="cuda")
     assert gap <= tol
     assert opt.valid.all() and opt.accepted.item() > 3
@@ -297,7 +304,7 @@ def test_fused_step_is_one_op():
     work = [n for n in ops.names if n not in ("view", "reshape", "detach", "_unsafe_view")]
     assert work == ["lbfgs_step"]
     with _CountOps() as ops:
-        opt.step_reference(x, loss, grad)
+        _reference_step(opt, x, loss, grad)
     assert len(ops.names) > 50
 
 
@@ -333,6 +340,15 @@ def test_fused_op_rejects_a_wrong_state():
         torch.ops.nst_fast.lbfgs_step(*bad)
     torch.ops.nst_fast.lbfgs_step(*args)  # the unchanged arguments pass
     assert opt.steps.item() == 1
+
+
+@pytest.mark.skipif(not FUSED_CPU, reason="the extension has no fused L-BFGS kernel")
+def test_fused_op_passes_opcheck():
+    x = torch.randn(10, generator=torch.Generator().manual_seed(0))
+    opt = LBFGS(x, history=3)
+    args = (x, (x * x).sum(), 2 * x, opt.x_a, opt.f_a, opt.g_a, opt.d, opt.t, opt.W, opt.WW, opt.valid, opt.idx,
+            opt.steps, opt.accepted, opt._workspace, 1.0, 1e-4, 0.5, 1e-10, 1.0)
+    torch.library.opcheck(torch.ops.nst_fast.lbfgs_step.default, args)
 
 
 # ---- checkpointing ----
@@ -535,7 +551,7 @@ def test_fused_adam_takes_a_channels_last_gradient_in_three_ops():
         fused.step(x, None, grad)
     work = [n for n in ops.names if n not in ("view", "reshape", "detach", "_unsafe_view")]
     assert sorted(work) == ["_fused_adam_", "add_", "clone"]
-    ref.step_reference(x_ref, None, grad)
+    reference.adam_step(x_ref, grad, ref.m, ref.v, ref.steps, ref.lr, ref.beta1, ref.beta2, ref.eps)
     # Rounding differs by an ulp of x; a gradient read in the wrong layout would be off by the step, 0.02.
     torch.testing.assert_close(x, x_ref, rtol=1e-6, atol=1e-6)
 

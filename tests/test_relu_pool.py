@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from conftest import OpNames
 
 from nst_fast.nets import vgg
-from nst_fast.ops import backend, relu_pool as pooling
+from nst_fast.ops import backend, reference, relu_pool as pooling
 
 pytestmark = pytest.mark.skipif(not backend.has_op_kernel("relu_max_pool2_backward", "cpu"),
                                 reason="extension not built")
@@ -93,6 +93,19 @@ def test_the_forward_op_on_the_cpu(layout):
     torch.library.opcheck(torch.ops.nst_fast.relu_max_pool2_.default, (torch.randn(1, 8, 5, 6),))
     with pytest.raises(RuntimeError, match="H, W >= 2"):
         torch.ops.nst_fast.relu_max_pool2_(torch.zeros(1, 4, 1, 6))
+
+
+@pytest.mark.parametrize("with_grad_act", [True, False])
+def test_the_reference_equals_the_ops(with_grad_act):
+    x, grad_pooled, grad_act = _inputs((2, 32, 8, 10), 6)
+    grad_act = grad_act if with_grad_act else None
+    act, want_act = x.clone(), x.clone()
+    pooled, want_pooled = torch.ops.nst_fast.relu_max_pool2_(act), reference.relu_max_pool2_(want_act)
+    torch.testing.assert_close(act, want_act, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(pooled, want_pooled, rtol=0, atol=0, equal_nan=True)
+    got = torch.ops.nst_fast.relu_max_pool2_backward(grad_pooled, act, grad_act)
+    want = reference.relu_max_pool2_backward(grad_pooled, want_act, grad_act)
+    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
 
 
 def _network_gradient(net, image, fuse, monkeypatch):

@@ -7,8 +7,7 @@ import torch
 
 import nst_fast
 from nst_fast import Interrupted, NonFiniteLoss, NstError, StyleTransfer
-from nst_fast.ops import backend
-from nst_fast.optimize import optim
+from nst_fast.ops import backend, reference
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +40,7 @@ def test_the_loop_runs_the_fused_lbfgs_step(transfer, small_images, monkeypatch)
     def fallback(*args, **kwargs):
         raise AssertionError("the PyTorch-ops L-BFGS step ran")
 
-    monkeypatch.setattr(optim.LBFGS, "step_reference", fallback)
+    monkeypatch.setattr(reference, "lbfgs_step", fallback)
     content, style = small_images
     _, seen = _losses(transfer, content, style, size=48, steps=4)
     assert len(seen) == 4

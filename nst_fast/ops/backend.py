@@ -1,4 +1,5 @@
-"""Which implementation of the fused ops runs: the compiled extension or the reference.
+"""Which implementation of each op runs: the compiled extension or its reference
+(reference.py). The one place that decides: the ops' wrappers ask runs_extension.
 
 NST_FAST_BACKEND=auto (default) uses the extension wherever it has a kernel for
 the tensor's device and the reference elsewhere; "extension" insists on the
@@ -125,12 +126,13 @@ def _query_kernel(op: str, device_type: str) -> bool:
         return False
 
 
-# Asked once at import: the dispatcher query is not traceable by torch.compile.
-_KERNELS = {
-    (op, device_type): _query_kernel(op, device_type)
-    for op in ("style_loss_forward", "conv3x3_winograd", "lbfgs_step", "relu_max_pool2_backward", "loop_record_")
-    for device_type in ("cpu", "cuda")
-}
+# Every op with a kernel per device (csrc/register.cpp), each with its reference in reference.py.
+OPS = ("gram", "style_loss_forward", "style_loss_backward", "style_loss_relu_backward", "conv3x3_winograd",
+       "relu_max_pool2_", "relu_max_pool2_backward", "lbfgs_step", "loop_record_")
+
+# Asked once at import: the dispatcher queries are not traceable by torch.compile.
+_KERNELS = {(op, device_type): _query_kernel(op, device_type) for op in OPS for device_type in ("cpu", "cuda")}
+_WINOGRAD_BF16 = extension_loaded() and bool(torch.ops.nst_fast.winograd_bf16_supported())
 
 
 def has_op_kernel(op: str, device_type: str) -> bool:
@@ -161,6 +163,29 @@ def uses_extension(device) -> bool:
             f"{reason}; reinstall with `pip install --no-build-isolation .` or use auto"
         )
     return available
+
+
+def runs_extension(op: str, device) -> bool:
+    """True where nst_fast::`op` on `device` runs its compiled kernel, False where its
+    reference (reference.py) runs instead. The one question every op's wrapper asks;
+    raises RuntimeError where NST_FAST_BACKEND=extension and the device has no kernels."""
+    device = torch.device(device)
+    return uses_extension(device) and has_op_kernel(op, device.type)
+
+
+def winograd_bf16_supported() -> bool:
+    """True where conv3x3_winograd also takes bfloat16: a CPU with AVX512-BF16."""
+    return _WINOGRAD_BF16
+
+
+def runs_fused_adam(x: torch.Tensor) -> bool:
+    """True where Adam's step on x, and on moments of x's dtype and layout, runs
+    PyTorch's own fused kernel (torch._fused_adam_, as torch.optim.Adam(fused=True)):
+    a contiguous float32 x on the CPU or CUDA. Its step counts are float32, so float64
+    runs take the reference. PyTorch's kernel, not the extension's: NST_FAST_BACKEND
+    leaves it alone."""
+    return (x.dtype == torch.float32 and x.is_contiguous() and x.device.type in ("cpu", "cuda")
+            and hasattr(torch, "_fused_adam_"))
 
 
 def describe() -> dict:

@@ -4,7 +4,12 @@ Two ops (csrc/include/nst_fast/relu_pool.h). torch.ops.nst_fast.relu_max_pool2_ 
 the ReLU in place and the pool in one pass, where the two modules take two and the
 pool also writes int64 indices. relu_max_pool2_backward does in one pass what autograd
 runs a zero fill, the pool's scatter, an add and the ReLU's threshold_backward for.
-The values and gradients are those of the two modules run separately, bit for bit.
+The values and gradients are those of the two modules run separately, bit for bit
+(reference.relu_max_pool2_ and relu_max_pool2_backward); where `fits` says no, the
+network runs the two modules.
+
+The autograd is an autograd.Function, not torch.library.register_autograd: that takes
+functional ops only, and relu_max_pool2_ writes the ReLU into its input.
 """
 import torch
 from torch import nn
@@ -61,13 +66,13 @@ def fits(relu: nn.Module, pool: nn.Module, x: torch.Tensor) -> bool:
     """Whether relu_max_pool2 can stand for this in-place ReLU and pool on x, and gains:
     on CUDA, a dense float32, bfloat16 or float16 x; on the CPU, a float32
     channels-last x that needs a gradient, outside autocast (its loops take no other)."""
-    if not (FUSE and _is_vgg_pair(relu, pool) and _dense(x) and backend.uses_extension(x.device)):
+    if not (FUSE and _is_vgg_pair(relu, pool) and _dense(x)
+            and backend.runs_extension("relu_max_pool2_backward", x.device)):
         return False
     if x.device.type == "cuda":
-        return x.dtype in _CUDA_DTYPES and backend.has_op_kernel("relu_max_pool2_backward", "cuda")
+        return x.dtype in _CUDA_DTYPES
     return (x.device.type == "cpu" and x.dtype == torch.float32 and x.requires_grad
             and x.is_contiguous(memory_format=torch.channels_last)
-            and backend.has_op_kernel("relu_max_pool2_backward", "cpu")
             and not torch.is_autocast_enabled("cpu"))
 
 

@@ -1,7 +1,13 @@
-"""The fused style-loss ops as differentiable Python functions.
+"""The fused style-loss ops (csrc/include/nst_fast/style_loss.h) as differentiable
+Python functions: gram, style_loss_forward, style_loss_backward and
+style_loss_relu_backward, their fakes and their autograd.
 
-`style_loss` and `gram` call torch.ops.nst_fast.* where the extension has a
-kernel for the device, and the pure-PyTorch reference elsewhere (backend.py).
+`style_loss`, `relu_style_loss` and `gram` call torch.ops.nst_fast.* where
+backend.runs_extension says so, and reference.py's functions elsewhere.
+style_loss_forward's autograd is registered on the op with torch.library; the
+ReLU's fusion stays an autograd.Function (_ReluStyleLoss), as it is no single op:
+a ReLU in place (its output the input itself, marked dirty), then style_loss_forward,
+with a backward that runs the reference where the op does not run.
 """
 import torch
 
@@ -66,7 +72,7 @@ if backend.extension_loaded():
 
 
 def _style_loss_forward(f, target, scale):
-    if backend.uses_extension(f.device):
+    if backend.runs_extension("style_loss_forward", f.device):
         return torch.ops.nst_fast.style_loss_forward(f, target, scale)
     return reference.style_loss_forward(f, target, scale)
 
@@ -96,7 +102,7 @@ class _ReluStyleLoss(torch.autograd.Function):
             return grad, None, None
         f = _flatten(act)
         g = None if grad_act is None else _flatten(grad_act)
-        if backend.uses_extension(f.device):
+        if backend.runs_extension("style_loss_relu_backward", f.device):
             grad = torch.ops.nst_fast.style_loss_relu_backward(grad_loss, residual, f, ctx.scale, g)
         else:
             grad = reference.style_loss_relu_backward(grad_loss, residual, f, ctx.scale, g)
@@ -114,7 +120,7 @@ def relu_style_loss(x: torch.Tensor, target: torch.Tensor, scale: float):
 def gram(features: torch.Tensor) -> torch.Tensor:
     """G = F F^T per batch item, (B, C, C) in float32 (float64 for float64 input)."""
     f = _flatten(features)
-    if backend.uses_extension(f.device):
+    if backend.runs_extension("gram", f.device):
         return torch.ops.nst_fast.gram(f)
     return reference.gram(f)
 

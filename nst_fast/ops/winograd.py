@@ -4,14 +4,19 @@ float32, and bfloat16 products with float32 sums on CPUs with AVX512-BF16.
 The weights are fixed during style transfer, so each layer's weight transform,
 and the one of its flipped, transposed weight for the input gradient, is made
 once. Weight gradients are not computed: the image is the only thing optimised.
+Elsewhere the convolution is PyTorch's own (reference.conv3x3).
+
+The autograd is an autograd.Function, not torch.library.register_autograd on
+conv3x3_winograd: the input gradient is the same op on the flipped, transposed
+weight's transform, which is no argument of the forward op, so a formula registered
+on the op could not reach it.
 """
 import os
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from . import backend
+from . import backend, reference
 
 # G of F(4x4, 3x3) with interpolation points 0, 1, -1, 2, -2 and infinity.
 _G = torch.tensor(
@@ -28,19 +33,15 @@ _G = torch.tensor(
 
 
 def available() -> bool:
-    """True where the compiled kernel exists and NST_FAST_WINOGRAD is not 0."""
+    """True where the compiled kernel runs (backend.runs_extension) and NST_FAST_WINOGRAD is not 0."""
     if os.environ.get("NST_FAST_WINOGRAD", "1").strip() == "0":
         return False
-    return backend.has_op_kernel("conv3x3_winograd", "cpu") and backend.get_backend() != "reference"
-
-
-# Asked once at import, as backend asks for its kernels: torch.compile cannot trace the query.
-_BF16_CPU = backend.extension_loaded() and bool(torch.ops.nst_fast.winograd_bf16_supported())
+    return backend.runs_extension("conv3x3_winograd", "cpu")
 
 
 def bf16_kernel_available() -> bool:
     """True where the kernel also takes bfloat16: a CPU with AVX512-BF16."""
-    return available() and _BF16_CPU
+    return available() and backend.winograd_bf16_supported()
 
 
 def bf16_available() -> bool:
@@ -153,7 +154,7 @@ class WinogradConv2d(nn.Module):
 
     def forward(self, x):
         if self.weight.requires_grad or not self.enabled:
-            return F.conv2d(x, self.weight, self.bias, padding=1)
+            return reference.conv3x3(x, self.weight, self.bias)
         if self._bf16(x):
             u, u_input_grad = self._weights(bf16=True)
             bias = None if self.bias is None else self.bias.detach().to(torch.bfloat16)
@@ -165,7 +166,7 @@ class WinogradConv2d(nn.Module):
             and not torch.is_autocast_enabled("cpu")
         )
         if not use:
-            return F.conv2d(x, self.weight, self.bias, padding=1)
+            return reference.conv3x3(x, self.weight, self.bias)
         u, u_input_grad = self._weights(bf16=False)
         bias = None if self.bias is None else self.bias.detach()
         return conv3x3(x, u, u_input_grad, bias)

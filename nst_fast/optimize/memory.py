@@ -220,7 +220,7 @@ def _runs_fused_style(fused_style, device) -> bool:
     if fused_style is not None:
         return fused_style
     try:
-        return backend.uses_extension(device)
+        return backend.runs_extension("style_loss_forward", device)
     except RuntimeError:
         return False
 
@@ -310,8 +310,7 @@ def _cuda_activations(height, width, depth, requested, act, pooling, network):
 def _fused_pool_cpu() -> bool:
     """Whether a CPU run's ReLU and max pool run as one op, keeping no indices (pooling.fits)."""
     try:
-        return backend.uses_extension("cpu") and backend.has_op_kernel("relu_max_pool2_backward", "cpu") \
-            and pooling_module.FUSE
+        return backend.runs_extension("relu_max_pool2_backward", "cpu") and pooling_module.FUSE
     except RuntimeError:
         return False
 

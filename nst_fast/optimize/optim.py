@@ -8,7 +8,7 @@ the forward and backward) can be captured in a CUDA graph.
 """
 import torch
 
-from ..ops import backend
+from ..ops import adam, backend, lbfgs
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -48,11 +48,11 @@ class LBFGS(_Stateful):
     region: for an image in [0, 1] a move of more than ~1 per pixel is never useful).
 
     Where the extension has the kernel (`fused` True), a step is one op,
-    torch.ops.nst_fast.lbfgs_step: four passes over the image instead of ~120 small
-    ops, which on a GPU are ~120 kernel launches. `step_reference` is the same step
-    in PyTorch ops, the fallback and the reference the tests hold the op to.
+    torch.ops.nst_fast.lbfgs_step (nst_fast/ops/lbfgs.py); elsewhere the same step in
+    PyTorch ops, nst_fast.ops.reference.lbfgs_step, which the tests hold the op to.
     """
 
+    # In the order of the op's arguments.
     _STATE = ("x_a", "f_a", "g_a", "d", "t", "W", "WW", "valid", "idx", "steps", "accepted")
 
     def __init__(self, x: torch.Tensor, lr: float = 1.0, history: int = 10, c1: float = 1e-4,
@@ -78,8 +78,7 @@ class LBFGS(_Stateful):
         self.idx = zeros(dtype=torch.long)
         self.steps = zeros(dtype=torch.long)      # evaluations consumed
         self.accepted = zeros(dtype=torch.long)   # evaluations accepted; 0 means "first step"
-        self._slots = torch.arange(self.history, device=device)
-        self._workspace = _fused_workspace(x, self.history)
+        self._workspace = lbfgs.new_workspace(x, self.history)
 
     @property
     def fused(self) -> bool:
@@ -103,107 +102,11 @@ class LBFGS(_Stateful):
     @torch.no_grad()
     def step(self, x: torch.Tensor, loss: torch.Tensor, grad: torch.Tensor) -> None:
         """loss (0-dim) and grad were evaluated at the current x; updates x in place to the next point to evaluate."""
-        dtype = self.x_a.dtype
-        if self._workspace is not None and x.dtype == dtype and grad.dtype == dtype and x.is_contiguous():
-            # The image's gradient comes back channels-last from the network: one copy.
-            grad = grad.detach().contiguous()
-            torch.ops.nst_fast.lbfgs_step(
-                x.view(-1), loss.detach().reshape(()).to(dtype), grad.view(-1), self.x_a, self.f_a,
-                self.g_a, self.d, self.t, self.W, self.WW, self.valid, self.idx, self.steps, self.accepted,
-                self._workspace, self.lr, self.c1, self.backtrack, self.eps, self.max_step)
-            return
-        self.step_reference(x, loss, grad)
-
-    @torch.no_grad()
-    def step_reference(self, x: torch.Tensor, loss: torch.Tensor, grad: torch.Tensor) -> None:
-        """step() in PyTorch ops."""
-        dtype = self.x_a.dtype
-        xf = x.detach().reshape(-1).to(dtype)
-        g = grad.detach().reshape(-1).to(dtype)
-        f = loss.detach().reshape(()).to(dtype)
-
-        first = self.accepted == 0
-        finite = torch.isfinite(f) & torch.isfinite(g).all()
-        armijo = f <= self.f_a + self.c1 * self.t * torch.dot(self.g_a, self.d)
-        ok = finite & (first | armijo)
-
-        # torch.where rather than multiplying by a mask: a rejected point may carry NaNs.
-        s, y = xf - self.x_a, g - self.g_a
-        push = ok & ~first & (torch.dot(y, s) > self.eps)
-        rows = torch.cat([self.idx.view(1), self.idx.view(1) + self.history])
-        pair = torch.where(push, torch.stack([s, y]), self.W.index_select(0, rows))
-        self.W.index_copy_(0, rows, pair)
-        inner = (self.W @ pair.T).double()
-        self.WW.index_copy_(1, rows, inner)
-        self.WW.index_copy_(0, rows, inner.T)
-        self.valid.logical_or_(push & (self._slots == self.idx))
-        self.idx.copy_(torch.where(push, (self.idx + 1) % self.history, self.idx))
-
-        self.x_a.copy_(torch.where(ok, xf, self.x_a))
-        self.f_a.copy_(torch.where(ok, f, self.f_a))
-        self.g_a.copy_(torch.where(ok, g, self.g_a))
-
-        # New direction from the accepted gradient (g_a is finite even when this point was rejected).
-        g = self.g_a
-        d = self._direction(g)
-        t0 = torch.clamp(1.0 / g.abs().sum(), max=1.0) * self.lr
-        reset = ~(torch.dot(g, d) < 0)  # not a descent direction (or NaN): fall back to steepest descent
-        new_d = torch.where(reset, -g, d)
-        new_t = torch.where(first | reset, t0, self.lr)
-        new_t = torch.minimum(new_t, self.max_step / new_d.abs().max())
-        self.d.copy_(torch.where(ok, new_d, self.d))
-        self.t.copy_(torch.where(ok, new_t, self.t * self.backtrack))
-        self.steps.add_(1)
-        self.accepted.add_(ok.long())
-
-        x.copy_((self.x_a + self.t * self.d).reshape(x.shape))
-
-    def _direction(self, g: torch.Tensor) -> torch.Tensor:
-        """-H g in the compact form of Byrd, Nocedal and Schnabel (1994, eq. 3.1):
-
-            H g = gamma g + S p + gamma Y q,  q = -R^-1 S'g,  p = R^-T ((D + gamma Y'Y) R^-1 S'g - gamma Y'g)
-
-        with the pairs oldest first, R the upper triangle of S'Y and D its diagonal: the
-        same direction as the two-loop recursion, from two passes over W (W g and W' c)
-        instead of 4 * history vector operations. The history x history algebra runs in
-        float64. Unwritten slots have zero rows in W; a unit diagonal in R keeps it invertible.
-        """
-        h = self.history
-        order = (self.idx + self._slots) % h           # slots, oldest first
-        from_order = (self._slots - self.idx) % h      # inverse permutation
-        Wg = (self.W @ g).double()
-        Sg, Yg = Wg[:h][order], Wg[h:][order]
-        SY = self.WW[:h, h:][order][:, order]
-        YY = self.WW[h:, h:][order][:, order]
-        valid = self.valid[order]
-        R = SY.triu() + torch.diag((~valid).double())
-        gamma = torch.where(valid[-1], SY[-1, -1] / YY[-1, -1], 1.0)
-        v = torch.linalg.solve_triangular(R, Sg[:, None], upper=True)
-        rhs = SY.diagonal()[:, None] * v + gamma * (YY @ v - Yg[:, None])
-        p = torch.linalg.solve_triangular(R.T, rhs, upper=False)
-        coef = torch.cat([p[from_order], -gamma * v[from_order]]).reshape(-1).to(g.dtype)
-        return -(gamma.to(g.dtype) * g + self.W.T @ coef)
+        lbfgs.lbfgs_step(x, loss, grad, *(getattr(self, name) for name in self._STATE), self._workspace, self.lr,
+                         self.c1, self.backtrack, self.eps, self.max_step)
 
 
-def _fused_workspace(x: torch.Tensor, history: int):
-    """The fused step's workspace, or None where it cannot run (no kernel, a long history)."""
-    if x.dtype not in (torch.float32, torch.float64):
-        return None
-    size = _workspace_size(x.numel(), history, x.device)
-    return None if size is None else torch.zeros(size, dtype=torch.float64, device=x.device)
-
-
-def _workspace_size(n: int, history: int, device):
-    """Elements (float64) of the fused step's workspace for n elements, or None where it
-    cannot run (no kernel, a long history)."""
-    device = torch.device(device)
-    if not backend.uses_extension(device) or not backend.has_op_kernel("lbfgs_step", device.type):
-        return None
-    size = torch.ops.nst_fast.lbfgs_workspace_size(n, history)
-    return None if size < 0 else size
-
-
-# history x history float64 matrices alive at once in LBFGS._direction: SY and YY, and R
+# history x history float64 matrices alive at once in reference.lbfgs_direction: SY and YY, and R
 # with the two it is summed from (measured: 5.0-5.4 of them beyond W W^T at histories
 # of 2500-4000).
 DIRECTION_MATRICES = 5
@@ -217,7 +120,7 @@ def lbfgs_bytes(n: int, history: int, device="cpu") -> int:
     square of the history, whatever the image's size."""
     state = (2 * history + 3) * n * 4 + (2 * history) ** 2 * 8 + history * (1 + 8)
     try:
-        workspace = _workspace_size(n, history, device)
+        workspace = lbfgs.workspace_size(n, history, device)
     except RuntimeError:  # NST_FAST_BACKEND=extension where it cannot run: count the larger, PyTorch step
         workspace = None
     step = DIRECTION_MATRICES * history ** 2 * 8 if workspace is None else workspace * 8
@@ -227,10 +130,9 @@ def lbfgs_bytes(n: int, history: int, device="cpu") -> int:
 class Adam(_Stateful):
     """Adam (as torch.optim.Adam, no weight decay) with its step count kept on the device.
 
-    For a contiguous float32 x (`fused` True) a step is PyTorch's own fused Adam kernel,
-    the one behind torch.optim.Adam(fused=True): three ops (with a copy of the
-    channels-last gradient) instead of the 17 of `step_reference`, each a kernel
-    launch on a GPU.
+    For a contiguous float32 x (`fused` True) a step is PyTorch's own fused Adam kernel
+    (nst_fast/ops/adam.py); elsewhere the same step in PyTorch ops,
+    nst_fast.ops.reference.adam_step.
     """
 
     _STATE = ("m", "v", "steps")
@@ -241,33 +143,16 @@ class Adam(_Stateful):
         self.m = torch.zeros_like(x, memory_format=torch.preserve_format)
         self.v = torch.zeros_like(x, memory_format=torch.preserve_format)
         self.steps = torch.zeros((), dtype=_compute_dtype(x), device=x.device)
-        # Its step counts are float32; the float64 runs of the tests take the PyTorch ops.
-        self.fused = (x.dtype == torch.float32 and x.is_contiguous() and x.device.type in ("cpu", "cuda")
-                      and hasattr(torch, "_fused_adam_"))
+
+    @property
+    def fused(self) -> bool:
+        """True if steps run the fused kernel (for x contiguous, in the moments' dtype)."""
+        return backend.runs_fused_adam(self.m)
 
     @torch.no_grad()
     def step(self, x: torch.Tensor, loss: torch.Tensor, grad: torch.Tensor) -> None:
         """loss is unused; grad was evaluated at the current x, which is updated in place."""
-        if self.fused and x.is_contiguous() and grad.dtype == x.dtype:
-            self.steps.add_(1)
-            # The fused kernel walks the tensors' memory: the gradient in x's layout.
-            g = grad.detach().reshape(x.shape).contiguous()
-            torch._fused_adam_([x], [g], [self.m], [self.v], [], [self.steps.view(1)], lr=self.lr,
-                               beta1=self.beta1, beta2=self.beta2, weight_decay=0.0, eps=self.eps,
-                               amsgrad=False, maximize=False)
-            return
-        self.step_reference(x, loss, grad)
-
-    @torch.no_grad()
-    def step_reference(self, x: torch.Tensor, loss: torch.Tensor, grad: torch.Tensor) -> None:
-        """step() in PyTorch ops."""
-        g = grad.detach().reshape(x.shape).to(x.dtype)
-        self.steps.add_(1)
-        self.m.lerp_(g, 1 - self.beta1)
-        self.v.mul_(self.beta2).addcmul_(g, g, value=1 - self.beta2)
-        step_size = self.lr / (1 - self.beta1 ** self.steps)
-        denom = self.v.sqrt() / (1 - self.beta2 ** self.steps).sqrt() + self.eps
-        x.sub_((step_size * self.m / denom).to(x.dtype))
+        adam.adam_step(x, grad, self.m, self.v, self.steps, self.lr, self.beta1, self.beta2, self.eps)
 
 
 _OPTIMIZERS = {"lbfgs": LBFGS, "adam": Adam}

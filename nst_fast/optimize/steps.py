@@ -2,20 +2,7 @@
 runner that replays a step from a CUDA graph."""
 import torch
 
-from ..ops import backend
-
-
-def record_reference(total, terms, weights, shown, best_loss, bad_streak, row, history, cursor, improved):
-    """torch.ops.nst_fast.loop_record_ in PyTorch ops (csrc/include/nst_fast/loop_record.h says
-    what it does)."""
-    finite = (total - total) == 0
-    torch.lt(total, best_loss, out=improved)
-    torch.where(improved, total, best_loss, out=best_loss)
-    bad_streak.add_(1).masked_fill_(finite, 0)
-    sums = (weights.double() * terms.double()).sum(1).float()
-    row.copy_(torch.cat([terms[:shown], sums, total.reshape(1)]))
-    history.index_copy_(0, cursor.clamp(max=history.size(0) - 1), row.unsqueeze(0))
-    cursor.add_(1)
+from ..ops import loop_record
 
 
 class LoopState:
@@ -30,8 +17,6 @@ class LoopState:
         self.avg_decay, self.average, self.average_weight = avg_decay, average, average_weight
         self.row = torch.full((history.size(1),), float("nan"), device=best.device)
         self.improved = torch.zeros((), dtype=torch.bool, device=best.device)
-        self._fused = (backend.uses_extension(best.device)
-                       and backend.has_op_kernel("loop_record_", best.device.type))
 
     @classmethod
     def start(cls, x, steps, n_parts, avg_decay=0.0):
@@ -52,14 +37,9 @@ class LoopState:
     def record(self, x, total, terms, weights, shown):
         """One step: x and its loss `total` (float32, 0-dim). The history row (and
         self.row) is terms[:shown], then weights @ terms (weights (a, n) for n terms), then
-        total. One op where the extension has it (torch.ops.nst_fast.loop_record_), else
-        the same in PyTorch ops; on a GPU every op is a kernel launch in each step."""
-        args = (total, terms, weights, shown, self.best_loss, self.bad_streak, self.row, self.history, self.cursor,
-                self.improved)
-        if self._fused:
-            torch.ops.nst_fast.loop_record_(*args)
-        else:
-            record_reference(*args)
+        total. One op where the extension has it (nst_fast/ops/loop_record.py)."""
+        loop_record.loop_record_(total, terms, weights, shown, self.best_loss, self.bad_streak, self.row, self.history,
+                                 self.cursor, self.improved)
         torch.where(self.improved, x, self.best, out=self.best)
         if self.average is not None:
             # An exponential moving average of the finite images, with the weight of

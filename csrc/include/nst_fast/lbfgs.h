@@ -1,5 +1,5 @@
 #pragma once
-// The fused L-BFGS step (nst_fast.optim.LBFGS.step in four passes instead of ~120
+// The fused L-BFGS step (nst_fast.ops.reference.lbfgs_step in four passes instead of ~120
 // small ops). Shared by cpu/lbfgs_cpu.cpp and cuda/lbfgs_cuda.cu:
 //
 //   1. dots   over the n elements, per block: s = x - x_a, y = g - g_a and the inner
@@ -73,7 +73,7 @@ struct Scalars {
 // Step 2. sums: the partial sums reduced; f: the loss at x; WW (2h x 2h, row-major)
 // and valid (h) are updated in place with the pushed pair. Writes plan[kPlanHead + 2h].
 // The direction is the compact form of Byrd, Nocedal and Schnabel (1994, eq. 3.1), as
-// LBFGS._direction in nst_fast/optim.py, with the pairs oldest first.
+// lbfgs_direction in nst_fast/ops/reference.py, with the pairs oldest first.
 NST_HD inline void lbfgs_plan(const double* sums, double f, const Params& p, int h, double* WW, bool* valid,
                               Scalars& st, double* plan) {
   const int H = 2 * h;

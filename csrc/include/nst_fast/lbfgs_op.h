@@ -7,7 +7,7 @@
 
 namespace nst_fast {
 
-// LBFGS's state (nst_fast/optim.py) and the evaluation at x.
+// LBFGS's state (nst_fast/optimize/optim.py) and the evaluation at x.
 struct LbfgsArgs {
   const at::Tensor &x, &loss, &grad, &x_a, &f_a, &g_a, &d, &t, &W, &WW, &valid, &idx, &steps, &accepted,
       &workspace;

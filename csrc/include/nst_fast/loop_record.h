@@ -1,5 +1,5 @@
 #pragma once
-// One step's bookkeeping of the optimisation loop (nst_fast/steps.py, LoopState.record)
+// One step's bookkeeping of the optimisation loop (nst_fast/optimize/steps.py, LoopState.record)
 // as one op, where PyTorch ops took eleven, each a kernel launch on a GPU:
 //
 //   loop_record_(total, terms, weights, shown, best_loss!, bad_streak!, row!, history!, cursor!, improved!)
