@@ -72,8 +72,8 @@ else
   PYTEST_LIMIT="${PYTEST_LIMIT:-150}"
 fi
 set -o pipefail
-timeout "$(within "$PYTEST_LIMIT")" python3 -m pytest -q -rfE -s -p no:cacheprovider -m "slow or not slow" tests/test_cuda_ops.py tests/test_cuda_pool.py tests/test_cuda_loop.py tests/test_optim.py \
-  tests/test_memory.py::test_cuda_estimate_matches_measured_peak "${PYTEST_ARGS[@]}" 2>&1 | tee "$OUT/pytest.log" | tail -40
+timeout "$(within "$PYTEST_LIMIT")" python3 -m pytest -q -rfE -s -p no:cacheprovider -m "slow or not slow" tests/ops/test_cuda_ops.py tests/ops/test_cuda_pool.py tests/optimize/test_cuda_loop.py tests/optimize/test_optim.py \
+  tests/optimize/test_memory.py::test_cuda_estimate_matches_measured_peak "${PYTEST_ARGS[@]}" 2>&1 | tee "$OUT/pytest.log" | tail -40
 rc=$?
 STATUS[pytest]=$([ $rc = 0 ] && echo ok || echo "FAILED rc=$rc")
 STATUS[pytest]+=" ($(grep -E '[0-9]+ (passed|failed)' "$OUT/pytest.log" | tail -1))"

@@ -93,3 +93,21 @@ def small_images(tmp_path_factory):
 def pytest_collection_modifyitems(config, items):
     if os.environ.get("NST_FAST_REQUIRE_EXTENSION") and not backend.extension_loaded():
         raise RuntimeError(f"NST_FAST_REQUIRE_EXTENSION is set but the extension failed: {backend.EXTENSION_ERROR}")
+
+
+def out_of_memory_at_call(monkeypatch, n, error):
+    """The n-th step of a run fails as an allocation would."""
+    from nst_fast.optimize.steps import StepRunner
+
+    step = StepRunner.__call__
+
+    def failing(self):
+        if self.calls + 1 == n:
+            raise error
+        return step(self)
+
+    monkeypatch.setattr(StepRunner, "__call__", failing)
+
+
+CPU_OUT_OF_MEMORY = RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                                 "memory: you tried to allocate 4000000000 bytes. Error code 12")

@@ -57,7 +57,7 @@ print(json.dumps({"before_rss": before_rss, "before_max": before_max, "after_max
 def _measure_cpu(h, w, steps, optimizer, pooling="max", regions=0, style_loss="gram", variants=False,
                  network="vgg19", precision="fp32", low_memory=False):
     env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run([sys.executable, "-c", _MEASURE, str(h), str(w), str(steps), optimizer, pooling,
                            str(regions), style_loss, str(int(variants)), network, precision, str(int(low_memory))],
@@ -265,7 +265,7 @@ def test_the_lbfgs_estimate_holds_what_its_steps_keep():
     2 x 2500 image-sized vectors are 19 MiB of its ~450 MiB. (At 2500 those matrices
     are over glibc's 32 MiB mmap threshold, which leaves the heap's slack out.)"""
     h, w, history = 16, 21, 2500
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, "-c", _LBFGS, str(3 * h * w), str(history)], capture_output=True,
                           text=True, env=env, timeout=300)
@@ -349,7 +349,7 @@ def test_odd_arguments():
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux with glibc")
 def test_the_memory_trace_script_runs():
     """benchmarks/trace_memory.py, which the device check also runs on a GPU."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "trace_memory.py"), "--size", "64",
                            "--steps", "1", "--ops", "2"], capture_output=True, text=True, env=env, timeout=300)
@@ -391,7 +391,7 @@ def test_a_large_image_for_a_small_output_is_decoded_in_bounded_memory(tmp_path)
     ramp = np.add.outer(np.arange(side) // 40, np.arange(side) // 40).astype(np.uint8)
     Image.fromarray(ramp, "L").save(tmp_path / "large.png", compress_level=1)
     Image.fromarray(ramp[:400:10, :400:10], "L").save(tmp_path / "small.png")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, "-c", _DECODE, str(tmp_path / "large.png"), str(tmp_path / "small.png")],
                           capture_output=True, text=True, env=env, timeout=300)

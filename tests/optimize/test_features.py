@@ -9,6 +9,7 @@ import stat
 
 import pytest
 import torch
+from conftest import CPU_OUT_OF_MEMORY, out_of_memory_at_call
 from PIL import Image
 
 from nst_fast import CheckpointNotWritten, NstError, OutOfMemory, StyleTransfer
@@ -17,8 +18,8 @@ from nst_fast.imaging import color, images
 from nst_fast.losses.gatys import gram_target
 from nst_fast.ops import winograd
 from nst_fast.optimize import checkpoint
-from nst_fast.optimize.targets import scale_loss
 from nst_fast.optimize.options import Options
+from nst_fast.optimize.targets import scale_loss
 
 
 @pytest.fixture(scope="module")
@@ -199,24 +200,6 @@ def test_resume_equals_an_uninterrupted_run(transfer, small_images, tmp_path, op
     assert [r["total"] for r in resumed.history] == [r["total"] for r in whole.history]
 
 
-def _out_of_memory_at_call(monkeypatch, n, error):
-    """The n-th step of a run fails as an allocation would."""
-    from nst_fast.optimize.steps import StepRunner
-
-    step = StepRunner.__call__
-
-    def failing(self):
-        if self.calls + 1 == n:
-            raise error
-        return step(self)
-
-    monkeypatch.setattr(StepRunner, "__call__", failing)
-
-
-CPU_OUT_OF_MEMORY = RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
-                                 "memory: you tried to allocate 4000000000 bytes. Error code 12")
-
-
 @pytest.mark.parametrize("error", [CPU_OUT_OF_MEMORY, torch.cuda.OutOfMemoryError("CUDA out of memory.")],
                          ids=["cpu", "cuda-class"])
 @pytest.mark.slow
@@ -228,7 +211,7 @@ def test_running_out_of_memory_keeps_the_image_so_far_and_a_checkpoint(transfer,
     whole = transfer.stylize_tensor(content, style, steps=6, **kw)
     ckpt = tmp_path / "run.ckpt"
     with monkeypatch.context() as patch:
-        _out_of_memory_at_call(patch, 3, error)
+        out_of_memory_at_call(patch, 3, error)
         with pytest.raises(OutOfMemory, match=r"^ran out of CPU memory at step 3; ask for a smaller size, let "
                                               r"fit_memory \(--fit-memory\) pick one, or use low_memory") as caught:
             transfer.stylize_tensor(content, style, steps=6, interrupt_checkpoint=ckpt, **kw)
@@ -257,7 +240,7 @@ def test_running_out_of_memory_before_a_larger_scale_keeps_the_smaller_result(tr
 
 def test_other_errors_of_a_step_are_not_taken_for_memory(transfer, small_images, monkeypatch):
     content, style = small_images
-    _out_of_memory_at_call(monkeypatch, 2, RuntimeError("expected scalar type Float but found Half"))
+    out_of_memory_at_call(monkeypatch, 2, RuntimeError("expected scalar type Float but found Half"))
     with pytest.raises(RuntimeError, match="expected scalar type"):
         transfer.stylize_tensor(content, style, size=32, steps=4)
 

@@ -1,6 +1,6 @@
 """Where the built kernels cannot run, the ops fall back to PyTorch and the user is told
 once: an extension that does not load (tests/test_packaging.py builds one), or CUDA
-code for other GPUs, simulated here; tests/test_cuda_ops.py asks a real GPU."""
+code for other GPUs, simulated here; tests/ops/test_cuda_ops.py asks a real GPU."""
 import pytest
 import torch
 

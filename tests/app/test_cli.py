@@ -181,13 +181,13 @@ def test_ctrl_c_with_a_full_disk_still_exits_130_with_the_image(tmp_path, small_
 
 @pytest.mark.slow
 def test_running_out_of_memory_saves_the_image_so_far(tmp_path, small_images, capsys, monkeypatch):
-    from test_features import CPU_OUT_OF_MEMORY, _out_of_memory_at_call
+    from conftest import CPU_OUT_OF_MEMORY, out_of_memory_at_call
 
     content, style = small_images
     argv = [str(content), str(style), *SMALL, "--seed", "1"]
     assert cli.main([*argv, "--steps", "2", "-o", str(tmp_path / "two.png")]) == 0
     capsys.readouterr()
-    _out_of_memory_at_call(monkeypatch, 3, CPU_OUT_OF_MEMORY)
+    out_of_memory_at_call(monkeypatch, 3, CPU_OUT_OF_MEMORY)
     out = tmp_path / "out.png"
     code = cli.main([*argv, "--steps", "10", "-o", str(out)])
     err = capsys.readouterr().err
@@ -198,7 +198,7 @@ def test_running_out_of_memory_saves_the_image_so_far(tmp_path, small_images, ca
 
 
 def test_running_out_of_memory_before_the_first_step_is_one_line(tmp_path, small_images, capsys, monkeypatch):
-    from test_features import CPU_OUT_OF_MEMORY
+    from conftest import CPU_OUT_OF_MEMORY
 
     from nst_fast.optimize import transfer
 

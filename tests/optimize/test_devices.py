@@ -1,5 +1,5 @@
 """A network split over several devices (model parallelism). Here both parts are on
-the CPU, which checks the plumbing; tests/test_cuda_loop.py splits a GPU run."""
+the CPU, which checks the plumbing; tests/optimize/test_cuda_loop.py splits a GPU run."""
 import pytest
 import torch
 

@@ -4,8 +4,8 @@ tests/cuda_emulator compiles csrc/cuda/style_loss_{forward,backward,plan}.cuh wi
 against an emulation of the CUDA features the kernels use (threads as fibers, mma.sync
 by its PTX fragment layout, cp.async landing only at its wait). It checks the kernels'
 indexing, pipelines, split-K bookkeeping and operand precision on every layout and
-dtype where no GPU is present; tests/test_cuda_ops.py checks the real thing on a GPU.
-Tolerances as in tests/test_cuda_ops.py.
+dtype where no GPU is present; tests/ops/test_cuda_ops.py checks the real thing on a GPU.
+Tolerances as in tests/ops/test_cuda_ops.py.
 
 Skips where g++ or the CUDA headers (cuda_bf16.h) are missing, or where the emulator
 does not compile (a failure under NST_FAST_REQUIRE_EXTENSION, as in CI).
@@ -21,8 +21,8 @@ import torch
 
 pytestmark = pytest.mark.slow  # the CUDA kernels built with g++ and run on the CPU emulator
 
-ROOT = Path(__file__).resolve().parents[1]
-EMULATOR = Path(__file__).resolve().parent / "cuda_emulator"
+ROOT = Path(__file__).resolve().parents[2]
+EMULATOR = Path(__file__).resolve().parents[1] / "cuda_emulator"
 FP32_TOL = 1e-5
 REDUCED_TOL = {"loss": 2e-5, "residual": 2e-5, "grad": 4e-3}
 TF32_TOL = 5e-3
