@@ -115,7 +115,7 @@ def run(transfer, jobs, styles, opts, *, save: Callable, new_progress: Callable,
         try:
             content = images.open_image(job.content)
             start = _start_from_previous(job, content) if init_previous else None
-            result = _stylize_job(transfer, job, content, styles, opts if start is None else opts.starting_from(start),
+            result = _stylize_job(transfer, job, content, styles, opts if start is None else opts.with_images(init=start),
                                   save, new_progress, save_every, live)
         except Interrupted as exc:
             hint = f"; run the same command to continue ({job.checkpoint})" if os.path.isfile(job.checkpoint) else ""

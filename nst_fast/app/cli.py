@@ -169,10 +169,12 @@ def _stylize(args, req) -> int:
 
     live = None
     try:
+        opts = _options(args, req)  # mistakes in them show first, then missing images, then the weights'
         opened = _open_inputs(args, req)
-        opts = _options(args, req, opened)
+        if args.style_masks:
+            opts = opts.with_images(style_masks=[opened[m] for m in args.style_masks])
         transfer = _transfer(args)
-        opts = transfer.resolve(opts, len(req.styles))
+        opts = transfer.resolve(opts, _n_styles(args, req))
         live = _live_view(args)
         if req.batch:
             return _run_batch(args, req, transfer, opts, opened, live)
@@ -243,17 +245,17 @@ def _live_view(args):
     return live
 
 
-def _options(args, req, opened):
-    """The Options of the arguments, with the mask images opened, resolved as far as they
-    can be before the weights load."""
+def _n_styles(args, req) -> int:
+    """The style images of each run: one with --each-style, else all, blended."""
+    return 1 if args.each_style else len(req.styles)
+
+
+def _options(args, req):
+    """The Options of the arguments, resolved as far as they can be before the weights load."""
     from ..optimize.devices import parse_devices
 
-    values = option_values(args)
-    if args.style_masks:
-        values["style_masks"] = [opened[m] for m in args.style_masks]
-    n_styles = 1 if args.each_style else len(req.styles)
-    return Options(**values).resolve(n_styles, convention=None, network=args.network,
-                                     devices=parse_devices(args.device))
+    return Options(**option_values(args)).resolve(_n_styles(args, req), convention=None, network=args.network,
+                                                  devices=parse_devices(args.device))
 
 
 def _saver(args, transfer):

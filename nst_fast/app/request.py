@@ -49,6 +49,8 @@ def request(args) -> Request:
     _check_flags(args)
     _fill_defaults(args)
     content, styles = _images(args)
+    if args.each_style and (args.style_blend or args.style_masks):
+        raise Refused("--each-style runs each style on its own: it takes no --style-blend or --style-masks")
     batch_mode = (not args.demo and os.path.isdir(content)) or args.each_style
     init_previous = _init_previous(args, batch_mode)
     if batch_mode:
@@ -92,8 +94,6 @@ def _check_flags(args) -> None:
         raise Refused(f"--save-every must be 0 (off) or a number of steps, got {args.save_every}")
     if args.size is not None and args.scales and args.size != args.scales[-1]:
         raise Refused(f"--size {args.size} and --scales ending at {args.scales[-1]} disagree; give one of them")
-    if args.each_style and (args.style_blend or args.style_masks):
-        raise Refused("--each-style runs each style on its own: it takes no --style-blend or --style-masks")
 
 
 def _fill_defaults(args) -> None:

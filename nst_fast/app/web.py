@@ -82,7 +82,7 @@ class LivePreview:
             self._image = (info.step, image)
 
     def finish(self) -> None:
-        """The run has ended (stylize_tensor says so); a next run's update() goes on."""
+        """The run has ended (StyleTransfer.run says so); a next run's update() goes on."""
         with self._lock:
             self._status["done"] = True
 

@@ -1,6 +1,7 @@
 """The steps of one scale of a run: forward, backward and the optimiser's update,
-captured in a CUDA graph where it can be, with Ctrl-C, out of memory, a non-finite
-loss and a full disk each ending the run with its image so far and a checkpoint."""
+captured in a CUDA graph where it can be. Ctrl-C and out of memory end the run with
+its image so far and a checkpoint; a non-finite loss and a full disk with its image so
+far."""
 import dataclasses
 from typing import Callable, Optional
 
@@ -32,8 +33,8 @@ class Loop:
     """The steps of one scale, from x0 or from a checkpoint (restore(state, x, optimiser)).
 
     save_checkpoint(state, x, optimiser, path) writes hooks.checkpoint every
-    opts.checkpoint_every steps and at the end, and on Ctrl-C, out of memory or a
-    non-finite loss (or hooks.interrupt_checkpoint where there is no checkpoint).
+    opts.checkpoint_every steps and at the end, and on Ctrl-C or out of memory (there
+    to hooks.interrupt_checkpoint where there is no checkpoint).
     finish(image) gives the image a user sees (colour preservation)."""
 
     def __init__(self, loss_fn, x0, opts, scale: Scale, devices, hooks: Hooks, save_checkpoint: Callable,

@@ -1,7 +1,7 @@
 """How much memory a run needs, before it starts.
 
 `estimate_bytes` is a sum over what is alive at the peak of one optimisation
-step of StyleTransfer._optimise (the backward of GatysLoss), not a simulation:
+step of optimize.loop.Loop (the backward of GatysLoss), not a simulation:
 
   weights      the truncated VGG's conv weights and biases (fp32; bf16
                autocast adds a bf16 copy of each, kept for the backward; on

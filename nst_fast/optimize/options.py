@@ -170,7 +170,7 @@ NUMBER, BOOL, OTHER = "number", "bool", "other"
 def option(default, kind: str, flag: Optional[str], *, recorded: bool = False, fingerprint: Optional[int] = None,
            **cli):
     """A field of Options with what else knows of it, in its metadata:
-    kind: NUMBER, BOOL or OTHER, what validate() checks it as first;
+    kind: NUMBER, BOOL or OTHER, what resolve() checks it as first;
     flag: the command line's flag for it, or None for an option of the Python API only;
     cli: the flag's argparse settings (type, choices, action, help...), not its default:
     a flag not given leaves the field's;
@@ -275,7 +275,8 @@ class Options:
         False, BOOL, "--low-memory", action="store_true",
         help="CPU: run the convolutions without Winograd's weight transforms, about 415 MiB less for "
              "VGG-19, with slower steps (chosen by itself where only that fits)")
-    resolved: bool = dataclasses.field(default=False, init=False, repr=False, compare=False)  # by resolve()
+    # What resolve() resolved them for, (styles, convention, network, devices); None: not resolved.
+    resolved: Optional[tuple] = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def from_kwargs(cls, kwargs: dict) -> "Options":
@@ -294,27 +295,51 @@ class Options:
                 devices=()) -> "Options":
         """A new Options with every default filled in for the run's number of styles, the
         weights' input convention, the network and the devices, and every value checked
-        (an NstError for the first that is wrong). Its `resolved` is True. convention
+        (an NstError for the first that is wrong); `resolved` holds what for. convention
         None: not known yet (the weights are not loaded); the style weight's default
-        then waits for for_convention()."""
+        then waits for for_convention(). Options resolved already are returned as they
+        are where they were resolved for the same, and refused where not."""
+        resolved_for = (n_styles, convention, network, tuple(str(d) for d in devices))
+        if self.resolved:
+            return self._check_resolved_for(resolved_for)
         values = {name: getattr(self, name) for name in OPTION_FIELDS}
         for name in NUMBER_FIELDS + BOOL_FIELDS:  # np.int64(512) and torch.tensor(0.5) are numbers too
             values[name] = _plain(values[name])
         context = dict(n_styles=n_styles, convention=convention, network=network, devices=devices)
         for step in _RESOLVE_STEPS:
             step(values, **context)
-        return _resolved_copy(self, **values)
+        return _resolved_copy(self, resolved_for, **values)
+
+    def _check_resolved_for(self, resolved_for) -> "Options":
+        """These resolved options, where resolved for the same run (a convention not
+        known when either was resolved matches any); else an NstError."""
+        (styles, convention, network, devices), (now_styles, now_convention, now_network, now_devices) = \
+            self.resolved, resolved_for
+        same_convention = None in (convention, now_convention) or convention == now_convention
+        if (styles, network, devices) == (now_styles, now_network, now_devices) and same_convention:
+            return self
+        raise NstError(f"these options were resolved for {styles} style image(s), weights of the {convention} "
+                       f"convention, network {network} and devices {', '.join(devices) or 'unnamed'}; this run has "
+                       f"{now_styles}, {now_convention}, {now_network} and {', '.join(now_devices)}: give them "
+                       "unresolved")
 
     def for_convention(self, convention: str) -> "Options":
         """Resolved options with the style weight's default for weights of this input
         convention where none was given."""
-        if self.style_weight is not None:
+        styles, known, network, devices = self.resolved
+        if known == convention:
             return self
-        return _resolved_copy(self, style_weight=default_style_weight(self.style_loss, convention))
+        resolved_for = (styles, convention, network, devices)
+        if self.style_weight is not None:
+            return _resolved_copy(self, resolved_for)
+        return _resolved_copy(self, resolved_for, style_weight=default_style_weight(self.style_loss, convention))
 
-    def starting_from(self, image) -> "Options":
-        """Resolved options that start from `image`, a (1, 3, H, W) tensor in [0, 1]."""
-        return _resolved_copy(self, init=image)
+    def with_images(self, **images) -> "Options":
+        """Resolved options with images in place of what init or style_masks named (their
+        paths, decoded once by the caller), or a start of a run (init, a (1, 3, H, W)
+        tensor in [0, 1])."""
+        assert set(images) <= {"init", "style_masks"}, images
+        return _resolved_copy(self, self.resolved, **images)
 
     def sizes(self):
         """The long side at each scale: `scales`, or from min_scale up to size in steps
@@ -342,9 +367,9 @@ def default_style_weight(style_loss: str, convention: str) -> float:
     return DEFAULT_STYLE_WEIGHT[convention] if style_loss == "gram" else DEFAULT_STYLE_WEIGHT_SQUARED[style_loss]
 
 
-def _resolved_copy(opts: Options, **changes) -> Options:
+def _resolved_copy(opts: Options, resolved_for: tuple, **changes) -> Options:
     out = dataclasses.replace(opts, **changes)
-    object.__setattr__(out, "resolved", True)  # frozen: set as its own __init__ would
+    object.__setattr__(out, "resolved", resolved_for)  # frozen: set as its own __init__ would
     return out
 
 

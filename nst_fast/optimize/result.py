@@ -48,7 +48,7 @@ class Hooks:
         if self.callback is not None and not callable(self.callback):
             raise NstError(f"callback must be a function of a StepInfo, got {self.callback!r}")
         _check_snapshots(self.save_every, self.snapshot)
-        _check_live(self.live)
+        check_live(self.live)
         for name in ("checkpoint", "interrupt_checkpoint"):
             if getattr(self, name) is not None:
                 _check_writable(name, getattr(self, name))  # now, not after the steps it would have kept
@@ -104,7 +104,7 @@ def _check_snapshots(save_every, snapshot) -> None:
         raise NstError("save_every and snapshot go together: snapshot(step, image) is called every save_every steps")
 
 
-def _check_live(live) -> None:
+def check_live(live) -> None:
     if live is not None and not all(callable(getattr(live, name, None)) for name in ("update", "finish")):
         raise NstError(f"live must be a nst_fast.app.web.LivePreview, or have its update(info, image) and finish(), "
                        f"got {live!r}")

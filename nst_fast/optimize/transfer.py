@@ -1,6 +1,7 @@
 """One optimisation run, in one flow: resolve the options, decode the inputs, plan the
 sizes, then per scale take the targets and run the loop; every run returns a RunResult.
 StyleTransfer keeps the network between runs; stylize() is the one-call API."""
+import dataclasses
 import functools
 from typing import NamedTuple, Optional
 
@@ -17,7 +18,7 @@ from .devices import is_out_of_memory, memory_advice, parse_devices, split_layer
 from .loop import Loop, Scale
 from .options import Options, default_precision, report_interval
 from .plan import plan_sizes
-from .result import Hooks, RunResult
+from .result import Hooks, RunResult, check_live
 from .targets import initial_image, preserve_colors, scale_loss
 
 
@@ -77,9 +78,8 @@ class StyleTransfer:
     def resolve(self, options: Options, n_styles: int) -> Options:
         """`options` resolved for this network, its weights and devices; options resolved
         before the weights loaded (convention None) get the style weight of theirs."""
-        if not options.resolved:
-            options = options.resolve(n_styles, self.convention, self.architecture, self.devices)
-        return options.for_convention(self.convention)
+        return options.resolve(n_styles, self.convention, self.architecture, self.devices) \
+            .for_convention(self.convention)
 
     def stylize(self, content, style, **kwargs):
         """Repaint `content` in the style of `style` (one image or a list); returns a PIL
@@ -103,8 +103,9 @@ class StyleTransfer:
         RunStopped or Interrupted, whose .result is the RunResult as far as it got.
         """
         options, hooks = _from_fields(options, hooks, fields)
-        hooks.check()
+        check_live(hooks.live)
         try:
+            hooks.check()
             return self._run(content, style, options, hooks, resume)
         finally:
             if hooks.live is not None:
@@ -180,6 +181,7 @@ class StyleTransfer:
                 state = loop.run()
         except (RunStopped, Interrupted) as exc:
             result.history = history_rows(loss_fn, loop.state, rows_before)
+            result.cuda_graph, result.why_not = loop.cuda_graph
             raise _with_result(exc, result)
         result.history = history_rows(loss_fn, state, rows_before)
         result.cuda_graph, result.why_not = loop.cuda_graph
@@ -273,7 +275,8 @@ def stylize(content, style, *, weights=None, device=None, pooling="max", convent
     command line shows it (False: silent).
     The network is kept between calls with the same weights, devices, pooling, padding and network.
     """
-    seed = options.get("seed", 0)  # the random weights' too, as on the command line
+    given = options.get("options")  # an Options, or its fields among `options`
+    seed = given.seed if given is not None else options.get("seed", 0)  # the random weights' too, as on the CLI
     resolved = vgg.resolve_weights(weights)
     key = (resolved, str(parse_devices(device)), pooling, convention, network, str(split_at), padding,
            seed if resolved == "random" else None)
@@ -283,13 +286,23 @@ def stylize(content, style, *, weights=None, device=None, pooling="max", convent
                                      split_at=split_at, padding=padding)
     transfer = _cached[key]
     if progress:
-        bar = Progress(True, report_interval(options.get("report_every"), transfer.device.type))
-        user = options.get("callback")
-
-        def callback(info):
-            bar(info)
-            if user is not None:
-                user(info)
-
-        options["callback"] = callback
+        report_every = given.report_every if given is not None else options.get("report_every")
+        _with_progress(options, Progress(True, report_interval(report_every, transfer.device.type)))
     return transfer.stylize(content, style, **options)
+
+
+def _with_progress(arguments, bar) -> None:
+    """run()'s keyword arguments with bar called after each step, before the callback
+    they give (in hooks=, or as callback=)."""
+    hooks = arguments.get("hooks")
+    user = hooks.callback if hooks is not None else arguments.get("callback")
+
+    def callback(info):
+        bar(info)
+        if user is not None:
+            user(info)
+
+    if hooks is not None:
+        arguments["hooks"] = dataclasses.replace(hooks, callback=callback)
+    else:
+        arguments["callback"] = callback

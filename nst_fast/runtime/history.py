@@ -7,7 +7,7 @@ from .files import atomic_write
 
 
 def write_json(rows, path):
-    """rows: StyleTransfer.history, one dict per step ({"total": .., "style:relu1_1": .., "size": [h, w]})."""
+    """rows: RunResult.history, one dict per step ({"total": .., "style:relu1_1": .., "size": [h, w]})."""
     data = [{"step": i + 1, **row} for i, row in enumerate(rows)]
     atomic_write(path, lambda f: f.write(json.dumps(data, indent=1, allow_nan=True).encode()))
 

@@ -254,6 +254,8 @@ def test_each_style_gives_one_output_per_content_and_style(tmp_path, folder, cap
     code = cli.main([str(contents), str(styles), "--each-style", "--style-blend", "1,2", *SMALL])
     err = capsys.readouterr().err
     assert code == 1 and "takes no --style-blend" in err
+    assert cli.main(["--each-style", "--style-blend", "1,2"]) == 2  # no CONTENT: a usage error first
+    assert "give a CONTENT and at least one STYLE" in capsys.readouterr().err
 
 
 def test_a_style_kept_in_the_content_folder_is_not_a_content(tmp_path, folder, capsys):

@@ -101,6 +101,8 @@ def test_input_mistakes_show_before_the_weights_load(tmp_path, small_images, cap
     no_weights = ["--weights", str(tmp_path / "none.pth"), "--device", "cpu"]
     out = str(tmp_path / "out.png")
     _one_line_error(capsys, [str(tmp_path / "missing.png"), str(style), "-o", out, *no_weights], "no such file")
+    _one_line_error(capsys, [str(tmp_path / "missing.png"), str(style), "-o", out, *no_weights, "--steps", "-1"],
+                    "steps must be 0 or more")  # the options first, then the images
     _one_line_error(capsys, [str(content), str(style), "-o", out, *no_weights, "--size", "8"], "at least 16")
     _one_line_error(capsys, [str(content), str(style), "-o", out, *no_weights, "--init", "nosie"],
                     "init must be one of noise")

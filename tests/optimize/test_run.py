@@ -34,7 +34,7 @@ def test_options_resolved_before_the_weights_load_get_their_style_weight_after()
     assert early.resolved and early.style_weight is None
     assert early.for_convention("caffe").style_weight == Options().resolve(convention="caffe").style_weight
     given = Options(style_weight=3.0).resolve(convention=None)
-    assert given.for_convention("caffe") is given
+    assert given.for_convention("caffe").style_weight == 3.0
 
 
 def test_every_run_returns_a_run_result(transfer, small_images):
@@ -87,3 +87,24 @@ def test_a_stopped_run_carries_its_result_so_far(transfer, small_images, tmp_pat
     with pytest.raises(NonFiniteLoss) as caught:
         transfer.run(content, style, size=32, steps=10, style_weight=1e300, content_weight=1e300)
     assert caught.value.result.image is not None and caught.value.result.options.style_weight == 1e300
+
+
+def test_resolved_options_are_refused_for_another_run(transfer, small_images):
+    content, style = small_images
+    one_style = Options(size=32, steps=1).resolve(n_styles=1, devices=transfer.devices)
+    assert one_style.resolve(n_styles=1, devices=transfer.devices) is one_style
+    with pytest.raises(NstError, match=r"^these options were resolved for 1 style image\(s\).*this run has 2"):
+        transfer.run(content, [style, style], one_style)
+    with pytest.raises(NstError, match="network vgg19 .* this run has .* nin"):
+        one_style.resolve(n_styles=1, network="nin", devices=transfer.devices)
+
+
+def test_stylize_takes_hooks_and_options_objects_with_its_progress_line(small_images, capsys):
+    import nst_fast
+
+    content, style = small_images
+    seen = []
+    image = nst_fast.stylize(content, style, weights="random", device="cpu", options=Options(size=32, steps=2),
+                             hooks=Hooks(callback=seen.append))
+    assert image.size == (32, 24) and [info.step for info in seen] == [1, 2]
+    assert "2/2" in capsys.readouterr().err  # the progress line ran beside the user's callback
