@@ -838,7 +838,7 @@ def test_avg_decay_averages_the_output_not_the_optimisation(transfer, small_imag
     # Resuming restores the average too.
     ckpt = tmp_path / "avg.ckpt"
     transfer.stylize_tensor(content, style, checkpoint=ckpt, avg_decay=0.8, **dict(kw, steps=5))
-    assert torch.equal(transfer.stylize_tensor(content, style, resume=ckpt, avg_decay=0.8, **kw), averaged)
+    assert torch.equal(transfer.stylize_tensor(content, style, resume=ckpt, avg_decay=0.8, **kw), averaged.image)
     with pytest.raises(NstError, match="from another run"):
         transfer.stylize_tensor(content, style, resume=ckpt, **kw)
     for bad in (1.0, -0.1):
