@@ -81,7 +81,7 @@ def test_cached_weights_that_match_their_hash_load(torch_home, random_weights_fi
     _published_as(monkeypatch, copy)
     state, convention, _ = vgg.load_weights("imagenet")
     assert convention == "torchvision"
-    assert torch.equal(state["0.weight"], torch.load(random_weights_file)["features.0.weight"])
+    assert torch.equal(state["0.weight"], torch.load(random_weights_file, weights_only=True)["features.0.weight"])
 
 
 def test_a_cut_short_cache_file_is_named_as_damaged_not_as_a_download(torch_home, random_weights_file):

@@ -19,7 +19,7 @@ def test_full_state_dict_round_trip(random_weights_file):
     assert convention == "torchvision"
     net = vgg.VGGFeatures(["relu3_1"], state, convention)
     model = torchvision.models.vgg19()
-    model.load_state_dict(torch.load(random_weights_file))
+    model.load_state_dict(torch.load(random_weights_file, weights_only=True))
     image = torch.rand(1, 3, 32, 40)
     torch.testing.assert_close(net(image)["relu3_1"], _reference_relu3_1(model, image))
 
@@ -50,7 +50,7 @@ def test_unreadable_weights_files_say_why_in_a_line(tmp_path, random_weights_fil
 
 
 def test_weights_with_nan_are_refused_before_the_run(tmp_path, random_weights_file):
-    state = torch.load(random_weights_file)
+    state = torch.load(random_weights_file, weights_only=True)
     state["features.5.weight"][0, 0, 0, 0] = float("nan")
     torch.save(state, tmp_path / "nan.pth")
     with pytest.raises(WeightsUnavailable, match=r"are damaged: features\.5\.weight \(conv2_1\) holds NaN"):
@@ -59,7 +59,7 @@ def test_weights_with_nan_are_refused_before_the_run(tmp_path, random_weights_fi
 
 
 def test_features_only_state_dict(tmp_path, random_weights_file):
-    full = torch.load(random_weights_file)
+    full = torch.load(random_weights_file, weights_only=True)
     features = {k.removeprefix("features."): v for k, v in full.items() if k.startswith("features.")}
     path = tmp_path / "features.pth"
     torch.save(features, path)
@@ -69,7 +69,7 @@ def test_features_only_state_dict(tmp_path, random_weights_file):
 
 
 def test_partial_file_names_its_deepest_layer(tmp_path, random_weights_file):
-    full = torch.load(random_weights_file)
+    full = torch.load(random_weights_file, weights_only=True)
     keep = {k: v for k, v in full.items() if k.startswith("features.") and int(k.split(".")[1]) <= 7}
     path = tmp_path / "partial.pth"
     torch.save(keep, path)
@@ -122,7 +122,7 @@ def test_unknown_layer_and_pooling():
 def test_caffe_convention_preprocessing(tmp_path, random_weights_file):
     """A Caffe-convention file sees BGR 0..255 minus the mean: the same net as a
     torchvision-convention one whose first conv absorbs that transform."""
-    full = torch.load(random_weights_file)
+    full = torch.load(random_weights_file, weights_only=True)
     path = tmp_path / "vgg19_caffe_test.pth"
     torch.save(full, path)
     state, convention, _ = vgg.load_weights(str(path))
