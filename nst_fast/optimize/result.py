@@ -44,11 +44,11 @@ class Hooks:
     interrupt_checkpoint: Optional[str] = None
 
     def check(self) -> None:
-        """An NstError for a hook that cannot work, before any step runs."""
+        """An NstError for a hook that cannot work, before any step runs (the live view's
+        own check, check_live, comes first: a run finishes a live view it was given)."""
         if self.callback is not None and not callable(self.callback):
             raise NstError(f"callback must be a function of a StepInfo, got {self.callback!r}")
         _check_snapshots(self.save_every, self.snapshot)
-        check_live(self.live)
         for name in ("checkpoint", "interrupt_checkpoint"):
             if getattr(self, name) is not None:
                 _check_writable(name, getattr(self, name))  # now, not after the steps it would have kept
